@@ -1,0 +1,626 @@
+//! Length-field framing with the option set of Netty's `LengthFieldBasedFrameDecoder` (decoding)
+//! and `LengthFieldPrepender` (encoding).
+//!
+//! A frame is `[offset bytes][length field][body]`. The length field holds `body_len - adjustment`
+//! (so `adjustment` lets the field count the header, or extra header bytes after the field). The
+//! decoder returns the frame minus its first `strip` bytes. For the same parameters it accepts and
+//! rejects the same inputs as Netty, with one deliberate difference: fields are read unsigned at
+//! every width (Netty reads 4- and 8-byte fields signed and reports "negative length"; here such a
+//! value is simply over any limit and reported as [`FrameTooLong`](DecodeErrorKind::FrameTooLong)).
+//!
+//! The maximum frame length is compared with the whole adjusted frame, header included (as Netty),
+//! as soon as the header has arrived.
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use super::{
+    reserve_for_frame, ByteOrder, ConfigError, DecodeError, DecodeErrorKind, EncodeError,
+    FrameDecoder, FrameEncoder, FrameParts, InlineBytes, OversizePolicy, DEFAULT_MAX_FRAME_LENGTH,
+};
+
+/// Parameters of a [`LengthFieldCodec`]. Field names follow Netty's constructor arguments.
+///
+/// ```
+/// use framelink_proto::codec::LengthFieldConfig;
+/// // Netty: new LengthFieldBasedFrameDecoder(1024, 1, 2, -3, 3)
+/// let cfg = LengthFieldConfig::netty(1024, 1, 2, -3, 3);
+/// assert_eq!((cfg.offset, cfg.width, cfg.adjustment, cfg.strip), (1, 2, -3, 3));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LengthFieldConfig {
+    /// Bytes before the length field (Netty `lengthFieldOffset`).
+    pub offset: usize,
+    /// Width of the length field: 1, 2, 3, 4 or 8 bytes, unsigned (Netty `lengthFieldLength`).
+    pub width: usize,
+    /// Byte order of the length field.
+    pub order: ByteOrder,
+    /// Added to the field's value to get the number of bytes after the field
+    /// (Netty `lengthAdjustment`).
+    pub adjustment: i64,
+    /// Bytes removed from the front of each decoded frame (Netty `initialBytesToStrip`).
+    pub strip: usize,
+    /// Largest accepted frame, header included (Netty `maxFrameLength`).
+    pub max_frame_length: usize,
+    /// What to do with a frame over `max_frame_length`.
+    pub oversize: OversizePolicy,
+}
+
+impl LengthFieldConfig {
+    /// A `width`-byte big-endian length prefix counting the payload only, stripped from decoded
+    /// frames, with the default 8 MiB limit: the most common framing.
+    pub fn new(width: usize) -> Self {
+        LengthFieldConfig {
+            offset: 0,
+            width,
+            order: ByteOrder::BigEndian,
+            adjustment: 0,
+            strip: width,
+            max_frame_length: DEFAULT_MAX_FRAME_LENGTH,
+            oversize: OversizePolicy::Fail,
+        }
+    }
+
+    /// The parameters of Netty's
+    /// `LengthFieldBasedFrameDecoder(maxFrameLength, lengthFieldOffset, lengthFieldLength, lengthAdjustment, initialBytesToStrip)`,
+    /// big-endian, discarding over-long frames like Netty does.
+    pub fn netty(
+        max_frame_length: usize,
+        offset: usize,
+        width: usize,
+        adjustment: i64,
+        strip: usize,
+    ) -> Self {
+        LengthFieldConfig {
+            offset,
+            width,
+            order: ByteOrder::BigEndian,
+            adjustment,
+            strip,
+            max_frame_length,
+            oversize: OversizePolicy::Discard,
+        }
+    }
+
+    /// The counterpart of Netty's `LengthFieldPrepender(lengthFieldLength, lengthAdjustment,
+    /// lengthIncludesLengthFieldLength)`: the field holds `payload_len + adjustment` (+ `width` when
+    /// it includes itself). Decoded frames have the field stripped.
+    pub fn prepender(width: usize, adjustment: i64, includes_length_field: bool) -> Self {
+        let includes = if includes_length_field {
+            width as i64
+        } else {
+            0
+        };
+        LengthFieldConfig {
+            adjustment: -(adjustment + includes),
+            ..Self::new(width)
+        }
+    }
+
+    /// Offset of the first byte after the length field.
+    pub fn header_length(&self) -> usize {
+        self.offset + self.width
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !matches!(self.width, 1 | 2 | 3 | 4 | 8) {
+            return Err(ConfigError::InvalidWidth {
+                width: self.width,
+                allowed: "1, 2, 3, 4, 8",
+            });
+        }
+        if self.max_frame_length < self.header_length() {
+            return Err(ConfigError::MaxTooSmall {
+                max: self.max_frame_length,
+                minimum: self.header_length(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Default for LengthFieldConfig {
+    /// A 4-byte big-endian length prefix: see [`LengthFieldConfig::new`].
+    fn default() -> Self {
+        Self::new(4)
+    }
+}
+
+/// Length-field decoder and encoder; see the [module docs](self) and [`LengthFieldConfig`].
+///
+/// ```
+/// use bytes::BytesMut;
+/// use framelink_proto::codec::{FrameDecoder, FrameEncoder, LengthFieldCodec, LengthFieldConfig};
+///
+/// let mut codec = LengthFieldCodec::new(LengthFieldConfig::new(4)).unwrap();
+/// let mut wire = BytesMut::new();
+/// codec.encode(b"ping", &mut wire).unwrap();
+/// codec.encode(b"pong", &mut wire).unwrap();
+/// assert_eq!(&wire[..], b"\0\0\0\x04ping\0\0\0\x04pong");
+/// assert_eq!(codec.decode(&mut wire).unwrap().unwrap(), "ping");
+/// assert_eq!(codec.decode(&mut wire).unwrap().unwrap(), "pong");
+/// ```
+#[derive(Debug, Clone)]
+pub struct LengthFieldCodec {
+    config: LengthFieldConfig,
+    /// Bytes of an oversized frame still to be dropped (discard policy).
+    discard_remaining: u64,
+    consumed: u64,
+}
+
+/// Outcome of reading a header at the front of a buffer.
+enum Header {
+    /// Not enough bytes for the header.
+    Incomplete,
+    /// Total frame length (header included, before stripping).
+    Frame(usize),
+}
+
+impl LengthFieldCodec {
+    /// Builds a codec, checking the configuration.
+    pub fn new(config: LengthFieldConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(LengthFieldCodec {
+            config,
+            discard_remaining: 0,
+            consumed: 0,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LengthFieldConfig {
+        &self.config
+    }
+
+    #[inline]
+    fn read_header(&self, buf: &[u8]) -> Result<Header, DecodeErrorKind> {
+        let cfg = &self.config;
+        let field_end = cfg.header_length();
+        if buf.len() < field_end {
+            return Ok(Header::Incomplete);
+        }
+        let raw = cfg.order.read_uint(&buf[cfg.offset..field_end]);
+        // i128 holds raw (< 2^64) + adjustment (|adj| < 2^63) + field_end without overflow.
+        let frame_len = i128::from(raw) + i128::from(cfg.adjustment) + field_end as i128;
+        if frame_len < field_end as i128 {
+            return Err(DecodeErrorKind::LengthBelowHeader {
+                raw_length: raw,
+                adjustment: cfg.adjustment,
+                header_length: field_end,
+            });
+        }
+        if frame_len > cfg.max_frame_length as i128 {
+            return Err(DecodeErrorKind::FrameTooLong {
+                length: u64::try_from(frame_len).unwrap_or(u64::MAX),
+                limit: cfg.max_frame_length,
+            });
+        }
+        let frame_len = frame_len as usize; // <= max_frame_length
+        if cfg.strip > frame_len {
+            return Err(DecodeErrorKind::StripBeyondFrame {
+                strip: cfg.strip,
+                frame_length: frame_len,
+            });
+        }
+        Ok(Header::Frame(frame_len))
+    }
+
+    /// Drops buffered bytes of an oversized frame; returns true when all of it is gone.
+    fn discard(&mut self, buf: &mut BytesMut) -> bool {
+        let n = (buf.len() as u64).min(self.discard_remaining) as usize;
+        buf.advance(n);
+        self.consumed += n as u64;
+        self.discard_remaining -= n as u64;
+        self.discard_remaining == 0
+    }
+}
+
+impl FrameDecoder for LengthFieldCodec {
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, DecodeError> {
+        if self.discard_remaining > 0 && !self.discard(buf) {
+            return Ok(None);
+        }
+        match self.read_header(buf) {
+            Ok(Header::Incomplete) => Ok(None),
+            Ok(Header::Frame(frame_len)) => {
+                if buf.len() < frame_len {
+                    reserve_for_frame(buf, frame_len);
+                    return Ok(None);
+                }
+                let mut frame = buf.split_to(frame_len);
+                frame.advance(self.config.strip);
+                self.consumed += frame_len as u64;
+                Ok(Some(frame.freeze()))
+            }
+            Err(kind @ DecodeErrorKind::FrameTooLong { length, .. })
+                if self.config.oversize == OversizePolicy::Discard =>
+            {
+                let offset = self.consumed;
+                self.discard_remaining = length;
+                self.discard(buf);
+                Err(DecodeError::recoverable(kind, offset))
+            }
+            Err(kind) => Err(DecodeError::fatal(kind, self.consumed)),
+        }
+    }
+
+    fn consumed(&self) -> u64 {
+        self.consumed
+    }
+
+    fn pending_frame_length(&self, buf: &BytesMut) -> Option<u64> {
+        match self.read_header(buf) {
+            Ok(Header::Frame(n)) => Some(n as u64),
+            _ => None,
+        }
+    }
+}
+
+impl FrameEncoder for LengthFieldCodec {
+    fn frame_parts(&self, payload: &[u8]) -> Result<FrameParts, EncodeError> {
+        let cfg = &self.config;
+        if cfg.offset != 0 {
+            return Err(EncodeError::Unsupported {
+                reason:
+                    "the length field has bytes before it (offset > 0) that the encoder cannot know",
+            });
+        }
+        let frame_len = cfg.width + payload.len();
+        if frame_len > cfg.max_frame_length {
+            return Err(EncodeError::FrameTooLong {
+                length: payload.len(),
+                limit: cfg.max_frame_length,
+            });
+        }
+        let value = payload.len() as i128 - i128::from(cfg.adjustment);
+        let field_max = if cfg.width == 8 {
+            i128::from(u64::MAX)
+        } else {
+            (1i128 << (8 * cfg.width)) - 1
+        };
+        if value < 0 || value > field_max {
+            return Err(EncodeError::LengthNotRepresentable {
+                value,
+                width: cfg.width as u8,
+            });
+        }
+        let mut head = InlineBytes::EMPTY;
+        cfg.order
+            .write_uint(value as u64, head.push_zeroed(cfg.width));
+        Ok(FrameParts {
+            head,
+            tail: InlineBytes::EMPTY,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn codec(cfg: LengthFieldConfig) -> LengthFieldCodec {
+        LengthFieldCodec::new(cfg).unwrap()
+    }
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    /// Decodes `input` fed in pieces of `chunk` bytes; returns frames and the first error.
+    fn decode_chunked(
+        codec: &mut LengthFieldCodec,
+        input: &[u8],
+        chunk: usize,
+    ) -> (Vec<Bytes>, Vec<DecodeError>) {
+        let mut buf = BytesMut::new();
+        let mut frames = Vec::new();
+        let mut errors = Vec::new();
+        for piece in input.chunks(chunk.max(1)) {
+            buf.extend_from_slice(piece);
+            loop {
+                match codec.decode(&mut buf) {
+                    Ok(Some(f)) => frames.push(f),
+                    Ok(None) => break,
+                    Err(e) => {
+                        let fatal = !e.is_recoverable();
+                        errors.push(e);
+                        if fatal {
+                            return (frames, errors);
+                        }
+                    }
+                }
+            }
+        }
+        (frames, errors)
+    }
+
+    /// Every worked example from Netty's documentation (copied from ../shared/vectors into the
+    /// repo), at every split of the input.
+    #[test]
+    fn netty_documented_examples() {
+        let text = include_str!("../../tests/data/netty-length-field.tsv");
+        let mut count = 0;
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            let f: Vec<&str> = line.split('\t').collect();
+            let cfg = LengthFieldConfig::netty(
+                1024,
+                f[0].parse().unwrap(),
+                f[1].parse().unwrap(),
+                f[2].parse().unwrap(),
+                f[3].parse().unwrap(),
+            );
+            let (input, output) = (hex(f[4]), hex(f[5]));
+            for chunk in 1..=input.len() {
+                let (frames, errors) = decode_chunked(&mut codec(cfg.clone()), &input, chunk);
+                assert!(errors.is_empty(), "{line}: {errors:?}");
+                assert_eq!(
+                    frames,
+                    vec![Bytes::from(output.clone())],
+                    "{line} chunk {chunk}"
+                );
+            }
+            count += 1;
+        }
+        assert_eq!(count, 7);
+    }
+
+    #[test]
+    fn all_widths_and_orders_round_trip() {
+        for width in [1, 2, 3, 4, 8] {
+            for order in [ByteOrder::BigEndian, ByteOrder::LittleEndian] {
+                let mut c = codec(LengthFieldConfig {
+                    order,
+                    ..LengthFieldConfig::new(width)
+                });
+                let mut wire = BytesMut::new();
+                c.encode(b"abc", &mut wire).unwrap();
+                assert_eq!(wire.len(), width + 3);
+                let expected_field: Vec<u8> = match order {
+                    ByteOrder::BigEndian => {
+                        let mut v = vec![0; width];
+                        v[width - 1] = 3;
+                        v
+                    }
+                    ByteOrder::LittleEndian => {
+                        let mut v = vec![0; width];
+                        v[0] = 3;
+                        v
+                    }
+                };
+                assert_eq!(&wire[..width], &expected_field[..]);
+                assert_eq!(c.decode(&mut wire).unwrap().unwrap(), "abc");
+                assert!(wire.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn huge_length_rejected_on_sight_without_allocating() {
+        let mut c = codec(LengthFieldConfig::new(4));
+        let mut buf = BytesMut::from(&[0xffu8, 0xff, 0xff, 0xff, 1, 2, 3][..]);
+        let cap = buf.capacity();
+        let err = c.decode(&mut buf).unwrap_err();
+        assert_eq!(
+            err.kind(),
+            &DecodeErrorKind::FrameTooLong {
+                length: 0xffff_ffff + 4,
+                limit: DEFAULT_MAX_FRAME_LENGTH
+            }
+        );
+        assert!(!err.is_recoverable());
+        assert_eq!(buf.capacity(), cap);
+        // 8-byte field at u64::MAX: no overflow, saturated length.
+        let mut c = codec(LengthFieldConfig::new(8));
+        let mut buf = BytesMut::from(&[0xffu8; 8][..]);
+        let err = c.decode(&mut buf).unwrap_err();
+        assert!(matches!(
+            err.kind(),
+            DecodeErrorKind::FrameTooLong {
+                length: u64::MAX,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn limit_is_checked_on_the_adjusted_length() {
+        // The field says 10, but the adjustment adds 100 bytes of body: over a 64-byte limit.
+        let mut c = codec(LengthFieldConfig {
+            adjustment: 100,
+            max_frame_length: 64,
+            ..LengthFieldConfig::new(2)
+        });
+        let mut buf = BytesMut::from(&[0u8, 10][..]);
+        let err = c.decode(&mut buf).unwrap_err();
+        assert_eq!(
+            err.kind(),
+            &DecodeErrorKind::FrameTooLong {
+                length: 112,
+                limit: 64
+            }
+        );
+        // Exactly at the limit is accepted.
+        let mut c = codec(LengthFieldConfig {
+            max_frame_length: 12,
+            ..LengthFieldConfig::new(2)
+        });
+        let mut buf = BytesMut::from(&[0u8, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0][..]);
+        assert_eq!(c.decode(&mut buf).unwrap().unwrap().len(), 10);
+    }
+
+    #[test]
+    fn discard_policy_skips_the_oversized_frame_and_continues() {
+        let mut c = codec(LengthFieldConfig {
+            max_frame_length: 8,
+            oversize: OversizePolicy::Discard,
+            ..LengthFieldConfig::new(1)
+        });
+        let mut input = vec![1u8, b'a'];
+        input.push(20);
+        input.extend_from_slice(&[b'x'; 20]);
+        input.extend_from_slice(&[2, b'b', b'c']);
+        for chunk in 1..input.len() {
+            c = codec(c.config.clone());
+            let (frames, errors) = decode_chunked(&mut c, &input, chunk);
+            assert_eq!(frames, vec![Bytes::from("a"), Bytes::from("bc")]);
+            assert_eq!(errors.len(), 1, "reported once per frame");
+            assert!(errors[0].is_recoverable());
+            assert_eq!(errors[0].offset(), 2);
+            assert_eq!(c.consumed(), input.len() as u64);
+        }
+    }
+
+    #[test]
+    fn corrupt_headers_are_fatal_with_numbers() {
+        // Netty: adjusted frame length less than lengthFieldEndOffset.
+        let mut c = codec(LengthFieldConfig::netty(1024, 0, 2, -4, 0));
+        let mut buf = BytesMut::from(&[0u8, 1, 9][..]);
+        let err = c.decode(&mut buf).unwrap_err();
+        assert_eq!(
+            err.kind(),
+            &DecodeErrorKind::LengthBelowHeader {
+                raw_length: 1,
+                adjustment: -4,
+                header_length: 2
+            }
+        );
+        assert!(!err.is_recoverable());
+        // Netty: initialBytesToStrip greater than the frame.
+        let mut c = codec(LengthFieldConfig::netty(1024, 0, 1, 0, 5));
+        let mut buf = BytesMut::from(&[1u8, 9][..]);
+        assert_eq!(
+            c.decode(&mut buf).unwrap_err().kind(),
+            &DecodeErrorKind::StripBeyondFrame {
+                strip: 5,
+                frame_length: 2
+            }
+        );
+    }
+
+    #[test]
+    fn truncated_at_eof_reports_buffered_and_expected() {
+        let mut c = codec(LengthFieldConfig::new(2));
+        let mut buf = BytesMut::from(&[0u8, 2, b'o', b'k', 0, 5, b'h', b'e'][..]);
+        assert_eq!(c.decode_eof(&mut buf).unwrap().unwrap(), "ok");
+        let err = c.decode_eof(&mut buf).unwrap_err();
+        assert_eq!(
+            err.kind(),
+            &DecodeErrorKind::Truncated {
+                buffered: 4,
+                expected: Some(7)
+            }
+        );
+        assert_eq!(err.offset(), 4);
+        // A partial header: length unknown.
+        let mut c = codec(LengthFieldConfig::new(2));
+        let mut buf = BytesMut::from(&[0u8][..]);
+        assert_eq!(
+            c.decode_eof(&mut buf).unwrap_err().kind(),
+            &DecodeErrorKind::Truncated {
+                buffered: 1,
+                expected: None
+            }
+        );
+    }
+
+    #[test]
+    fn buffer_grows_with_arrivals_not_declared_length() {
+        let mut c = codec(LengthFieldConfig::new(4));
+        // Declares 8 MiB - 4 (allowed) but sends 10 bytes.
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&((8 << 20) - 4u32).to_be_bytes());
+        buf.extend_from_slice(&[0; 10]);
+        assert_eq!(c.decode(&mut buf).unwrap(), None);
+        assert!(buf.capacity() < 64 * 1024, "capacity {}", buf.capacity());
+    }
+
+    #[test]
+    fn encoder_matches_netty_prepender() {
+        // LengthFieldPrepender(2, 0, true): field counts itself.
+        let c = codec(LengthFieldConfig::prepender(2, 0, true));
+        let mut wire = BytesMut::new();
+        c.encode(b"HELLO, WORLD", &mut wire).unwrap();
+        assert_eq!(&wire[..2], &[0, 14]);
+        // The decoder with the same config reads it back.
+        let mut d = codec(LengthFieldConfig::prepender(2, 0, true));
+        assert_eq!(d.decode(&mut wire).unwrap().unwrap(), "HELLO, WORLD");
+        // LengthFieldPrepender(1, 3, false): field holds payload + 3.
+        let c = codec(LengthFieldConfig::prepender(1, 3, false));
+        let mut wire = BytesMut::new();
+        c.encode(b"ab", &mut wire).unwrap();
+        assert_eq!(&wire[..1], &[5]);
+    }
+
+    #[test]
+    fn encoder_refuses_what_the_field_cannot_express() {
+        let c = codec(LengthFieldConfig {
+            max_frame_length: 1 << 20,
+            ..LengthFieldConfig::new(1)
+        });
+        let mut wire = BytesMut::new();
+        assert_eq!(
+            c.encode(&[0; 256], &mut wire),
+            Err(EncodeError::LengthNotRepresentable {
+                value: 256,
+                width: 1
+            })
+        );
+        assert!(wire.is_empty());
+        c.encode(&[0; 255], &mut wire).unwrap();
+        // Negative after adjustment.
+        let c = codec(LengthFieldConfig {
+            adjustment: 5,
+            ..LengthFieldConfig::new(2)
+        });
+        assert!(matches!(
+            c.encode(b"ab", &mut BytesMut::new()),
+            Err(EncodeError::LengthNotRepresentable { value: -3, .. })
+        ));
+        // Over the limit.
+        let c = codec(LengthFieldConfig {
+            max_frame_length: 10,
+            ..LengthFieldConfig::new(2)
+        });
+        assert_eq!(
+            c.encode(&[0; 9], &mut BytesMut::new()),
+            Err(EncodeError::FrameTooLong {
+                length: 9,
+                limit: 10
+            })
+        );
+        // An offset cannot be encoded.
+        let c = codec(LengthFieldConfig::netty(1024, 2, 3, 0, 0));
+        assert!(matches!(
+            c.encode(b"x", &mut BytesMut::new()),
+            Err(EncodeError::Unsupported { .. })
+        ));
+    }
+
+    #[test]
+    fn invalid_configs_are_rejected() {
+        assert!(matches!(
+            LengthFieldCodec::new(LengthFieldConfig::new(5)),
+            Err(ConfigError::InvalidWidth { width: 5, .. })
+        ));
+        assert!(matches!(
+            LengthFieldCodec::new(LengthFieldConfig::netty(3, 2, 2, 0, 0)),
+            Err(ConfigError::MaxTooSmall { max: 3, minimum: 4 })
+        ));
+    }
+
+    #[test]
+    fn frames_share_the_read_buffer() {
+        let mut c = codec(LengthFieldConfig::new(1));
+        let mut buf = BytesMut::from(&[3u8, b'a', b'b', b'c', 1, b'd'][..]);
+        let base = buf.as_ptr() as usize;
+        let f1 = c.decode(&mut buf).unwrap().unwrap();
+        let f2 = c.decode(&mut buf).unwrap().unwrap();
+        assert_eq!(f1.as_ptr() as usize, base + 1);
+        assert_eq!(f2.as_ptr() as usize, base + 5);
+    }
+}

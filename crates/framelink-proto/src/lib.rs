@@ -1,0 +1,17 @@
+//! # framelink-proto
+//!
+//! The sans-IO core of framelink: everything that decides *what* goes over a TCP connection,
+//! with no sockets, no async runtime and no clock reads. Bytes go in, frames and events come out;
+//! time, where it matters, is an argument. That makes every behaviour here deterministic and
+//! testable without a network or a sleep, and lets the tokio layer (`framelink`), the CLI and
+//! future language bindings share one implementation.
+//!
+//! - [`codec`]: framing codecs (length field, varint, delimiters, lines, fixed, netstring,
+//!   magic + checksum) behind the [`codec::FrameDecoder`] / [`codec::FrameEncoder`] traits and the
+//!   [`codec::Framing`] type built from a text spec.
+
+#![warn(missing_docs)]
+
+pub mod codec;
+
+pub use codec::{FrameDecoder, FrameEncoder, Framing};

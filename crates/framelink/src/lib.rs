@@ -1,0 +1,2 @@
+//! framelink tokio layer (in progress)
+pub use framelink_proto::codec;
