@@ -1,2 +1,40 @@
-//! framelink tokio layer (in progress)
-pub use framelink_proto::codec;
+//! # framelink
+//!
+//! Correct, robust message passing over TCP, on tokio. TCP is a byte stream: one read can hold
+//! several messages glued together, or part of one. framelink restores the message boundaries
+//! for every common framing (length field with Netty's options, varint, lines, delimiters, fixed
+//! size, netstrings, magic + checksum with resynchronisation) with zero-copy decoding and limits
+//! that hostile peers cannot get around.
+//!
+//! This crate is the runtime layer; the codecs live in the sans-IO crate `framelink-proto` and
+//! are re-exported here. A [`Framing`] plugs into tokio-util's `Framed`:
+//!
+//! ```no_run
+//! use futures::{SinkExt, StreamExt};
+//! use tokio::net::TcpStream;
+//! use tokio_util::codec::Framed;
+//! use framelink::Framing;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let stream = TcpStream::connect("127.0.0.1:7000").await?;
+//! let framing: Framing = "length:4,max=1MiB".parse()?;
+//! let mut framed = Framed::new(stream, framing);
+//! framed.send("hello").await?;
+//! while let Some(frame) = framed.next().await {
+//!     println!("got {} bytes", frame?.len());
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! For large payloads, [`io::write_frame`] sends header and payload with one vectored write,
+//! without copying the payload.
+
+#![warn(missing_docs)]
+
+pub mod io;
+
+pub use framelink_proto::codec::{
+    self, DecodeError, DecodeErrorKind, EncodeError, FrameDecoder, FrameEncoder, FrameError,
+    Framing,
+};
+pub use framelink_proto::{self as proto};

@@ -16,7 +16,13 @@ use super::{
 ///
 /// Build it from a codec (`Framing::from(codec)`) or from a [spec](super::spec) string; its
 /// `Display` prints the canonical spec back. It implements [`FrameDecoder`] and [`FrameEncoder`]
-/// (and, with the `tokio-codec` feature, tokio-util's `Decoder`/`Encoder`).
+/// and, with the `tokio-codec` feature, tokio-util's `Decoder`/`Encoder`, so
+/// `tokio_util::codec::Framed::new(stream, framing)` works.
+///
+/// Recoverable decode errors (an oversized frame discarded, bytes skipped to resynchronise) are
+/// returned by [`FrameDecoder::decode`] like any error. Through tokio-util's `Framed`, which ends
+/// the stream on the first error, they are not returned: decoding goes on and they are kept for
+/// [`take_recovered_errors`](Framing::take_recovered_errors).
 ///
 /// ```
 /// use bytes::BytesMut;
@@ -30,7 +36,14 @@ use super::{
 /// assert_eq!(framing.to_string(), "length:2,le,strip=2,max=1KiB");
 /// ```
 #[derive(Debug, Clone)]
-pub enum Framing {
+pub struct Framing {
+    codec: AnyCodec,
+    recovered: RecoveredErrors,
+}
+
+/// The codec inside a [`Framing`].
+#[derive(Debug, Clone)]
+pub enum AnyCodec {
     /// Length field (Netty `LengthFieldBasedFrameDecoder` options).
     LengthField(LengthFieldCodec),
     /// Unsigned LEB128 length prefix.
@@ -48,16 +61,31 @@ pub enum Framing {
 }
 
 /// Calls `$body` with `$c` bound to the codec inside any variant.
+macro_rules! dispatch_ref {
+    ($self:expr, $c:ident => $body:expr) => {
+        match &$self.codec {
+            AnyCodec::LengthField($c) => $body,
+            AnyCodec::Varint($c) => $body,
+            AnyCodec::Delimiter($c) => $body,
+            AnyCodec::Lines($c) => $body,
+            AnyCodec::Fixed($c) => $body,
+            AnyCodec::Netstring($c) => $body,
+            AnyCodec::Magic($c) => $body,
+        }
+    };
+}
+
+/// Like `dispatch_ref!`, with the codec borrowed mutably.
 macro_rules! dispatch {
     ($self:expr, $c:ident => $body:expr) => {
-        match $self {
-            Framing::LengthField($c) => $body,
-            Framing::Varint($c) => $body,
-            Framing::Delimiter($c) => $body,
-            Framing::Lines($c) => $body,
-            Framing::Fixed($c) => $body,
-            Framing::Netstring($c) => $body,
-            Framing::Magic($c) => $body,
+        match &mut $self.codec {
+            AnyCodec::LengthField($c) => $body,
+            AnyCodec::Varint($c) => $body,
+            AnyCodec::Delimiter($c) => $body,
+            AnyCodec::Lines($c) => $body,
+            AnyCodec::Fixed($c) => $body,
+            AnyCodec::Netstring($c) => $body,
+            AnyCodec::Magic($c) => $body,
         }
     };
 }
@@ -68,33 +96,77 @@ impl Framing {
         spec::parse(text)
     }
 
-    /// A fresh copy with the same configuration and no decoding state.
+    /// The codec inside.
+    pub fn codec(&self) -> &AnyCodec {
+        &self.codec
+    }
+
+    /// A fresh copy with the same configuration and no decoding state (for a new connection).
     pub fn reset(&self) -> Self {
-        // Codecs carry only their config and per-stream counters; rebuilding from the canonical
-        // spec would lose nothing but is slower, so rebuild from the configs directly.
-        match self {
-            Framing::LengthField(c) => Framing::LengthField(
-                LengthFieldCodec::new(c.config().clone()).expect("valid config"),
-            ),
-            Framing::Varint(c) => {
-                Framing::Varint(VarintCodec::new(c.config().clone()).expect("valid config"))
+        let codec = match &self.codec {
+            AnyCodec::LengthField(c) => {
+                LengthFieldCodec::new(c.config().clone()).map(AnyCodec::from)
             }
-            Framing::Delimiter(c) => {
-                Framing::Delimiter(DelimiterCodec::new(c.config().clone()).expect("valid config"))
-            }
-            Framing::Lines(c) => {
-                Framing::Lines(LinesCodec::new(c.config().clone()).expect("valid config"))
-            }
-            Framing::Fixed(c) => {
-                Framing::Fixed(FixedLengthCodec::new(c.config().clone()).expect("valid config"))
-            }
-            Framing::Netstring(c) => {
-                Framing::Netstring(NetstringCodec::new(c.config().clone()).expect("valid config"))
-            }
-            Framing::Magic(c) => {
-                Framing::Magic(MagicCodec::new(c.config().clone()).expect("valid config"))
+            AnyCodec::Varint(c) => VarintCodec::new(c.config().clone()).map(AnyCodec::from),
+            AnyCodec::Delimiter(c) => DelimiterCodec::new(c.config().clone()).map(AnyCodec::from),
+            AnyCodec::Lines(c) => LinesCodec::new(c.config().clone()).map(AnyCodec::from),
+            AnyCodec::Fixed(c) => FixedLengthCodec::new(c.config().clone()).map(AnyCodec::from),
+            AnyCodec::Netstring(c) => NetstringCodec::new(c.config().clone()).map(AnyCodec::from),
+            AnyCodec::Magic(c) => MagicCodec::new(c.config().clone()).map(AnyCodec::from),
+        };
+        Framing::from(codec.expect("a config taken from a built codec is valid"))
+    }
+
+    /// Recoverable errors that the tokio-util adapter decoded past (oldest first), leaving none.
+    /// At most [`RecoveredErrors::KEPT`] are kept; [`recovered_error_count`](Self::recovered_error_count)
+    /// counts them all.
+    pub fn take_recovered_errors(&mut self) -> Vec<DecodeError> {
+        std::mem::take(&mut self.recovered.kept)
+    }
+
+    /// How many recoverable errors the tokio-util adapter has decoded past on this stream.
+    pub fn recovered_error_count(&self) -> u64 {
+        self.recovered.count
+    }
+
+    /// Decodes, keeping recoverable errors aside instead of returning them: the behaviour of the
+    /// tokio-util adapter.
+    pub fn decode_past_recoverable(
+        &mut self,
+        buf: &mut BytesMut,
+        eof: bool,
+    ) -> Result<Option<Bytes>, DecodeError> {
+        loop {
+            let result = if eof {
+                self.decode_eof(buf)
+            } else {
+                self.decode(buf)
+            };
+            match result {
+                Err(e) if e.is_recoverable() => self.recovered.push(e),
+                other => return other,
             }
         }
+    }
+}
+
+/// Recoverable errors kept by a [`Framing`] for its owner to read.
+#[derive(Debug, Clone, Default)]
+pub struct RecoveredErrors {
+    kept: Vec<DecodeError>,
+    count: u64,
+}
+
+impl RecoveredErrors {
+    /// How many errors are kept before the oldest are dropped (the count goes on).
+    pub const KEPT: usize = 64;
+
+    fn push(&mut self, e: DecodeError) {
+        if self.kept.len() == Self::KEPT {
+            self.kept.remove(0);
+        }
+        self.kept.push(e);
+        self.count += 1;
     }
 }
 
@@ -107,24 +179,24 @@ impl FrameDecoder for Framing {
         dispatch!(self, c => c.decode_eof(buf))
     }
     fn consumed(&self) -> u64 {
-        dispatch!(self, c => c.consumed())
+        dispatch_ref!(self, c => c.consumed())
     }
     fn pending_frame_length(&self, buf: &BytesMut) -> Option<u64> {
-        dispatch!(self, c => c.pending_frame_length(buf))
+        dispatch_ref!(self, c => c.pending_frame_length(buf))
     }
 }
 
 impl FrameEncoder for Framing {
     #[inline]
     fn frame_parts(&self, payload: &[u8]) -> Result<FrameParts, EncodeError> {
-        dispatch!(self, c => c.frame_parts(payload))
+        dispatch_ref!(self, c => c.frame_parts(payload))
     }
     #[inline]
     fn encode(&self, payload: &[u8], dst: &mut BytesMut) -> Result<(), EncodeError> {
-        dispatch!(self, c => c.encode(payload, dst))
+        dispatch_ref!(self, c => c.encode(payload, dst))
     }
     fn encode_vectored(&self, payload: Bytes) -> Result<EncodedFrame, EncodeError> {
-        dispatch!(self, c => c.encode_vectored(payload))
+        dispatch_ref!(self, c => c.encode_vectored(payload))
     }
 }
 
@@ -141,11 +213,25 @@ impl fmt::Display for Framing {
     }
 }
 
+impl From<AnyCodec> for Framing {
+    fn from(codec: AnyCodec) -> Self {
+        Framing {
+            codec,
+            recovered: RecoveredErrors::default(),
+        }
+    }
+}
+
 macro_rules! from_codec {
     ($($codec:ident => $variant:ident),*) => {$(
+        impl From<$codec> for AnyCodec {
+            fn from(c: $codec) -> Self {
+                AnyCodec::$variant(c)
+            }
+        }
         impl From<$codec> for Framing {
             fn from(c: $codec) -> Self {
-                Framing::$variant(c)
+                Framing::from(AnyCodec::$variant(c))
             }
         }
     )*};

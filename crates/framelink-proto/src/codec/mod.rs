@@ -39,10 +39,12 @@ use bytes::{Buf, Bytes, BytesMut};
 pub use delimiter::{DelimiterCodec, DelimiterConfig, LinesCodec, LinesConfig};
 pub use error::{ConfigError, DecodeError, DecodeErrorKind, EncodeError};
 pub use fixed::{FixedLengthCodec, FixedLengthConfig};
-pub use framing::Framing;
+pub use framing::{AnyCodec, Framing, RecoveredErrors};
 pub use length_field::{LengthFieldCodec, LengthFieldConfig};
 pub use magic::{Checksum, MagicCodec, MagicConfig, ResyncPolicy};
 pub use netstring::{NetstringCodec, NetstringConfig};
+#[cfg(feature = "tokio-codec")]
+pub use tokio_codec::FrameError;
 pub use varint::{VarintCodec, VarintConfig};
 
 /// Default maximum frame length for length-prefixed framings: 8 MiB.
