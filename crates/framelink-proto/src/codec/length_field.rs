@@ -125,7 +125,19 @@ impl Default for LengthFieldConfig {
     }
 }
 
-/// Length-field decoder and encoder; see the [module docs](self) and [`LengthFieldConfig`].
+/// Length-field decoder and encoder with Netty's option set (see [`LengthFieldConfig`]).
+///
+/// A frame is `[offset bytes][length field][body]`; the field holds `body_len - adjustment`. The
+/// decoder returns the frame minus its first `strip` bytes and accepts and rejects the same inputs
+/// as Netty's `LengthFieldBasedFrameDecoder`, except that fields are read unsigned at every width
+/// (Netty reports a 4- or 8-byte value with the top bit set as "negative length"; here it is over
+/// any limit and reported as [`FrameTooLong`](DecodeErrorKind::FrameTooLong)). The limit is
+/// compared with the whole adjusted frame, header included, as soon as the header has arrived.
+///
+/// The encoder is the counterpart of Netty's `LengthFieldPrepender` (see
+/// [`LengthFieldConfig::prepender`]): it writes the field and the payload, so decoding gives the
+/// payload back when `strip` equals the field width (the default). It cannot encode a config with
+/// `offset > 0`, since it cannot know the bytes before the field.
 ///
 /// ```
 /// use bytes::BytesMut;

@@ -19,7 +19,7 @@
 //! | `netstring` | — | `max=size` (8MiB), `fail`/`discard` |
 //! | `magic` | magic bytes in hex (`cafe`) or quoted | `len=1\|2\|4` (4), `be`/`le`, `crc=crc32c\|crc32\|none` (crc32c), `max=size` (8MiB), `resync`/`fail` |
 //!
-//! `fail` / `discard` choose the [`OversizePolicy`](super::OversizePolicy) (`oversize=fail` also
+//! `fail` / `discard` choose the [`OversizePolicy`] (`oversize=fail` also
 //! works). Quoted strings take the escapes `\r \n \t \0 \\ \" \xHH`; a quoted string may contain
 //! commas and `|`.
 //!
@@ -222,7 +222,7 @@ impl<'a> Parser<'a> {
                 let mut c = VarintConfig::default();
                 c.max_frame_length = opts.size("max")?.unwrap_or(c.max_frame_length);
                 c.oversize = opts.oversize()?;
-                c.strict = !opts.choice(&["strict", "lenient"])?.is_some_and(|f| f == "lenient");
+                c.strict = opts.choice(&["strict", "lenient"])? != Some("lenient");
                 opts.finish()?;
                 VarintCodec::new(c).map(Framing::from)
             }
