@@ -729,6 +729,7 @@ impl FrameEncoder for LinesCodec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::test_support::{decode_to_eof, split_cycling, CheckedDecoder, Run};
     use proptest::prelude::*;
 
     fn delim(delimiters: &[&[u8]]) -> DelimiterConfig {
@@ -743,89 +744,31 @@ mod tests {
         LinesCodec::new(cfg).unwrap()
     }
 
-    /// Most bytes a decoder may hold after returning `Ok(None)` outside a discard.
-    trait Bound {
-        fn held_max(&self) -> usize;
-    }
-    impl Bound for DelimiterCodec {
-        fn held_max(&self) -> usize {
-            if self.state.discarding {
+    /// Most bytes a decoder may hold after returning `Ok(None)`, checked by the decode helpers.
+    impl CheckedDecoder for DelimiterCodec {
+        fn buffer_bound(&self) -> Option<usize> {
+            Some(if self.state.discarding {
                 self.max_len - 1
             } else {
                 self.config.max_frame_length + self.max_len - 1
-            }
+            })
         }
     }
-    impl Bound for LinesCodec {
-        fn held_max(&self) -> usize {
-            if self.state.discarding {
+    impl CheckedDecoder for LinesCodec {
+        fn buffer_bound(&self) -> Option<usize> {
+            Some(if self.state.discarding {
                 0
             } else {
                 self.config.max_frame_length + 1
-            }
+            })
         }
-    }
-
-    /// Result of feeding a stream: frames, errors, and what `decode_eof` said at the end.
-    #[derive(Debug, PartialEq)]
-    struct Run {
-        frames: Vec<Bytes>,
-        errors: Vec<DecodeError>,
-        eof: Result<(), DecodeError>,
     }
 
     /// Feeds `input` in pieces whose sizes cycle through `chunks`, decoding after each piece and
     /// checking the buffer bound after every `Ok(None)`; then `decode_eof` until done. Stops at
     /// the first fatal error.
-    fn feed<D: FrameDecoder + Bound>(codec: &mut D, input: &[u8], chunks: &[usize]) -> Run {
-        let mut buf = BytesMut::new();
-        let mut run = Run {
-            frames: Vec::new(),
-            errors: Vec::new(),
-            eof: Ok(()),
-        };
-        let mut rest = input;
-        let mut sizes = chunks.iter().copied().map(|c| c.max(1)).cycle();
-        while !rest.is_empty() {
-            let (piece, tail) = rest.split_at(sizes.next().unwrap().min(rest.len()));
-            rest = tail;
-            buf.extend_from_slice(piece);
-            loop {
-                match codec.decode(&mut buf) {
-                    Ok(Some(f)) => run.frames.push(f),
-                    Ok(None) => {
-                        assert!(
-                            buf.len() <= codec.held_max(),
-                            "holds {} bytes, bound {}",
-                            buf.len(),
-                            codec.held_max()
-                        );
-                        break;
-                    }
-                    Err(e) => {
-                        let fatal = !e.is_recoverable();
-                        run.errors.push(e);
-                        if fatal {
-                            return run;
-                        }
-                    }
-                }
-            }
-        }
-        loop {
-            match codec.decode_eof(&mut buf) {
-                Ok(Some(f)) => run.frames.push(f),
-                Ok(None) => {
-                    assert!(buf.is_empty());
-                    return run;
-                }
-                Err(e) if e.is_recoverable() => run.errors.push(e),
-                Err(e) => {
-                    run.eof = Err(e);
-                    return run;
-                }
-            }
-        }
+    fn feed<D: CheckedDecoder>(codec: &mut D, input: &[u8], chunks: &[usize]) -> Run {
+        decode_to_eof(codec, split_cycling(input, chunks))
     }
 
     fn frames(v: &[&str]) -> Vec<Bytes> {
@@ -836,11 +779,7 @@ mod tests {
 
     /// Decodes `input` with a fresh codec at every chunk size and at every two-piece split, and
     /// checks the frames and the clean end each time.
-    fn check_all_splits<D: FrameDecoder + Bound>(
-        make: impl Fn() -> D,
-        input: &[u8],
-        expected: &[&str],
-    ) {
+    fn check_all_splits<D: CheckedDecoder>(make: impl Fn() -> D, input: &[u8], expected: &[&str]) {
         let expected = frames(expected);
         for chunk in 1..=input.len().max(1) {
             let run = feed(&mut make(), input, &[chunk]);

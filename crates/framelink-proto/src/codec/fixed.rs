@@ -126,6 +126,7 @@ impl FrameEncoder for FixedLengthCodec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::test_support::{decode_pieces, feed, CheckedDecoder};
     use crate::codec::DecodeErrorKind;
     use bytes::Buf;
     use proptest::prelude::*;
@@ -134,22 +135,22 @@ mod tests {
         FixedLengthCodec::new(FixedLengthConfig::new(length)).unwrap()
     }
 
-    /// Decodes `input` fed in the given pieces; returns the frames. Checks that fewer than
-    /// `length` bytes stay buffered after every `Ok(None)`.
-    fn decode_pieces<'a>(
+    /// Checked by the decode helpers after every `Ok(None)`: fewer than `length` bytes stay
+    /// buffered.
+    impl CheckedDecoder for FixedLengthCodec {
+        fn buffer_bound(&self) -> Option<usize> {
+            Some(self.config.length - 1)
+        }
+    }
+
+    /// Decodes `input` fed in the given pieces; returns the frames (fixed-length decoding cannot
+    /// fail).
+    fn decode_frames<'a>(
         codec: &mut FixedLengthCodec,
         pieces: impl IntoIterator<Item = &'a [u8]>,
     ) -> Vec<Bytes> {
-        let length = codec.config.length;
-        let mut buf = BytesMut::new();
-        let mut frames = Vec::new();
-        for piece in pieces {
-            buf.extend_from_slice(piece);
-            while let Some(frame) = codec.decode(&mut buf).expect("fixed decoding cannot fail") {
-                frames.push(frame);
-            }
-            assert!(buf.len() < length, "{} bytes left buffered", buf.len());
-        }
+        let (frames, errors) = decode_pieces(codec, pieces);
+        assert!(errors.is_empty(), "fixed decoding cannot fail: {errors:?}");
         frames
     }
 
@@ -203,7 +204,7 @@ mod tests {
         for chunk in 1..=input.len() {
             let mut c = codec(4);
             assert_eq!(
-                decode_pieces(&mut c, input.chunks(chunk)),
+                decode_frames(&mut c, input.chunks(chunk)),
                 expected,
                 "chunk {chunk}"
             );
@@ -211,10 +212,10 @@ mod tests {
         }
         for at in 0..=input.len() {
             let (a, b) = input.split_at(at);
-            assert_eq!(decode_pieces(&mut codec(4), [a, b]), expected, "split {at}");
+            assert_eq!(decode_frames(&mut codec(4), [a, b]), expected, "split {at}");
         }
         // Length 1: every byte is a frame.
-        assert_eq!(decode_pieces(&mut codec(1), [&b"xyz"[..]]).len(), 3);
+        assert_eq!(decode_frames(&mut codec(1), [&b"xyz"[..]]).len(), 3);
     }
 
     #[test]
@@ -258,45 +259,6 @@ mod tests {
         assert_eq!(f2.as_ptr() as usize, base + 3);
     }
 
-    /// How a test feeds a byte stream to the decoder.
-    #[derive(Debug, Clone)]
-    enum Feed {
-        Bytewise,
-        AllAtOnce,
-        /// Piece sizes, used in turn.
-        Random(Vec<usize>),
-    }
-
-    impl Feed {
-        fn pieces<'a>(&self, input: &'a [u8]) -> Vec<&'a [u8]> {
-            match self {
-                Feed::Bytewise => input.chunks(1).collect(),
-                Feed::AllAtOnce => vec![input],
-                Feed::Random(sizes) => {
-                    let mut out = Vec::new();
-                    let mut rest = input;
-                    for &size in sizes.iter().cycle() {
-                        if rest.is_empty() {
-                            break;
-                        }
-                        let (piece, tail) = rest.split_at(size.min(rest.len()));
-                        out.push(piece);
-                        rest = tail;
-                    }
-                    out
-                }
-            }
-        }
-    }
-
-    fn feed() -> impl Strategy<Value = Feed> {
-        prop_oneof![
-            Just(Feed::Bytewise),
-            Just(Feed::AllAtOnce),
-            proptest::collection::vec(1usize..80, 1..16).prop_map(Feed::Random),
-        ]
-    }
-
     /// A frame length and up to 8 payloads of that length.
     fn frames() -> impl Strategy<Value = (usize, Vec<Vec<u8>>)> {
         (1usize..=40).prop_flat_map(|length| {
@@ -316,9 +278,9 @@ mod tests {
                 enc.encode(p, &mut wire).unwrap();
             }
             let mut dec = codec(length);
-            // decode_pieces asserts buf.len() < length after every Ok(None).
+            // decode_frames asserts buf.len() < length after every Ok(None).
             let frames: Vec<Vec<u8>> =
-                decode_pieces(&mut dec, feed.pieces(&wire)).iter().map(|f| f.to_vec()).collect();
+                decode_frames(&mut dec, feed.pieces(&wire)).iter().map(|f| f.to_vec()).collect();
             prop_assert_eq!(frames, payloads);
             prop_assert_eq!(dec.consumed(), wire.len() as u64);
             prop_assert_eq!(dec.decode_eof(&mut BytesMut::new()), Ok(None));
@@ -331,7 +293,7 @@ mod tests {
             feed in feed(),
         ) {
             let mut c = codec(length);
-            let frames = decode_pieces(&mut c, feed.pieces(&input));
+            let frames = decode_frames(&mut c, feed.pieces(&input));
             prop_assert_eq!(frames.len(), input.len() / length);
             prop_assert!(frames.iter().all(|f| f.len() == length));
             prop_assert_eq!(c.consumed(), (input.len() / length * length) as u64);

@@ -308,44 +308,17 @@ impl FrameEncoder for LengthFieldCodec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::test_support::{decode_chunked, hex, CheckedDecoder};
 
     fn codec(cfg: LengthFieldConfig) -> LengthFieldCodec {
         LengthFieldCodec::new(cfg).unwrap()
     }
 
-    fn hex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
-    }
-
-    /// Decodes `input` fed in pieces of `chunk` bytes; returns frames and the first error.
-    fn decode_chunked(
-        codec: &mut LengthFieldCodec,
-        input: &[u8],
-        chunk: usize,
-    ) -> (Vec<Bytes>, Vec<DecodeError>) {
-        let mut buf = BytesMut::new();
-        let mut frames = Vec::new();
-        let mut errors = Vec::new();
-        for piece in input.chunks(chunk.max(1)) {
-            buf.extend_from_slice(piece);
-            loop {
-                match codec.decode(&mut buf) {
-                    Ok(Some(f)) => frames.push(f),
-                    Ok(None) => break,
-                    Err(e) => {
-                        let fatal = !e.is_recoverable();
-                        errors.push(e);
-                        if fatal {
-                            return (frames, errors);
-                        }
-                    }
-                }
-            }
+    /// No buffer bound is checked for this codec.
+    impl CheckedDecoder for LengthFieldCodec {
+        fn buffer_bound(&self) -> Option<usize> {
+            None
         }
-        (frames, errors)
     }
 
     /// Every worked example from Netty's documentation (copied from ../shared/vectors into the

@@ -474,6 +474,7 @@ impl FrameEncoder for MagicCodec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::test_support::{decode_to_eof, hex, split_cycling, CheckedDecoder};
     use proptest::prelude::*;
 
     /// A marker with no prefix that is also a suffix: garbage cannot form it with the real one.
@@ -485,13 +486,6 @@ mod tests {
 
     fn codec(cfg: MagicConfig) -> MagicCodec {
         MagicCodec::new(cfg).unwrap()
-    }
-
-    fn hex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
     }
 
     /// The frames for `payloads`, and the stream offset where each starts.
@@ -506,56 +500,27 @@ mod tests {
         (out.to_vec(), starts)
     }
 
+    /// Checked by the decode helpers after every call: every byte fed is consumed or buffered,
+    /// and after `Ok(None)` at most a header and a whole payload stay buffered.
+    impl CheckedDecoder for MagicCodec {
+        const CHECK_CONSUMED: bool = true;
+
+        fn buffer_bound(&self) -> Option<usize> {
+            let cfg = self.config();
+            Some(cfg.header_length().saturating_add(cfg.max_frame_length))
+        }
+    }
+
     /// Feeds `input` in pieces whose sizes cycle through `sizes`, decoding after each, then decodes
-    /// to the end of stream. Returns the frames and errors (stopping at a fatal one), checking on
-    /// the way that `consumed` accounts for every byte taken off the buffer.
+    /// to the end of stream. Returns the frames and errors, stopping at a fatal one.
     fn decode_pieces(
         codec: &mut MagicCodec,
         input: &[u8],
         sizes: &[usize],
     ) -> (Vec<Bytes>, Vec<DecodeError>) {
-        let mut buf = BytesMut::new();
-        let mut frames = Vec::new();
-        let mut errors = Vec::new();
-        let (mut fed, mut sizes) = (0, sizes.iter().cycle());
-        let mut eof = false;
-        loop {
-            if fed < input.len() {
-                let n = (*sizes.next().unwrap()).clamp(1, input.len() - fed);
-                buf.extend_from_slice(&input[fed..fed + n]);
-                fed += n;
-            } else {
-                eof = true;
-            }
-            loop {
-                let result = if eof {
-                    codec.decode_eof(&mut buf)
-                } else {
-                    codec.decode(&mut buf)
-                };
-                assert_eq!(codec.consumed() + buf.len() as u64, fed as u64);
-                match result {
-                    Ok(Some(f)) => frames.push(f),
-                    Ok(None) => {
-                        let cfg = codec.config();
-                        let bound = cfg.header_length().saturating_add(cfg.max_frame_length);
-                        assert!(buf.len() <= bound, "{} bytes buffered", buf.len());
-                        break;
-                    }
-                    Err(e) => {
-                        let fatal = !e.is_recoverable();
-                        errors.push(e);
-                        if fatal {
-                            return (frames, errors);
-                        }
-                    }
-                }
-            }
-            if eof {
-                assert!(buf.is_empty());
-                return (frames, errors);
-            }
-        }
+        let mut run = decode_to_eof(codec, split_cycling(input, sizes));
+        run.errors.extend(run.eof.err());
+        (run.frames, run.errors)
     }
 
     fn decode_chunked(

@@ -30,6 +30,8 @@ mod length_field;
 mod magic;
 mod netstring;
 pub mod spec;
+#[cfg(test)]
+mod test_support;
 #[cfg(feature = "tokio-codec")]
 mod tokio_codec;
 mod varint;

@@ -431,6 +431,9 @@ impl FrameEncoder for NetstringCodec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::test_support::{
+        decode_chunked, decode_pieces, decode_split, feed, CheckedDecoder,
+    };
     use proptest::prelude::*;
 
     fn codec(cfg: NetstringConfig) -> NetstringCodec {
@@ -456,54 +459,12 @@ mod tests {
         limit + limit.to_string().len() + 2
     }
 
-    /// Decodes `input` fed in the given pieces; returns the frames and the errors (stopping at
-    /// the first fatal one). Checks the buffer bound after every `Ok(None)`.
-    fn decode_pieces<'a>(
-        codec: &mut NetstringCodec,
-        pieces: impl IntoIterator<Item = &'a [u8]>,
-    ) -> (Vec<Bytes>, Vec<DecodeError>) {
-        let bound = overhead_bound(codec.config.max_frame_length);
-        let mut buf = BytesMut::new();
-        let mut frames = Vec::new();
-        let mut errors = Vec::new();
-        for piece in pieces {
-            buf.extend_from_slice(piece);
-            loop {
-                match codec.decode(&mut buf) {
-                    Ok(Some(f)) => frames.push(f),
-                    Ok(None) => {
-                        assert!(buf.len() <= bound, "{} bytes left buffered", buf.len());
-                        break;
-                    }
-                    Err(e) => {
-                        let fatal = !e.is_recoverable();
-                        errors.push(e);
-                        if fatal {
-                            return (frames, errors);
-                        }
-                    }
-                }
-            }
+    /// Checked by the decode helpers after every `Ok(None)`: at most a whole frame (header,
+    /// payload and comma) stays buffered.
+    impl CheckedDecoder for NetstringCodec {
+        fn buffer_bound(&self) -> Option<usize> {
+            Some(overhead_bound(self.config.max_frame_length))
         }
-        (frames, errors)
-    }
-
-    fn decode_chunked(
-        codec: &mut NetstringCodec,
-        input: &[u8],
-        chunk: usize,
-    ) -> (Vec<Bytes>, Vec<DecodeError>) {
-        decode_pieces(codec, input.chunks(chunk.max(1)))
-    }
-
-    /// Feeds `input[..at]` then `input[at..]`.
-    fn decode_split(
-        codec: &mut NetstringCodec,
-        input: &[u8],
-        at: usize,
-    ) -> (Vec<Bytes>, Vec<DecodeError>) {
-        let (a, b) = input.split_at(at);
-        decode_pieces(codec, [a, b])
     }
 
     fn invalid(reason: &'static str) -> DecodeErrorKind {
@@ -844,45 +805,6 @@ mod tests {
         assert_eq!(f1.as_ptr() as usize, base + 2);
         assert_eq!(f2.as_ptr() as usize, base + 8);
         assert_eq!(c.consumed(), 10);
-    }
-
-    /// How a test feeds a byte stream to the decoder.
-    #[derive(Debug, Clone)]
-    enum Feed {
-        Bytewise,
-        AllAtOnce,
-        /// Piece sizes, used in turn.
-        Random(Vec<usize>),
-    }
-
-    impl Feed {
-        fn pieces<'a>(&self, input: &'a [u8]) -> Vec<&'a [u8]> {
-            match self {
-                Feed::Bytewise => input.chunks(1).collect(),
-                Feed::AllAtOnce => vec![input],
-                Feed::Random(sizes) => {
-                    let mut out = Vec::new();
-                    let mut rest = input;
-                    for &size in sizes.iter().cycle() {
-                        if rest.is_empty() {
-                            break;
-                        }
-                        let (piece, tail) = rest.split_at(size.min(rest.len()));
-                        out.push(piece);
-                        rest = tail;
-                    }
-                    out
-                }
-            }
-        }
-    }
-
-    fn feed() -> impl Strategy<Value = Feed> {
-        prop_oneof![
-            Just(Feed::Bytewise),
-            Just(Feed::AllAtOnce),
-            proptest::collection::vec(1usize..80, 1..16).prop_map(Feed::Random),
-        ]
     }
 
     proptest! {
