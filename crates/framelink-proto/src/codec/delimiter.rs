@@ -7,12 +7,12 @@
 //! The rules (which delimiter ends a frame, limits, the oversize policies, what the encoders
 //! refuse) are documented on [`DelimiterCodec`]; [`LinesCodec`] follows them for `\r\n` and `\n`.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use memchr::memmem;
 
 use super::{
-    ConfigError, DecodeError, DecodeErrorKind, EncodeError, FrameDecoder, FrameEncoder, FrameParts,
-    OversizePolicy, DEFAULT_MAX_LINE_LENGTH,
+    append_without, ConfigError, DecodeError, DecodeErrorKind, EncodeError, FrameDecoder,
+    FrameEncoder, FrameParts, OversizePolicy, DEFAULT_MAX_LINE_LENGTH,
 };
 
 /// Parameters of a [`DelimiterCodec`]. Field names follow Netty's `DelimiterBasedFrameDecoder`.
@@ -701,8 +701,19 @@ impl FrameDecoder for LinesCodec {
     }
 }
 
-impl FrameEncoder for LinesCodec {
-    fn frame_parts(&self, payload: &[u8]) -> Result<FrameParts, EncodeError> {
+impl LinesCodec {
+    /// The line ending to append to `payload`, or why it cannot be sent as one line.
+    #[inline]
+    fn line_ending(&self, payload: &[u8]) -> Result<&'static [u8], EncodeError> {
+        self.check_length(payload)?;
+        if let Some(position) = memchr::memchr(b'\n', payload) {
+            return Err(EncodeError::ContainsDelimiter { position });
+        }
+        self.ending_after(payload)
+    }
+
+    #[inline]
+    fn check_length(&self, payload: &[u8]) -> Result<(), EncodeError> {
         let limit = self.config.max_frame_length;
         if payload.len() > limit {
             return Err(EncodeError::FrameTooLong {
@@ -710,19 +721,45 @@ impl FrameEncoder for LinesCodec {
                 limit,
             });
         }
-        if let Some(position) = memchr::memchr(b'\n', payload) {
-            return Err(EncodeError::ContainsDelimiter { position });
-        }
+        Ok(())
+    }
+
+    /// The ending for a payload known to hold no `\n`.
+    #[inline]
+    fn ending_after(&self, payload: &[u8]) -> Result<&'static [u8], EncodeError> {
         if self.config.crlf {
-            Ok(FrameParts::with_tail(b"\r\n"))
+            Ok(b"\r\n")
         } else if payload.last() == Some(&b'\r') {
             // "x\r" + "\n" would read back as "x".
             Err(EncodeError::ContainsDelimiter {
                 position: payload.len() - 1,
             })
         } else {
-            Ok(FrameParts::with_tail(b"\n"))
+            Ok(b"\n")
         }
+    }
+}
+
+impl FrameEncoder for LinesCodec {
+    #[inline]
+    fn frame_parts(&self, payload: &[u8]) -> Result<FrameParts, EncodeError> {
+        Ok(FrameParts::with_tail(self.line_ending(payload)?))
+    }
+
+    /// Copies the line into `dst` while checking it for `\n` in the same pass, then appends the
+    /// ending. On error `dst` is unchanged.
+    #[inline]
+    fn encode(&self, payload: &[u8], dst: &mut BytesMut) -> Result<(), EncodeError> {
+        self.check_length(payload)?;
+        let ending = self.ending_after(payload)?;
+        dst.reserve(payload.len() + ending.len());
+        append_without(dst, payload, b'\n')
+            .map_err(|position| EncodeError::ContainsDelimiter { position })?;
+        match ending {
+            [b] => dst.put_u8(*b),
+            _ => dst.put_slice(ending),
+        }
+        Ok(())
     }
 }
 

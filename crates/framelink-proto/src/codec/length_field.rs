@@ -11,11 +11,11 @@
 //! The maximum frame length is compared with the whole adjusted frame, header included (as Netty),
 //! as soon as the header has arrived.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::{
     reserve_for_frame, ByteOrder, ConfigError, DecodeError, DecodeErrorKind, EncodeError,
-    FrameDecoder, FrameEncoder, FrameParts, InlineBytes, OversizePolicy, DEFAULT_MAX_FRAME_LENGTH,
+    FrameDecoder, FrameEncoder, FrameParts, OversizePolicy, DEFAULT_MAX_FRAME_LENGTH,
 };
 
 /// Parameters of a [`LengthFieldCodec`]. Field names follow Netty's constructor arguments.
@@ -97,8 +97,9 @@ impl LengthFieldConfig {
     }
 
     /// Offset of the first byte after the length field.
+    /// Saturates for an offset so large that the sum overflows; such a config fails validation.
     pub fn header_length(&self) -> usize {
-        self.offset + self.width
+        self.offset.saturating_add(self.width)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -106,6 +107,13 @@ impl LengthFieldConfig {
             return Err(ConfigError::InvalidWidth {
                 width: self.width,
                 allowed: "1, 2, 3, 4, 8",
+            });
+        }
+        if self.offset.checked_add(self.width).is_none() {
+            return Err(ConfigError::OutOfRange {
+                name: "offset",
+                value: self.offset as i128,
+                range: "offset + width must fit in usize",
             });
         }
         if self.max_frame_length < self.header_length() {
@@ -157,6 +165,9 @@ pub struct LengthFieldCodec {
     /// Bytes of an oversized frame still to be dropped (discard policy).
     discard_remaining: u64,
     consumed: u64,
+    /// Payload lengths the encoder accepts (`None` when it cannot encode at all), computed once
+    /// so that encoding a frame costs one range check.
+    encodable: Option<std::ops::RangeInclusive<usize>>,
 }
 
 /// Outcome of reading a header at the front of a buffer.
@@ -171,10 +182,12 @@ impl LengthFieldCodec {
     /// Builds a codec, checking the configuration.
     pub fn new(config: LengthFieldConfig) -> Result<Self, ConfigError> {
         config.validate()?;
+        let encodable = Self::encodable_payloads(&config);
         Ok(LengthFieldCodec {
             config,
             discard_remaining: 0,
             consumed: 0,
+            encodable,
         })
     }
 
@@ -267,41 +280,106 @@ impl FrameDecoder for LengthFieldCodec {
     }
 }
 
-impl FrameEncoder for LengthFieldCodec {
-    fn frame_parts(&self, payload: &[u8]) -> Result<FrameParts, EncodeError> {
-        let cfg = &self.config;
-        if cfg.offset != 0 {
-            return Err(EncodeError::Unsupported {
-                reason:
-                    "the length field has bytes before it (offset > 0) that the encoder cannot know",
-            });
-        }
-        let frame_len = cfg.width + payload.len();
-        if frame_len > cfg.max_frame_length {
-            return Err(EncodeError::FrameTooLong {
-                length: payload.len(),
-                limit: cfg.max_frame_length,
-            });
-        }
-        let value = payload.len() as i128 - i128::from(cfg.adjustment);
-        let field_max = if cfg.width == 8 {
+impl LengthFieldCodec {
+    /// The largest value a field of this width holds.
+    fn field_max(width: usize) -> i128 {
+        if width == 8 {
             i128::from(u64::MAX)
         } else {
-            (1i128 << (8 * cfg.width)) - 1
-        };
-        if value < 0 || value > field_max {
-            return Err(EncodeError::LengthNotRepresentable {
-                value,
-                width: cfg.width as u8,
-            });
+            (1i128 << (8 * width)) - 1
         }
-        let mut head = InlineBytes::EMPTY;
-        cfg.order
-            .write_uint(value as u64, head.push_zeroed(cfg.width));
-        Ok(FrameParts {
-            head,
-            tail: InlineBytes::EMPTY,
-        })
+    }
+
+    /// Payload lengths whose frame fits the limit and whose field value `len - adjustment` fits
+    /// the field; `None` when the config cannot encode (offset > 0) or no length fits.
+    fn encodable_payloads(cfg: &LengthFieldConfig) -> Option<std::ops::RangeInclusive<usize>> {
+        if cfg.offset != 0 {
+            return None;
+        }
+        let adjustment = i128::from(cfg.adjustment);
+        let low = adjustment.max(0);
+        let high = (Self::field_max(cfg.width) + adjustment)
+            .min((cfg.max_frame_length - cfg.width) as i128);
+        (low <= high).then_some(low as usize..=high as usize)
+    }
+
+    /// The length field for a payload of `payload_len` bytes: its bytes (the first `width` of
+    /// the array), or why the payload cannot be sent.
+    #[inline]
+    fn length_field(&self, payload_len: usize) -> Result<[u8; 8], EncodeError> {
+        match &self.encodable {
+            Some(range) if range.contains(&payload_len) => {
+                // In range, `payload_len - adjustment` is in 0..=field_max: exact in wrapping u64.
+                let value = (payload_len as u64).wrapping_sub(self.config.adjustment as u64);
+                let mut field = [0u8; 8];
+                self.config
+                    .order
+                    .write_uint(value, &mut field[..self.config.width]);
+                Ok(field)
+            }
+            _ => Err(self.encode_error(payload_len)),
+        }
+    }
+
+    /// Why a payload of `payload_len` bytes cannot be encoded.
+    #[cold]
+    fn encode_error(&self, payload_len: usize) -> EncodeError {
+        let cfg = &self.config;
+        if cfg.offset != 0 {
+            return EncodeError::Unsupported {
+                reason:
+                    "the length field has bytes before it (offset > 0) that the encoder cannot know",
+            };
+        }
+        if payload_len > cfg.max_frame_length - cfg.width {
+            return EncodeError::FrameTooLong {
+                length: payload_len,
+                limit: cfg.max_frame_length,
+            };
+        }
+        EncodeError::LengthNotRepresentable {
+            value: payload_len as i128 - i128::from(cfg.adjustment),
+            width: cfg.width as u8,
+        }
+    }
+}
+
+impl FrameEncoder for LengthFieldCodec {
+    #[inline]
+    fn frame_parts(&self, payload: &[u8]) -> Result<FrameParts, EncodeError> {
+        let field = self.length_field(payload.len())?;
+        Ok(FrameParts::with_head(&field[..self.config.width]))
+    }
+
+    /// Writes the field and the payload straight into `dst` (no intermediate [`FrameParts`]).
+    #[inline]
+    fn encode(&self, payload: &[u8], dst: &mut BytesMut) -> Result<(), EncodeError> {
+        let Some(range) = &self.encodable else {
+            return Err(self.encode_error(payload.len()));
+        };
+        if !range.contains(&payload.len()) {
+            return Err(self.encode_error(payload.len()));
+        }
+        let value = (payload.len() as u64).wrapping_sub(self.config.adjustment as u64);
+        let width = self.config.width;
+        dst.reserve(width + payload.len());
+        // Fixed-size stores for the common widths; the range check above made the casts exact.
+        match (width, self.config.order) {
+            (1, _) => dst.put_u8(value as u8),
+            (2, ByteOrder::BigEndian) => dst.put_u16(value as u16),
+            (2, ByteOrder::LittleEndian) => dst.put_u16_le(value as u16),
+            (4, ByteOrder::BigEndian) => dst.put_u32(value as u32),
+            (4, ByteOrder::LittleEndian) => dst.put_u32_le(value as u32),
+            (8, ByteOrder::BigEndian) => dst.put_u64(value),
+            (8, ByteOrder::LittleEndian) => dst.put_u64_le(value),
+            _ => {
+                let mut field = [0u8; 8];
+                self.config.order.write_uint(value, &mut field[..width]);
+                dst.extend_from_slice(&field[..width]);
+            }
+        }
+        dst.extend_from_slice(payload);
+        Ok(())
     }
 }
 
@@ -584,6 +662,27 @@ mod tests {
             c.encode(b"x", &mut BytesMut::new()),
             Err(EncodeError::Unsupported { .. })
         ));
+    }
+
+    /// Found by the `decode_length_field` fuzz target: an offset near `usize::MAX` overflowed
+    /// `offset + width` (a panic in debug builds, a slice panic on the first decode in release).
+    #[test]
+    fn huge_offset_is_a_config_error_not_a_panic() {
+        let cfg = LengthFieldConfig {
+            offset: usize::MAX - 6,
+            ..LengthFieldConfig::new(8)
+        };
+        assert!(matches!(
+            LengthFieldCodec::new(cfg),
+            Err(ConfigError::OutOfRange { name: "offset", .. })
+        ));
+        let cfg = LengthFieldConfig {
+            offset: usize::MAX - 8,
+            max_frame_length: usize::MAX,
+            ..LengthFieldConfig::new(8)
+        };
+        let mut c = LengthFieldCodec::new(cfg).unwrap();
+        assert_eq!(c.decode(&mut BytesMut::from(&[0u8; 3][..])), Ok(None));
     }
 
     #[test]

@@ -80,6 +80,33 @@ impl ByteOrder {
     #[inline]
     pub(crate) fn read_uint(self, bytes: &[u8]) -> u64 {
         debug_assert!(bytes.len() <= 8);
+        // The common widths as single loads; 3 (and anything else) by the loop below.
+        match (self, bytes.len()) {
+            (_, 1) => return u64::from(bytes[0]),
+            (ByteOrder::BigEndian, 2) => {
+                return u64::from(u16::from_be_bytes([bytes[0], bytes[1]]))
+            }
+            (ByteOrder::LittleEndian, 2) => {
+                return u64::from(u16::from_le_bytes([bytes[0], bytes[1]]))
+            }
+            (ByteOrder::BigEndian, 4) => {
+                return u64::from(u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+            }
+            (ByteOrder::LittleEndian, 4) => {
+                return u64::from(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+            }
+            (ByteOrder::BigEndian, 8) => {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(bytes);
+                return u64::from_be_bytes(a);
+            }
+            (ByteOrder::LittleEndian, 8) => {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(bytes);
+                return u64::from_le_bytes(a);
+            }
+            _ => {}
+        }
         let mut v = 0u64;
         match self {
             ByteOrder::BigEndian => {
@@ -169,6 +196,7 @@ pub trait FrameEncoder {
     fn frame_parts(&self, payload: &[u8]) -> Result<FrameParts, EncodeError>;
 
     /// Appends the complete frame for `payload` to `dst`. On error nothing is written.
+    #[inline]
     fn encode(&self, payload: &[u8], dst: &mut BytesMut) -> Result<(), EncodeError> {
         let parts = self.frame_parts(payload)?;
         dst.reserve(parts.head.len() + payload.len() + parts.tail.len());
@@ -206,6 +234,7 @@ impl InlineBytes {
 
     /// Copies `src`. Panics if it is longer than [`MAX_FRAME_OVERHEAD`]; codecs check their
     /// configured overhead against that limit when they are built.
+    #[inline]
     pub fn from_slice(src: &[u8]) -> Self {
         let mut out = Self::EMPTY;
         out.bytes[..src.len()].copy_from_slice(src);
@@ -214,6 +243,7 @@ impl InlineBytes {
     }
 
     /// Appends `src`, see [`from_slice`](Self::from_slice) for the size limit.
+    #[inline]
     pub fn push(&mut self, src: &[u8]) {
         let start = usize::from(self.len);
         self.bytes[start..start + src.len()].copy_from_slice(src);
@@ -221,6 +251,7 @@ impl InlineBytes {
     }
 
     /// Appends `n` zero bytes and returns them for the caller to fill.
+    #[inline]
     pub fn push_zeroed(&mut self, n: usize) -> &mut [u8] {
         let start = usize::from(self.len);
         self.len += n as u8;
@@ -228,16 +259,19 @@ impl InlineBytes {
     }
 
     /// The bytes.
+    #[inline]
     pub fn as_slice(&self) -> &[u8] {
         &self.bytes[..usize::from(self.len)]
     }
 
     /// Length in bytes.
+    #[inline]
     pub fn len(&self) -> usize {
         usize::from(self.len)
     }
 
     /// True when empty.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -260,14 +294,17 @@ pub struct FrameParts {
 
 impl FrameParts {
     /// A header and no trailer.
+    #[inline]
     pub fn head(&self) -> &[u8] {
         self.head.as_slice()
     }
     /// The trailer.
+    #[inline]
     pub fn tail(&self) -> &[u8] {
         self.tail.as_slice()
     }
     /// Header only.
+    #[inline]
     pub fn with_head(head: &[u8]) -> Self {
         FrameParts {
             head: InlineBytes::from_slice(head),
@@ -275,6 +312,7 @@ impl FrameParts {
         }
     }
     /// Trailer only.
+    #[inline]
     pub fn with_tail(tail: &[u8]) -> Self {
         FrameParts {
             head: InlineBytes::EMPTY,
@@ -370,6 +408,84 @@ impl Buf for EncodedFrame {
     }
 }
 
+/// Appends `src` to `dst` unless it contains `needle`, in one pass over the bytes: the check that
+/// keeps a delimiter out of a payload costs next to nothing on top of the copy. On a hit, `dst` is
+/// left as it was and the needle's position in `src` is returned.
+#[inline]
+pub(crate) fn append_without(dst: &mut BytesMut, src: &[u8], needle: u8) -> Result<(), usize> {
+    dst.reserve(src.len());
+    let spare = &mut dst.spare_capacity_mut()[..src.len()];
+    if !copy_checking(spare, src, needle) {
+        return Err(memchr::memchr(needle, src).expect("the copy saw the needle"));
+    }
+    // SAFETY: `copy_checking` initialised all `src.len()` bytes of spare capacity after the
+    // current length (`reserve` made room for them).
+    unsafe { dst.set_len(dst.len() + src.len()) };
+    Ok(())
+}
+
+/// Copies `src` into `dst` (same length) and returns false if it contains `needle`. Long inputs
+/// take an AVX2 build of the same loop when the CPU has it, so the copy runs at `memcpy` speed.
+#[inline]
+fn copy_checking(dst: &mut [std::mem::MaybeUninit<u8>], src: &[u8], needle: u8) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if src.len() >= 256 && std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2, checked just above.
+        return unsafe { copy_checking_avx2(dst, src, needle) };
+    }
+    copy_checking_portable(dst, src, needle)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn copy_checking_avx2(
+    dst: &mut [std::mem::MaybeUninit<u8>],
+    src: &[u8],
+    needle: u8,
+) -> bool {
+    copy_checking_portable(dst, src, needle)
+}
+
+/// Per block: load, compare, OR into an accumulator, store, all vector instructions. Each block
+/// size has its own accumulator (mixing widths in one array stalls on store forwarding), reduced
+/// once at the end: where the needle is only matters on the error path.
+#[inline(always)]
+fn copy_checking_portable(dst: &mut [std::mem::MaybeUninit<u8>], src: &[u8], needle: u8) -> bool {
+    const BLOCK: usize = 64;
+    const SMALL: usize = 16;
+    debug_assert_eq!(dst.len(), src.len());
+    let mut block_hits = [0u8; BLOCK];
+    let mut blocks_src = src.chunks_exact(BLOCK);
+    let mut blocks_dst = dst.chunks_exact_mut(BLOCK);
+    for (s, d) in (&mut blocks_src).zip(&mut blocks_dst) {
+        for i in 0..BLOCK {
+            block_hits[i] |= u8::from(s[i] == needle);
+            d[i].write(s[i]);
+        }
+    }
+    let mut small_hits = [0u8; SMALL];
+    let mut small_src = blocks_src.remainder().chunks_exact(SMALL);
+    let mut small_dst = blocks_dst.into_remainder().chunks_exact_mut(SMALL);
+    for (s, d) in (&mut small_src).zip(&mut small_dst) {
+        for i in 0..SMALL {
+            small_hits[i] |= u8::from(s[i] == needle);
+            d[i].write(s[i]);
+        }
+    }
+    let mut tail_hits = 0u8;
+    for (out, &b) in small_dst
+        .into_remainder()
+        .iter_mut()
+        .zip(small_src.remainder())
+    {
+        tail_hits |= u8::from(b == needle);
+        out.write(b);
+    }
+    // OR-reductions, not `== [0; N]`, which becomes a `memcmp` call.
+    let any = |hits: &[u8]| hits.iter().fold(0u8, |acc, &h| acc | h);
+    (any(&block_hits) | any(&small_hits) | tail_hits) == 0
+}
+
 /// Grows `buf` so that it can take the rest of a frame of `frame_len` bytes, but by no more than the
 /// bytes already buffered (at least 4 KiB): memory follows what the peer actually sent, never what it
 /// declared, while a large frame still needs only O(log n) reallocations.
@@ -378,4 +494,46 @@ pub(crate) fn reserve_for_frame(buf: &mut BytesMut, frame_len: usize) {
     let missing = frame_len.saturating_sub(buf.len());
     let step = missing.min(buf.len().max(4096));
     buf.reserve(step);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn append_without_copies_or_refuses_in_one_pass() {
+        for len in [0, 1, 5, 31, 32, 33, 63, 64, 65, 100, 1000] {
+            let src: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            let mut dst = BytesMut::from(&b"head"[..]);
+            append_without(&mut dst, &src, b'\n').unwrap();
+            assert_eq!(&dst[..4], b"head");
+            assert_eq!(&dst[4..], &src[..]);
+            // The needle at every position (block starts, block ends, the tail) is found exactly,
+            // and nothing is appended.
+            for at in 0..len {
+                let mut with = src.clone();
+                with[at] = b'\n';
+                if at + 1 < len {
+                    with[len - 1] = b'\n'; // a later hit must not mask the first
+                }
+                let mut dst = BytesMut::from(&b"head"[..]);
+                assert_eq!(append_without(&mut dst, &with, b'\n'), Err(at), "len {len}");
+                assert_eq!(&dst[..], b"head");
+            }
+        }
+    }
+
+    #[test]
+    fn read_and_write_uint_agree_at_every_width_and_order() {
+        for width in 1..=8usize {
+            for order in [ByteOrder::BigEndian, ByteOrder::LittleEndian] {
+                let value = 0x0102_0304_0506_0708u64 & (u64::MAX >> (64 - 8 * width));
+                let mut out = [0u8; 8];
+                order.write_uint(value, &mut out[..width]);
+                assert_eq!(order.read_uint(&out[..width]), value, "{width} {order:?}");
+            }
+        }
+        assert_eq!(ByteOrder::BigEndian.read_uint(&[1, 2, 3]), 0x010203);
+        assert_eq!(ByteOrder::LittleEndian.read_uint(&[1, 2, 3]), 0x030201);
+    }
 }

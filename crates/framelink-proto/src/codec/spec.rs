@@ -203,7 +203,7 @@ impl<'a> Parser<'a> {
         let framing = match kind {
             "length" | "len" => {
                 let width = parse_int(required(arg, "length", "a field width, e.g. length:4")?)?;
-                let mut c = LengthFieldConfig::new(width as usize);
+                let mut c = LengthFieldConfig::new(to_usize(width)?);
                 c.order = opts.order()?;
                 c.offset = opts.int("offset")?.map_or(Ok(0), to_usize)?;
                 c.adjustment = opts.int("adjust")?.map_or(Ok(0), |v| {
@@ -211,7 +211,7 @@ impl<'a> Parser<'a> {
                 })?;
                 c.strip = opts
                     .int("strip")?
-                    .map_or(Ok(c.offset + c.width), to_usize)?;
+                    .map_or(Ok(c.header_length()), to_usize)?;
                 c.max_frame_length = opts.size("max")?.unwrap_or(c.max_frame_length);
                 c.oversize = opts.oversize()?;
                 opts.finish()?;
@@ -615,6 +615,16 @@ mod tests {
         assert!(err("magic:cafe,crc=md5").contains("unknown checksum"));
         assert!(err("length:4,max=99999999999999999999GiB").contains("bad size"));
         assert!(err("length:4,oversize=maybe").contains("unknown oversize policy"));
+        // Found by the `spec_parse` fuzz target: these overflowed instead of failing.
+        assert!(err("length:-2,le,offset=3").contains("-2 is out of range"));
+        assert!(matches!(
+            parse("length:4,offset=18446744073709551615"),
+            Err(ConfigError::OutOfRange { name: "offset", .. })
+        ));
+        assert!(matches!(
+            parse("length:8,offset=18446744073709551609"),
+            Err(ConfigError::OutOfRange { name: "offset", .. })
+        ));
         // Codec validation errors come through typed.
         assert!(matches!(
             parse("length:5"),
