@@ -168,6 +168,13 @@ pub struct LengthFieldCodec {
     /// Payload lengths the encoder accepts (`None` when it cannot encode at all), computed once
     /// so that encoding a frame costs one range check.
     encodable: Option<std::ops::RangeInclusive<usize>>,
+    /// Length-field values that give a valid frame, computed once so that decoding a header
+    /// costs one range check; values outside it go to [`read_header`](Self::read_header) to be
+    /// classified as errors.
+    accepted_raw: std::ops::RangeInclusive<u64>,
+    /// `adjustment + header_length` modulo 2^64: for an accepted value, `raw + delta` (wrapping)
+    /// is exactly the frame length.
+    delta: u64,
 }
 
 /// Outcome of reading a header at the front of a buffer.
@@ -183,11 +190,15 @@ impl LengthFieldCodec {
     pub fn new(config: LengthFieldConfig) -> Result<Self, ConfigError> {
         config.validate()?;
         let encodable = Self::encodable_payloads(&config);
+        let accepted_raw = Self::accepted_raw_lengths(&config);
+        let delta = (i128::from(config.adjustment) + config.header_length() as i128) as u64;
         Ok(LengthFieldCodec {
             config,
             discard_remaining: 0,
             consumed: 0,
             encodable,
+            accepted_raw,
+            delta,
         })
     }
 
@@ -196,7 +207,23 @@ impl LengthFieldCodec {
         &self.config
     }
 
-    #[inline]
+    /// Field values whose frame length `raw + adjustment + header` is at least the header, at
+    /// least `strip`, and at most the limit (an empty range when there are none).
+    fn accepted_raw_lengths(cfg: &LengthFieldConfig) -> std::ops::RangeInclusive<u64> {
+        let header = cfg.header_length() as i128;
+        let adjustment = i128::from(cfg.adjustment);
+        let low = (header.max(cfg.strip as i128) - adjustment - header).max(0);
+        let high =
+            (cfg.max_frame_length as i128 - adjustment - header).min(Self::field_max(cfg.width));
+        if low > high {
+            #[allow(clippy::reversed_empty_ranges)]
+            return 1..=0;
+        }
+        low as u64..=high as u64
+    }
+
+    /// The reference reading of a header, with every error classified. The decode fast path
+    /// agrees with it (tested) and calls it only for values outside `accepted_raw`.
     fn read_header(&self, buf: &[u8]) -> Result<Header, DecodeErrorKind> {
         let cfg = &self.config;
         let field_end = cfg.header_length();
@@ -239,23 +266,12 @@ impl LengthFieldCodec {
     }
 }
 
-impl FrameDecoder for LengthFieldCodec {
-    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, DecodeError> {
-        if self.discard_remaining > 0 && !self.discard(buf) {
-            return Ok(None);
-        }
+impl LengthFieldCodec {
+    /// The error for a header whose value is outside `accepted_raw`, after which a discarded
+    /// frame starts being dropped.
+    #[cold]
+    fn header_error(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, DecodeError> {
         match self.read_header(buf) {
-            Ok(Header::Incomplete) => Ok(None),
-            Ok(Header::Frame(frame_len)) => {
-                if buf.len() < frame_len {
-                    reserve_for_frame(buf, frame_len);
-                    return Ok(None);
-                }
-                let mut frame = buf.split_to(frame_len);
-                frame.advance(self.config.strip);
-                self.consumed += frame_len as u64;
-                Ok(Some(frame.freeze()))
-            }
             Err(kind @ DecodeErrorKind::FrameTooLong { length, .. })
                 if self.config.oversize == OversizePolicy::Discard =>
             {
@@ -265,7 +281,36 @@ impl FrameDecoder for LengthFieldCodec {
                 Err(DecodeError::recoverable(kind, offset))
             }
             Err(kind) => Err(DecodeError::fatal(kind, self.consumed)),
+            Ok(_) => unreachable!("values that read_header accepts are in accepted_raw"),
         }
+    }
+}
+
+impl FrameDecoder for LengthFieldCodec {
+    #[inline]
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, DecodeError> {
+        if self.discard_remaining > 0 && !self.discard(buf) {
+            return Ok(None);
+        }
+        let cfg = &self.config;
+        let field_end = cfg.offset + cfg.width; // validated not to overflow
+        if buf.len() < field_end {
+            return Ok(None);
+        }
+        let raw = cfg.order.read_uint(&buf[cfg.offset..field_end]);
+        if !self.accepted_raw.contains(&raw) {
+            return self.header_error(buf);
+        }
+        // In range: the frame length is between the header and the limit, exact in wrapping u64.
+        let frame_len = raw.wrapping_add(self.delta) as usize;
+        if buf.len() < frame_len {
+            reserve_for_frame(buf, frame_len);
+            return Ok(None);
+        }
+        let mut frame = buf.split_to(frame_len).freeze();
+        frame.advance(cfg.strip);
+        self.consumed += frame_len as u64;
+        Ok(Some(frame))
     }
 
     fn consumed(&self) -> u64 {
@@ -683,6 +728,38 @@ mod tests {
         };
         let mut c = LengthFieldCodec::new(cfg).unwrap();
         assert_eq!(c.decode(&mut BytesMut::from(&[0u8; 3][..])), Ok(None));
+    }
+
+    proptest::proptest! {
+        /// The precomputed range of accepted field values agrees with the reference header
+        /// reading for every config and value, including at the edges of the range.
+        #[test]
+        fn fast_path_agrees_with_reference(
+            width in proptest::sample::select(vec![1usize, 2, 3, 4, 8]),
+            offset in 0usize..4,
+            adjustment in proptest::prop_oneof![-20i64..20, proptest::prelude::any::<i64>()],
+            strip in 0usize..16,
+            max in 12usize..400,
+            raw in proptest::prelude::any::<u64>(),
+        ) {
+            let cfg = LengthFieldConfig { offset, adjustment, strip, max_frame_length: max, ..LengthFieldConfig::new(width) };
+            let codec = codec(cfg.clone());
+            let field_max = if width == 8 { u64::MAX } else { (1u64 << (8 * width)) - 1 };
+            let mut candidates = vec![raw & field_max, 0, field_max];
+            for edge in [*codec.accepted_raw.start(), *codec.accepted_raw.end()] {
+                candidates.extend([edge.wrapping_sub(1), edge, edge.wrapping_add(1)].map(|v| v & field_max));
+            }
+            for value in candidates {
+                let mut header = vec![0u8; offset + width];
+                cfg.order.write_uint(value, &mut header[offset..]);
+                let reference = codec.read_header(&header);
+                let fast = codec.accepted_raw.contains(&value);
+                proptest::prop_assert_eq!(fast, reference.is_ok(), "value {}", value);
+                if let Ok(Header::Frame(n)) = reference {
+                    proptest::prop_assert_eq!(value.wrapping_add(codec.delta) as usize, n);
+                }
+            }
+        }
     }
 
     #[test]
