@@ -9,9 +9,15 @@
 //! - [`codec`]: framing codecs (length field, varint, delimiters, lines, fixed, netstring,
 //!   magic + checksum) behind the [`codec::FrameDecoder`] / [`codec::FrameEncoder`] traits and the
 //!   [`codec::Framing`] type built from a text spec.
+//! - [`liveness`]: the keep-alive state machine (pings when quiet, dead-peer detection in bounded
+//!   time, Netty-style idle events, ping-flood strikes, RFC 6298 RTT estimation).
+//! - [`wire`]: the framelink wire protocol v1 (HELLO, DATA, PING, PONG, CLOSE, extensions) and its
+//!   [`wire::WireCodec`], built on the length-field codec; specified in `docs/PROTOCOL.md`.
 
 #![warn(missing_docs)]
 
 pub mod codec;
+pub mod liveness;
+pub mod wire;
 
 pub use codec::{FrameDecoder, FrameEncoder, Framing};
