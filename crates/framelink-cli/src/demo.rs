@@ -236,11 +236,7 @@ async fn transfer(mut framing: Framing, wire: BytesMut, rng: &mut StdRng) -> Res
         }
         let mut in_this_read = 0u64;
         loop {
-            let result = if eof {
-                framing.decode_eof(&mut buf)
-            } else {
-                framing.decode(&mut buf)
-            };
+            let result = framing.decode_with_eof(&mut buf, eof);
             match result {
                 Ok(Some(frame)) => {
                     if in_this_read == 0 && had_partial {

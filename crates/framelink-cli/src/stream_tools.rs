@@ -39,11 +39,7 @@ pub fn decode(
     loop {
         loop {
             let base = (framing.consumed(), buf.as_ptr() as usize, buf.len());
-            let result = if eof {
-                framing.decode_eof(&mut buf)
-            } else {
-                framing.decode(&mut buf)
-            };
+            let result = framing.decode_with_eof(&mut buf, eof);
             match result {
                 Ok(Some(frame)) => {
                     print_frame(

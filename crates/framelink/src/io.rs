@@ -54,11 +54,7 @@ where
     let mut eof = false;
     loop {
         loop {
-            let result = if eof {
-                decoder.decode_eof(&mut buf)
-            } else {
-                decoder.decode(&mut buf)
-            };
+            let result = decoder.decode_with_eof(&mut buf, eof);
             match result {
                 Ok(Some(frame)) => {
                     frames += 1;

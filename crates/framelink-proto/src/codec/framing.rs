@@ -137,12 +137,7 @@ impl Framing {
         eof: bool,
     ) -> Result<Option<Bytes>, DecodeError> {
         loop {
-            let result = if eof {
-                self.decode_eof(buf)
-            } else {
-                self.decode(buf)
-            };
-            match result {
+            match self.decode_with_eof(buf, eof) {
                 Err(e) if e.is_recoverable() => self.recovered.push(e),
                 other => return other,
             }

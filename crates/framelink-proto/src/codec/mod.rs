@@ -174,6 +174,20 @@ pub trait FrameDecoder {
         }
     }
 
+    /// [`decode`](Self::decode) while the stream is open, [`decode_eof`](Self::decode_eof) once
+    /// it has ended: the one call a read loop needs.
+    fn decode_with_eof(
+        &mut self,
+        buf: &mut BytesMut,
+        eof: bool,
+    ) -> Result<Option<Bytes>, DecodeError> {
+        if eof {
+            self.decode_eof(buf)
+        } else {
+            self.decode(buf)
+        }
+    }
+
     /// Total bytes this decoder has taken off the front of buffers (frames, headers, skipped and
     /// discarded bytes): the stream offset of the first byte still in the buffer.
     fn consumed(&self) -> u64;
