@@ -9,6 +9,9 @@
 //! - [`codec`]: framing codecs (length field, varint, delimiters, lines, fixed, netstring,
 //!   magic + checksum) behind the [`codec::FrameDecoder`] / [`codec::FrameEncoder`] traits and the
 //!   [`codec::Framing`] type built from a text spec.
+//! - [`connection`]: the protocol v1 connection state machine (handshake, DATA, keep-alive
+//!   PING / PONG, close handshake, timers), quinn-proto style: bytes and timer expiries in,
+//!   bytes and events out.
 //! - [`liveness`]: the keep-alive state machine (pings when quiet, dead-peer detection in bounded
 //!   time, Netty-style idle events, ping-flood strikes, RFC 6298 RTT estimation).
 //! - [`wire`]: the framelink wire protocol v1 (HELLO, DATA, PING, PONG, CLOSE, extensions) and its
@@ -17,6 +20,7 @@
 #![warn(missing_docs)]
 
 pub mod codec;
+pub mod connection;
 pub mod liveness;
 pub mod wire;
 

@@ -1,0 +1,1849 @@
+//! The framelink protocol v1 connection state machine (sans-IO).
+//!
+//! A [`Connection`] implements `docs/PROTOCOL.md` for one byte stream, in the style of
+//! quinn-proto's `Connection`: it owns no socket and reads no clock. The driver (the tokio layer,
+//! a test, a simulator) feeds it
+//!
+//! - received bytes: read into [`Connection::recv_buf`] then call [`Connection::process_input`]
+//!   (or hand a slice to [`Connection::handle_input`]); end of stream with
+//!   [`Connection::handle_eof`];
+//! - timer expiries: keep **one** timer at [`Connection::poll_timeout`] and call
+//!   [`Connection::handle_timeout`] when it fires (early or spurious calls are harmless);
+//!
+//! and takes out
+//!
+//! - bytes to write: call [`Connection::poll_transmit`] until it returns `None`;
+//! - events: call [`Connection::poll_event`] until it returns `None`.
+//!
+//! After every input (bytes, timeout, [`send`](Connection::send), [`close`](Connection::close)),
+//! drain both and re-arm the timer. When [`Event::ShutdownWrite`] comes out, our CLOSE has been
+//! handed over by `poll_transmit`: write it, then shut down the write half (TCP FIN) and keep
+//! reading. Drop the socket once [`Connection::is_closed`] and [`Connection::is_drained`] both
+//! hold.
+//!
+//! ```
+//! use std::time::Instant;
+//! use bytes::Bytes;
+//! use framelink_proto::connection::{Connection, ConnectionConfig, Event};
+//!
+//! let t0 = Instant::now();
+//! let mut a = Connection::new(ConnectionConfig::default(), t0).unwrap();
+//! let mut b = Connection::new(ConnectionConfig::default(), t0).unwrap();
+//! a.send(Bytes::from_static(b"hi"), t0).unwrap(); // queued until the handshake is done
+//! // A toy "network": move everything both ways until quiet.
+//! for _ in 0..4 {
+//!     while let Some(bytes) = a.poll_transmit(t0) { b.handle_input(&bytes, t0); }
+//!     while let Some(bytes) = b.poll_transmit(t0) { a.handle_input(&bytes, t0); }
+//! }
+//! assert!(matches!(b.poll_event(), Some(Event::Connected { .. })));
+//! assert_eq!(b.poll_event(), Some(Event::Data(Bytes::from_static(b"hi"))));
+//! ```
+//!
+//! # Decisions where the protocol leaves room
+//!
+//! - **Keep-alive** uses [`Liveness`]: our own `ping_interval` / `ping_timeout` (announced in our
+//!   HELLO) drive the active check; the peer's announced interval, times
+//!   [`grace`](ConnectionConfig::grace), drives the passive check (section 4.4). The machine is
+//!   built when the peer's HELLO arrives, so keep-alive timing starts then (section 8); before
+//!   that only the [handshake timeout](ConnectionConfig::handshake_timeout) runs. Any received
+//!   bytes, even part of a message, count as traffic.
+//! - **Ping rate** (section 6.1) is enforced when
+//!   [`enforce_peer_ping_rate`](ConnectionConfig::enforce_peer_ping_rate) is set: a PING less than
+//!   `I_p / 2` after the previous one is a strike, more than
+//!   [`max_ping_strikes`](ConnectionConfig::max_ping_strikes) strikes close with code 4. If the
+//!   peer announced `I_p = 0`, every PING but the first is a strike. Sending DATA resets the
+//!   strikes (as gRPC does).
+//! - **PONGs** are written before queued DATA (but never inside a DATA message already started),
+//!   and at most one is pending: a newer PING replaces an unwritten PONG (section 10).
+//! - **Sending before the handshake** is allowed: DATA is queued and written once the peer's
+//!   HELLO has been accepted (section 4.3). If the peer's `max_message_len` then turns out too
+//!   small for a queued message, that message is dropped with [`Event::MessageDropped`].
+//! - **Local [`close`](Connection::close)** is graceful: DATA queued before it is still written,
+//!   then CLOSE. Every other close (errors, timeouts, peer CLOSE) discards queued DATA.
+//! - **Peer CLOSE**: we answer with a CLOSE carrying the same code (unless we had sent one).
+//! - **After our CLOSE** we keep reading and discard everything but CLOSE, until the peer's
+//!   CLOSE, end of stream or [`linger`](ConnectionConfig::linger) after our CLOSE went out.
+//! - **Timeouts**: a dead peer and a handshake timeout are closed with code 3 (peer timed out).
+//!   A dead peer goes straight to [`State::Closed`] (the CLOSE is still offered, best effort).
+//! - **End of stream without CLOSE** reports [`Event::Closed`] with `by_peer: true` and the code
+//!   [`CloseCode::GoingAway`] (clean message boundary) or [`CloseCode::ProtocolError`] (in the
+//!   middle of a message); the `error` field says which.
+//! - **Large DATA is not copied**: payloads over [`COPY_THRESHOLD`] bytes are returned by
+//!   `poll_transmit` as their 5-byte header followed by the payload `Bytes` itself; received
+//!   DATA bodies are slices of the receive buffer.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use thiserror::Error;
+
+use crate::liveness::{
+    DeathCause, IdleKind, Liveness, LivenessConfig, LivenessConfigError, LivenessEvent, PingAction,
+    RttEstimate,
+};
+use crate::wire::{
+    negotiate_version, CloseCode, Hello, Message, WireCodec, WireError, MAX_CLOSE_REASON,
+    MIN_MAX_MESSAGE_LEN, PROTOCOL_VERSION,
+};
+
+/// DATA payloads longer than this are written without copying (header and payload as two
+/// separate [`Connection::poll_transmit`] results); shorter ones are copied into one buffer.
+pub const COPY_THRESHOLD: usize = 1024;
+
+/// Bytes of framing per DATA message: the 4-byte length and the type byte.
+const DATA_OVERHEAD: usize = 5;
+
+/// The lowest protocol version this implementation speaks.
+const LOWEST_VERSION: u8 = 1;
+
+/// Parameters of a [`Connection`]. Check them with [`validate`](Self::validate) (done by
+/// [`Connection::new`]).
+///
+/// ```
+/// use std::time::Duration;
+/// use framelink_proto::connection::ConnectionConfig;
+/// let cfg = ConnectionConfig::default();
+/// assert_eq!(cfg.ping_interval, Some(Duration::from_secs(15)));
+/// assert_eq!(cfg.handshake_timeout, Duration::from_secs(10));
+/// assert!(cfg.validate().is_ok());
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectionConfig {
+    /// Announced `ping_interval_ms`: ping after this long without receiving anything. `None`
+    /// announces 0 (never ping). Whole milliseconds up to `u32::MAX`.
+    pub ping_interval: Option<Duration>,
+    /// Announced `ping_timeout_ms`: the peer is dead when nothing arrives this long after our
+    /// PING. Non-zero, whole milliseconds up to `u32::MAX`; announced as 0 when we never ping.
+    pub ping_timeout: Duration,
+    /// Factor on the peer's announced interval for the passive dead-peer check (at least 1.5,
+    /// section 4.4; finite).
+    pub grace: f64,
+    /// Largest message `length` we accept (announced in our HELLO); at least 4096.
+    pub max_message_len: u32,
+    /// Close (code 3) if the peer's HELLO has not arrived this long after [`Connection::new`].
+    pub handshake_timeout: Duration,
+    /// Limit on queued outgoing DATA (payload plus 5 bytes of framing per message).
+    pub max_queued_bytes: usize,
+    /// After our CLOSE is written, wait this long for the peer's CLOSE or end of stream.
+    pub linger: Duration,
+    /// [`Event::Idle`] after this long without receiving anything.
+    pub reader_idle: Option<Duration>,
+    /// [`Event::Idle`] after this long without sending anything.
+    pub writer_idle: Option<Duration>,
+    /// [`Event::Idle`] after this long without receiving nor sending anything.
+    pub all_idle: Option<Duration>,
+    /// Count strikes for PINGs arriving faster than the peer announced (section 6.1).
+    pub enforce_peer_ping_rate: bool,
+    /// Strikes tolerated; one more closes with code 4.
+    pub max_ping_strikes: u32,
+    /// Announced session id (all zero = none).
+    pub session_id: [u8; 16],
+}
+
+impl Default for ConnectionConfig {
+    /// The protocol's example values: ping after 15 s of quiet, dead 10 s after an unanswered
+    /// ping, grace 1.5, 8 MiB messages, 10 s handshake, 8 MiB send queue, 2 s linger, no idle
+    /// events, ping rate enforced with 2 strikes, no session.
+    fn default() -> Self {
+        ConnectionConfig {
+            ping_interval: Some(Duration::from_secs(15)),
+            ping_timeout: Duration::from_secs(10),
+            grace: 1.5,
+            max_message_len: 8 * 1024 * 1024,
+            handshake_timeout: Duration::from_secs(10),
+            max_queued_bytes: 8 * 1024 * 1024,
+            linger: Duration::from_secs(2),
+            reader_idle: None,
+            writer_idle: None,
+            all_idle: None,
+            enforce_peer_ping_rate: true,
+            max_ping_strikes: 2,
+            session_id: [0; 16],
+        }
+    }
+}
+
+/// An invalid [`ConnectionConfig`].
+#[derive(Debug, Clone, PartialEq, Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A HELLO duration is not a whole number of milliseconds in `1..=u32::MAX`.
+    #[error("{name} = {value:?} must be a whole, non-zero number of milliseconds up to u32::MAX")]
+    BadWireDuration {
+        /// The field name.
+        name: &'static str,
+        /// The value given.
+        value: Duration,
+    },
+    /// `max_message_len` below the protocol minimum.
+    #[error("max_message_len {value} is below the minimum of {min}")]
+    MaxMessageLenTooSmall {
+        /// The value given.
+        value: u32,
+        /// 4096.
+        min: u32,
+    },
+    /// A duration or size that must be non-zero is zero.
+    #[error("{name} must be greater than zero")]
+    Zero {
+        /// The field name.
+        name: &'static str,
+    },
+    /// `grace` below 1.5 or not finite.
+    #[error("grace = {grace} is out of range (finite, at least 1.5)")]
+    InvalidGrace {
+        /// The value given.
+        grace: f64,
+    },
+    /// The keep-alive settings are rejected by [`LivenessConfig::validate`].
+    #[error("keep-alive settings: {0}")]
+    Liveness(#[from] LivenessConfigError),
+}
+
+fn wire_ms(name: &'static str, value: Duration) -> Result<u32, ConfigError> {
+    let ok = !value.is_zero() && value.subsec_nanos() % 1_000_000 == 0;
+    match u32::try_from(value.as_millis()) {
+        Ok(ms) if ok => Ok(ms),
+        _ => Err(ConfigError::BadWireDuration { name, value }),
+    }
+}
+
+impl ConnectionConfig {
+    /// Checks every field (see the field docs).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(i) = self.ping_interval {
+            wire_ms("ping_interval", i)?;
+        }
+        wire_ms("ping_timeout", self.ping_timeout)?;
+        if self.max_message_len < MIN_MAX_MESSAGE_LEN {
+            return Err(ConfigError::MaxMessageLenTooSmall {
+                value: self.max_message_len,
+                min: MIN_MAX_MESSAGE_LEN,
+            });
+        }
+        for (name, zero) in [
+            ("handshake_timeout", self.handshake_timeout.is_zero()),
+            ("linger", self.linger.is_zero()),
+            ("max_queued_bytes", self.max_queued_bytes == 0),
+        ] {
+            if zero {
+                return Err(ConfigError::Zero { name });
+            }
+        }
+        if !self.grace.is_finite() || self.grace < 1.5 {
+            return Err(ConfigError::InvalidGrace { grace: self.grace });
+        }
+        self.liveness_config(None).validate()?;
+        Ok(())
+    }
+
+    /// The HELLO we announce.
+    pub fn hello(&self) -> Hello {
+        let (interval, timeout) = match self.ping_interval {
+            Some(i) => (i, self.ping_timeout),
+            None => (Duration::ZERO, Duration::ZERO),
+        };
+        Hello {
+            version: PROTOCOL_VERSION,
+            flags: 0,
+            ping_interval: interval,
+            ping_timeout: timeout,
+            max_message_len: self.max_message_len,
+            session_id: self.session_id,
+            extensions: Vec::new(),
+        }
+    }
+
+    fn liveness_config(&self, peer: Option<&Hello>) -> LivenessConfig {
+        let peer_interval = peer.map(|h| h.ping_interval).filter(|d| !d.is_zero());
+        let min_peer_ping_interval = match peer {
+            Some(_) if self.enforce_peer_ping_rate => {
+                Some(peer_interval.map_or(Duration::MAX, |i| i / 2))
+            }
+            _ => None,
+        };
+        LivenessConfig {
+            ping_interval: self.ping_interval,
+            ping_timeout: self.ping_timeout,
+            peer_interval,
+            grace: self.grace,
+            reader_idle: self.reader_idle,
+            writer_idle: self.writer_idle,
+            all_idle: self.all_idle,
+            min_peer_ping_interval,
+            max_ping_strikes: self.max_ping_strikes,
+        }
+    }
+}
+
+/// Where a [`Connection`] is in the lifecycle of section 8.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum State {
+    /// Our HELLO is queued or sent; waiting for the peer's.
+    Handshaking,
+    /// Handshake done: all messages flow.
+    Open,
+    /// We decided to close: only our CLOSE (after queued DATA, for a local graceful close) is
+    /// still written; input other than CLOSE is discarded.
+    Closing,
+    /// Finished. A pending CLOSE may still come out of [`Connection::poll_transmit`].
+    Closed,
+}
+
+/// Why the connection closed, beyond the close code.
+#[derive(Debug, Clone, PartialEq, Error)]
+#[non_exhaustive]
+pub enum ConnectionError {
+    /// The peer broke the wire protocol (or sent a message over our `max_message_len`).
+    #[error("{0}")]
+    Wire(#[from] WireError),
+    /// The peer's HELLO announced a version we cannot speak.
+    #[error("peer speaks protocol version {peer_version}, we need at least {lowest}")]
+    UnsupportedVersion {
+        /// The version in the peer's HELLO.
+        peer_version: u8,
+        /// The lowest version we speak.
+        lowest: u8,
+    },
+    /// The peer's HELLO did not arrive in time.
+    #[error("no HELLO from the peer within {timeout:?}")]
+    HandshakeTimeout {
+        /// [`ConnectionConfig::handshake_timeout`].
+        timeout: Duration,
+    },
+    /// Keep-alive declared the peer dead.
+    #[error("peer silent for {silent_for:?} ({cause:?})")]
+    PeerDead {
+        /// How long nothing had been received.
+        silent_for: Duration,
+        /// Which rule fired.
+        cause: DeathCause,
+    },
+    /// The peer pinged more often than it announced.
+    #[error("too many pings: {strikes} strikes, minimum interval {min_interval:?}, last gap {last_gap:?}")]
+    TooManyPings {
+        /// Strikes counted.
+        strikes: u32,
+        /// The minimum interval enforced.
+        min_interval: Duration,
+        /// The gap between the last two PINGs.
+        last_gap: Duration,
+    },
+    /// The stream ended without a CLOSE.
+    #[error("stream ended without CLOSE{}", if *.mid_message { " in the middle of a message" } else { "" })]
+    EndOfStream {
+        /// Part of a message was still buffered.
+        mid_message: bool,
+    },
+    /// The peer's keep-alive settings could not be used.
+    #[error("unusable peer keep-alive settings: {0}")]
+    Liveness(LivenessConfigError),
+}
+
+/// What a [`Connection`] reports, drained with [`Connection::poll_event`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The peer's HELLO was accepted; the connection is open.
+    Connected {
+        /// The peer's HELLO.
+        peer: Hello,
+        /// The negotiated protocol version.
+        version: u8,
+    },
+    /// An application message from the peer, in order.
+    Data(Bytes),
+    /// A PONG matched our outstanding PING: one round-trip-time sample.
+    Rtt(Duration),
+    /// A direction has been idle for its configured period.
+    Idle(IdleKind),
+    /// A DATA message queued before the handshake is larger than the peer accepts and was
+    /// dropped.
+    MessageDropped {
+        /// Its payload length.
+        len: usize,
+        /// The peer's `max_message_len` (which counts the type byte too).
+        peer_max: u32,
+    },
+    /// The connection is closing or closed. Emitted exactly once.
+    Closed {
+        /// The close code (sent by us when `by_peer` is false, received otherwise).
+        code: CloseCode,
+        /// The reason text (untrusted when `by_peer`).
+        reason: String,
+        /// The peer closed (CLOSE received or stream ended), rather than us.
+        by_peer: bool,
+        /// What went wrong, if anything did.
+        error: Option<ConnectionError>,
+    },
+    /// Our CLOSE was just returned by [`Connection::poll_transmit`]: after writing it, shut down
+    /// the write half. Nothing more will be transmitted.
+    ShutdownWrite,
+}
+
+/// Why [`Connection::send`] refused a message.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The connection is closing or closed.
+    #[error("connection is closing or closed")]
+    Closed,
+    /// The message is longer than the peer accepts.
+    #[error("message of {len} bytes (+1 type byte) exceeds the peer's max_message_len of {max}")]
+    TooBig {
+        /// Payload length.
+        len: usize,
+        /// The peer's `max_message_len`.
+        max: u32,
+    },
+    /// The outgoing queue is full.
+    #[error("send queue full: {queued} bytes queued, {len} more would exceed {limit}")]
+    QueueFull {
+        /// Bytes queued now.
+        queued: usize,
+        /// Bytes this message would add (payload + 5).
+        len: usize,
+        /// [`ConnectionConfig::max_queued_bytes`].
+        limit: usize,
+    },
+}
+
+/// Counters of a [`Connection`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Bytes received (fed in).
+    pub bytes_in: u64,
+    /// Bytes handed out by [`Connection::poll_transmit`].
+    pub bytes_out: u64,
+    /// Complete messages received, of any type.
+    pub messages_in: u64,
+    /// Messages transmitted, of any type.
+    pub messages_out: u64,
+    /// DATA messages received.
+    pub data_in: u64,
+    /// DATA messages transmitted.
+    pub data_out: u64,
+}
+
+/// Our pending CLOSE.
+#[derive(Debug, Clone)]
+struct PendingClose {
+    code: CloseCode,
+    reason: String,
+    /// Write queued DATA first (local graceful close).
+    after_data: bool,
+}
+
+/// One protocol v1 connection. See the [module documentation](self).
+#[derive(Debug)]
+pub struct Connection {
+    config: ConnectionConfig,
+    codec: WireCodec,
+    state: State,
+    hello_sent: bool,
+    handshake_deadline: Instant,
+    peer: Option<Hello>,
+    liveness: Option<Liveness>,
+    recv: BytesMut,
+    /// `recv.len()` after the last processing: anything beyond is new.
+    recv_seen: usize,
+    /// Stop decoding input (after a protocol error, a CLOSE, or end of stream).
+    input_done: bool,
+    pong: Option<Bytes>,
+    ping: Option<[u8; 8]>,
+    data: VecDeque<Bytes>,
+    queued_bytes: usize,
+    /// The payload of a DATA message whose header was already transmitted.
+    partial: Option<Bytes>,
+    close: Option<PendingClose>,
+    close_sent_at: Option<Instant>,
+    closed_reported: bool,
+    events: VecDeque<Event>,
+    stats: Stats,
+}
+
+impl Connection {
+    /// A connection established at `now`; our HELLO is queued immediately.
+    pub fn new(config: ConnectionConfig, now: Instant) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let codec = WireCodec::new(config.max_message_len).map_err(|_| {
+            ConfigError::MaxMessageLenTooSmall {
+                value: config.max_message_len,
+                min: MIN_MAX_MESSAGE_LEN,
+            }
+        })?;
+        let handshake_deadline = now
+            .checked_add(config.handshake_timeout)
+            .or_else(|| now.checked_add(Duration::from_secs(86_400)))
+            .unwrap_or(now);
+        Ok(Connection {
+            config,
+            codec,
+            state: State::Handshaking,
+            hello_sent: false,
+            handshake_deadline,
+            peer: None,
+            liveness: None,
+            recv: BytesMut::new(),
+            recv_seen: 0,
+            input_done: false,
+            pong: None,
+            ping: None,
+            data: VecDeque::new(),
+            queued_bytes: 0,
+            partial: None,
+            close: None,
+            close_sent_at: None,
+            closed_reported: false,
+            events: VecDeque::new(),
+            stats: Stats::default(),
+        })
+    }
+
+    // ---- accessors ----
+
+    /// The current state.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ConnectionConfig {
+        &self.config
+    }
+
+    /// The peer's HELLO, once received.
+    pub fn peer_hello(&self) -> Option<&Hello> {
+        self.peer.as_ref()
+    }
+
+    /// Round-trip-time estimate from PING / PONG pairs.
+    pub fn rtt(&self) -> Option<RttEstimate> {
+        self.liveness.as_ref().and_then(Liveness::rtt)
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Bytes of DATA queued (payload + 5 per message), counting against
+    /// [`ConnectionConfig::max_queued_bytes`].
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
+    /// The protocol is finished ([`State::Closed`]).
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    /// Nothing will ever come out of [`poll_transmit`](Self::poll_transmit) again: our CLOSE was
+    /// transmitted, or the connection closed without one to send.
+    pub fn is_drained(&self) -> bool {
+        self.close_sent_at.is_some()
+            || (self.state == State::Closed && self.close.is_none() && self.partial.is_none())
+    }
+
+    // ---- input ----
+
+    /// The receive buffer: read socket bytes into it (e.g. with `BufMut`), then call
+    /// [`process_input`](Self::process_input). Don't remove bytes from it.
+    pub fn recv_buf(&mut self) -> &mut BytesMut {
+        &mut self.recv
+    }
+
+    /// Copies `data` into the receive buffer and processes it.
+    pub fn handle_input(&mut self, data: &[u8], now: Instant) {
+        self.recv.extend_from_slice(data);
+        self.process_input(now);
+    }
+
+    /// Handles the bytes added to [`recv_buf`](Self::recv_buf) since the last call.
+    pub fn process_input(&mut self, now: Instant) {
+        let new = self.recv.len().saturating_sub(self.recv_seen);
+        if new > 0 {
+            self.stats.bytes_in = self.stats.bytes_in.saturating_add(new as u64);
+            if let Some(lv) = &mut self.liveness {
+                lv.on_receive(now);
+            }
+        }
+        while !self.input_done {
+            match self.codec.decode(&mut self.recv) {
+                Ok(Some(message)) => {
+                    self.stats.messages_in += 1;
+                    self.on_message(message, now);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let code = e.close_code();
+                    self.fail(code, e.to_string(), ConnectionError::Wire(e), false);
+                    self.input_done = true;
+                }
+            }
+        }
+        if self.input_done {
+            self.recv.clear();
+        }
+        self.recv_seen = self.recv.len();
+        self.drain_liveness(now);
+    }
+
+    /// The peer ended its write half (TCP FIN) or the transport failed: the connection is closed.
+    pub fn handle_eof(&mut self, now: Instant) {
+        if self.recv.len() > self.recv_seen {
+            self.process_input(now);
+        }
+        let mid_message = !self.input_done && !self.recv.is_empty();
+        self.input_done = true;
+        self.recv.clear();
+        self.recv_seen = 0;
+        let code = if mid_message {
+            CloseCode::ProtocolError
+        } else {
+            CloseCode::GoingAway
+        };
+        self.report_closed(
+            code,
+            String::new(),
+            true,
+            Some(ConnectionError::EndOfStream { mid_message }),
+        );
+        self.enter_closed();
+    }
+
+    fn on_message(&mut self, message: Message, now: Instant) {
+        match self.state {
+            State::Handshaking => match message {
+                Message::Hello(hello) => self.on_hello(hello, now),
+                // The codec only lets HELLO through first; be safe anyway.
+                Message::Close { code, reason } => self.on_peer_close(code, reason),
+                _ => {}
+            },
+            State::Open => match message {
+                Message::Data(body) => {
+                    self.stats.data_in += 1;
+                    self.events.push_back(Event::Data(body));
+                }
+                Message::Ping(context) => {
+                    if let Some(lv) = &mut self.liveness {
+                        if lv.on_ping(now) == PingAction::Pong {
+                            // At most one pending PONG: the newest PING wins.
+                            self.pong = Some(context);
+                        }
+                    }
+                }
+                Message::Pong(context) => {
+                    if let (Some(lv), Ok(ctx)) =
+                        (&mut self.liveness, <[u8; 8]>::try_from(&context[..]))
+                    {
+                        if let Some(sample) = lv.on_pong(ctx, now) {
+                            self.events.push_back(Event::Rtt(sample));
+                        }
+                    }
+                }
+                Message::Close { code, reason } => self.on_peer_close(code, reason),
+                // The codec rejects a second HELLO; extension messages are ignored.
+                Message::Hello(_) | Message::Extension { .. } => {}
+            },
+            State::Closing => {
+                if let Message::Close { .. } = message {
+                    self.input_done = true;
+                    self.enter_closed();
+                }
+            }
+            State::Closed => self.input_done = true,
+        }
+    }
+
+    fn on_hello(&mut self, hello: Hello, now: Instant) {
+        let Some(version) = negotiate_version(LOWEST_VERSION, PROTOCOL_VERSION, hello.version)
+        else {
+            let e = ConnectionError::UnsupportedVersion {
+                peer_version: hello.version,
+                lowest: LOWEST_VERSION,
+            };
+            self.fail(CloseCode::UnsupportedVersion, e.to_string(), e, false);
+            self.input_done = true;
+            return;
+        };
+        let liveness = match Liveness::new(self.config.liveness_config(Some(&hello)), now) {
+            Ok(lv) => lv,
+            Err(e) => {
+                let e = ConnectionError::Liveness(e);
+                self.fail(CloseCode::ProtocolError, e.to_string(), e, false);
+                self.input_done = true;
+                return;
+            }
+        };
+        self.liveness = Some(liveness);
+        self.state = State::Open;
+        let peer_max = hello.max_message_len;
+        self.peer = Some(hello.clone());
+        self.events.push_back(Event::Connected {
+            peer: hello,
+            version,
+        });
+        // Messages queued before we knew the peer's limit.
+        let mut kept = VecDeque::with_capacity(self.data.len());
+        for payload in self.data.drain(..) {
+            if payload.len() as u64 + 1 > u64::from(peer_max) {
+                self.queued_bytes -= payload.len() + DATA_OVERHEAD;
+                self.events.push_back(Event::MessageDropped {
+                    len: payload.len(),
+                    peer_max,
+                });
+            } else {
+                kept.push_back(payload);
+            }
+        }
+        self.data = kept;
+    }
+
+    fn on_peer_close(&mut self, code: CloseCode, reason: String) {
+        self.input_done = true;
+        self.report_closed(code, reason, true, None);
+        if self.close.is_none() && self.close_sent_at.is_none() {
+            self.close = Some(PendingClose {
+                code,
+                reason: String::new(),
+                after_data: false,
+            });
+        }
+        self.enter_closed();
+    }
+
+    // ---- output ----
+
+    /// Queues an application message. Allowed while handshaking (written once the handshake is
+    /// done); refused once closing.
+    pub fn send(&mut self, payload: Bytes, _now: Instant) -> Result<(), SendError> {
+        if !matches!(self.state, State::Handshaking | State::Open) {
+            return Err(SendError::Closed);
+        }
+        let max = self.peer.as_ref().map_or(u32::MAX, |h| h.max_message_len);
+        if payload.len() as u64 + 1 > u64::from(max) {
+            return Err(SendError::TooBig {
+                len: payload.len(),
+                max,
+            });
+        }
+        let len = payload.len() + DATA_OVERHEAD;
+        if self.queued_bytes.saturating_add(len) > self.config.max_queued_bytes {
+            return Err(SendError::QueueFull {
+                queued: self.queued_bytes,
+                len,
+                limit: self.config.max_queued_bytes,
+            });
+        }
+        self.queued_bytes += len;
+        self.data.push_back(payload);
+        Ok(())
+    }
+
+    /// Closes the connection gracefully: queued DATA is written, then CLOSE with `code` and
+    /// `reason` (truncated to 1024 bytes at a character boundary). No-op once closing.
+    pub fn close(&mut self, code: CloseCode, reason: &str, _now: Instant) {
+        if !matches!(self.state, State::Handshaking | State::Open) {
+            return;
+        }
+        let code = CloseCode::from_u16(code.as_u16());
+        let reason = truncate(reason);
+        self.report_closed(code, reason.clone(), false, None);
+        self.close = Some(PendingClose {
+            code,
+            reason,
+            after_data: true,
+        });
+        self.state = State::Closing;
+        self.pong = None;
+        self.ping = None;
+    }
+
+    /// The next bytes to write, if any. Call until `None` after every input.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Bytes> {
+        if self.close_sent_at.is_some() {
+            return None;
+        }
+        if let Some(payload) = self.partial.take() {
+            self.stats.bytes_out += payload.len() as u64;
+            return Some(payload);
+        }
+        let mut buf = BytesMut::new();
+        if !self.hello_sent {
+            self.hello_sent = true;
+            self.encode(&Message::Hello(self.config.hello()), &mut buf, now);
+            return self.out(buf);
+        }
+        let handshake_done = self.peer.is_some();
+        let data_allowed = handshake_done
+            && match (&self.close, self.state) {
+                (None, State::Open) => true,
+                (Some(c), State::Closing) => c.after_data,
+                _ => false,
+            };
+        if let Some(close) = &self.close {
+            if !data_allowed || self.data.is_empty() {
+                let message = Message::Close {
+                    code: close.code,
+                    reason: close.reason.clone(),
+                };
+                self.close = None;
+                self.encode(&message, &mut buf, now);
+                self.close_sent_at = Some(now);
+                self.data.clear();
+                self.queued_bytes = 0;
+                self.events.push_back(Event::ShutdownWrite);
+                return self.out(buf);
+            }
+        }
+        if self.state == State::Open {
+            if let Some(context) = self.pong.take() {
+                self.encode(&Message::Pong(context), &mut buf, now);
+                return self.out(buf);
+            }
+            if let Some(context) = self.ping.take() {
+                let context = Bytes::copy_from_slice(&context);
+                self.encode(&Message::Ping(context), &mut buf, now);
+                return self.out(buf);
+            }
+        }
+        if data_allowed {
+            if let Some(payload) = self.data.pop_front() {
+                self.queued_bytes -= payload.len() + DATA_OVERHEAD;
+                self.stats.messages_out += 1;
+                self.stats.data_out += 1;
+                if let Some(lv) = &mut self.liveness {
+                    lv.on_send_data(now);
+                }
+                // Checked against the peer's limit in `send` / `on_hello`.
+                let length = (payload.len() + 1) as u32;
+                if payload.len() > COPY_THRESHOLD {
+                    buf.reserve(DATA_OVERHEAD);
+                    buf.put_u32(length);
+                    buf.put_u8(Message::DATA);
+                    self.partial = Some(payload);
+                } else {
+                    buf.reserve(DATA_OVERHEAD + payload.len());
+                    buf.put_u32(length);
+                    buf.put_u8(Message::DATA);
+                    buf.put_slice(&payload);
+                }
+                return self.out(buf);
+            }
+        }
+        None
+    }
+
+    fn out(&mut self, buf: BytesMut) -> Option<Bytes> {
+        if buf.is_empty() {
+            return None;
+        }
+        self.stats.bytes_out += buf.len() as u64;
+        Some(buf.freeze())
+    }
+
+    /// Encodes a control message (our own, always valid) and records the send.
+    fn encode(&mut self, message: &Message, buf: &mut BytesMut, now: Instant) {
+        if self.codec.encode(message, buf).is_ok() {
+            self.stats.messages_out += 1;
+            if let Some(lv) = &mut self.liveness {
+                lv.on_send(now);
+            }
+        }
+    }
+
+    // ---- timers ----
+
+    /// When [`handle_timeout`](Self::handle_timeout) must next be called, if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.state {
+            State::Handshaking => Some(self.handshake_deadline),
+            State::Open => self.liveness.as_ref().and_then(Liveness::poll_timeout),
+            State::Closing => match self.close_sent_at {
+                Some(at) => Some(at.checked_add(self.config.linger).unwrap_or(at)),
+                None => self.liveness.as_ref().and_then(Liveness::poll_timeout),
+            },
+            State::Closed => None,
+        }
+    }
+
+    /// Handles whatever timers are due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match self.state {
+            State::Handshaking if now >= self.handshake_deadline => {
+                let e = ConnectionError::HandshakeTimeout {
+                    timeout: self.config.handshake_timeout,
+                };
+                self.fail(CloseCode::PeerTimedOut, e.to_string(), e, false);
+                self.input_done = true;
+            }
+            State::Open => {
+                if let Some(lv) = &mut self.liveness {
+                    lv.handle_timeout(now);
+                }
+                self.drain_liveness(now);
+            }
+            State::Closing => match self.close_sent_at {
+                Some(at) if now >= at.checked_add(self.config.linger).unwrap_or(at) => {
+                    self.input_done = true;
+                    self.enter_closed();
+                }
+                Some(_) => {}
+                None => {
+                    if let Some(lv) = &mut self.liveness {
+                        lv.handle_timeout(now);
+                    }
+                    self.drain_liveness(now);
+                }
+            },
+            _ => {}
+        }
+    }
+
+    fn drain_liveness(&mut self, _now: Instant) {
+        while let Some(event) = self.liveness.as_mut().and_then(Liveness::poll_event) {
+            match event {
+                LivenessEvent::SendPing { context } => {
+                    if self.state == State::Open {
+                        self.ping = Some(context);
+                    }
+                }
+                LivenessEvent::Idle(kind) => self.events.push_back(Event::Idle(kind)),
+                LivenessEvent::PeerDead {
+                    silent_for, cause, ..
+                } => {
+                    let e = ConnectionError::PeerDead { silent_for, cause };
+                    self.fail(CloseCode::PeerTimedOut, e.to_string(), e, true);
+                    self.input_done = true;
+                }
+                LivenessEvent::TooManyPings {
+                    strikes,
+                    min_interval,
+                    last_gap,
+                } => {
+                    let e = ConnectionError::TooManyPings {
+                        strikes,
+                        min_interval,
+                        last_gap,
+                    };
+                    self.fail(CloseCode::TooManyPings, "too many pings".into(), e, false);
+                    self.input_done = true;
+                }
+            }
+        }
+    }
+
+    // ---- closing ----
+
+    /// We close because something went wrong: queued DATA is discarded, CLOSE is queued (unless
+    /// one is already pending or sent), the [`Event::Closed`] is reported once.
+    fn fail(&mut self, code: CloseCode, reason: String, error: ConnectionError, closed: bool) {
+        let reason = truncate(&reason);
+        self.report_closed(code, reason.clone(), false, Some(error));
+        self.data.clear();
+        self.queued_bytes = 0;
+        self.pong = None;
+        self.ping = None;
+        match &mut self.close {
+            Some(pending) => pending.after_data = false,
+            None if self.close_sent_at.is_none() => {
+                self.close = Some(PendingClose {
+                    code,
+                    reason,
+                    after_data: false,
+                })
+            }
+            None => {}
+        }
+        match self.state {
+            State::Handshaking | State::Open if !closed => self.state = State::Closing,
+            State::Closed => {}
+            _ => self.enter_closed(),
+        }
+    }
+
+    fn report_closed(
+        &mut self,
+        code: CloseCode,
+        reason: String,
+        by_peer: bool,
+        error: Option<ConnectionError>,
+    ) {
+        if !self.closed_reported {
+            self.closed_reported = true;
+            self.events.push_back(Event::Closed {
+                code,
+                reason,
+                by_peer,
+                error,
+            });
+        }
+    }
+
+    fn enter_closed(&mut self) {
+        self.state = State::Closed;
+        self.data.clear();
+        self.queued_bytes = 0;
+        self.pong = None;
+        self.ping = None;
+        if let Some(close) = &mut self.close {
+            close.after_data = false;
+        }
+    }
+
+    /// The next event, if any. Call until `None` after every input.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+}
+
+/// `reason` cut to at most [`MAX_CLOSE_REASON`] bytes at a character boundary.
+fn truncate(reason: &str) -> String {
+    let mut end = reason.len().min(MAX_CLOSE_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn cfg(interval: u64, timeout: u64) -> ConnectionConfig {
+        ConnectionConfig {
+            ping_interval: Some(secs(interval)),
+            ping_timeout: secs(timeout),
+            ..ConnectionConfig::default()
+        }
+    }
+
+    /// Decodes a captured byte stream (no HELLO-first check).
+    fn decode_all(bytes: &[u8]) -> Vec<Message> {
+        let mut codec = WireCodec::new(1 << 24).unwrap().without_handshake_check();
+        let mut buf = BytesMut::from(bytes);
+        let mut out = Vec::new();
+        while let Ok(Some(m)) = codec.decode(&mut buf) {
+            out.push(m);
+        }
+        out
+    }
+
+    fn encode(message: &Message) -> Vec<u8> {
+        let mut codec = WireCodec::new(1 << 24).unwrap();
+        codec.set_peer_max_message_len(u32::MAX);
+        let mut buf = BytesMut::new();
+        codec.encode(message, &mut buf).unwrap();
+        buf.to_vec()
+    }
+
+    fn hello_with(f: impl FnOnce(&mut Hello)) -> Vec<u8> {
+        let mut h = Hello::default();
+        f(&mut h);
+        encode(&Message::Hello(h))
+    }
+
+    fn transmit_all(c: &mut Connection, now: Instant) -> Vec<u8> {
+        let mut out = Vec::new();
+        while let Some(b) = c.poll_transmit(now) {
+            out.extend_from_slice(&b);
+        }
+        out
+    }
+
+    fn events(c: &mut Connection) -> Vec<Event> {
+        std::iter::from_fn(|| c.poll_event()).collect()
+    }
+
+    fn closes(messages: &[Message]) -> Vec<u16> {
+        messages
+            .iter()
+            .filter_map(|m| match m {
+                Message::Close { code, .. } => Some(code.as_u16()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn closed_code(events: &[Event]) -> Option<(CloseCode, bool)> {
+        events.iter().find_map(|e| match e {
+            Event::Closed { code, by_peer, .. } => Some((*code, *by_peer)),
+            _ => None,
+        })
+    }
+
+    /// Two connections back to back through an in-memory pipe.
+    struct Net {
+        a: Connection,
+        b: Connection,
+        now: Instant,
+        /// Deliver in chunks of random size up to this (0 = whole transmits).
+        max_chunk: usize,
+        rng: u64,
+        /// `b` has vanished: it neither receives, transmits nor runs timers.
+        b_frozen: bool,
+        ev_a: Vec<Event>,
+        ev_b: Vec<Event>,
+        wire_ab: Vec<u8>,
+        wire_ba: Vec<u8>,
+    }
+
+    impl Net {
+        fn new(ca: ConnectionConfig, cb: ConnectionConfig) -> Net {
+            let now = Instant::now();
+            Net {
+                a: Connection::new(ca, now).unwrap(),
+                b: Connection::new(cb, now).unwrap(),
+                now,
+                max_chunk: 0,
+                rng: 0x9E37_79B9_7F4A_7C15,
+                b_frozen: false,
+                ev_a: Vec::new(),
+                ev_b: Vec::new(),
+                wire_ab: Vec::new(),
+                wire_ba: Vec::new(),
+            }
+        }
+
+        fn next_chunk(&mut self, left: usize) -> usize {
+            if self.max_chunk == 0 {
+                return left;
+            }
+            self.rng ^= self.rng << 13;
+            self.rng ^= self.rng >> 7;
+            self.rng ^= self.rng << 17;
+            1 + (self.rng as usize % self.max_chunk).min(left - 1)
+        }
+
+        fn deliver(&mut self, to_b: bool, bytes: &[u8]) {
+            let mut rest = bytes;
+            while !rest.is_empty() {
+                let n = self.next_chunk(rest.len());
+                let dst = if to_b { &mut self.b } else { &mut self.a };
+                dst.recv_buf().extend_from_slice(&rest[..n]);
+                dst.process_input(self.now);
+                rest = &rest[n..];
+            }
+        }
+
+        fn flush(&mut self) {
+            loop {
+                let mut moved = false;
+                while let Some(bytes) = self.a.poll_transmit(self.now) {
+                    moved = true;
+                    self.wire_ab.extend_from_slice(&bytes);
+                    if !self.b_frozen {
+                        self.deliver(true, &bytes);
+                    }
+                }
+                if !self.b_frozen {
+                    while let Some(bytes) = self.b.poll_transmit(self.now) {
+                        moved = true;
+                        self.wire_ba.extend_from_slice(&bytes);
+                        self.deliver(false, &bytes);
+                    }
+                }
+                if !moved {
+                    break;
+                }
+            }
+            self.ev_a.extend(events(&mut self.a));
+            self.ev_b.extend(events(&mut self.b));
+        }
+
+        fn run_until(&mut self, until: Instant) {
+            self.flush();
+            for _ in 0..1_000_000 {
+                let tb = if self.b_frozen {
+                    None
+                } else {
+                    self.b.poll_timeout()
+                };
+                let next = [self.a.poll_timeout(), tb].into_iter().flatten().min();
+                match next {
+                    Some(t) if t <= until => {
+                        self.now = self.now.max(t);
+                        self.a.handle_timeout(self.now);
+                        if !self.b_frozen {
+                            self.b.handle_timeout(self.now);
+                        }
+                        self.flush();
+                    }
+                    _ => break,
+                }
+            }
+            self.now = self.now.max(until);
+            self.flush();
+        }
+
+        fn data_b(&self) -> Vec<Bytes> {
+            data_of(&self.ev_b)
+        }
+    }
+
+    fn data_of(events: &[Event]) -> Vec<Bytes> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Data(d) => Some(d.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn config_validation() {
+        assert!(ConnectionConfig::default().validate().is_ok());
+        let bad = [
+            ConnectionConfig {
+                max_message_len: 100,
+                ..Default::default()
+            },
+            ConnectionConfig {
+                ping_timeout: Duration::ZERO,
+                ..Default::default()
+            },
+            ConnectionConfig {
+                ping_interval: Some(Duration::from_micros(1500)),
+                ..Default::default()
+            },
+            ConnectionConfig {
+                grace: 1.0,
+                ..Default::default()
+            },
+            ConnectionConfig {
+                handshake_timeout: Duration::ZERO,
+                ..Default::default()
+            },
+            ConnectionConfig {
+                max_queued_bytes: 0,
+                ..Default::default()
+            },
+            ConnectionConfig {
+                reader_idle: Some(Duration::ZERO),
+                ..Default::default()
+            },
+        ];
+        for c in bad {
+            assert!(c.validate().is_err(), "{c:?}");
+            assert!(Connection::new(c, Instant::now()).is_err());
+        }
+        let passive = ConnectionConfig {
+            ping_interval: None,
+            ..Default::default()
+        };
+        let h = passive.hello();
+        assert_eq!(
+            (h.ping_interval, h.ping_timeout),
+            (Duration::ZERO, Duration::ZERO)
+        );
+    }
+
+    #[test]
+    fn handshake_both_ways() {
+        let mut net = Net::new(cfg(5, 3), cfg(7, 2));
+        assert_eq!(net.a.state(), State::Handshaking);
+        net.flush();
+        assert_eq!((net.a.state(), net.b.state()), (State::Open, State::Open));
+        match &net.ev_a[..] {
+            [Event::Connected { peer, version: 1 }] => {
+                assert_eq!(peer.ping_interval, secs(7));
+                assert_eq!(peer.ping_timeout, secs(2));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            matches!(&net.ev_b[..], [Event::Connected { peer, version: 1 }] if peer.ping_interval == secs(5))
+        );
+        assert_eq!(net.b.peer_hello().unwrap().max_message_len, 8 * 1024 * 1024);
+        // HELLO is the first (and only) thing on the wire, byte-exact with the codec.
+        assert_eq!(net.wire_ab, encode(&Message::Hello(cfg(5, 3).hello())));
+        assert_eq!(net.a.stats().messages_out, 1);
+        assert_eq!(net.a.stats().messages_in, 1);
+    }
+
+    #[test]
+    fn data_both_directions_in_order_chunked() {
+        let mut net = Net::new(cfg(5, 3), cfg(5, 3));
+        net.max_chunk = 7;
+        let msgs: Vec<Bytes> = (0..50u32)
+            .map(|i| Bytes::from(vec![i as u8; (i as usize * 97) % 3000]))
+            .collect();
+        // Queued before the handshake: written after it.
+        for m in &msgs[..10] {
+            net.a.send(m.clone(), net.now).unwrap();
+        }
+        net.flush();
+        for m in &msgs[10..] {
+            net.a.send(m.clone(), net.now).unwrap();
+            net.b.send(m.clone(), net.now).unwrap();
+        }
+        net.flush();
+        assert_eq!(net.data_b(), msgs);
+        assert_eq!(data_of(&net.ev_a), msgs[10..].to_vec());
+        assert_eq!(net.b.stats().data_in, 50);
+        assert_eq!(net.a.stats().data_out, 50);
+        assert_eq!(net.a.stats().bytes_out, net.b.stats().bytes_in);
+        assert_eq!(net.a.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn zero_copy_both_sides() {
+        let t0 = Instant::now();
+        let mut a = Connection::new(cfg(5, 3), t0).unwrap();
+        a.handle_input(&hello_with(|_| {}), t0);
+        let _ = transmit_all(&mut a, t0); // HELLO
+        let payload = Bytes::from(vec![7u8; 10_000]);
+        a.send(payload.clone(), t0).unwrap();
+        let header = a.poll_transmit(t0).unwrap();
+        assert_eq!(&header[..], &[0, 0, 0x27, 0x11, 2]);
+        let body = a.poll_transmit(t0).unwrap();
+        assert_eq!(body.as_ptr(), payload.as_ptr(), "payload not copied");
+        assert!(a.poll_transmit(t0).is_none());
+
+        let mut b = Connection::new(cfg(5, 3), t0).unwrap();
+        b.handle_input(&hello_with(|_| {}), t0);
+        let buf = b.recv_buf();
+        buf.extend_from_slice(&header);
+        buf.extend_from_slice(&body);
+        let range = buf.as_ptr() as usize..buf.as_ptr() as usize + buf.len();
+        b.process_input(t0);
+        let data = data_of(&events(&mut b));
+        assert_eq!(data, vec![payload]);
+        assert!(range.contains(&(data[0].as_ptr() as usize)), "body copied");
+    }
+
+    #[test]
+    fn ping_pong_when_quiet_gives_rtt() {
+        let mut net = Net::new(
+            cfg(1, 1),
+            ConnectionConfig {
+                ping_interval: None,
+                ..cfg(1, 1)
+            },
+        );
+        net.run_until(net.now + ms(1500));
+        assert!(
+            net.ev_a.iter().any(|e| matches!(e, Event::Rtt(_))),
+            "{:?}",
+            net.ev_a
+        );
+        assert!(net.a.rtt().is_some());
+        let ab = decode_all(&net.wire_ab);
+        let ba = decode_all(&net.wire_ba);
+        assert!(matches!(ab[1], Message::Ping(ref c) if c.len() == 8));
+        assert!(matches!(ba[1], Message::Pong(ref c) if c.len() == 8));
+        // The passive side never pings.
+        assert!(!ba.iter().any(|m| matches!(m, Message::Ping(_))));
+        assert_eq!((net.a.state(), net.b.state()), (State::Open, State::Open));
+    }
+
+    #[test]
+    fn frozen_peer_declared_dead_within_bound() {
+        for freeze_after in [0u64, 1200, 4999, 7777] {
+            let (interval, timeout) = (secs(5), secs(3));
+            // The passive side keeps nothing of its own going.
+            let mut net = Net::new(
+                cfg(5, 3),
+                ConnectionConfig {
+                    ping_interval: None,
+                    ..cfg(5, 3)
+                },
+            );
+            net.run_until(net.now + ms(freeze_after));
+            let frozen_at = net.now;
+            net.b_frozen = true;
+            net.run_until(frozen_at + timeout - ms(1));
+            assert_eq!(closed_code(&net.ev_a), None, "dead before ping_timeout");
+            net.run_until(frozen_at + interval + timeout);
+            let (at, _) = (net.now, ());
+            assert!(at <= frozen_at + interval + timeout);
+            match net.ev_a.iter().find(|e| matches!(e, Event::Closed { .. })) {
+                Some(Event::Closed {
+                    code: CloseCode::PeerTimedOut,
+                    by_peer: false,
+                    error: Some(ConnectionError::PeerDead { silent_for, .. }),
+                    ..
+                }) => assert!(*silent_for <= interval + timeout),
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(net.a.state(), State::Closed);
+            assert_eq!(closes(&decode_all(&net.wire_ab)), vec![3]);
+            assert!(net.ev_a.contains(&Event::ShutdownWrite));
+            assert!(net.a.is_drained() && net.a.is_closed());
+        }
+    }
+
+    #[test]
+    fn frozen_peer_detection_time_is_exact() {
+        let mut net = Net::new(cfg(5, 3), cfg(5, 3));
+        net.flush();
+        let t = net.now;
+        net.b_frozen = true;
+        // Step timer by timer and note when a closes.
+        let mut closed_at = None;
+        while closed_at.is_none() {
+            let Some(next) = net.a.poll_timeout() else {
+                break;
+            };
+            net.now = next;
+            net.a.handle_timeout(next);
+            net.flush();
+            if closed_code(&net.ev_a).is_some() {
+                closed_at = Some(next);
+            }
+        }
+        assert_eq!(closed_at, Some(t + secs(8)));
+    }
+
+    #[test]
+    fn answering_peer_stays_alive_for_10000_seconds() {
+        let mut net = Net::new(cfg(5, 3), cfg(7, 2));
+        net.run_until(net.now + secs(10_000));
+        assert_eq!(closed_code(&net.ev_a), None);
+        assert_eq!(closed_code(&net.ev_b), None);
+        assert_eq!((net.a.state(), net.b.state()), (State::Open, State::Open));
+        let rtts = net
+            .ev_a
+            .iter()
+            .filter(|e| matches!(e, Event::Rtt(_)))
+            .count();
+        assert!(rtts > 1000, "{rtts}");
+        assert!(net.a.rtt().unwrap().samples > 1000);
+        // b hears a's PING every 5 s, less than its own 7 s interval: it never needs to ping.
+        assert!(net.b.rtt().is_none());
+    }
+
+    #[test]
+    fn too_many_pings_closes_with_code_4() {
+        let t0 = Instant::now();
+        let mut c = Connection::new(cfg(5, 3), t0).unwrap();
+        c.handle_input(&hello_with(|h| h.ping_interval = secs(10)), t0);
+        let _ = transmit_all(&mut c, t0);
+        let ping = encode(&Message::Ping(Bytes::from_static(b"12345678")));
+        let mut out = Vec::new();
+        for i in 1..=4 {
+            c.handle_input(&ping, t0 + secs(i));
+            out.extend(transmit_all(&mut c, t0 + secs(i)));
+        }
+        let msgs = decode_all(&out);
+        // First three PINGs answered, the fourth (third strike) closes.
+        assert_eq!(
+            msgs.iter()
+                .filter(|m| matches!(m, Message::Pong(_)))
+                .count(),
+            3
+        );
+        assert_eq!(closes(&msgs), vec![4]);
+        let ev = events(&mut c);
+        assert_eq!(closed_code(&ev), Some((CloseCode::TooManyPings, false)));
+        assert_eq!(c.state(), State::Closing);
+
+        // Pings at the announced rate are fine.
+        let mut c = Connection::new(cfg(5, 3), t0).unwrap();
+        c.handle_input(&hello_with(|h| h.ping_interval = secs(10)), t0);
+        for i in 1..=20 {
+            c.handle_input(&ping, t0 + secs(10 * i));
+            let _ = transmit_all(&mut c, t0 + secs(10 * i));
+        }
+        assert_eq!(c.state(), State::Open);
+    }
+
+    /// Feeds `input` to a fresh connection and returns (CLOSE codes on the wire, events).
+    fn feed(input: &[u8]) -> (Vec<u16>, Vec<Event>, Connection) {
+        let t0 = Instant::now();
+        let mut c = Connection::new(
+            ConnectionConfig {
+                max_message_len: 1 << 20,
+                ..cfg(5, 3)
+            },
+            t0,
+        )
+        .unwrap();
+        c.handle_input(input, t0);
+        let out = transmit_all(&mut c, t0);
+        (closes(&decode_all(&out)), events(&mut c), c)
+    }
+
+    #[test]
+    fn protocol_errors_close_with_the_right_code() {
+        let hello = hello_with(|_| {});
+        let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+            ("data before hello", vec![0, 0, 0, 2, 2, b'x'], 2),
+            ("bad magic", vec![0, 0, 0, 5, 1, b'H', b'T', b'T', b'P'], 2),
+            ("zero length", vec![0, 0, 0, 0], 2),
+            (
+                "reserved type",
+                [&hello[..], &[0, 0, 0, 1, 0x7f]].concat(),
+                2,
+            ),
+            (
+                "ack reserved",
+                [&hello[..], &[0, 0, 0, 1, 0x06]].concat(),
+                2,
+            ),
+            ("second hello", [&hello[..], &hello[..]].concat(), 2),
+            ("oversized", [&hello[..], &[0, 0x10, 0, 1, 2]].concat(), 5),
+            ("oversized first", vec![0xff, 0xff, 0xff, 0xff], 5),
+            ("version 0", hello_with(|h| h.version = 0), 6),
+        ];
+        for (name, input, code) in cases {
+            let (wire, ev, c) = feed(&input);
+            assert_eq!(wire, vec![code], "{name}");
+            assert_eq!(
+                closed_code(&ev),
+                Some((CloseCode::from_u16(code), false)),
+                "{name}: {ev:?}"
+            );
+            assert!(ev.contains(&Event::ShutdownWrite), "{name}");
+            assert_eq!(c.state(), State::Closing, "{name}");
+            assert!(c.is_drained());
+        }
+        // The error carries the numbers.
+        let (_, ev, _) = feed(&[&hello[..], &[0, 0x10, 0, 1, 2]].concat());
+        let Some(Event::Closed {
+            error: Some(e),
+            reason,
+            ..
+        }) = ev.iter().find(|e| matches!(e, Event::Closed { .. }))
+        else {
+            panic!("{ev:?}")
+        };
+        assert!(
+            e.to_string().contains("1048577") && reason.contains("1048576"),
+            "{e} / {reason}"
+        );
+    }
+
+    #[test]
+    fn no_processing_after_a_protocol_error() {
+        let hello = hello_with(|_| {});
+        let data = encode(&Message::Data(Bytes::from_static(b"late")));
+        let (_, ev, mut c) = feed(&[&hello[..], &[0, 0, 0, 1, 0x7f], &data[..]].concat());
+        assert!(data_of(&ev).is_empty());
+        c.handle_input(&data, Instant::now());
+        assert!(events(&mut c).is_empty());
+    }
+
+    #[test]
+    fn version_negotiation() {
+        let (wire, ev, c) = feed(&hello_with(|h| {
+            h.version = 2;
+            h.flags = 0x80;
+        }));
+        assert!(wire.is_empty());
+        assert!(matches!(ev[0], Event::Connected { version: 1, ref peer } if peer.version == 2));
+        assert_eq!(c.state(), State::Open);
+        let (_, ev, _) = feed(&hello_with(|h| h.version = 0));
+        assert!(matches!(
+            ev[0],
+            Event::Closed {
+                code: CloseCode::UnsupportedVersion,
+                error: Some(ConnectionError::UnsupportedVersion {
+                    peer_version: 0,
+                    ..
+                }),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn extension_messages_are_ignored() {
+        let hello = hello_with(|_| {});
+        let ext = encode(&Message::Extension {
+            ty: 0x80,
+            body: Bytes::from_static(b"\x01\x02"),
+        });
+        let data = encode(&Message::Data(Bytes::from_static(b"ok")));
+        let (wire, ev, c) = feed(&[&hello[..], &ext, &data].concat());
+        assert!(wire.is_empty());
+        assert_eq!(data_of(&ev), vec![Bytes::from_static(b"ok")]);
+        assert_eq!(c.stats().messages_in, 3);
+    }
+
+    fn graceful_close(a_closes: bool) {
+        let mut net = Net::new(cfg(5, 3), cfg(5, 3));
+        net.max_chunk = 3;
+        net.flush();
+        let (closer, other) = if a_closes {
+            (&mut net.a, &mut net.b)
+        } else {
+            (&mut net.b, &mut net.a)
+        };
+        let t = Instant::now();
+        closer.send(Bytes::from_static(b"last words"), t).unwrap();
+        closer.close(CloseCode::Application(0x1001), "bye", t);
+        assert_eq!(closer.state(), State::Closing);
+        assert_eq!(closer.send(Bytes::new(), t), Err(SendError::Closed));
+        other.send(Bytes::from_static(b"dropped"), t).unwrap();
+        let _ = other;
+        net.flush();
+        let (ev_closer, ev_other) = if a_closes {
+            (&net.ev_a, &net.ev_b)
+        } else {
+            (&net.ev_b, &net.ev_a)
+        };
+        assert_eq!(
+            closed_code(ev_closer),
+            Some((CloseCode::Application(0x1001), false))
+        );
+        assert!(ev_closer.contains(&Event::ShutdownWrite));
+        assert!(ev_other.contains(&Event::Closed {
+            code: CloseCode::Application(0x1001),
+            reason: "bye".into(),
+            by_peer: true,
+            error: None,
+        }));
+        assert!(ev_other.contains(&Event::ShutdownWrite));
+        assert_eq!(data_of(ev_other), vec![Bytes::from_static(b"last words")]);
+        assert_eq!(
+            (net.a.state(), net.b.state()),
+            (State::Closed, State::Closed)
+        );
+        assert!(net.a.is_drained() && net.b.is_drained());
+        let (w_closer, w_other) = if a_closes {
+            (&net.wire_ab, &net.wire_ba)
+        } else {
+            (&net.wire_ba, &net.wire_ab)
+        };
+        assert_eq!(closes(&decode_all(w_closer)), vec![0x1001]);
+        // The other side answered with the same code and sent no DATA after the CLOSE.
+        let other_msgs = decode_all(w_other);
+        assert_eq!(closes(&other_msgs), vec![0x1001]);
+        assert!(matches!(other_msgs.last(), Some(Message::Close { .. })));
+        assert!(net.a.poll_timeout().is_none() && net.b.poll_timeout().is_none());
+    }
+
+    #[test]
+    fn graceful_close_a_to_b() {
+        graceful_close(true);
+    }
+
+    #[test]
+    fn graceful_close_b_to_a() {
+        graceful_close(false);
+    }
+
+    #[test]
+    fn closing_lingers_then_closes() {
+        let t0 = Instant::now();
+        let mut c = Connection::new(cfg(5, 3), t0).unwrap();
+        c.handle_input(&hello_with(|_| {}), t0);
+        c.close(CloseCode::Normal, "", t0);
+        let out = transmit_all(&mut c, t0);
+        assert_eq!(closes(&decode_all(&out)), vec![0]);
+        assert_eq!(c.poll_timeout(), Some(t0 + secs(2)));
+        // Data arriving while closing is discarded.
+        c.handle_input(&encode(&Message::Data(Bytes::new())), t0);
+        c.handle_timeout(t0 + secs(2));
+        assert_eq!(c.state(), State::Closed);
+        assert!(data_of(&events(&mut c)).is_empty());
+    }
+
+    #[test]
+    fn end_of_stream() {
+        let hello = hello_with(|_| {});
+        let t0 = Instant::now();
+        for (tail, mid) in [(&[][..], false), (&[0u8, 0, 0, 5, 2][..], true)] {
+            let mut c = Connection::new(cfg(5, 3), t0).unwrap();
+            c.handle_input(&[&hello[..], tail].concat(), t0);
+            c.handle_eof(t0);
+            let ev = events(&mut c);
+            assert!(ev.iter().any(|e| matches!(
+                e,
+                Event::Closed { by_peer: true, error: Some(ConnectionError::EndOfStream { mid_message }), .. }
+                    if *mid_message == mid
+            )), "{ev:?}");
+            assert!(c.is_closed());
+        }
+    }
+
+    #[test]
+    fn handshake_timeout() {
+        let t0 = Instant::now();
+        let mut c = Connection::new(cfg(5, 3), t0).unwrap();
+        let _ = transmit_all(&mut c, t0);
+        assert_eq!(c.poll_timeout(), Some(t0 + secs(10)));
+        c.handle_timeout(t0 + secs(10) - ms(1));
+        assert!(events(&mut c).is_empty());
+        // A partial HELLO does not extend the deadline.
+        c.handle_input(&hello_with(|_| {})[..10], t0 + secs(9));
+        c.handle_timeout(t0 + secs(10));
+        let ev = events(&mut c);
+        assert!(matches!(
+            ev[0],
+            Event::Closed {
+                code: CloseCode::PeerTimedOut,
+                by_peer: false,
+                error: Some(ConnectionError::HandshakeTimeout { .. }),
+                ..
+            }
+        ));
+        assert_eq!(
+            closes(&decode_all(&transmit_all(&mut c, t0 + secs(10)))),
+            vec![3]
+        );
+    }
+
+    #[test]
+    fn send_limits() {
+        let t0 = Instant::now();
+        let mut c = Connection::new(
+            ConnectionConfig {
+                max_queued_bytes: 100,
+                ..cfg(5, 3)
+            },
+            t0,
+        )
+        .unwrap();
+        c.send(Bytes::from(vec![0; 50]), t0).unwrap();
+        assert_eq!(
+            c.send(Bytes::from(vec![0; 50]), t0),
+            Err(SendError::QueueFull {
+                queued: 55,
+                len: 55,
+                limit: 100
+            })
+        );
+        c.handle_input(&hello_with(|h| h.max_message_len = 4096), t0);
+        assert_eq!(
+            c.send(Bytes::from(vec![0; 4096]), t0),
+            Err(SendError::TooBig {
+                len: 4096,
+                max: 4096
+            })
+        );
+        let _ = transmit_all(&mut c, t0);
+        assert_eq!(c.queued_bytes(), 0);
+        c.send(Bytes::from(vec![0; 4095]), t0).unwrap_err(); // over the 100-byte queue
+        c.close(CloseCode::Normal, "", t0);
+        assert_eq!(c.send(Bytes::new(), t0), Err(SendError::Closed));
+    }
+
+    #[test]
+    fn oversized_message_queued_before_handshake_is_dropped() {
+        let t0 = Instant::now();
+        let mut c = Connection::new(cfg(5, 3), t0).unwrap();
+        c.send(Bytes::from(vec![1; 5000]), t0).unwrap();
+        c.send(Bytes::from_static(b"fits"), t0).unwrap();
+        c.handle_input(&hello_with(|h| h.max_message_len = 4096), t0);
+        let ev = events(&mut c);
+        assert!(ev.contains(&Event::MessageDropped {
+            len: 5000,
+            peer_max: 4096
+        }));
+        let msgs = decode_all(&transmit_all(&mut c, t0));
+        assert_eq!(msgs[1], Message::Data(Bytes::from_static(b"fits")));
+    }
+
+    #[test]
+    fn pong_goes_ahead_of_queued_data() {
+        let t0 = Instant::now();
+        let mut c = Connection::new(cfg(5, 3), t0).unwrap();
+        c.handle_input(&hello_with(|_| {}), t0);
+        let _ = transmit_all(&mut c, t0);
+        for _ in 0..3 {
+            c.send(Bytes::from(vec![9; 2000]), t0).unwrap();
+        }
+        // A DATA message already started is finished first.
+        let header = c.poll_transmit(t0).unwrap();
+        assert_eq!(header.len(), 5);
+        c.handle_input(&encode(&Message::Ping(Bytes::from_static(b"a"))), t0);
+        c.handle_input(&encode(&Message::Ping(Bytes::from_static(b"b"))), t0);
+        let out = [&header[..], &transmit_all(&mut c, t0)].concat();
+        let msgs = decode_all(&out);
+        assert!(matches!(msgs[0], Message::Data(_)));
+        // Only the newest PONG, ahead of the two remaining DATA.
+        assert_eq!(msgs[1], Message::Pong(Bytes::from_static(b"b")));
+        assert!(matches!(msgs[2], Message::Data(_)));
+        assert_eq!(msgs.len(), 4);
+    }
+
+    #[test]
+    fn peer_close_during_handshake_and_garbage_never_panics() {
+        let t0 = Instant::now();
+        let mut c = Connection::new(cfg(5, 3), t0).unwrap();
+        c.handle_input(
+            &encode(&Message::Close {
+                code: CloseCode::Normal,
+                reason: String::new(),
+            }),
+            t0,
+        );
+        // A CLOSE as the first message is a protocol error (HELLO expected).
+        assert_eq!(
+            closed_code(&events(&mut c)),
+            Some((CloseCode::ProtocolError, false))
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn random_messages_random_chunks_all_delivered(
+            msgs in prop::collection::vec(
+                (any::<bool>(), prop::collection::vec(any::<u8>(), 0..3000)), 0..40),
+            max_chunk in 0usize..64,
+            step_ms in 0u64..4000,
+        ) {
+            let mut net = Net::new(cfg(1, 1), cfg(2, 1));
+            net.max_chunk = max_chunk;
+            let (mut to_b, mut to_a) = (Vec::new(), Vec::new());
+            for (i, (a_sends, body)) in msgs.into_iter().enumerate() {
+                let body = Bytes::from(body);
+                if a_sends {
+                    net.a.send(body.clone(), net.now).unwrap();
+                    to_b.push(body);
+                } else {
+                    net.b.send(body.clone(), net.now).unwrap();
+                    to_a.push(body);
+                }
+                if i % 3 == 0 {
+                    net.run_until(net.now + ms(step_ms));
+                }
+            }
+            net.run_until(net.now + secs(5));
+            prop_assert_eq!(data_of(&net.ev_b), to_b);
+            prop_assert_eq!(data_of(&net.ev_a), to_a);
+            prop_assert_eq!(closed_code(&net.ev_a), None);
+            prop_assert_eq!(net.a.state(), State::Open);
+        }
+
+        #[test]
+        fn arbitrary_input_never_panics(
+            prefix_hello in any::<bool>(),
+            garbage in prop::collection::vec(any::<u8>(), 0..512),
+            chunk in 1usize..32,
+        ) {
+            let t0 = Instant::now();
+            let mut c = Connection::new(cfg(1, 1), t0).unwrap();
+            let mut input = if prefix_hello { hello_with(|_| {}) } else { Vec::new() };
+            input.extend_from_slice(&garbage);
+            for (i, part) in input.chunks(chunk).enumerate() {
+                let now = t0 + ms(i as u64 * 300);
+                c.handle_input(part, now);
+                c.handle_timeout(now);
+                let _ = transmit_all(&mut c, now);
+                let _ = c.send(Bytes::from_static(b"x"), now);
+            }
+            c.handle_eof(t0 + secs(100));
+            let _ = transmit_all(&mut c, t0 + secs(100));
+            let ev = events(&mut c);
+            let n_closed = ev.iter().filter(|e| matches!(e, Event::Closed { .. })).count();
+            prop_assert!(n_closed <= 1);
+            prop_assert!(c.is_closed());
+        }
+    }
+}
