@@ -456,6 +456,9 @@ pub struct Connection {
     /// The payload of a DATA message whose header was already transmitted.
     partial: Option<Bytes>,
     close: Option<PendingClose>,
+    /// A local close asked for during the handshake with DATA queued: carried out once the
+    /// peer's HELLO is accepted, so that the queued DATA goes out before our CLOSE.
+    deferred_close: Option<(CloseCode, String)>,
     close_sent_at: Option<Instant>,
     closed_reported: bool,
     events: VecDeque<Event>,
@@ -493,6 +496,7 @@ impl Connection {
             queued_bytes: 0,
             partial: None,
             close: None,
+            deferred_close: None,
             close_sent_at: None,
             closed_reported: false,
             events: VecDeque::new(),
@@ -698,6 +702,9 @@ impl Connection {
             }
         }
         self.data = kept;
+        if let Some((code, reason)) = self.deferred_close.take() {
+            self.close(code, &reason, now);
+        }
     }
 
     fn on_peer_close(&mut self, code: CloseCode, reason: String) {
@@ -745,6 +752,12 @@ impl Connection {
     /// `reason` (truncated to 1024 bytes at a character boundary). No-op once closing.
     pub fn close(&mut self, code: CloseCode, reason: &str, _now: Instant) {
         if !matches!(self.state, State::Handshaking | State::Open) {
+            return;
+        }
+        if self.state == State::Handshaking && !self.data.is_empty() {
+            // DATA may only go out once the peer's HELLO is accepted: close after that.
+            self.deferred_close
+                .get_or_insert_with(|| (code, reason.to_string()));
             return;
         }
         let code = CloseCode::from_u16(code.as_u16());
@@ -1623,6 +1636,33 @@ mod tests {
         assert_eq!(closes(&other_msgs), vec![0x1001]);
         assert!(matches!(other_msgs.last(), Some(Message::Close { .. })));
         assert!(net.a.poll_timeout().is_none() && net.b.poll_timeout().is_none());
+    }
+
+    /// Found by the tokio driver's tests: a close asked for during the handshake used to drop
+    /// the DATA queued before it.
+    #[test]
+    fn close_during_handshake_still_delivers_queued_data() {
+        let t = Instant::now();
+        let mut net = Net::new(cfg(5, 3), cfg(5, 3));
+        net.a.send(Bytes::from_static(b"one"), t).unwrap();
+        net.a.send(Bytes::from_static(b"two"), t).unwrap();
+        net.a.close(CloseCode::Application(0x1002), "done", t);
+        assert_eq!(net.a.state(), State::Handshaking);
+        net.flush();
+        assert_eq!(
+            data_of(&net.ev_b),
+            vec![Bytes::from_static(b"one"), Bytes::from_static(b"two")]
+        );
+        assert!(net.ev_b.contains(&Event::Closed {
+            code: CloseCode::Application(0x1002),
+            reason: "done".into(),
+            by_peer: true,
+            error: None,
+        }));
+        assert_eq!(
+            (net.a.state(), net.b.state()),
+            (State::Closed, State::Closed)
+        );
     }
 
     #[test]
