@@ -28,11 +28,17 @@
 //!
 //! For large payloads, [`io::write_frame`] sends header and payload with one vectored write,
 //! without copying the payload.
+//!
+//! [`socket::SocketOptions`] sets `TCP_NODELAY`, keepalive probes and `TCP_USER_TIMEOUT` on a
+//! connected stream, so that half-open connections are noticed.
 
 #![warn(missing_docs)]
 
+pub mod connection;
 pub mod io;
+pub mod socket;
 
+pub use connection::{CloseInfo, Connection, Event, Receiver, Sender};
 pub use framelink_proto::codec::{
     self, DecodeError, DecodeErrorKind, EncodeError, FrameDecoder, FrameEncoder, FrameError,
     Framing,

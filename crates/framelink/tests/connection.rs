@@ -1,0 +1,423 @@
+//! The tokio connection driver over real loopback TCP: handshake, echo, dead-peer detection
+//! through a blackholing proxy, abrupt socket close, graceful close from either side, RTT
+//! samples, send budget. Timing assertions are upper bounds with generous margins.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use framelink::connection::{
+    self, CloseCode, CloseInfo, ConnectionConfig, ConnectionError, Event, SendError,
+};
+use futures::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
+
+/// Generous bound for anything that should happen "soon".
+const DEADLINE: Duration = Duration::from_secs(30);
+/// Slack on top of protocol timings for slow CI machines.
+const MARGIN: Duration = Duration::from_secs(2);
+
+async fn pair() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (client, server) = tokio::join!(TcpStream::connect(addr), listener.accept());
+    let client = client.unwrap();
+    let server = server.unwrap().0;
+    client.set_nodelay(true).unwrap();
+    server.set_nodelay(true).unwrap();
+    (client, server)
+}
+
+fn config(interval_ms: u64, timeout_ms: u64) -> ConnectionConfig {
+    ConnectionConfig {
+        ping_interval: Some(Duration::from_millis(interval_ms)),
+        ping_timeout: Duration::from_millis(timeout_ms),
+        handshake_timeout: Duration::from_secs(10),
+        linger: Duration::from_secs(2),
+        ..ConnectionConfig::default()
+    }
+}
+
+fn msg(tag: &str, i: usize) -> Bytes {
+    Bytes::from(format!("{tag}-{i:05}"))
+}
+
+/// The next event, failing the test after [`DEADLINE`].
+async fn event(rx: &mut connection::Receiver) -> Option<Event> {
+    timeout(DEADLINE, rx.next_event())
+        .await
+        .expect("no event in time")
+}
+
+/// Waits for `Connected`, skipping nothing else (it must come first).
+async fn connected(rx: &mut connection::Receiver) -> framelink::connection::Hello {
+    match event(rx).await {
+        Some(Event::Connected { peer, version }) => {
+            assert_eq!(version, 1);
+            peer
+        }
+        other => panic!("expected Connected, got {other:?}"),
+    }
+}
+
+/// Skips everything but `Closed`; messages are not allowed.
+async fn closed(rx: &mut connection::Receiver) -> CloseInfo {
+    loop {
+        match event(rx).await {
+            Some(Event::Closed(info)) => return info,
+            Some(Event::Message(m)) => panic!("unexpected message {m:?}"),
+            Some(_) => {}
+            None => panic!("event stream ended without Closed"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_and_echo_1000_both_directions() {
+    let (a, b) = pair().await;
+    let client = connection::spawn(a, config(300, 300)).unwrap();
+    let mut server_cfg = config(250, 300);
+    server_cfg.max_message_len = 65_536;
+    let server = connection::spawn(b, server_cfg).unwrap();
+    let (ctx, mut crx) = client.split();
+    let (stx, mut srx) = server.split();
+
+    let peer = connected(&mut crx).await;
+    assert_eq!(peer.ping_interval, Duration::from_millis(250));
+    assert_eq!(peer.max_message_len, 65_536);
+    assert_eq!(
+        connected(&mut srx).await.ping_interval,
+        Duration::from_millis(300)
+    );
+
+    const N: usize = 1000;
+    // Server: echo every client message, and send its own N messages, interleaved.
+    let server_task = tokio::spawn(async move {
+        for i in 0..N {
+            stx.send(msg("s", i)).await.unwrap();
+            let m = timeout(DEADLINE, srx.recv()).await.unwrap().unwrap();
+            stx.send(m).await.unwrap();
+        }
+        (stx, srx)
+    });
+    let send_task = {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            for i in 0..N {
+                ctx.send(msg("c", i)).await.unwrap();
+            }
+        })
+    };
+    let (mut echoed, mut own) = (0, 0);
+    while echoed < N || own < N {
+        let m = timeout(DEADLINE, crx.recv()).await.unwrap().unwrap();
+        if m.starts_with(b"c-") {
+            assert_eq!(m, msg("c", echoed));
+            echoed += 1;
+        } else {
+            assert_eq!(m, msg("s", own));
+            own += 1;
+        }
+    }
+    send_task.await.unwrap();
+    let (_stx, mut srx) = server_task.await.unwrap();
+
+    let info = timeout(DEADLINE, ctx.close(CloseCode::Normal, "bye"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!info.by_peer);
+    let info = closed(&mut srx).await;
+    assert!(info.by_peer);
+    assert_eq!(info.code, CloseCode::Normal);
+    assert_eq!(info.reason, "bye");
+}
+
+/// Forwards `from` to `to` until either ends; while `blackhole` is set, received bytes are
+/// dropped instead (both sockets stay open).
+async fn forward(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    blackhole: Arc<AtomicBool>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if !blackhole.load(Ordering::SeqCst) && to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A one-connection proxy: returns its address; the forwarding tasks keep the sockets open
+/// (they are never dropped while the test runs).
+async fn proxy(upstream: std::net::SocketAddr, blackhole: Arc<AtomicBool>) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (down, _) = listener.accept().await.unwrap();
+        let up = TcpStream::connect(upstream).await.unwrap();
+        let (dr, dw) = down.into_split();
+        let (ur, uw) = up.into_split();
+        tokio::join!(
+            forward(dr, uw, blackhole.clone()),
+            forward(ur, dw, blackhole)
+        );
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_peer_is_declared_dead() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server_addr = listener.local_addr().unwrap();
+    let blackhole = Arc::new(AtomicBool::new(false));
+    let proxy_addr = proxy(server_addr, blackhole.clone()).await;
+
+    let (client, server) = tokio::join!(TcpStream::connect(proxy_addr), listener.accept());
+    let (interval, ping_timeout) = (Duration::from_millis(200), Duration::from_millis(200));
+    let client = connection::spawn(client.unwrap(), config(200, 200)).unwrap();
+    // The server keeps its own connection alive; it only pings rarely.
+    let server = connection::spawn(server.unwrap().0, config(150, 5_000)).unwrap();
+    let (ctx, mut crx) = client.split();
+    let (stx, mut srx) = server.split();
+    connected(&mut crx).await;
+    connected(&mut srx).await;
+
+    // Traffic flows, and keep-alive holds a quiet connection open for several intervals.
+    ctx.send(Bytes::from_static(b"ping?")).await.unwrap();
+    assert_eq!(
+        timeout(DEADLINE, srx.recv()).await.unwrap().unwrap(),
+        "ping?"
+    );
+    stx.send(Bytes::from_static(b"pong!")).await.unwrap();
+    assert_eq!(
+        timeout(DEADLINE, crx.recv()).await.unwrap().unwrap(),
+        "pong!"
+    );
+    tokio::time::sleep(interval * 4).await;
+    assert!(
+        !ctx.is_closed(),
+        "healthy connection closed: {:?}",
+        crx.close_info()
+    );
+
+    blackhole.store(true, Ordering::SeqCst);
+    let t0 = Instant::now();
+    let info = closed(&mut crx).await;
+    let elapsed = t0.elapsed();
+    assert_eq!(info.code, CloseCode::PeerTimedOut);
+    assert!(!info.by_peer);
+    assert!(
+        matches!(info.error, Some(ConnectionError::PeerDead { .. })),
+        "{info:?}"
+    );
+    // Our own check (interval + timeout) or the passive one (peer interval x 1.5), whichever
+    // comes first.
+    assert!(
+        elapsed < interval + ping_timeout + MARGIN,
+        "took {elapsed:?}"
+    );
+    assert!(matches!(
+        ctx.send(Bytes::from_static(b"late")).await,
+        Err(SendError::Closed)
+    ));
+    // The driver gives up on the dead socket (nothing to wait for but the linger).
+    timeout(DEADLINE, ctx.close(CloseCode::Normal, ""))
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_socket_is_noticed_at_once() {
+    let (a, mut b) = pair().await;
+    // Long keep-alive: only the end of stream can explain a quick Closed.
+    let client = connection::spawn(a, config(10_000, 10_000)).unwrap();
+    let (_ctx, mut crx) = client.split();
+    // A bare-bones peer: a protocol HELLO, then it reads a little and drops the socket.
+    let mut peer = framelink::proto::connection::Connection::new(
+        config(10_000, 10_000),
+        std::time::Instant::now(),
+    )
+    .unwrap();
+    let hello = peer.poll_transmit(std::time::Instant::now()).unwrap();
+    b.write_all(&hello).await.unwrap();
+    connected(&mut crx).await;
+    let mut buf = [0u8; 64];
+    let _ = timeout(DEADLINE, b.read(&mut buf)).await.unwrap().unwrap();
+    let t0 = Instant::now();
+    drop(b);
+    let info = closed(&mut crx).await;
+    let elapsed = t0.elapsed();
+    assert!(info.by_peer);
+    assert_eq!(info.code, CloseCode::GoingAway);
+    assert!(
+        matches!(
+            info.error,
+            Some(ConnectionError::EndOfStream { mid_message: false })
+        ),
+        "{info:?}"
+    );
+    assert!(elapsed < MARGIN, "took {elapsed:?}");
+    assert!(timeout(DEADLINE, crx.next_event()).await.unwrap().is_none());
+}
+
+/// `closer` sends `n` messages then closes; the other side must get them all, then `Closed`.
+async fn graceful_close(closer_is_client: bool) {
+    let (a, b) = pair().await;
+    let client = connection::spawn(a, config(300, 300)).unwrap();
+    let server = connection::spawn(b, config(300, 300)).unwrap();
+    let (closer, other) = if closer_is_client {
+        (client, server)
+    } else {
+        (server, client)
+    };
+    let (tx, mut rx_closer) = closer.split();
+    let (_other_tx, mut rx) = other.split();
+    const N: usize = 2000;
+    for i in 0..N {
+        // Large and small payloads; nothing is awaited on the other side yet.
+        let payload = if i % 100 == 0 {
+            Bytes::from(vec![i as u8; 10_000])
+        } else {
+            msg("m", i)
+        };
+        tx.send(payload).await.unwrap();
+    }
+    // close() runs while the receiver drains: it must not wait on our reading.
+    let close = tokio::spawn(async move { tx.close(CloseCode::Application(0x1234), "done").await });
+    connected(&mut rx).await;
+    for i in 0..N {
+        let m = timeout(DEADLINE, rx.next_event()).await.unwrap();
+        let expected = if i % 100 == 0 {
+            Bytes::from(vec![i as u8; 10_000])
+        } else {
+            msg("m", i)
+        };
+        match m {
+            Some(Event::Message(m)) => assert!(m == expected, "message {i} differs"),
+            other => panic!("message {i}: got {:?}", other.map(|e| format!("{e:.80?}"))),
+        }
+    }
+    let info = closed(&mut rx).await;
+    assert!(info.by_peer);
+    assert_eq!(info.code, CloseCode::Application(0x1234));
+    assert_eq!(info.reason, "done");
+    assert!(info.error.is_none());
+    let mine = timeout(DEADLINE, close).await.unwrap().unwrap().unwrap();
+    assert!(!mine.by_peer);
+    assert_eq!(mine.code, CloseCode::Application(0x1234));
+    // The closer's receiver ends with its own Closed.
+    connected(&mut rx_closer).await;
+    assert_eq!(closed(&mut rx_closer).await, mine);
+    assert!(timeout(DEADLINE, rx.next_event()).await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_close_from_client_delivers_everything() {
+    graceful_close(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_close_from_server_delivers_everything() {
+    graceful_close(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_all_handles_closes_gracefully() {
+    let (a, b) = pair().await;
+    let client = connection::spawn(a, config(300, 300)).unwrap();
+    let server = connection::spawn(b, config(300, 300)).unwrap();
+    for i in 0..100 {
+        client.send(msg("d", i)).await.unwrap();
+    }
+    drop(client);
+    let mut rx = server.split().1;
+    connected(&mut rx).await;
+    let messages: Vec<Bytes> = timeout(DEADLINE, rx.into_messages().collect())
+        .await
+        .unwrap();
+    assert_eq!(messages, (0..100).map(|i| msg("d", i)).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtt_samples_on_a_quiet_connection() {
+    let (a, b) = pair().await;
+    let client = connection::spawn(a, config(100, 300)).unwrap();
+    let server = connection::spawn(b, config(100, 300)).unwrap();
+    let (_ctx, mut crx) = client.split();
+    let (_stx, mut srx) = server.split();
+    connected(&mut crx).await;
+    connected(&mut srx).await;
+    for rx in [&mut crx, &mut srx] {
+        let t0 = Instant::now();
+        let rtt = loop {
+            match event(rx).await {
+                Some(Event::Rtt(rtt)) => break rtt,
+                Some(Event::Closed(info)) => panic!("closed: {info:?}"),
+                _ => {}
+            }
+        };
+        assert!(rtt < MARGIN, "rtt {rtt:?}");
+        assert!(t0.elapsed() < Duration::from_millis(100) + MARGIN);
+    }
+    // Still open after many intervals of silence.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(crx.close_info().is_none() && srx.close_info().is_none());
+}
+
+#[tokio::test]
+async fn send_budget_is_enforced() {
+    let (a, b) = pair().await;
+    let mut cfg = config(300, 300);
+    cfg.max_queued_bytes = 1000;
+    // Current-thread runtime: the driver cannot run between the try_sends below.
+    let client = connection::spawn(a, cfg).unwrap();
+    let server = connection::spawn(b, config(300, 300)).unwrap();
+    let payload = Bytes::from(vec![7u8; 195]); // 200 budget bytes each
+    for _ in 0..5 {
+        client.try_send(payload.clone()).unwrap();
+    }
+    assert_eq!(
+        client.try_send(payload.clone()),
+        Err(SendError::QueueFull {
+            queued: 1000,
+            len: 200,
+            limit: 1000
+        })
+    );
+    // Larger than the whole budget: refused at once, even by the waiting send.
+    assert!(matches!(
+        client.send(Bytes::from(vec![0u8; 2000])).await,
+        Err(SendError::QueueFull { len: 2005, .. })
+    ));
+    // The waiting send gets through once the driver has written the queue.
+    for _ in 0..20 {
+        timeout(DEADLINE, client.send(payload.clone()))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let (_stx, mut srx) = server.split();
+    connected(&mut srx).await;
+    for _ in 0..25 {
+        assert_eq!(
+            timeout(DEADLINE, srx.recv()).await.unwrap().unwrap(),
+            payload
+        );
+    }
+    // Over the peer's max_message_len once it is known.
+    let (ctx, mut crx) = client.split();
+    connected(&mut crx).await;
+    assert!(matches!(
+        ctx.try_send(Bytes::from(vec![0u8; 8 * 1024 * 1024])),
+        Err(SendError::TooBig { .. })
+    ));
+}
