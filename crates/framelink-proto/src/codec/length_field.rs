@@ -348,22 +348,29 @@ impl LengthFieldCodec {
         (low <= high).then_some(low as usize..=high as usize)
     }
 
+    /// The value the length field holds for a payload of `payload_len` bytes, or why the payload
+    /// cannot be sent. An accepted value fits the field's width.
+    #[inline]
+    fn field_value(&self, payload_len: usize) -> Result<u64, EncodeError> {
+        match &self.encodable {
+            // In range, `payload_len - adjustment` is in 0..=field_max: exact in wrapping u64.
+            Some(range) if range.contains(&payload_len) => {
+                Ok((payload_len as u64).wrapping_sub(self.config.adjustment as u64))
+            }
+            _ => Err(self.encode_error(payload_len)),
+        }
+    }
+
     /// The length field for a payload of `payload_len` bytes: its bytes (the first `width` of
     /// the array), or why the payload cannot be sent.
     #[inline]
     fn length_field(&self, payload_len: usize) -> Result<[u8; 8], EncodeError> {
-        match &self.encodable {
-            Some(range) if range.contains(&payload_len) => {
-                // In range, `payload_len - adjustment` is in 0..=field_max: exact in wrapping u64.
-                let value = (payload_len as u64).wrapping_sub(self.config.adjustment as u64);
-                let mut field = [0u8; 8];
-                self.config
-                    .order
-                    .write_uint(value, &mut field[..self.config.width]);
-                Ok(field)
-            }
-            _ => Err(self.encode_error(payload_len)),
-        }
+        let value = self.field_value(payload_len)?;
+        let mut field = [0u8; 8];
+        self.config
+            .order
+            .write_uint(value, &mut field[..self.config.width]);
+        Ok(field)
     }
 
     /// Why a payload of `payload_len` bytes cannot be encoded.
@@ -399,16 +406,10 @@ impl FrameEncoder for LengthFieldCodec {
     /// Writes the field and the payload straight into `dst` (no intermediate [`FrameParts`]).
     #[inline]
     fn encode(&self, payload: &[u8], dst: &mut BytesMut) -> Result<(), EncodeError> {
-        let Some(range) = &self.encodable else {
-            return Err(self.encode_error(payload.len()));
-        };
-        if !range.contains(&payload.len()) {
-            return Err(self.encode_error(payload.len()));
-        }
-        let value = (payload.len() as u64).wrapping_sub(self.config.adjustment as u64);
+        let value = self.field_value(payload.len())?;
         let width = self.config.width;
         dst.reserve(width + payload.len());
-        // Fixed-size stores for the common widths; the range check above made the casts exact.
+        // Fixed-size stores for the common widths; `field_value` made the casts exact.
         match (width, self.config.order) {
             (1, _) => dst.put_u8(value as u8),
             (2, ByteOrder::BigEndian) => dst.put_u16(value as u16),
