@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use bytes::BytesMut;
 use clap::Args;
+use framelink::codec::{AnyCodec, LengthFieldCodec, LengthFieldConfig};
 use framelink::{FrameDecoder, FrameEncoder, Framing};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -93,7 +94,7 @@ async fn run_async(args: DemoArgs) -> Result<ExitCode> {
         let messages: Vec<Vec<u8>> = (0..args.messages)
             .map(|_| message_for(&framing, &mut rng))
             .collect();
-        let inject_garbage = matches!(framing.codec(), framelink::codec::AnyCodec::Magic(_));
+        let inject_garbage = matches!(framing.codec(), AnyCodec::Magic(_));
         let wire = encode_all(&framing, &messages, inject_garbage, &mut rng)?;
         let tally = transfer(framing, wire, &mut rng).await?;
         let ok = tally.received == messages;
@@ -143,7 +144,6 @@ async fn run_async(args: DemoArgs) -> Result<ExitCode> {
 
 /// A random message the framing can carry.
 fn message_for(framing: &Framing, rng: &mut StdRng) -> Vec<u8> {
-    use framelink::codec::AnyCodec;
     let len = match rng.gen_range(0..10) {
         0..=5 => rng.gen_range(0..48),
         6..=8 => rng.gen_range(48..1500),
@@ -166,52 +166,63 @@ fn encode_all(
     rng: &mut StdRng,
 ) -> Result<BytesMut> {
     let mut wire = BytesMut::new();
-    // A length field with bytes before it: the demo writes a 1-byte message type itself.
-    let prefix = match framing.codec() {
-        framelink::codec::AnyCodec::LengthField(c) => c.config().offset,
-        _ => 0,
-    };
+    let prefixed = PrefixedEncoder::for_framing(framing)?;
     for m in messages {
         if inject_garbage && rng.gen_bool(0.01) {
             // Bytes that are not the magic's first byte, so they cannot start a frame.
             let n = rng.gen_range(1..200);
             wire.extend((0..n).map(|_| rng.gen_range(0x00..0xf0u8)));
         }
-        if prefix > 0 {
-            encode_with_prefix(framing, m, prefix, &mut wire)?;
-        } else {
-            framing.encode(m, &mut wire)?;
+        match &prefixed {
+            Some(p) => p.encode(m, &mut wire)?,
+            None => framing.encode(m, &mut wire)?,
         }
     }
     Ok(wire)
 }
 
-/// Netty-style headers with bytes before the length field: the decoder keeps `strip` bytes off,
-/// so the demo builds `[type byte][length][extra byte][payload]` with the same config by hand.
-fn encode_with_prefix(
-    framing: &Framing,
-    m: &[u8],
-    prefix: usize,
-    wire: &mut BytesMut,
-) -> Result<()> {
-    let framelink::codec::AnyCodec::LengthField(c) = framing.codec() else {
-        bail!("prefix only for length fields");
-    };
-    let cfg = c.config();
-    // Body after the field = payload + the header bytes the decoder strips beyond the field.
-    let extra = cfg.strip.saturating_sub(cfg.offset + cfg.width);
-    let body = extra + m.len();
-    let value = body as i64 - cfg.adjustment;
-    let field = u64::try_from(value).context("negative length")?;
-    wire.extend(std::iter::repeat_n(0xa5u8, prefix));
-    let bytes = match cfg.order {
-        framelink::codec::ByteOrder::BigEndian => field.to_be_bytes()[8 - cfg.width..].to_vec(),
-        framelink::codec::ByteOrder::LittleEndian => field.to_le_bytes()[..cfg.width].to_vec(),
-    };
-    wire.extend_from_slice(&bytes);
-    wire.extend(std::iter::repeat_n(0x5au8, extra));
-    wire.extend_from_slice(m);
-    Ok(())
+/// Netty-style frames with bytes before the length field (`offset > 0`), which the length-field
+/// encoder cannot write because it cannot know them: the demo writes
+/// `[offset filler bytes][length field][extra header bytes][payload]` itself, with the field
+/// written by an offset-0 encoder of the same width, order and adjustment (the field's value only
+/// depends on the bytes after it).
+struct PrefixedEncoder {
+    offset: usize,
+    /// Header bytes after the field that the decoder strips along with it.
+    extra: usize,
+    field: LengthFieldCodec,
+}
+
+impl PrefixedEncoder {
+    fn for_framing(framing: &Framing) -> Result<Option<Self>> {
+        let AnyCodec::LengthField(c) = framing.codec() else {
+            return Ok(None);
+        };
+        let cfg = c.config();
+        if cfg.offset == 0 {
+            return Ok(None);
+        }
+        let field = LengthFieldCodec::new(LengthFieldConfig {
+            offset: 0,
+            strip: cfg.width,
+            // The same limit on the whole frame, offset bytes included.
+            max_frame_length: cfg.max_frame_length - cfg.offset,
+            ..cfg.clone()
+        })?;
+        Ok(Some(PrefixedEncoder {
+            offset: cfg.offset,
+            extra: cfg.strip.saturating_sub(cfg.header_length()),
+            field,
+        }))
+    }
+
+    fn encode(&self, m: &[u8], wire: &mut BytesMut) -> Result<()> {
+        wire.extend(std::iter::repeat_n(0xa5u8, self.offset));
+        let mut body = vec![0x5au8; self.extra];
+        body.extend_from_slice(m);
+        self.field.encode(&body, wire)?;
+        Ok(())
+    }
 }
 
 /// Sends `wire` over a fresh loopback connection in random pieces and decodes it on the other side.
