@@ -77,6 +77,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use thiserror::Error;
+use crate::codec::{DecodeError, EncodeError};
 
 use crate::liveness::{
     DeathCause, IdleKind, Liveness, LivenessConfig, LivenessConfigError, LivenessEvent, PingAction,
@@ -92,7 +93,7 @@ use crate::wire::{
 pub const COPY_THRESHOLD: usize = 1024;
 
 /// Bytes of framing per DATA message: the 4-byte length and the type byte.
-const DATA_OVERHEAD: usize = 5;
+pub(crate) const DATA_OVERHEAD: usize = 5;
 
 /// The lowest protocol version this implementation speaks.
 const LOWEST_VERSION: u8 = 1;
@@ -339,10 +340,14 @@ pub enum ConnectionError {
     /// The peer's keep-alive settings could not be used.
     #[error("unusable peer keep-alive settings: {0}")]
     Liveness(LivenessConfigError),
+    /// Raw mode: the user's framing failed on the peer's bytes and cannot recover.
+    #[error("framing: {0}")]
+    Framing(DecodeError),
 }
 
 /// What a [`Connection`] reports, drained with [`Connection::poll_event`].
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum Event {
     /// The peer's HELLO was accepted; the connection is open.
     Connected {
@@ -379,6 +384,9 @@ pub enum Event {
     /// Our CLOSE was just returned by [`Connection::poll_transmit`]: after writing it, shut down
     /// the write half. Nothing more will be transmitted.
     ShutdownWrite,
+    /// Raw mode: the framing skipped bad input and carries on (an oversize frame under the
+    /// `discard` policy, garbage before a magic). The frames around it are delivered.
+    FrameDiscarded(DecodeError),
 }
 
 /// Why [`Connection::send`] refused a message.
@@ -396,6 +404,10 @@ pub enum SendError {
         /// The peer's `max_message_len`.
         max: u32,
     },
+    /// Raw mode: the framing cannot encode this payload (too long for the length field, or it
+    /// contains the delimiter).
+    #[error("cannot frame this message: {0}")]
+    Unencodable(EncodeError),
     /// The outgoing queue is full.
     #[error("send queue full: {queued} bytes queued, {len} more would exceed {limit}")]
     QueueFull {

@@ -6,6 +6,8 @@
 //! testable without a network or a sleep, and lets the tokio layer (`framelink`), the CLI and
 //! future language bindings share one implementation.
 //!
+//! - [`backoff`]: reconnect delays, exponential backoff with full (or equal) jitter; the caller
+//!   supplies the random number.
 //! - [`codec`]: framing codecs (length field, varint, delimiters, lines, fixed, netstring,
 //!   magic + checksum) behind the [`codec::FrameDecoder`] / [`codec::FrameEncoder`] traits and the
 //!   [`codec::Framing`] type built from a text spec.
@@ -14,14 +16,21 @@
 //!   bytes and events out.
 //! - [`liveness`]: the keep-alive state machine (pings when quiet, dead-peer detection in bounded
 //!   time, Netty-style idle events, ping-flood strikes, RFC 6298 RTT estimation).
+//! - [`raw`]: keep-alive for peers that don't speak framelink's protocol: a user's framing, an
+//!   optional ping frame and a pong matcher, driven by the same liveness machine.
+//! - [`machine`]: the [`machine::Machine`] trait both connection kinds implement, so one runtime
+//!   driver runs either.
 //! - [`wire`]: the framelink wire protocol v1 (HELLO, DATA, PING, PONG, CLOSE, extensions) and its
 //!   [`wire::WireCodec`], built on the length-field codec; specified in `docs/PROTOCOL.md`.
 
 #![warn(missing_docs)]
 
+pub mod backoff;
 pub mod codec;
 pub mod connection;
 pub mod liveness;
+pub mod machine;
+pub mod raw;
 pub mod wire;
 
 pub use codec::{FrameDecoder, FrameEncoder, Framing};

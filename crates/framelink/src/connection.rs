@@ -1,9 +1,12 @@
-//! The tokio driver for a framelink protocol connection.
+//! The tokio driver for a framelink connection: protocol v1, or raw mode with the user's framing.
 //!
 //! [`spawn`] runs a sans-IO [`proto::connection::Connection`](framelink_proto::connection::Connection)
-//! over any byte stream (a `TcpStream` in practice) on one background task, and hands back a
-//! [`Connection`]: a cloneable [`Sender`] plus a [`Receiver`] of [`Event`]s, which can be
-//! [`split`](Connection::split).
+//! (framelink's wire protocol, with heartbeats) over any byte stream (a `TcpStream` in practice)
+//! on one background task; [`spawn_raw`] does the same for a
+//! [`RawConnection`](framelink_proto::raw::RawConnection), which keeps a connection to a peer that
+//! does not speak framelink's protocol alive with the user's framing and ping frame. Both hand back
+//! a [`Connection`]: a [`Stream`] of [`Event`]s and a [`Sink`] of messages, which can be
+//! [`split`](Connection::split) into a cloneable [`Sender`] and a [`Receiver`].
 //!
 //! ```no_run
 //! use bytes::Bytes;
@@ -24,22 +27,27 @@
 //! # Design
 //!
 //! - **One task** owns the protocol machine and the socket. It waits (with `tokio::select!`) on
-//!   socket input (`read_buf` straight into the machine's `recv_buf`), output (`write_all_buf` of
-//!   the queued `poll_transmit` chunks, vectored), commands from the handles, room in the event
-//!   channel, and **one** [`tokio::time::Sleep`] re-armed with `reset` to `poll_timeout` after
-//!   every step.
-//! - **Send backpressure**: a byte budget equal to
-//!   [`max_queued_bytes`](ConnectionConfig::max_queued_bytes) (capped at `u32::MAX`), counting
-//!   each message as its payload plus 5 bytes of framing, from the moment it is handed to
-//!   [`Sender::send`] until the driver takes it out of the protocol queue to write it. The
-//!   driver only pulls about 64 KiB ahead of the socket, so a slow peer fills the protocol queue
-//!   and then [`Sender::send`] **waits** for room, while [`Sender::try_send`] returns
-//!   [`SendError::QueueFull`]. A message larger than the whole budget, or than the peer's
-//!   `max_message_len`, is refused at once. `Ok` means "queued", not "delivered".
-//! - **Receive backpressure**: events go through a bounded channel. When the application falls
-//!   behind, the driver stops reading the socket (once about 64 KiB of messages are waiting), so
-//!   TCP flow control slows the peer down. Stalling longer than the keep-alive timeout stops
-//!   PONGs from being read too, and the peer is then declared dead: keep consuming.
+//!   the socket (one `poll_fn` that writes queued output with vectored writes and reads input),
+//!   on a [`Notify`] that the handles ring when they queue a command or make room for events,
+//!   and on **one** [`tokio::time::Sleep`], re-armed with `reset` to the machine's
+//!   `poll_timeout` only when that deadline moved. Heartbeat deadlines are not re-armed per
+//!   message: the machine keeps timestamps and checks them when the timer fires.
+//! - **Memory of an idle connection** is kept small: the handles and the driver share one
+//!   allocation (a mutex-protected pair of queues that allocate only when used, plus the send
+//!   budget); the read buffer is released whenever it is empty after a small read, and small
+//!   reads go through a stack buffer, so an idle connection holds no read buffer at all.
+//! - **Send backpressure**: a byte budget equal to the machine's `max_queued_bytes` (capped at
+//!   `u32::MAX`), counting each message as its payload plus its framing overhead, from the
+//!   moment it is handed to [`Sender::send`] until the driver takes it out of the machine's queue
+//!   to write it. The driver only pulls about 64 KiB ahead of the socket, so a slow peer fills
+//!   the queue and then [`Sender::send`] **waits** for room, while [`Sender::try_send`] returns
+//!   [`SendError::QueueFull`]. A message larger than the whole budget, or than the peer accepts,
+//!   or that the raw framing cannot encode, is refused at once. `Ok` means "queued", not
+//!   "delivered".
+//! - **Receive backpressure**: events wait in a queue for the [`Receiver`]. When the application
+//!   falls behind (about 64 KiB of messages or 256 events waiting), the driver stops reading the
+//!   socket, so TCP flow control slows the peer down. Stalling longer than the keep-alive timeout
+//!   stops PONGs from being read too, and the peer is then declared dead: keep consuming.
 //! - **Closing**: [`Sender::close`] is graceful (messages sent before it are written first) and
 //!   resolves once the close handshake is done, or the linger ran out, and the socket is
 //!   dropped. Dropping every [`Sender`] and the [`Receiver`] closes gracefully with
@@ -48,50 +56,61 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::io::IoSlice;
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
-use futures::Stream;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, watch, Semaphore, TryAcquireError};
+use bytes::{Buf, Bytes, BytesMut};
+use futures::{Sink, Stream};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{Notify, Semaphore, TryAcquireError};
 use tokio::time::Instant;
+use tokio_util::sync::ReusableBoxFuture;
 
 use framelink_proto::connection::{self as proto, State};
+use framelink_proto::machine::Machine;
+use framelink_proto::raw::{RawConfig, RawConfigError, RawConnection};
+use framelink_proto::{FrameEncoder, Framing};
 
+pub use framelink_proto::codec::DecodeError;
 pub use framelink_proto::connection::{ConfigError, ConnectionConfig, ConnectionError};
 pub use framelink_proto::liveness::{DeathCause, IdleKind};
 pub use framelink_proto::wire::{CloseCode, Hello};
 
-/// Bytes of framing the protocol adds to each DATA message (and counts against the budget).
-const DATA_OVERHEAD: usize = 5;
-/// Read at most this much per `read_buf` call.
+/// Read straight into the machine's buffer when it has at least this much room.
+const MIN_DIRECT_READ: usize = 4 * 1024;
+/// Size of the stack buffer for reads into an empty (released) receive buffer.
+const STACK_READ: usize = 8 * 1024;
+/// Room reserved in the receive buffer once reads come in full (a busy connection).
 const READ_SIZE: usize = 16 * 1024;
 /// Pull output from the protocol machine only while less than this is waiting for the socket.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
 /// Stop reading while this many payload bytes wait for the application.
 const PENDING_HIGH_WATER: usize = 64 * 1024;
-/// Capacity of the event channel, in events.
-const EVENT_CAPACITY: usize = 256;
+/// Stop reading while this many events wait for the application.
+const PENDING_EVENTS: usize = 256;
+/// At most this many buffers per vectored write.
+const MAX_IOV: usize = 64;
 
 /// What the driver reports to the [`Receiver`], in order.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Event {
-    /// The peer's HELLO was accepted: the connection is open.
+    /// Protocol mode: the peer's HELLO was accepted, the connection is open. (Raw mode has no
+    /// handshake and no `Connected` event: it is open from the start.)
     Connected {
         /// The peer's HELLO (keep-alive settings, `max_message_len`, session id, extensions).
-        peer: Hello,
+        peer: Box<Hello>,
         /// The negotiated protocol version.
         version: u8,
     },
     /// An application message from the peer.
     Message(Bytes),
-    /// A round-trip-time sample from a PING / PONG pair.
+    /// A round-trip-time sample from a ping / pong pair.
     Rtt(Duration),
     /// A direction has been idle for its configured period.
     Idle(IdleKind),
@@ -103,6 +122,9 @@ pub enum Event {
         /// The peer's `max_message_len` (which counts the type byte too).
         peer_max: u32,
     },
+    /// Raw mode: the framing skipped bad input and carries on (an oversize frame under the
+    /// `discard` policy, garbage before a magic). The frames around it are delivered.
+    FrameDiscarded(DecodeError),
     /// The connection is closing or closed; always the last event.
     Closed(CloseInfo),
 }
@@ -120,10 +142,25 @@ pub struct CloseInfo {
     pub error: Option<ConnectionError>,
 }
 
+impl fmt::Display for CloseInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let who = if self.by_peer { "peer" } else { "we" };
+        write!(f, "{who} closed with {:?}", self.code)?;
+        if !self.reason.is_empty() {
+            write!(f, " ({:?})", self.reason)?;
+        }
+        if let Some(error) = &self.error {
+            write!(f, ": {error}")?;
+        }
+        Ok(())
+    }
+}
+
 /// Why a message could not be sent: the protocol's reasons, plus a vanished driver.
 pub use framelink_proto::connection::SendError;
 
-/// Spawns the driver task for `stream` on the current tokio runtime.
+/// Spawns the driver for a framelink protocol v1 connection over `stream` on the current tokio
+/// runtime. Our HELLO goes out at once; [`Event::Connected`] follows the peer's.
 ///
 /// Fails only when `config` is invalid. Panics outside a tokio runtime.
 pub fn spawn<S>(stream: S, config: ConnectionConfig) -> Result<Connection, ConfigError>
@@ -131,68 +168,224 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let machine = proto::Connection::new(config, Instant::now().into_std())?;
+    Ok(spawn_machine(stream, machine, None))
+}
+
+/// Spawns the driver for a raw-mode connection over `stream`: the peer speaks its own framing
+/// (`config.framing`), and the connection is kept alive with `config`'s ping frame and pong
+/// matcher, or only watched for silence. See [`framelink_proto::raw`].
+///
+/// Fails only when `config` is invalid. Panics outside a tokio runtime.
+pub fn spawn_raw<S>(stream: S, config: RawConfig) -> Result<Connection, RawConfigError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let framing = config.framing.clone();
+    let machine = RawConnection::new(config, Instant::now().into_std())?;
+    Ok(spawn_machine(stream, machine, Some(framing)))
+}
+
+/// Spawns the driver for any [`Machine`]. `framing`, when given, is used by the handles to refuse
+/// a message the machine could not encode before it is queued.
+fn spawn_machine<S, M>(stream: S, machine: M, framing: Option<Framing>) -> Connection
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    M: Machine + Send + 'static,
+{
+    spawn_with_hook(stream, machine, framing, None).0
+}
+
+/// Called once when a driver has dropped its socket (the server's connection registry).
+pub(crate) type FinishHook = Box<dyn FnOnce() + Send>;
+
+/// [`spawn_machine`] with a hook run when the driver ends, and the task's abort handle.
+pub(crate) fn spawn_with_hook<S, M>(
+    stream: S,
+    machine: M,
+    framing: Option<Framing>,
+    on_finish: Option<FinishHook>,
+) -> (Connection, tokio::task::AbortHandle)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    M: Machine + Send + 'static,
+{
     let limit = machine
-        .config()
-        .max_queued_bytes
+        .max_queued_bytes()
         .min(u32::MAX as usize)
         .min(Semaphore::MAX_PERMITS);
     let shared = Arc::new(Shared {
         budget: Semaphore::new(limit),
         limit,
+        overhead: machine.message_cost(0),
         peer_max: AtomicU32::new(u32::MAX),
+        framing,
+        inner: Mutex::new(Inner {
+            senders: 1,
+            receiver_alive: true,
+            ..Inner::default()
+        }),
+        wake_driver: Notify::new(),
+        status_changed: Notify::new(),
     });
-    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
-    let (event_tx, event_rx) = mpsc::channel(EVENT_CAPACITY);
-    let (status_tx, status_rx) = watch::channel(Status::default());
     let driver = Driver {
         machine,
         shared: shared.clone(),
         held: 0,
-        cmd_rx,
-        commands_open: true,
-        event_tx,
-        receiver_gone: false,
-        pending: VecDeque::new(),
-        pending_bytes: 0,
         out: OutQueue::default(),
         shutdown_pending: false,
         shutdown_done: false,
         reading: true,
         write_dead: false,
+        handles_gone: false,
         closed_at: None,
-        status: status_tx,
     };
-    tokio::spawn(driver.run(stream));
-    let sender = Sender {
-        shared,
-        cmd_tx: cmd_tx.clone(),
-        status: status_rx.clone(),
+    let task = tokio::spawn(async move {
+        driver.run(stream).await;
+        if let Some(hook) = on_finish {
+            hook();
+        }
+    });
+    let connection = Connection {
+        sender: Sender::new(shared.clone()),
+        receiver: Receiver { shared },
     };
-    let receiver = Receiver {
-        events: event_rx,
-        _keep_open: cmd_tx,
-        status: status_rx,
-    };
-    Ok(Connection { sender, receiver })
+    (connection, task.abort_handle())
 }
 
-/// State shared by the handles and the driver.
-#[derive(Debug)]
+/// Builds the machine for a [`Protocol`] and spawns its driver.
+pub(crate) fn spawn_protocol<S>(
+    stream: S,
+    protocol: &Protocol,
+    on_finish: Option<FinishHook>,
+) -> Result<(Connection, tokio::task::AbortHandle), crate::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let now = Instant::now().into_std();
+    Ok(match protocol {
+        Protocol::Framelink(config) => {
+            let machine = proto::Connection::new(config.clone(), now)?;
+            spawn_with_hook(stream, machine, None, on_finish)
+        }
+        Protocol::Raw(config) => {
+            let machine = RawConnection::new(config.clone(), now)?;
+            spawn_with_hook(stream, machine, Some(config.framing.clone()), on_finish)
+        }
+    })
+}
+
+/// What a connection speaks: framelink's protocol (with its handshake and heartbeats), or the
+/// peer's own framing in raw mode (kept alive with a ping frame of the user's choosing).
+#[derive(Debug, Clone)]
+pub enum Protocol {
+    /// framelink wire protocol v1 (`docs/PROTOCOL.md`).
+    Framelink(ConnectionConfig),
+    /// Raw mode: the peer's framing, ping and pong. See [`framelink_proto::raw`].
+    Raw(RawConfig),
+}
+
+impl Default for Protocol {
+    fn default() -> Self {
+        Protocol::Framelink(ConnectionConfig::default())
+    }
+}
+
+impl Protocol {
+    /// Checks the configuration without connecting.
+    pub fn validate(&self) -> Result<(), crate::Error> {
+        match self {
+            Protocol::Framelink(config) => config.validate()?,
+            Protocol::Raw(config) => config.validate()?,
+        }
+        Ok(())
+    }
+
+    /// The linger after a close (how long a closing connection may still take).
+    pub fn linger(&self) -> Duration {
+        match self {
+            Protocol::Framelink(config) => config.linger,
+            Protocol::Raw(config) => config.linger,
+        }
+    }
+}
+
+/// State shared by the handles and the driver: one allocation per connection.
 struct Shared {
-    /// Send budget in bytes (payload + 5 per message); closed when the connection closes.
+    /// Send budget in bytes (payload + overhead per message); closed when the connection closes.
     budget: Semaphore,
     /// The budget's size.
     limit: usize,
-    /// The peer's `max_message_len` once known.
+    /// Budget bytes each message costs on top of its payload.
+    overhead: usize,
+    /// Protocol mode: the peer's `max_message_len` once known.
     peer_max: AtomicU32,
+    /// Raw mode: the framing, to refuse what it cannot encode before queueing.
+    framing: Option<Framing>,
+    inner: Mutex<Inner>,
+    /// Rung by the handles: a command is queued, the receiver made room, or handles went away.
+    wake_driver: Notify,
+    /// Rung by the driver when the connection closes and when the socket is gone.
+    status_changed: Notify,
 }
 
-/// What the handles can watch.
-#[derive(Debug, Clone, Default)]
-struct Status {
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("limit", &self.limit)
+            .field("available", &self.budget.available_permits())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave `Inner` inconsistent in a way that matters
+        // more than losing the connection: keep going with the data as it is.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The mutable part of [`Shared`].
+#[derive(Default)]
+struct Inner {
+    /// Commands from the handles, in order.
+    commands: VecDeque<Command>,
+    /// Events for the receiver, in order.
+    events: VecDeque<Event>,
+    /// Payload bytes in `events`.
+    event_bytes: usize,
+    /// The receiver waits for an event.
+    receiver_waker: Option<Waker>,
+    /// The driver stopped reading because `events` is full: ring it when there is room.
+    driver_wants_room: bool,
+    /// Live [`Sender`]s.
+    senders: usize,
+    receiver_alive: bool,
     closed: Option<CloseInfo>,
-    /// The driver dropped the socket.
+    /// The driver dropped the socket: no more events after those queued.
     finished: bool,
+}
+
+impl Inner {
+    fn events_full(&self) -> bool {
+        self.event_bytes >= PENDING_HIGH_WATER || self.events.len() >= PENDING_EVENTS
+    }
+
+    fn push_event(&mut self, event: Event) {
+        if !self.receiver_alive {
+            return;
+        }
+        if let Event::Message(payload) = &event {
+            self.event_bytes += payload.len();
+        }
+        self.events.push_back(event);
+    }
+
+    fn wake_receiver(&mut self) {
+        if let Some(waker) = self.receiver_waker.take() {
+            waker.wake();
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -201,8 +394,8 @@ enum Command {
     Close(CloseCode, String),
 }
 
-/// A running connection: a [`Sender`] and a [`Receiver`] together. Use
-/// [`split`](Self::split) to hand them to different tasks.
+/// A running connection: a [`Stream`] of [`Event`]s and a [`Sink`] of messages. Use
+/// [`split`](Self::split) to hand the halves to different tasks.
 #[derive(Debug)]
 pub struct Connection {
     sender: Sender,
@@ -244,38 +437,108 @@ impl Connection {
     pub async fn close(&self, code: CloseCode, reason: &str) -> Option<CloseInfo> {
         self.sender.close(code, reason).await
     }
+
+    /// See [`Sender::is_closed`].
+    pub fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
 }
 
+impl Stream for Connection {
+    type Item = Event;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        Pin::new(&mut self.receiver).poll_next(cx)
+    }
+}
+
+impl Sink<Bytes> for Connection {
+    type Error = SendError;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        Pin::new(&mut self.sender).poll_ready(cx)
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, item: Bytes) -> Result<(), SendError> {
+        Pin::new(&mut self.sender).start_send(item)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        Pin::new(&mut self.sender).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        Pin::new(&mut self.sender).poll_close(cx)
+    }
+}
+
+
 /// The sending half: cloneable; sends messages and closes the connection.
-#[derive(Debug, Clone)]
+///
+/// It is also a [`Sink`] of [`Bytes`]: `poll_ready` waits until the previous message fits the
+/// send budget, `start_send` takes the next one, `poll_flush` waits until it is queued (not
+/// written), and `poll_close` closes the connection gracefully with [`CloseCode::Normal`] and
+/// waits until the socket is gone.
 pub struct Sender {
     shared: Arc<Shared>,
-    cmd_tx: mpsc::UnboundedSender<Command>,
-    status: watch::Receiver<Status>,
+    /// Sink state: a message taken by `start_send`, waiting for budget.
+    sink_item: Option<Bytes>,
+    /// Sink state: the budget wait (or the close) in progress.
+    sink_wait: Option<ReusableBoxFuture<'static, Result<(), SendError>>>,
+}
+
+impl fmt::Debug for Sender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sender")
+            .field("shared", &self.shared)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Clone for Sender {
+    fn clone(&self) -> Self {
+        self.shared.lock().senders += 1;
+        Sender {
+            shared: self.shared.clone(),
+            sink_item: None,
+            sink_wait: None,
+        }
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        let mut inner = self.shared.lock();
+        inner.senders -= 1;
+        if inner.senders == 0 && !inner.receiver_alive {
+            drop(inner);
+            self.shared.wake_driver.notify_one();
+        }
+    }
 }
 
 impl Sender {
+    /// The handle counted in `senders` already.
+    fn new(shared: Arc<Shared>) -> Self {
+        Sender {
+            shared,
+            sink_item: None,
+            sink_wait: None,
+        }
+    }
+
     /// Queues a message, waiting while the send budget is used up (see the
     /// [module documentation](self)). Fails with [`SendError::Closed`] once the connection is
-    /// closing, [`SendError::TooBig`] over the peer's `max_message_len`, and
+    /// closing, [`SendError::TooBig`] over the peer's `max_message_len`,
+    /// [`SendError::Unencodable`] when a raw framing cannot carry it, and
     /// [`SendError::QueueFull`] if the message alone is larger than the whole budget.
     pub async fn send(&self, payload: Bytes) -> Result<(), SendError> {
-        let cost = self.check(&payload)?;
-        let permit = self
-            .shared
-            .budget
-            .acquire_many(cost as u32)
-            .await
-            .map_err(|_| SendError::Closed)?;
-        permit.forget();
-        self.cmd_tx
-            .send(Command::Send(payload))
-            .map_err(|_| SendError::Closed)
+        send_on(&self.shared, payload).await
     }
 
     /// Queues a message if the budget has room now; [`SendError::QueueFull`] otherwise.
     pub fn try_send(&self, payload: Bytes) -> Result<(), SendError> {
-        let cost = self.check(&payload)?;
+        let cost = check(&self.shared, &payload)?;
         match self.shared.budget.try_acquire_many(cost as u32) {
             Ok(permit) => permit.forget(),
             Err(TryAcquireError::Closed) => return Err(SendError::Closed),
@@ -287,58 +550,162 @@ impl Sender {
                 })
             }
         }
-        self.cmd_tx
-            .send(Command::Send(payload))
-            .map_err(|_| SendError::Closed)
+        enqueue(&self.shared, Command::Send(payload))
     }
 
-    /// The budget cost of `payload`, or why it can never be sent.
-    fn check(&self, payload: &Bytes) -> Result<usize, SendError> {
-        if self.shared.budget.is_closed() {
-            return Err(SendError::Closed);
-        }
-        let max = self.shared.peer_max.load(Ordering::Acquire);
-        if payload.len() as u64 + 1 > u64::from(max) {
-            return Err(SendError::TooBig {
-                len: payload.len(),
-                max,
-            });
-        }
-        let cost = payload.len().saturating_add(DATA_OVERHEAD);
-        if cost > self.shared.limit {
-            return Err(SendError::QueueFull {
-                queued: self.shared.limit - self.shared.budget.available_permits(),
-                len: cost,
-                limit: self.shared.limit,
-            });
-        }
-        Ok(cost)
-    }
-
-    /// Closes gracefully: messages sent before are written, then CLOSE with `code` and `reason`.
-    /// Resolves when the close handshake is done (or the linger ran out) and the socket is
-    /// dropped, with how the connection ended (which may be an earlier close). `None` only if
-    /// the driver task died (runtime shut down).
+    /// Closes gracefully: messages sent before are written, then CLOSE with `code` and `reason`
+    /// (raw mode: the write half is shut down). Resolves when the close handshake is done (or
+    /// the linger ran out) and the socket is dropped, with how the connection ended (which may
+    /// be an earlier close). `None` only if the driver task died (runtime shut down).
     pub async fn close(&self, code: CloseCode, reason: &str) -> Option<CloseInfo> {
-        let _ = self.cmd_tx.send(Command::Close(code, reason.to_owned()));
-        let mut status = self.status.clone();
-        // An error means the driver is gone: the last status is all there is.
-        let _ = status.wait_for(|s| s.finished).await;
-        let info = status.borrow().closed.clone();
-        info
+        close_on(self.shared.clone(), code, reason.to_owned()).await
     }
 
     /// Waits until the connection is closing or closed (without closing it) and says how.
     pub async fn closed(&self) -> Option<CloseInfo> {
-        let mut status = self.status.clone();
-        let _ = status.wait_for(|s| s.closed.is_some() || s.finished).await;
-        let info = status.borrow().closed.clone();
-        info
+        wait_status(&self.shared, |inner| {
+            inner.closed.is_some() || inner.finished
+        })
+        .await
     }
 
     /// The connection is closing or closed: sends will fail.
     pub fn is_closed(&self) -> bool {
-        self.shared.budget.is_closed() || self.status.borrow().closed.is_some()
+        self.shared.budget.is_closed() || self.shared.lock().closed.is_some()
+    }
+
+    /// Budget bytes in use now (queued messages not yet taken for writing).
+    pub fn queued_bytes(&self) -> usize {
+        self.shared.limit - self.shared.budget.available_permits()
+    }
+
+    /// Drives the sink's pending work (a budget wait or a close) to completion.
+    fn poll_sink_wait(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        if let Some(wait) = &mut self.sink_wait {
+            let result = ready!(wait.poll(cx));
+            self.sink_wait = None;
+            result?;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Sink<Bytes> for Sender {
+    type Error = SendError;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        self.poll_flush(cx)
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, item: Bytes) -> Result<(), SendError> {
+        debug_assert!(self.sink_item.is_none(), "start_send without poll_ready");
+        // Refuse what can never be sent now rather than at the next poll.
+        check(&self.shared, &item)?;
+        match self.try_send(item.clone()) {
+            Ok(()) => Ok(()),
+            Err(SendError::QueueFull { .. }) => {
+                self.sink_item = Some(item);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        ready!(self.poll_sink_wait(cx))?;
+        if let Some(item) = self.sink_item.take() {
+            let shared = self.shared.clone();
+            self.sink_wait = Some(ReusableBoxFuture::new(async move {
+                send_on(&shared, item).await
+            }));
+            ready!(self.poll_sink_wait(cx))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        ready!(self.as_mut().poll_flush(cx))?;
+        let shared = self.shared.clone();
+        self.sink_wait = Some(ReusableBoxFuture::new(async move {
+            close_on(shared, CloseCode::Normal, String::new()).await;
+            Ok(())
+        }));
+        self.poll_sink_wait(cx)
+    }
+}
+
+/// The budget cost of `payload`, or why it can never be sent.
+fn check(shared: &Shared, payload: &Bytes) -> Result<usize, SendError> {
+    if shared.budget.is_closed() {
+        return Err(SendError::Closed);
+    }
+    let max = shared.peer_max.load(Ordering::Acquire);
+    if payload.len() as u64 + 1 > u64::from(max) {
+        return Err(SendError::TooBig {
+            len: payload.len(),
+            max,
+        });
+    }
+    if let Some(framing) = &shared.framing {
+        framing
+            .frame_parts(payload)
+            .map_err(SendError::Unencodable)?;
+    }
+    let cost = payload.len().saturating_add(shared.overhead);
+    if cost > shared.limit {
+        return Err(SendError::QueueFull {
+            queued: shared.limit - shared.budget.available_permits(),
+            len: cost,
+            limit: shared.limit,
+        });
+    }
+    Ok(cost)
+}
+
+/// Queues a command for the driver and wakes it.
+fn enqueue(shared: &Shared, command: Command) -> Result<(), SendError> {
+    {
+        let mut inner = shared.lock();
+        if inner.finished {
+            return Err(SendError::Closed);
+        }
+        inner.commands.push_back(command);
+    }
+    shared.wake_driver.notify_one();
+    Ok(())
+}
+
+async fn send_on(shared: &Shared, payload: Bytes) -> Result<(), SendError> {
+    let cost = check(shared, &payload)?;
+    let permit = shared
+        .budget
+        .acquire_many(cost as u32)
+        .await
+        .map_err(|_| SendError::Closed)?;
+    permit.forget();
+    enqueue(shared, Command::Send(payload))
+}
+
+async fn close_on(shared: Arc<Shared>, code: CloseCode, reason: String) -> Option<CloseInfo> {
+    // A finished driver ignores the command; the status says how it ended.
+    let _ = enqueue(&shared, Command::Close(code, reason));
+    wait_status(&shared, |inner| inner.finished).await
+}
+
+/// Waits until `done` holds (or the driver is gone) and returns the close info.
+async fn wait_status(shared: &Shared, done: impl Fn(&Inner) -> bool) -> Option<CloseInfo> {
+    loop {
+        let notified = shared.status_changed.notified();
+        tokio::pin!(notified);
+        // Register before checking, so a change between the check and the await is not lost.
+        notified.as_mut().enable();
+        {
+            let inner = shared.lock();
+            if done(&inner) {
+                return inner.closed.clone();
+            }
+        }
+        notified.await;
     }
 }
 
@@ -347,32 +714,40 @@ impl Sender {
 /// Dropping it discards further events; the connection stays open while a [`Sender`] lives.
 #[derive(Debug)]
 pub struct Receiver {
-    events: mpsc::Receiver<Event>,
-    /// Keeps the command channel open: the connection closes when all handles are gone.
-    _keep_open: mpsc::UnboundedSender<Command>,
-    status: watch::Receiver<Status>,
+    shared: Arc<Shared>,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let mut inner = self.shared.lock();
+        inner.receiver_alive = false;
+        inner.events = VecDeque::new();
+        inner.event_bytes = 0;
+        drop(inner);
+        // Either every handle is gone, or the driver may be waiting for room it now has.
+        self.shared.wake_driver.notify_one();
+    }
 }
 
 impl Receiver {
     /// The next event; `None` after [`Event::Closed`].
     pub async fn next_event(&mut self) -> Option<Event> {
-        self.events.recv().await
+        std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx)).await
     }
 
     /// The next application message, skipping other events; `None` once the connection is
     /// closed (see [`close_info`](Self::close_info) for how).
     pub async fn recv(&mut self) -> Option<Bytes> {
         loop {
-            match self.events.recv().await? {
-                Event::Message(payload) => return Some(payload),
-                _ => continue,
+            if let Event::Message(payload) = self.next_event().await? {
+                return Some(payload);
             }
         }
     }
 
     /// How the connection ended, once it did.
     pub fn close_info(&self) -> Option<CloseInfo> {
-        self.status.borrow().closed.clone()
+        self.shared.lock().closed.clone()
     }
 
     /// Only the application messages, as a stream of [`Bytes`].
@@ -389,8 +764,36 @@ impl Receiver {
 impl Stream for Receiver {
     type Item = Event;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
-        self.events.poll_recv(cx)
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        let mut inner = self.shared.lock();
+        match inner.events.pop_front() {
+            Some(event) => {
+                if let Event::Message(payload) = &event {
+                    inner.event_bytes -= payload.len();
+                }
+                if inner.events.is_empty() {
+                    // An idle connection keeps no event buffer.
+                    inner.events = VecDeque::new();
+                }
+                let ring = inner.driver_wants_room && !inner.events_full();
+                if ring {
+                    inner.driver_wants_room = false;
+                }
+                drop(inner);
+                if ring {
+                    self.shared.wake_driver.notify_one();
+                }
+                Poll::Ready(Some(event))
+            }
+            None if inner.finished => Poll::Ready(None),
+            None => {
+                match &inner.receiver_waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => inner.receiver_waker = Some(cx.waker().clone()),
+                }
+                Poll::Pending
+            }
+        }
     }
 }
 
@@ -403,6 +806,9 @@ struct OutQueue {
 
 impl OutQueue {
     fn push(&mut self, chunk: Bytes) {
+        if chunk.is_empty() {
+            return;
+        }
         self.remaining += chunk.len();
         self.chunks.push_back(chunk);
     }
@@ -412,37 +818,19 @@ impl OutQueue {
     }
 
     fn clear(&mut self) {
-        self.chunks.clear();
+        self.chunks = VecDeque::new();
         self.remaining = 0;
     }
-}
 
-impl Buf for OutQueue {
-    fn remaining(&self) -> usize {
-        self.remaining
-    }
-
-    fn chunk(&self) -> &[u8] {
-        self.chunks.front().map_or(&[], |c| &c[..])
-    }
-
-    fn chunks_vectored<'a>(&'a self, dst: &mut [IoSlice<'a>]) -> usize {
-        let mut n = 0;
-        for (slot, chunk) in dst.iter_mut().zip(&self.chunks) {
-            *slot = IoSlice::new(chunk);
-            n += 1;
-        }
-        n
-    }
-
-    fn advance(&mut self, mut cnt: usize) {
-        assert!(cnt <= self.remaining, "advance past the end of the queue");
+    /// Marks `cnt` bytes written; releases the chunk buffer once everything is.
+    fn consume(&mut self, mut cnt: usize) {
+        debug_assert!(cnt <= self.remaining, "advance past the end of the queue");
+        cnt = cnt.min(self.remaining);
         self.remaining -= cnt;
         while cnt > 0 {
-            let front = self
-                .chunks
-                .front_mut()
-                .expect("remaining counts the chunks");
+            let Some(front) = self.chunks.front_mut() else {
+                break;
+            };
             if cnt < front.len() {
                 front.advance(cnt);
                 return;
@@ -450,36 +838,88 @@ impl Buf for OutQueue {
             cnt -= front.len();
             self.chunks.pop_front();
         }
-        while self.chunks.front().is_some_and(Bytes::is_empty) {
-            self.chunks.pop_front();
+        if self.remaining == 0 && self.chunks.capacity() > 16 {
+            self.chunks = VecDeque::new();
         }
     }
 }
 
+/// What the socket did.
+enum Io {
+    Read(io::Result<usize>),
+    /// Some output was written (or the write half shut down); `Err` ends writing.
+    Written(io::Result<()>),
+}
+
+/// Reads into `buf`: straight into its spare room when there is enough of it, else through a
+/// stack buffer (so an idle connection needs no read buffer of its own).
+fn poll_read_into<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<io::Result<usize>> {
+    if buf.capacity() - buf.len() >= MIN_DIRECT_READ {
+        return tokio_util::io::poll_read_buf(Pin::new(stream), cx, buf);
+    }
+    let mut stack = [MaybeUninit::<u8>::uninit(); STACK_READ];
+    let mut read_buf = ReadBuf::uninit(&mut stack);
+    ready!(Pin::new(stream).poll_read(cx, &mut read_buf))?;
+    let filled = read_buf.filled();
+    if filled.len() == STACK_READ {
+        // A busy stream: read straight into the buffer from now on.
+        buf.reserve(READ_SIZE.max(filled.len()));
+    }
+    buf.extend_from_slice(filled);
+    Poll::Ready(Ok(filled.len()))
+}
+
+/// Writes as much of `out` as the socket takes now (vectored), flushing once it is empty.
+fn poll_write_out<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    cx: &mut Context<'_>,
+    out: &mut OutQueue,
+    shutdown: bool,
+) -> Poll<io::Result<()>> {
+    let mut progress = false;
+    while !out.is_empty() {
+        let mut slices = [IoSlice::new(&[]); MAX_IOV];
+        let n = out
+            .chunks
+            .iter()
+            .zip(slices.iter_mut())
+            .map(|(chunk, slice)| *slice = IoSlice::new(chunk))
+            .count();
+        match Pin::new(&mut *stream).poll_write_vectored(cx, &slices[..n]) {
+            Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            Poll::Ready(Ok(written)) => {
+                out.consume(written);
+                progress = true;
+            }
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending if progress => return Poll::Ready(Ok(())),
+            Poll::Pending => return Poll::Pending,
+        }
+    }
+    ready!(Pin::new(&mut *stream).poll_flush(cx))?;
+    if shutdown {
+        ready!(Pin::new(&mut *stream).poll_shutdown(cx))?;
+    }
+    Poll::Ready(Ok(()))
+}
+
 /// What woke the driver up.
 enum Wake {
-    Read(std::io::Result<usize>),
-    Written(std::io::Result<bool>),
-    Command(Option<Command>),
-    /// Room in the event channel (`false`: the receiver is gone).
-    Deliver(bool),
+    Io(Io),
+    Handles,
     Timer,
 }
 
 /// The background task's state.
-struct Driver {
-    machine: proto::Connection,
+struct Driver<M> {
+    machine: M,
     shared: Arc<Shared>,
     /// Budget bytes of messages handed to the machine and not yet given back.
     held: usize,
-    cmd_rx: mpsc::UnboundedReceiver<Command>,
-    commands_open: bool,
-    event_tx: mpsc::Sender<Event>,
-    receiver_gone: bool,
-    /// Events waiting for room in the channel.
-    pending: VecDeque<Event>,
-    /// Payload bytes in `pending`.
-    pending_bytes: usize,
     out: OutQueue,
     /// `ShutdownWrite` came out: shut the write half down once `out` is written.
     shutdown_pending: bool,
@@ -487,12 +927,13 @@ struct Driver {
     reading: bool,
     /// Writing failed: discard output.
     write_dead: bool,
+    /// Every handle is gone (a graceful close was started for them).
+    handles_gone: bool,
     /// When the machine reached `Closed`: output gets `linger` more to be written.
     closed_at: Option<Instant>,
-    status: watch::Sender<Status>,
 }
 
-impl fmt::Debug for Driver {
+impl<M: Machine> fmt::Debug for Driver<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Driver")
             .field("state", &self.machine.state())
@@ -500,101 +941,91 @@ impl fmt::Debug for Driver {
     }
 }
 
-impl Driver {
-    async fn run<S>(mut self, stream: S)
+impl<M: Machine> Driver<M> {
+    async fn run<S>(mut self, mut stream: S)
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let (mut rd, mut wr) = tokio::io::split(stream);
+        let shared = self.shared.clone();
         let sleep = tokio::time::sleep_until(Instant::now());
         tokio::pin!(sleep);
+        let mut armed = None;
         loop {
             self.step();
             if self.socket_done() {
                 break;
             }
-            // Re-arm the one timer.
+            // Re-arm the one timer, only when its deadline moved.
             let deadline = self.deadline();
-            if let Some(at) = deadline {
-                if sleep.deadline() != at {
+            if deadline != armed {
+                if let Some(at) = deadline {
                     sleep.as_mut().reset(at);
                 }
+                armed = deadline;
             }
-            if self.reading {
-                self.machine.recv_buf().reserve(READ_SIZE);
-            }
-            let can_read = self.reading
-                && (self.pending_bytes < PENDING_HIGH_WATER
-                    || !matches!(self.machine.state(), State::Handshaking | State::Open));
+            let can_read = self.reading && {
+                let mut inner = shared.lock();
+                let full = inner.events_full()
+                    && matches!(self.machine.state(), State::Handshaking | State::Open);
+                inner.driver_wants_room = full;
+                !full
+            };
             let can_write = !self.write_dead
                 && (!self.out.is_empty() || (self.shutdown_pending && !self.shutdown_done));
-            let shutdown = self.shutdown_pending;
-            let commands_open = self.commands_open;
-            let can_deliver = !self.pending.is_empty() && !self.receiver_gone;
+            let shutdown = self.shutdown_pending && !self.shutdown_done;
             let out = &mut self.out;
             let machine = &mut self.machine;
-            let event_tx = &self.event_tx;
-            let cmd_rx = &mut self.cmd_rx;
+            let io = std::future::poll_fn(|cx| {
+                if can_write {
+                    if let Poll::Ready(result) = poll_write_out(&mut stream, cx, out, shutdown) {
+                        return Poll::Ready(Io::Written(result));
+                    }
+                }
+                if can_read {
+                    if let Poll::Ready(result) = poll_read_into(&mut stream, cx, machine.recv_buf())
+                    {
+                        return Poll::Ready(Io::Read(result));
+                    }
+                }
+                Poll::Pending
+            });
             let wake = tokio::select! {
-                read = rd.read_buf(machine.recv_buf()), if can_read => Wake::Read(read),
-                written = async {
-                    if !out.is_empty() {
-                        wr.write_all_buf(out).await?;
-                        wr.flush().await?;
-                    }
-                    if shutdown {
-                        wr.shutdown().await?;
-                    }
-                    Ok::<bool, std::io::Error>(shutdown)
-                }, if can_write => Wake::Written(written),
-                cmd = cmd_rx.recv(), if commands_open => Wake::Command(cmd),
-                permit = event_tx.reserve(), if can_deliver => Wake::Deliver(permit.is_ok()),
+                biased;
+                io = io, if can_read || can_write => Wake::Io(io),
+                () = shared.wake_driver.notified() => Wake::Handles,
                 () = &mut sleep, if deadline.is_some() => Wake::Timer,
             };
             let now = Instant::now();
             match wake {
-                Wake::Read(Ok(0) | Err(_)) => {
+                Wake::Io(Io::Read(Ok(0) | Err(_))) => {
                     self.reading = false;
                     self.machine.handle_eof(now.into_std());
                 }
-                Wake::Read(Ok(_)) => self.machine.process_input(now.into_std()),
-                Wake::Written(Ok(shut)) => self.shutdown_done |= shut,
-                Wake::Written(Err(_)) => {
+                Wake::Io(Io::Read(Ok(n))) => {
+                    self.machine.process_input(now.into_std());
+                    let buf = self.machine.recv_buf();
+                    if buf.is_empty() && n < MIN_DIRECT_READ && buf.capacity() > 0 {
+                        // A quiet connection: give the read buffer back.
+                        *buf = BytesMut::new();
+                    }
+                }
+                Wake::Io(Io::Written(Ok(()))) => {
+                    if shutdown && self.out.is_empty() {
+                        self.shutdown_done = true;
+                    }
+                }
+                Wake::Io(Io::Written(Err(_))) => {
                     self.write_dead = true;
                     self.out.clear();
                     self.machine.handle_eof(now.into_std());
                 }
-                Wake::Command(cmd) => {
-                    match cmd {
-                        Some(cmd) => self.command(cmd, now.into_std()),
-                        None => {
-                            // Every handle is gone.
-                            self.commands_open = false;
-                            self.local_close(CloseCode::Normal, String::new(), now.into_std());
-                        }
-                    }
-                    // Take whatever else is waiting without another trip through select.
-                    while let Ok(cmd) = self.cmd_rx.try_recv() {
-                        self.command(cmd, now.into_std());
-                    }
-                }
-                Wake::Deliver(true) => {
-                    while let Some(event) = self.pending.front() {
-                        let Ok(permit) = self.event_tx.try_reserve() else {
-                            break;
-                        };
-                        if let Event::Message(payload) = event {
-                            self.pending_bytes -= payload.len();
-                        }
-                        permit.send(self.pending.pop_front().expect("front exists"));
-                    }
-                }
-                Wake::Deliver(false) => self.receiver_gone(),
+                Wake::Handles => self.handles(now.into_std()),
                 Wake::Timer => {
+                    armed = None;
                     if self.machine.is_closed() {
                         if self
                             .closed_at
-                            .is_some_and(|at| now >= at + self.machine.config().linger)
+                            .is_some_and(|at| now >= at + self.machine.linger())
                         {
                             // Output could not be flushed in time: give up on it.
                             break;
@@ -605,22 +1036,21 @@ impl Driver {
                 }
             }
         }
-        drop((rd, wr));
+        drop(stream);
         self.shared.budget.close();
-        self.status.send_modify(|s| s.finished = true);
-        // Deliver what the application has not received yet.
-        while let Some(event) = self.pending.pop_front() {
-            if self.receiver_gone || self.event_tx.send(event).await.is_err() {
-                break;
-            }
-        }
+        let mut inner = self.shared.lock();
+        inner.finished = true;
+        inner.commands = VecDeque::new();
+        inner.wake_receiver();
+        drop(inner);
+        self.shared.status_changed.notify_waiters();
     }
 
     /// The timer deadline: the machine's, or the flush deadline once it is closed.
     fn deadline(&self) -> Option<Instant> {
         match self.machine.poll_timeout() {
             Some(at) => Some(Instant::from_std(at)),
-            None => self.closed_at.map(|at| at + self.machine.config().linger),
+            None => self.closed_at.map(|at| at + self.machine.linger()),
         }
     }
 
@@ -632,34 +1062,48 @@ impl Driver {
                 || (self.out.is_empty() && (!self.shutdown_pending || self.shutdown_done)))
     }
 
-    fn command(&mut self, cmd: Command, now: std::time::Instant) {
-        match cmd {
-            Command::Send(payload) => {
-                let cost = payload.len() + DATA_OVERHEAD;
-                let len = payload.len();
-                match self.machine.send(payload, now) {
-                    Ok(()) => self.held += cost,
-                    Err(e) => {
-                        self.shared.budget.add_permits(cost);
-                        if let SendError::TooBig { max, .. } = e {
-                            // The handle checked before the peer's limit was known.
-                            self.push_event(Event::MessageDropped { len, peer_max: max });
-                        }
-                    }
-                }
+    /// The handles rang: take their commands, notice when they are all gone.
+    fn handles(&mut self, now: std::time::Instant) {
+        let (commands, all_gone) = {
+            let mut inner = self.shared.lock();
+            let commands = std::mem::take(&mut inner.commands);
+            (commands, inner.senders == 0 && !inner.receiver_alive)
+        };
+        for command in commands {
+            match command {
+                Command::Send(payload) => self.send(payload, now),
+                Command::Close(code, reason) => self.machine.close(code, &reason, now),
             }
-            Command::Close(code, reason) => self.local_close(code, reason, now),
+        }
+        if all_gone && !self.handles_gone {
+            self.handles_gone = true;
+            self.machine.close(CloseCode::Normal, "", now);
         }
     }
 
-    /// A graceful close asked for by a handle (or by all of them going away).
-    fn local_close(&mut self, code: CloseCode, reason: String, now: std::time::Instant) {
-        self.machine.close(code, &reason, now);
+    fn send(&mut self, payload: Bytes, now: std::time::Instant) {
+        let cost = self.machine.message_cost(payload.len());
+        let len = payload.len();
+        match self.machine.send(payload, now) {
+            Ok(()) => self.held += cost,
+            Err(e) => {
+                self.shared.budget.add_permits(cost);
+                if let SendError::TooBig { max, .. } = e {
+                    // The handle checked before the peer's limit was known.
+                    self.shared.lock().push_event(Event::MessageDropped {
+                        len,
+                        peer_max: max,
+                    });
+                }
+            }
+        }
     }
 
     /// Drains the machine after an input: output (up to the high-water mark), events, budget.
     fn step(&mut self) {
         let now = Instant::now().into_std();
+        let mut delivered = false;
+        let mut status_changed = false;
         loop {
             while self.write_dead || self.out.remaining < WRITE_HIGH_WATER {
                 match self.machine.poll_transmit(now) {
@@ -668,14 +1112,32 @@ impl Driver {
                     None => break,
                 }
             }
-            let mut any = false;
-            while let Some(event) = self.machine.poll_event() {
-                any = true;
-                self.machine_event(event);
-            }
-            if !any {
+            let Some(first) = self.machine.poll_event() else {
                 break;
+            };
+            let shared = self.shared.clone();
+            let mut inner = shared.lock();
+            let mut next = Some(first);
+            while let Some(event) = next {
+                match self.machine_event(event) {
+                    Some(Event::Closed(info)) => {
+                        inner.closed = Some(info.clone());
+                        inner.push_event(Event::Closed(info));
+                        status_changed = true;
+                    }
+                    Some(event) => inner.push_event(event),
+                    None => {}
+                }
+                next = self.machine.poll_event();
             }
+            delivered = true;
+            drop(inner);
+        }
+        if delivered {
+            self.shared.lock().wake_receiver();
+        }
+        if status_changed {
+            self.shared.status_changed.notify_waiters();
         }
         let queued = self.machine.queued_bytes();
         if self.held > queued {
@@ -690,17 +1152,21 @@ impl Driver {
         }
     }
 
-    fn machine_event(&mut self, event: proto::Event) {
-        let event = match event {
+    /// Translates a machine event; `None` for those the driver handles itself.
+    fn machine_event(&mut self, event: proto::Event) -> Option<Event> {
+        Some(match event {
             proto::Event::ShutdownWrite => {
                 self.shutdown_pending = true;
-                return;
+                return None;
             }
             proto::Event::Connected { peer, version } => {
                 self.shared
                     .peer_max
                     .store(peer.max_message_len, Ordering::Release);
-                Event::Connected { peer, version }
+                Event::Connected {
+                    peer: Box::new(peer),
+                    version,
+                }
             }
             proto::Event::Data(payload) => Event::Message(payload),
             proto::Event::Rtt(rtt) => Event::Rtt(rtt),
@@ -708,38 +1174,22 @@ impl Driver {
             proto::Event::MessageDropped { len, peer_max } => {
                 Event::MessageDropped { len, peer_max }
             }
+            proto::Event::FrameDiscarded(error) => Event::FrameDiscarded(error),
             proto::Event::Closed {
                 code,
                 reason,
                 by_peer,
                 error,
-            } => {
-                let info = CloseInfo {
-                    code,
-                    reason,
-                    by_peer,
-                    error,
-                };
-                self.status.send_modify(|s| s.closed = Some(info.clone()));
-                Event::Closed(info)
+            } => Event::Closed(CloseInfo {
+                code,
+                reason,
+                by_peer,
+                error,
+            }),
+            other => {
+                tracing::debug!(?other, "machine event not handled by this driver version");
+                return None;
             }
-        };
-        self.push_event(event);
-    }
-
-    fn push_event(&mut self, event: Event) {
-        if self.receiver_gone {
-            return;
-        }
-        if let Event::Message(payload) = &event {
-            self.pending_bytes += payload.len();
-        }
-        self.pending.push_back(event);
-    }
-
-    fn receiver_gone(&mut self) {
-        self.receiver_gone = true;
-        self.pending.clear();
-        self.pending_bytes = 0;
+        })
     }
 }

@@ -34,13 +34,40 @@
 
 #![warn(missing_docs)]
 
+pub mod client;
 pub mod connection;
 pub mod io;
+pub mod server;
 pub mod socket;
 
-pub use connection::{CloseInfo, Connection, Event, Receiver, Sender};
+pub use client::{Client, ClientConfig, ClientEvent};
+pub use connection::{CloseInfo, Connection, Event, Protocol, Receiver, Sender};
+pub use framelink_proto::backoff::{BackoffConfig, Jitter};
+pub use framelink_proto::raw::{FrameMatcher, RawConfig};
+pub use server::{Server, ServerConfig, ServerHandle};
 pub use framelink_proto::codec::{
     self, DecodeError, DecodeErrorKind, EncodeError, FrameDecoder, FrameEncoder, FrameError,
     Framing,
 };
 pub use framelink_proto::{self as proto};
+
+/// Why a [`Server`] or [`Client`] could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The protocol connection settings are invalid.
+    #[error("invalid connection configuration: {0}")]
+    Connection(#[from] connection::ConfigError),
+    /// The raw-mode settings are invalid.
+    #[error("invalid raw-mode configuration: {0}")]
+    Raw(#[from] framelink_proto::raw::RawConfigError),
+    /// The backoff settings are invalid.
+    #[error("invalid backoff configuration: {0}")]
+    Backoff(#[from] framelink_proto::backoff::BackoffConfigError),
+    /// Another setting is invalid.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+    /// The operating system refused (binding the address, for example).
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}

@@ -57,7 +57,7 @@ async fn connected(rx: &mut connection::Receiver) -> framelink::connection::Hell
     match event(rx).await {
         Some(Event::Connected { peer, version }) => {
             assert_eq!(version, 1);
-            peer
+            *peer
         }
         other => panic!("expected Connected, got {other:?}"),
     }

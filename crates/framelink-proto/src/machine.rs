@@ -1,0 +1,115 @@
+//! The interface a runtime drives: what every sans-IO connection in this crate has in common.
+//!
+//! The protocol v1 [`Connection`](crate::connection::Connection) and the
+//! [`RawConnection`](crate::raw::RawConnection) (a user's own framing with keep-alive) are both
+//! [`Machine`]s, so one driver (the tokio layer's, or a test's) runs either: read bytes into
+//! [`recv_buf`](Machine::recv_buf) and call [`process_input`](Machine::process_input); write
+//! what [`poll_transmit`](Machine::poll_transmit) returns; keep **one** timer at
+//! [`poll_timeout`](Machine::poll_timeout) and call [`handle_timeout`](Machine::handle_timeout)
+//! when it fires; drain [`poll_event`](Machine::poll_event) after every call.
+
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::connection::{Connection, Event, SendError, State};
+use crate::wire::CloseCode;
+
+/// A sans-IO connection a runtime can drive. See the [module documentation](self).
+pub trait Machine {
+    /// The receive buffer: read socket bytes into it, then call
+    /// [`process_input`](Self::process_input). Don't remove bytes from it.
+    fn recv_buf(&mut self) -> &mut BytesMut;
+    /// Handles the bytes added to [`recv_buf`](Self::recv_buf) since the last call.
+    fn process_input(&mut self, now: Instant);
+    /// The peer ended its write half (TCP FIN) or the transport failed.
+    fn handle_eof(&mut self, now: Instant);
+    /// The next bytes to write, if any. Call until `None` after every input.
+    fn poll_transmit(&mut self, now: Instant) -> Option<Bytes>;
+    /// The next event, if any. Call until `None` after every input.
+    fn poll_event(&mut self) -> Option<Event>;
+    /// When [`handle_timeout`](Self::handle_timeout) has something to do next.
+    fn poll_timeout(&self) -> Option<Instant>;
+    /// The timer fired (early or spurious calls are harmless).
+    fn handle_timeout(&mut self, now: Instant);
+    /// Queues an application message.
+    fn send(&mut self, payload: Bytes, now: Instant) -> Result<(), SendError>;
+    /// Closes gracefully: queued messages first. No-op once closing.
+    fn close(&mut self, code: CloseCode, reason: &str, now: Instant);
+    /// Where the connection is in its lifecycle.
+    fn state(&self) -> State;
+    /// The connection is finished ([`State::Closed`]).
+    fn is_closed(&self) -> bool {
+        self.state() == State::Closed
+    }
+    /// Nothing will ever come out of [`poll_transmit`](Self::poll_transmit) again.
+    fn is_drained(&self) -> bool;
+    /// Bytes of queued messages, as counted against [`max_queued_bytes`](Self::max_queued_bytes).
+    fn queued_bytes(&self) -> usize;
+    /// The limit on [`queued_bytes`](Self::queued_bytes).
+    fn max_queued_bytes(&self) -> usize;
+    /// What a message of `len` payload bytes counts against the queue limit.
+    fn message_cost(&self, len: usize) -> usize;
+    /// Checks that `payload` can ever be sent (size, encodability), before it is queued.
+    fn check_message(&self, payload: &[u8]) -> Result<(), SendError>;
+    /// How long, after closing, pending output may still take to be written.
+    fn linger(&self) -> Duration;
+}
+
+impl Machine for Connection {
+    fn recv_buf(&mut self) -> &mut BytesMut {
+        Connection::recv_buf(self)
+    }
+    fn process_input(&mut self, now: Instant) {
+        Connection::process_input(self, now)
+    }
+    fn handle_eof(&mut self, now: Instant) {
+        Connection::handle_eof(self, now)
+    }
+    fn poll_transmit(&mut self, now: Instant) -> Option<Bytes> {
+        Connection::poll_transmit(self, now)
+    }
+    fn poll_event(&mut self) -> Option<Event> {
+        Connection::poll_event(self)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        Connection::poll_timeout(self)
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        Connection::handle_timeout(self, now)
+    }
+    fn send(&mut self, payload: Bytes, now: Instant) -> Result<(), SendError> {
+        Connection::send(self, payload, now)
+    }
+    fn close(&mut self, code: CloseCode, reason: &str, now: Instant) {
+        Connection::close(self, code, reason, now)
+    }
+    fn state(&self) -> State {
+        Connection::state(self)
+    }
+    fn is_drained(&self) -> bool {
+        Connection::is_drained(self)
+    }
+    fn queued_bytes(&self) -> usize {
+        Connection::queued_bytes(self)
+    }
+    fn max_queued_bytes(&self) -> usize {
+        self.config().max_queued_bytes
+    }
+    fn message_cost(&self, len: usize) -> usize {
+        len.saturating_add(crate::connection::DATA_OVERHEAD)
+    }
+    fn check_message(&self, payload: &[u8]) -> Result<(), SendError> {
+        let max = self.peer_hello().map_or(u32::MAX, |h| h.max_message_len);
+        if payload.len() as u64 + 1 > u64::from(max) {
+            return Err(SendError::TooBig {
+                len: payload.len(),
+                max,
+            });
+        }
+        Ok(())
+    }
+    fn linger(&self) -> Duration {
+        self.config().linger
+    }
+}

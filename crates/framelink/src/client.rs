@@ -1,0 +1,449 @@
+//! A client that stays connected: it reconnects after every disconnect with exponential backoff
+//! and full jitter, and reports what happens as [`ClientEvent`]s.
+//!
+//! ```no_run
+//! use bytes::Bytes;
+//! use framelink::client::{Client, ClientConfig, ClientEvent};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut client = Client::connect("127.0.0.1:7000", ClientConfig::default())?;
+//! client.send(Bytes::from_static(b"hello")).await?; // waits for the first connection
+//! while let Some(event) = client.next_event().await {
+//!     match event {
+//!         ClientEvent::Message(m) => println!("{} bytes", m.len()),
+//!         ClientEvent::Disconnected(info) => eprintln!("lost: {info}"),
+//!         ClientEvent::Reconnecting { attempt, delay } => eprintln!("retry {attempt} in {delay:?}"),
+//!         _ => {}
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # Behaviour
+//!
+//! - One background task (the supervisor) connects, with [`ClientConfig::connect_timeout`],
+//!   applies [`ClientConfig::socket`], runs the connection ([`Protocol`]: framelink's, or raw
+//!   mode) and forwards its events. When the connection ends (the peer closed it, it was
+//!   declared dead by the heartbeat, the socket failed) or a connect attempt fails, it waits
+//!   the next backoff delay (reported by [`ClientEvent::Reconnecting`]) and tries again, until
+//!   [`BackoffConfig::max_attempts`] consecutive attempts have failed
+//!   ([`ClientEvent::GaveUp`]).
+//! - The backoff counter restarts only after a connection stayed up for
+//!   [`ClientConfig::stable_after`], so a server that accepts and then drops every connection
+//!   (full, or crashing) is retried with growing delays, not hammered.
+//! - [`Client::send`] waits for a connection, then for room in its send budget. A message is
+//!   queued on the connection that is current at that time: if that connection dies before
+//!   writing it, it is lost (exactly-once delivery across reconnects is the job of sessions).
+//!   [`Client::try_send`] fails with [`SendError::Closed`] while disconnected.
+//! - [`Client::close`] stops reconnecting and closes the current connection gracefully.
+//!   Dropping the [`Client`] does the same in the background.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand::Rng;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use framelink_proto::backoff::{Backoff, BackoffConfig};
+
+use crate::connection::{
+    self, CloseCode, CloseInfo, DecodeError, Event, Hello, IdleKind, Protocol, SendError, Sender,
+};
+use crate::socket::SocketOptions;
+
+/// Events between the supervisor and the [`Client`].
+const EVENT_QUEUE: usize = 256;
+
+/// Client settings.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// What the connection speaks, with its heartbeat. Default: framelink protocol v1 with
+    /// [`ConnectionConfig::default`](crate::connection::ConnectionConfig).
+    pub protocol: Protocol,
+    /// Delays between attempts. Default: 100 ms doubling up to 30 s, full jitter, forever.
+    pub backoff: BackoffConfig,
+    /// Give up on one connect attempt after this long. Default 10 s.
+    pub connect_timeout: Duration,
+    /// A connection that stays up this long resets the backoff. Default 5 s.
+    pub stable_after: Duration,
+    /// Socket options for the connected socket. Default [`SocketOptions::default`].
+    pub socket: SocketOptions,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            protocol: Protocol::default(),
+            backoff: BackoffConfig::default(),
+            connect_timeout: Duration::from_secs(10),
+            stable_after: Duration::from_secs(5),
+            socket: SocketOptions::default(),
+        }
+    }
+}
+
+/// What a [`Client`] reports, in order.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum ClientEvent {
+    /// A connection is up: in protocol mode once the handshake completed (with the server's
+    /// HELLO), in raw mode once TCP connected.
+    Connected {
+        /// The server's address.
+        addr: SocketAddr,
+        /// Which attempt in the current series succeeded (1 for the first try).
+        attempt: u32,
+        /// Protocol mode: the server's HELLO.
+        peer: Option<Box<Hello>>,
+    },
+    /// A message from the server.
+    Message(Bytes),
+    /// A heartbeat round-trip-time sample.
+    Rtt(Duration),
+    /// A direction of the current connection has been idle for its configured period.
+    Idle(IdleKind),
+    /// Raw mode: the framing skipped bad input (see [`Event::FrameDiscarded`]).
+    FrameDiscarded(DecodeError),
+    /// A message queued during the handshake was too large for the server and was dropped.
+    MessageDropped {
+        /// Its payload length.
+        len: usize,
+        /// The server's `max_message_len`.
+        peer_max: u32,
+    },
+    /// The connection ended; how and why.
+    Disconnected(CloseInfo),
+    /// A connect attempt failed (refused, timed out, handshake failed before opening).
+    ConnectFailed {
+        /// The attempt number in the current series.
+        attempt: u32,
+        /// What went wrong.
+        error: Arc<std::io::Error>,
+    },
+    /// The next attempt starts after `delay`.
+    Reconnecting {
+        /// The attempt about to be made (1-based, in the current series).
+        attempt: u32,
+        /// The jittered backoff delay before it.
+        delay: Duration,
+    },
+    /// [`BackoffConfig::max_attempts`] attempts in a row failed: the client stopped. Last event.
+    GaveUp {
+        /// Attempts made in the last series.
+        attempts: u32,
+    },
+    /// [`Client::close`] finished (or the client was dropped). Last event.
+    Closed,
+}
+
+/// A reconnecting client. See the [module documentation](self).
+#[derive(Debug)]
+pub struct Client {
+    events: mpsc::Receiver<ClientEvent>,
+    current: watch::Receiver<Current>,
+    stop: watch::Sender<bool>,
+}
+
+/// The supervisor's state as the handles see it.
+#[derive(Debug, Clone, Default)]
+enum Current {
+    /// Not connected now; a (re)connect is in progress.
+    #[default]
+    Connecting,
+    /// This connection is open.
+    Connected(Sender),
+    /// The client stopped (closed, or gave up): sends fail.
+    Stopped,
+}
+
+impl Client {
+    /// Starts connecting to `addr` (`"host:port"`, resolved again at every attempt) in the
+    /// background, on the current tokio runtime. Returns at once; see [`ClientEvent::Connected`].
+    ///
+    /// # Errors
+    ///
+    /// Only an invalid configuration.
+    pub fn connect(addr: impl Into<String>, config: ClientConfig) -> Result<Client, crate::Error> {
+        config.protocol.validate()?;
+        config.backoff.validate()?;
+        let (event_tx, events) = mpsc::channel(EVENT_QUEUE);
+        let (current_tx, current) = watch::channel(Current::Connecting);
+        let (stop, stop_rx) = watch::channel(false);
+        let supervisor = Supervisor {
+            addr: addr.into(),
+            config,
+            events: event_tx,
+            current: current_tx,
+            stop: stop_rx,
+        };
+        tokio::spawn(supervisor.run());
+        Ok(Client {
+            events,
+            current,
+            stop,
+        })
+    }
+
+    /// The next event; `None` after [`ClientEvent::GaveUp`] or [`ClientEvent::Closed`].
+    pub async fn next_event(&mut self) -> Option<ClientEvent> {
+        self.events.recv().await
+    }
+
+    /// The next message, skipping other events; `None` once the client stopped.
+    pub async fn recv(&mut self) -> Option<Bytes> {
+        loop {
+            if let ClientEvent::Message(m) = self.next_event().await? {
+                return Some(m);
+            }
+        }
+    }
+
+    /// Sends on the current connection, waiting for one (and then for send budget).
+    /// [`SendError::Closed`] once the client stopped; the other errors as
+    /// [`Sender::send`](crate::connection::Sender::send).
+    pub async fn send(&self, payload: Bytes) -> Result<(), SendError> {
+        let mut current = self.current.clone();
+        loop {
+            let sender = {
+                let state = current
+                    .wait_for(|c| !matches!(c, Current::Connecting))
+                    .await
+                    .map_err(|_| SendError::Closed)?;
+                match &*state {
+                    Current::Connected(sender) => sender.clone(),
+                    _ => return Err(SendError::Closed),
+                }
+            };
+            match sender.send(payload.clone()).await {
+                // The connection closed before taking it: try the next one.
+                Err(SendError::Closed) => {
+                    let _ = current
+                        .wait_for(|c| match c {
+                            Current::Connected(s) => !s.is_closed(),
+                            _ => true,
+                        })
+                        .await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Sends if connected and the budget has room now.
+    pub fn try_send(&self, payload: Bytes) -> Result<(), SendError> {
+        match &*self.current.borrow() {
+            Current::Connected(sender) => sender.try_send(payload),
+            _ => Err(SendError::Closed),
+        }
+    }
+
+    /// Whether a connection is open now.
+    pub fn is_connected(&self) -> bool {
+        matches!(&*self.current.borrow(), Current::Connected(s) if !s.is_closed())
+    }
+
+    /// Stops reconnecting and closes the current connection gracefully (queued messages are
+    /// written first). Events up to [`ClientEvent::Closed`] stay readable.
+    pub async fn close(&mut self) {
+        let _ = self.stop.send(true);
+        let mut current = self.current.clone();
+        let _ = current.wait_for(|c| matches!(c, Current::Stopped)).await;
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// The background task behind a [`Client`].
+struct Supervisor {
+    addr: String,
+    config: ClientConfig,
+    events: mpsc::Sender<ClientEvent>,
+    current: watch::Sender<Current>,
+    stop: watch::Receiver<bool>,
+}
+
+/// How one connection attempt ended.
+enum Outcome {
+    /// The client was asked to stop.
+    Stop,
+    /// Connecting failed (or the connection closed before opening).
+    Failed,
+    /// A connection was open for this long.
+    WasUp(Duration),
+}
+
+impl Supervisor {
+    async fn run(mut self) {
+        let mut backoff = Backoff::new(self.config.backoff.clone())
+            .expect("backoff configuration validated in Client::connect");
+        let mut attempt = 1u32;
+        loop {
+            let outcome = self.attempt(attempt).await;
+            match outcome {
+                Outcome::Stop => break,
+                Outcome::WasUp(up) if up >= self.config.stable_after => backoff.reset(),
+                Outcome::WasUp(_) | Outcome::Failed => {}
+            }
+            let random: f64 = rand::thread_rng().gen();
+            let Some((next, delay)) = backoff.next_delay(random) else {
+                self.current.send_replace(Current::Stopped);
+                let _ = self
+                    .events
+                    .send(ClientEvent::GaveUp {
+                        attempts: backoff.attempt(),
+                    })
+                    .await;
+                return;
+            };
+            attempt = next;
+            self.current.send_replace(Current::Connecting);
+            if !self.emit(ClientEvent::Reconnecting { attempt, delay }).await {
+                break;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                _ = self.stop.wait_for(|stop| *stop) => break,
+            }
+        }
+        self.current.send_replace(Current::Stopped);
+        let _ = self.events.send(ClientEvent::Closed).await;
+    }
+
+    /// Sends an event; `false` if the client is gone.
+    async fn emit(&self, event: ClientEvent) -> bool {
+        self.events.send(event).await.is_ok()
+    }
+
+    async fn attempt(&mut self, attempt: u32) -> Outcome {
+        if *self.stop.borrow() {
+            return Outcome::Stop;
+        }
+        let connect = async {
+            let stream = tokio::time::timeout(
+                self.config.connect_timeout,
+                TcpStream::connect(self.addr.as_str()),
+            )
+            .await
+            .map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("connect timed out after {:?}", self.config.connect_timeout),
+                )
+            })??;
+            let addr = stream.peer_addr()?;
+            if let Err(error) = self.config.socket.apply(&stream) {
+                tracing::warn!(%error, "socket options not applied");
+            }
+            Ok::<_, std::io::Error>((stream, addr))
+        };
+        let mut stop = self.stop.clone();
+        let connected = tokio::select! {
+            connected = connect => connected,
+            _ = stop.wait_for(|stop| *stop) => return Outcome::Stop,
+        };
+        let (stream, addr) = match connected {
+            Ok(connected) => connected,
+            Err(error) => {
+                self.emit(ClientEvent::ConnectFailed {
+                    attempt,
+                    error: Arc::new(error),
+                })
+                .await;
+                return Outcome::Failed;
+            }
+        };
+        let (connection, _task) = match connection::spawn_protocol(stream, &self.config.protocol, None)
+        {
+            Ok(spawned) => spawned,
+            Err(error) => {
+                // Validated in `Client::connect`; cannot happen.
+                tracing::error!(%error, "invalid connection configuration");
+                return Outcome::Stop;
+            }
+        };
+        let (sender, mut receiver) = connection.split();
+        let mut opened_at = None;
+        if matches!(self.config.protocol, Protocol::Raw(_)) {
+            opened_at = Some(Instant::now());
+            self.current.send_replace(Current::Connected(sender.clone()));
+            if !self
+                .emit(ClientEvent::Connected {
+                    addr,
+                    attempt,
+                    peer: None,
+                })
+                .await
+            {
+                return Outcome::Stop;
+            }
+        }
+        let mut stopping = false;
+        loop {
+            let event = tokio::select! {
+                event = receiver.next_event() => event,
+                _ = stop.wait_for(|stop| *stop), if !stopping => {
+                    stopping = true;
+                    let sender = sender.clone();
+                    tokio::spawn(async move {
+                        sender.close(CloseCode::Normal, "client closing").await;
+                    });
+                    continue;
+                }
+            };
+            let Some(event) = event else {
+                break;
+            };
+            let forward = match event {
+                Event::Connected { peer, .. } => {
+                    opened_at = Some(Instant::now());
+                    self.current.send_replace(Current::Connected(sender.clone()));
+                    ClientEvent::Connected {
+                        addr,
+                        attempt,
+                        peer: Some(peer),
+                    }
+                }
+                Event::Message(m) => ClientEvent::Message(m),
+                Event::Rtt(rtt) => ClientEvent::Rtt(rtt),
+                Event::Idle(kind) => ClientEvent::Idle(kind),
+                Event::FrameDiscarded(e) => ClientEvent::FrameDiscarded(e),
+                Event::MessageDropped { len, peer_max } => {
+                    ClientEvent::MessageDropped { len, peer_max }
+                }
+                Event::Closed(info) => {
+                    self.current.send_replace(Current::Connecting);
+                    match opened_at {
+                        Some(_) => ClientEvent::Disconnected(info),
+                        None => ClientEvent::ConnectFailed {
+                            attempt,
+                            error: Arc::new(std::io::Error::new(
+                                std::io::ErrorKind::ConnectionAborted,
+                                format!("closed during the handshake: {info}"),
+                            )),
+                        },
+                    }
+                }
+            };
+            if !self.emit(forward).await && !stopping {
+                // Nobody listens any more: close and stop.
+                stopping = true;
+                sender.close(CloseCode::Normal, "client dropped").await;
+            }
+        }
+        if stopping || *self.stop.borrow() {
+            return Outcome::Stop;
+        }
+        match opened_at {
+            Some(at) => Outcome::WasUp(at.elapsed()),
+            None => Outcome::Failed,
+        }
+    }
+}
