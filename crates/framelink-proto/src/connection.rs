@@ -75,9 +75,9 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use crate::codec::{DecodeError, EncodeError};
 use bytes::{BufMut, Bytes, BytesMut};
 use thiserror::Error;
-use crate::codec::{DecodeError, EncodeError};
 
 use crate::liveness::{
     DeathCause, IdleKind, Liveness, LivenessConfig, LivenessConfigError, LivenessEvent, PingAction,
@@ -140,6 +140,11 @@ pub struct ConnectionConfig {
     pub max_ping_strikes: u32,
     /// Announced session id (all zero = none).
     pub session_id: [u8; 16],
+    /// Close with code 8 (`Idle`) once no DATA has gone either way for this long, counted
+    /// from the handshake. Heartbeats don't count: this evicts connections that are alive but
+    /// unused (a server's idle timeout), which `reader_idle` and friends (Netty's semantics, any
+    /// bytes count) cannot express once PINGs flow. `None` (the default): never.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for ConnectionConfig {
@@ -161,6 +166,7 @@ impl Default for ConnectionConfig {
             enforce_peer_ping_rate: true,
             max_ping_strikes: 2,
             session_id: [0; 16],
+            idle_timeout: None,
         }
     }
 }
@@ -227,6 +233,10 @@ impl ConnectionConfig {
             ("handshake_timeout", self.handshake_timeout.is_zero()),
             ("linger", self.linger.is_zero()),
             ("max_queued_bytes", self.max_queued_bytes == 0),
+            (
+                "idle_timeout",
+                self.idle_timeout.is_some_and(|d| d.is_zero()),
+            ),
         ] {
             if zero {
                 return Err(ConfigError::Zero { name });
@@ -472,6 +482,8 @@ pub struct Connection {
     /// peer's HELLO is accepted, so that the queued DATA goes out before our CLOSE.
     deferred_close: Option<(CloseCode, String)>,
     close_sent_at: Option<Instant>,
+    /// The last DATA in either direction (or the handshake): the idle timeout counts from it.
+    last_data: Instant,
     closed_reported: bool,
     events: VecDeque<Event>,
     stats: Stats,
@@ -510,6 +522,7 @@ impl Connection {
             close: None,
             deferred_close: None,
             close_sent_at: None,
+            last_data: now,
             closed_reported: false,
             events: VecDeque::new(),
             stats: Stats::default(),
@@ -639,6 +652,7 @@ impl Connection {
             State::Open => match message {
                 Message::Data(body) => {
                     self.stats.data_in += 1;
+                    self.last_data = self.last_data.max(now);
                     self.events.push_back(Event::Data(body));
                 }
                 Message::Ping(context) => {
@@ -694,6 +708,7 @@ impl Connection {
         };
         self.liveness = Some(liveness);
         self.state = State::Open;
+        self.last_data = self.last_data.max(now);
         let peer_max = hello.max_message_len;
         self.peer = Some(hello.clone());
         self.events.push_back(Event::Connected {
@@ -838,6 +853,7 @@ impl Connection {
                 self.queued_bytes -= payload.len() + DATA_OVERHEAD;
                 self.stats.messages_out += 1;
                 self.stats.data_out += 1;
+                self.last_data = self.last_data.max(now);
                 if let Some(lv) = &mut self.liveness {
                     lv.on_send_data(now);
                 }
@@ -884,7 +900,13 @@ impl Connection {
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
             State::Handshaking => Some(self.handshake_deadline),
-            State::Open => self.liveness.as_ref().and_then(Liveness::poll_timeout),
+            State::Open => {
+                let liveness = self.liveness.as_ref().and_then(Liveness::poll_timeout);
+                match (liveness, self.idle_deadline()) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            }
             State::Closing => match self.close_sent_at {
                 Some(at) => Some(at.checked_add(self.config.linger).unwrap_or(at)),
                 None => self.liveness.as_ref().and_then(Liveness::poll_timeout),
@@ -908,6 +930,10 @@ impl Connection {
                     lv.handle_timeout(now);
                 }
                 self.drain_liveness(now);
+                if self.state == State::Open && self.idle_deadline().is_some_and(|at| now >= at) {
+                    let idle = self.config.idle_timeout.unwrap_or_default();
+                    self.close(CloseCode::Idle, &format!("no messages for {idle:?}"), now);
+                }
             }
             State::Closing => match self.close_sent_at {
                 Some(at) if now >= at.checked_add(self.config.linger).unwrap_or(at) => {
@@ -924,6 +950,13 @@ impl Connection {
             },
             _ => {}
         }
+    }
+
+    /// When the idle timeout evicts the connection, if it is on.
+    fn idle_deadline(&self) -> Option<Instant> {
+        self.config
+            .idle_timeout
+            .and_then(|d| self.last_data.checked_add(d))
     }
 
     fn drain_liveness(&mut self, _now: Instant) {
@@ -1371,6 +1404,107 @@ mod tests {
         // The passive side never pings.
         assert!(!ba.iter().any(|m| matches!(m, Message::Ping(_))));
         assert_eq!((net.a.state(), net.b.state()), (State::Open, State::Open));
+    }
+
+    #[test]
+    fn idle_timeout_evicts_a_connection_without_data_despite_heartbeats() {
+        // Heartbeats every second keep the link alive, but no DATA flows: A evicts at 10 s.
+        let idle = ConnectionConfig {
+            idle_timeout: Some(secs(10)),
+            ..cfg(1, 1)
+        };
+        let mut net = Net::new(idle, cfg(1, 1));
+        let t0 = net.now;
+        net.run_until(t0 + secs(5));
+        net.a.send(Bytes::from_static(b"keep"), net.now).unwrap();
+        net.run_until(t0 + ms(14_900));
+        // The DATA at 5 s moved the deadline to 15 s.
+        assert_eq!(net.a.state(), State::Open, "{:?}", net.ev_a);
+        assert!(net.ev_a.iter().any(|e| matches!(e, Event::Rtt(_))));
+        net.run_until(t0 + secs(16));
+        assert_eq!(closed_code(&net.ev_a), Some((CloseCode::Idle, false)));
+        assert_eq!(closed_code(&net.ev_b), Some((CloseCode::Idle, true)));
+        assert_eq!(net.data_b(), vec![Bytes::from_static(b"keep")]);
+        let sent = decode_all(&net.wire_ab);
+        assert_eq!(closes(&sent), vec![CloseCode::Idle.as_u16()]);
+        // Exactly at the deadline: the close went out in the step at 15 s.
+        assert!(net.a.poll_timeout().is_none() || net.a.state() != State::Open);
+    }
+
+    #[test]
+    fn idle_timeout_counts_received_data_too() {
+        let idle = ConnectionConfig {
+            idle_timeout: Some(secs(3)),
+            ..cfg(1, 1)
+        };
+        let mut net = Net::new(idle, cfg(1, 1));
+        let t0 = net.now;
+        for i in 1..=5 {
+            net.run_until(t0 + secs(2 * i));
+            net.b.send(Bytes::from_static(b"tick"), net.now).unwrap();
+        }
+        net.run_until(t0 + ms(12_900));
+        assert_eq!(net.a.state(), State::Open, "{:?}", net.ev_a);
+        net.run_until(t0 + ms(13_100));
+        assert_eq!(closed_code(&net.ev_a), Some((CloseCode::Idle, false)));
+        assert_eq!(
+            ConnectionConfig {
+                idle_timeout: Some(Duration::ZERO),
+                ..ConnectionConfig::default()
+            }
+            .validate(),
+            Err(ConfigError::Zero {
+                name: "idle_timeout"
+            })
+        );
+    }
+
+    #[test]
+    fn idle_events_fire_once_per_idle_period() {
+        // No heartbeats at all: idle events are the only timers.
+        let quiet = ConnectionConfig {
+            ping_interval: None,
+            reader_idle: Some(secs(2)),
+            writer_idle: Some(secs(3)),
+            all_idle: Some(secs(5)),
+            ..ConnectionConfig::default()
+        };
+        let mut net = Net::new(
+            quiet,
+            ConnectionConfig {
+                ping_interval: None,
+                ..ConnectionConfig::default()
+            },
+        );
+        let t0 = net.now;
+        let idle = |events: &[Event]| -> Vec<IdleKind> {
+            events
+                .iter()
+                .filter_map(|e| match e {
+                    Event::Idle(kind) => Some(*kind),
+                    _ => None,
+                })
+                .collect()
+        };
+        net.run_until(t0 + ms(1_900));
+        assert!(idle(&net.ev_a).is_empty());
+        net.run_until(t0 + secs(6));
+        assert_eq!(
+            idle(&net.ev_a),
+            vec![
+                IdleKind::ReaderIdle,
+                IdleKind::WriterIdle,
+                IdleKind::AllIdle
+            ]
+        );
+        // Nothing more while still idle: once per period.
+        net.run_until(t0 + secs(30));
+        assert_eq!(idle(&net.ev_a).len(), 3);
+        // Traffic re-arms them.
+        net.b.send(Bytes::from_static(b"wake"), net.now).unwrap();
+        net.run_until(t0 + secs(33));
+        assert_eq!(idle(&net.ev_a).len(), 4, "{:?}", idle(&net.ev_a));
+        assert_eq!(idle(&net.ev_a)[3], IdleKind::ReaderIdle);
     }
 
     #[test]

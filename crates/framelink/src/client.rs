@@ -126,9 +126,11 @@ pub enum ClientEvent {
     },
     /// The next attempt starts after `delay`.
     Reconnecting {
-        /// The attempt about to be made (1-based, in the current series).
+        /// The attempt about to be made, in the current series (the first try was attempt 1,
+        /// so the first reconnect is attempt 2).
         attempt: u32,
-        /// The jittered backoff delay before it.
+        /// The jittered backoff delay before it: at most
+        /// `min(max, initial × multiplier^(attempt − 2))`.
         delay: Duration,
     },
     /// [`BackoffConfig::max_attempts`] attempts in a row failed: the client stopped. Last event.
@@ -292,20 +294,33 @@ impl Supervisor {
                 Outcome::WasUp(up) if up >= self.config.stable_after => backoff.reset(),
                 Outcome::WasUp(_) | Outcome::Failed => {}
             }
+            // Attempts made in this series so far: the retries plus the first try.
+            let made = backoff.attempt() + 1;
+            let exhausted = self
+                .config
+                .backoff
+                .max_attempts
+                .is_some_and(|max| made >= max);
             let random: f64 = rand::thread_rng().gen();
-            let Some((next, delay)) = backoff.next_delay(random) else {
+            let next = if exhausted {
+                None
+            } else {
+                backoff.next_delay(random)
+            };
+            let Some((retry, delay)) = next else {
                 self.current.send_replace(Current::Stopped);
                 let _ = self
                     .events
-                    .send(ClientEvent::GaveUp {
-                        attempts: backoff.attempt(),
-                    })
+                    .send(ClientEvent::GaveUp { attempts: made })
                     .await;
                 return;
             };
-            attempt = next;
+            attempt = retry + 1;
             self.current.send_replace(Current::Connecting);
-            if !self.emit(ClientEvent::Reconnecting { attempt, delay }).await {
+            if !self
+                .emit(ClientEvent::Reconnecting { attempt, delay })
+                .await
+            {
                 break;
             }
             tokio::select! {
@@ -360,20 +375,21 @@ impl Supervisor {
                 return Outcome::Failed;
             }
         };
-        let (connection, _task) = match connection::spawn_protocol(stream, &self.config.protocol, None)
-        {
-            Ok(spawned) => spawned,
-            Err(error) => {
-                // Validated in `Client::connect`; cannot happen.
-                tracing::error!(%error, "invalid connection configuration");
-                return Outcome::Stop;
-            }
-        };
+        let (connection, _task) =
+            match connection::spawn_protocol(stream, &self.config.protocol, None) {
+                Ok(spawned) => spawned,
+                Err(error) => {
+                    // Validated in `Client::connect`; cannot happen.
+                    tracing::error!(%error, "invalid connection configuration");
+                    return Outcome::Stop;
+                }
+            };
         let (sender, mut receiver) = connection.split();
         let mut opened_at = None;
         if matches!(self.config.protocol, Protocol::Raw(_)) {
             opened_at = Some(Instant::now());
-            self.current.send_replace(Current::Connected(sender.clone()));
+            self.current
+                .send_replace(Current::Connected(sender.clone()));
             if !self
                 .emit(ClientEvent::Connected {
                     addr,
@@ -404,7 +420,8 @@ impl Supervisor {
             let forward = match event {
                 Event::Connected { peer, .. } => {
                     opened_at = Some(Instant::now());
-                    self.current.send_replace(Current::Connected(sender.clone()));
+                    self.current
+                        .send_replace(Current::Connected(sender.clone()));
                     ClientEvent::Connected {
                         addr,
                         attempt,

@@ -472,7 +472,6 @@ impl Sink<Bytes> for Connection {
     }
 }
 
-
 /// The sending half: cloneable; sends messages and closes the connection.
 ///
 /// It is also a [`Sink`] of [`Bytes`]: `poll_ready` waits until the previous message fits the
@@ -1090,10 +1089,9 @@ impl<M: Machine> Driver<M> {
                 self.shared.budget.add_permits(cost);
                 if let SendError::TooBig { max, .. } = e {
                     // The handle checked before the peer's limit was known.
-                    self.shared.lock().push_event(Event::MessageDropped {
-                        len,
-                        peer_max: max,
-                    });
+                    self.shared
+                        .lock()
+                        .push_event(Event::MessageDropped { len, peer_max: max });
                 }
             }
         }

@@ -43,13 +43,13 @@ pub mod socket;
 pub use client::{Client, ClientConfig, ClientEvent};
 pub use connection::{CloseInfo, Connection, Event, Protocol, Receiver, Sender};
 pub use framelink_proto::backoff::{BackoffConfig, Jitter};
-pub use framelink_proto::raw::{FrameMatcher, RawConfig};
-pub use server::{Server, ServerConfig, ServerHandle};
 pub use framelink_proto::codec::{
     self, DecodeError, DecodeErrorKind, EncodeError, FrameDecoder, FrameEncoder, FrameError,
     Framing,
 };
+pub use framelink_proto::raw::{FrameMatcher, RawConfig};
 pub use framelink_proto::{self as proto};
+pub use server::{Server, ServerConfig, ServerHandle};
 
 /// Why a [`Server`] or [`Client`] could not start.
 #[derive(Debug, thiserror::Error)]

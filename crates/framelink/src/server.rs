@@ -160,7 +160,10 @@ impl Server {
     /// # Errors
     ///
     /// An invalid configuration, or the OS refusing the address.
-    pub async fn bind(addr: impl ToSocketAddrs, config: ServerConfig) -> Result<Server, crate::Error> {
+    pub async fn bind(
+        addr: impl ToSocketAddrs,
+        config: ServerConfig,
+    ) -> Result<Server, crate::Error> {
         config.protocol.validate()?;
         if config.max_connections == 0 {
             return Err(crate::Error::InvalidConfig(
@@ -234,7 +237,9 @@ impl ServerHandle {
         let open = senders.len();
         for sender in senders {
             tokio::spawn(async move {
-                sender.close(CloseCode::GoingAway, "server shutting down").await;
+                sender
+                    .close(CloseCode::GoingAway, "server shutting down")
+                    .await;
             });
         }
         let all_closed = async {
@@ -333,7 +338,9 @@ async fn accept_loop(
             let spawned = connection::spawn_protocol(stream, &config.protocol, Some(on_finish));
             if let Ok((connection, task)) = &spawned {
                 registry.accepted += 1;
-                registry.live.insert(id, (connection.sender(), task.clone()));
+                registry
+                    .live
+                    .insert(id, (connection.sender(), task.clone()));
             }
             spawned
         };

@@ -1,0 +1,621 @@
+//! `Server` and reconnecting `Client` over real loopback TCP: echo, dead-peer detection through
+//! a blackholing proxy followed by a reconnect, a closed server noticed at once, eviction of
+//! silent and idle clients, the connection limit, graceful shutdown, backoff bounds, the
+//! `Sink`/`Stream` interface and raw mode against a server that drops idle connections.
+//! Timing assertions are upper bounds with generous margins (and lower bounds only where the
+//! protocol guarantees them).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use framelink::client::{Client, ClientConfig, ClientEvent};
+use framelink::connection::{self, CloseCode, ConnectionConfig, ConnectionError, Event, Protocol};
+use framelink::server::{Server, ServerConfig};
+use framelink::{BackoffConfig, FrameMatcher, Framing, Jitter, RawConfig};
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
+
+/// Generous bound for anything that should happen "soon".
+const DEADLINE: Duration = Duration::from_secs(30);
+/// Slack on top of protocol timings for slow CI machines.
+const MARGIN: Duration = Duration::from_secs(2);
+
+fn heartbeat(interval_ms: u64, timeout_ms: u64) -> ConnectionConfig {
+    ConnectionConfig {
+        ping_interval: Some(Duration::from_millis(interval_ms)),
+        ping_timeout: Duration::from_millis(timeout_ms),
+        handshake_timeout: Duration::from_secs(5),
+        linger: Duration::from_secs(1),
+        ..ConnectionConfig::default()
+    }
+}
+
+fn fast_backoff() -> BackoffConfig {
+    BackoffConfig {
+        initial: Duration::from_millis(20),
+        max: Duration::from_millis(200),
+        ..BackoffConfig::default()
+    }
+}
+
+fn client_config(protocol: Protocol) -> ClientConfig {
+    ClientConfig {
+        protocol,
+        backoff: fast_backoff(),
+        connect_timeout: Duration::from_secs(5),
+        ..ClientConfig::default()
+    }
+}
+
+/// Starts an echo server; returns its address and handle.
+async fn echo_server(config: ServerConfig) -> (std::net::SocketAddr, framelink::ServerHandle) {
+    let mut server = Server::bind("127.0.0.1:0", config).await.unwrap();
+    let addr = server.local_addr();
+    let handle = server.handle();
+    tokio::spawn(async move {
+        while let Some(incoming) = server.accept().await {
+            tokio::spawn(async move {
+                let (tx, mut rx) = incoming.connection.split();
+                while let Some(event) = rx.next_event().await {
+                    if let Event::Message(m) = event {
+                        if tx.send(m).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, handle)
+}
+
+/// The next client event, failing the test after [`DEADLINE`].
+async fn next(client: &mut Client) -> ClientEvent {
+    timeout(DEADLINE, client.next_event())
+        .await
+        .expect("no client event in time")
+        .expect("client event stream ended")
+}
+
+/// Skips events until one matches.
+async fn until<T>(client: &mut Client, mut f: impl FnMut(&ClientEvent) -> Option<T>) -> T {
+    loop {
+        let event = next(client).await;
+        if let Some(t) = f(&event) {
+            return t;
+        }
+    }
+}
+
+async fn connected(client: &mut Client) -> u32 {
+    until(client, |e| match e {
+        ClientEvent::Connected { attempt, .. } => Some(*attempt),
+        _ => None,
+    })
+    .await
+}
+
+async fn disconnected(client: &mut Client) -> framelink::CloseInfo {
+    until(client, |e| match e {
+        ClientEvent::Disconnected(info) => Some(info.clone()),
+        _ => None,
+    })
+    .await
+}
+
+/// Waits until the server has exactly `n` live connections.
+async fn live_connections(handle: &framelink::ServerHandle, n: usize) {
+    timeout(DEADLINE, async {
+        while handle.connections() != n {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("server has {} connections, want {n}", handle.connections()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_and_server_echo() {
+    let (addr, handle) = echo_server(ServerConfig::default()).await;
+    let mut client = Client::connect(addr.to_string(), ClientConfig::default()).unwrap();
+    for i in 0..500 {
+        client.send(Bytes::from(format!("m{i}"))).await.unwrap();
+    }
+    assert_eq!(connected(&mut client).await, 1);
+    for i in 0..500 {
+        let m = timeout(DEADLINE, client.recv()).await.unwrap().unwrap();
+        assert_eq!(m, format!("m{i}"));
+    }
+    assert_eq!(handle.connections(), 1);
+    client.close().await;
+    assert!(matches!(
+        until(&mut client, |e| match e {
+            ClientEvent::Closed => Some(()),
+            _ => None,
+        })
+        .await,
+        ()
+    ));
+    assert!(client.next_event().await.is_none());
+    live_connections(&handle, 0).await;
+}
+
+/// A TCP proxy whose connections can be blackholed: after [`Proxy::cut`], every connection
+/// open at that moment silently drops all bytes both ways (the sockets stay open); newer
+/// connections forward normally.
+struct Proxy {
+    addr: std::net::SocketAddr,
+    generation: Arc<AtomicU64>,
+    accepted: Arc<AtomicU64>,
+}
+
+impl Proxy {
+    async fn start(upstream: std::net::SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let generation = Arc::new(AtomicU64::new(0));
+        let accepted = Arc::new(AtomicU64::new(0));
+        let (gen, count) = (generation.clone(), accepted.clone());
+        tokio::spawn(async move {
+            while let Ok((down, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let Ok(up) = TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let mine = gen.load(Ordering::SeqCst);
+                let (dr, dw) = down.into_split();
+                let (ur, uw) = up.into_split();
+                tokio::spawn(forward(dr, uw, gen.clone(), mine));
+                tokio::spawn(forward(ur, dw, gen.clone(), mine));
+            }
+        });
+        Proxy {
+            addr,
+            generation,
+            accepted,
+        }
+    }
+
+    /// Blackholes every connection open now.
+    fn cut(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+async fn forward(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    generation: Arc<AtomicU64>,
+    mine: u64,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if generation.load(Ordering::SeqCst) != mine {
+            // Blackholed: keep reading (so nothing pushes back), forward nothing, never close.
+            continue;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    if generation.load(Ordering::SeqCst) != mine {
+        // Keep the other socket open: a vanished peer sends no FIN.
+        std::future::pending::<()>().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blackholed_link_is_declared_dead_in_bound_and_client_reconnects() {
+    let (interval, ping_timeout) = (300u64, 300u64);
+    let (server_addr, handle) = echo_server(ServerConfig {
+        // The server's own check is slower: the client must be the one to notice.
+        protocol: Protocol::Framelink(heartbeat(1_000, 5_000)),
+        ..ServerConfig::default()
+    })
+    .await;
+    let proxy = Proxy::start(server_addr).await;
+    let mut client = Client::connect(
+        proxy.addr.to_string(),
+        client_config(Protocol::Framelink(heartbeat(interval, ping_timeout))),
+    )
+    .unwrap();
+    assert_eq!(connected(&mut client).await, 1);
+    client.send(Bytes::from_static(b"before")).await.unwrap();
+    assert_eq!(
+        timeout(DEADLINE, client.recv()).await.unwrap().unwrap(),
+        "before"
+    );
+
+    let mut latencies = Vec::new();
+    for _cut in 0..3 {
+        proxy.cut();
+        let t0 = Instant::now();
+        let info = disconnected(&mut client).await;
+        let detected = t0.elapsed();
+        assert_eq!(info.code, CloseCode::PeerTimedOut, "{info}");
+        assert!(
+            matches!(info.error, Some(ConnectionError::PeerDead { .. })),
+            "{info:?}"
+        );
+        let bound = Duration::from_millis(interval + ping_timeout);
+        assert!(detected < bound + MARGIN, "detected after {detected:?}");
+        latencies.push(detected);
+        // It reconnects (through the proxy, on a fresh connection) and traffic flows again.
+        connected(&mut client).await;
+        client.send(Bytes::from_static(b"after")).await.unwrap();
+        assert_eq!(
+            timeout(DEADLINE, client.recv()).await.unwrap().unwrap(),
+            "after"
+        );
+    }
+    eprintln!(
+        "dead-peer detection with interval {interval} ms + timeout {ping_timeout} ms: {latencies:?}"
+    );
+    assert_eq!(proxy.accepted.load(Ordering::SeqCst), 4);
+    // The server eventually drops the blackholed connections too (its own, slower check).
+    live_connections(&handle, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_goes_away_is_noticed_at_once() {
+    let (addr, handle) = echo_server(ServerConfig::default()).await;
+    // Slow heartbeats: only the socket close can explain a quick disconnect.
+    let mut client = Client::connect(
+        addr.to_string(),
+        client_config(Protocol::Framelink(heartbeat(30_000, 30_000))),
+    )
+    .unwrap();
+    connected(&mut client).await;
+    let t0 = Instant::now();
+    let report = handle.shutdown(Duration::from_secs(5)).await;
+    assert_eq!((report.open, report.closed, report.aborted), (1, 1, 0));
+    let info = disconnected(&mut client).await;
+    assert!(t0.elapsed() < MARGIN, "noticed after {:?}", t0.elapsed());
+    assert_eq!(info.code, CloseCode::GoingAway);
+    assert!(info.by_peer);
+    assert_eq!(info.reason, "server shutting down");
+    // Nothing listens any more: the client keeps trying, with backoff.
+    let attempt = until(&mut client, |e| match e {
+        ClientEvent::ConnectFailed { attempt, .. } => Some(*attempt),
+        _ => None,
+    })
+    .await;
+    assert!(attempt >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_evicts_silent_and_idle_clients() {
+    let (addr, handle) = echo_server(ServerConfig {
+        protocol: Protocol::Framelink(ConnectionConfig {
+            handshake_timeout: Duration::from_millis(300),
+            idle_timeout: Some(Duration::from_millis(800)),
+            ..heartbeat(200, 200)
+        }),
+        ..ServerConfig::default()
+    })
+    .await;
+
+    // 1. Connects and never says HELLO: handshake timeout.
+    let mut mute = TcpStream::connect(addr).await.unwrap();
+    live_connections(&handle, 1).await;
+    let t0 = Instant::now();
+    live_connections(&handle, 0).await;
+    assert!(t0.elapsed() < Duration::from_millis(300) + MARGIN);
+    let mut rest = Vec::new();
+    let _ = timeout(DEADLINE, mute.read_to_end(&mut rest))
+        .await
+        .unwrap();
+
+    // 2. Completes the handshake (announcing no pings), then freezes: the server's pings go
+    //    unanswered and it is evicted within interval + timeout.
+    let mut frozen = TcpStream::connect(addr).await.unwrap();
+    frozen
+        .write_all(&handshake_hello_without_pings())
+        .await
+        .unwrap();
+    live_connections(&handle, 1).await;
+    let t0 = Instant::now();
+    live_connections(&handle, 0).await;
+    assert!(
+        t0.elapsed() < Duration::from_millis(400) + MARGIN,
+        "{:?}",
+        t0.elapsed()
+    );
+    drop(frozen);
+
+    // 3. Alive (heartbeats answered) but sends nothing: the idle timeout closes it with `Idle`.
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let mut idle = connection::spawn(stream, heartbeat(100, 500)).unwrap();
+    let t0 = Instant::now();
+    let info = loop {
+        match timeout(DEADLINE, idle.next_event()).await.unwrap() {
+            Some(Event::Closed(info)) => break info,
+            Some(_) => {}
+            None => panic!("no Closed"),
+        }
+    };
+    assert_eq!(info.code, CloseCode::Idle, "{info}");
+    assert!(info.by_peer);
+    let elapsed = t0.elapsed();
+    assert!(elapsed >= Duration::from_millis(800), "{elapsed:?}");
+    assert!(elapsed < Duration::from_millis(800) + MARGIN, "{elapsed:?}");
+    live_connections(&handle, 0).await;
+}
+
+/// A valid HELLO announcing `ping_interval_ms = 0` (we never ping), as raw bytes.
+fn handshake_hello_without_pings() -> Vec<u8> {
+    use framelink::proto::wire::{Message, WireCodec};
+    let hello = ConnectionConfig {
+        ping_interval: None,
+        ..ConnectionConfig::default()
+    }
+    .hello();
+    let codec = WireCodec::new(1 << 20).unwrap();
+    let mut buf = bytes::BytesMut::new();
+    codec.encode(&Message::Hello(hello), &mut buf).unwrap();
+    buf.to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_limit_are_refused_with_server_full() {
+    let (addr, handle) = echo_server(ServerConfig {
+        max_connections: 2,
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut kept = Vec::new();
+    for _ in 0..2 {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let mut conn = connection::spawn(stream, ConnectionConfig::default()).unwrap();
+        assert!(matches!(
+            timeout(DEADLINE, conn.next_event()).await.unwrap(),
+            Some(Event::Connected { .. })
+        ));
+        kept.push(conn);
+    }
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let mut third = connection::spawn(stream, ConnectionConfig::default()).unwrap();
+    let info = loop {
+        match timeout(DEADLINE, third.next_event()).await.unwrap() {
+            Some(Event::Closed(info)) => break info,
+            Some(_) => {}
+            None => panic!("no Closed"),
+        }
+    };
+    assert_eq!(info.code, CloseCode::ServerFull, "{info}");
+    assert!(info.by_peer);
+    assert_eq!(handle.stats().refused, 1);
+    // A slot frees up when a connection ends.
+    kept.pop()
+        .unwrap()
+        .close(CloseCode::Normal, "")
+        .await
+        .unwrap();
+    live_connections(&handle, 1).await;
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let mut fourth = connection::spawn(stream, ConnectionConfig::default()).unwrap();
+    assert!(matches!(
+        timeout(DEADLINE, fourth.next_event()).await.unwrap(),
+        Some(Event::Connected { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_drains_queued_messages_then_closes() {
+    let mut server = Server::bind("127.0.0.1:0", ServerConfig::default())
+        .await
+        .unwrap();
+    let addr = server.local_addr();
+    let handle = server.handle();
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let mut client = connection::spawn(stream, ConnectionConfig::default()).unwrap();
+    let incoming = server.accept().await.unwrap();
+    // The server queues 2000 messages, then shuts down at once.
+    for i in 0..2000u32 {
+        incoming
+            .connection
+            .send(Bytes::from(i.to_be_bytes().to_vec()))
+            .await
+            .unwrap();
+    }
+    let report = timeout(DEADLINE, handle.shutdown(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert_eq!(report.aborted, 0);
+    let mut got = 0u32;
+    let info = loop {
+        match timeout(DEADLINE, client.next_event()).await.unwrap() {
+            Some(Event::Message(m)) => {
+                assert_eq!(m, &got.to_be_bytes()[..]);
+                got += 1;
+            }
+            Some(Event::Closed(info)) => break info,
+            Some(_) => {}
+            None => panic!("no Closed"),
+        }
+    };
+    assert_eq!(got, 2000);
+    assert_eq!(info.code, CloseCode::GoingAway);
+    // The listener is closed and accept() ends.
+    assert!(timeout(DEADLINE, server.accept()).await.unwrap().is_none());
+    assert!(TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_backoff_follows_the_configured_bounds() {
+    // A port with nothing listening: every attempt is refused at once.
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let backoff = BackoffConfig {
+        initial: Duration::from_millis(20),
+        max: Duration::from_millis(120),
+        multiplier: 2.0,
+        max_attempts: Some(7),
+        jitter: Jitter::Full,
+    };
+    let mut client = Client::connect(
+        addr.to_string(),
+        ClientConfig {
+            backoff: backoff.clone(),
+            ..ClientConfig::default()
+        },
+    )
+    .unwrap();
+    let mut failed = Vec::new();
+    let mut delays = Vec::new();
+    let mut last_failure = None;
+    let t0 = Instant::now();
+    let gave_up = loop {
+        match next(&mut client).await {
+            ClientEvent::ConnectFailed { attempt, .. } => {
+                if let Some((at, delay)) = last_failure.take() {
+                    // The attempt did not start before its delay was over.
+                    let waited: Duration = Instant::now() - at;
+                    assert!(
+                        waited + Duration::from_millis(1) >= delay,
+                        "{waited:?} < {delay:?}"
+                    );
+                }
+                failed.push(attempt);
+            }
+            ClientEvent::Reconnecting { attempt, delay } => {
+                // Full jitter: uniform in [0, min(max, initial * 2^(attempt - 2))].
+                let exp = attempt.saturating_sub(2).min(20);
+                let ceiling = (backoff.initial * 2u32.pow(exp)).min(backoff.max);
+                assert!(
+                    delay <= ceiling,
+                    "attempt {attempt}: {delay:?} > {ceiling:?}"
+                );
+                delays.push((attempt, delay));
+                last_failure = Some((Instant::now(), delay));
+            }
+            ClientEvent::GaveUp { attempts } => break attempts,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(failed, (1..=7).collect::<Vec<_>>());
+    assert_eq!(gave_up, 7);
+    assert_eq!(delays.len(), 6);
+    let total: Duration = delays.iter().map(|(_, d)| *d).sum();
+    assert!(t0.elapsed() >= total);
+    assert!(client.next_event().await.is_none());
+    assert!(matches!(
+        client.send(Bytes::from_static(b"x")).await,
+        Err(framelink::connection::SendError::Closed)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_is_a_sink_and_a_stream() {
+    let (addr, _handle) = echo_server(ServerConfig::default()).await;
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let conn = connection::spawn(stream, ConnectionConfig::default()).unwrap();
+    let (mut sink, events) = conn.split();
+    let messages: Vec<Bytes> = (0..300).map(|i| Bytes::from(format!("s{i}"))).collect();
+    let mut source = futures::stream::iter(messages.clone().into_iter().map(Ok));
+    let writer = tokio::spawn(async move {
+        sink.send_all(&mut source).await.unwrap();
+        sink
+    });
+    let got: Vec<Bytes> = timeout(DEADLINE, events.into_messages().take(300).collect())
+        .await
+        .unwrap();
+    assert_eq!(got, messages);
+    let mut sink = writer.await.unwrap();
+    // Closing the sink closes the connection gracefully.
+    timeout(DEADLINE, SinkExt::close(&mut sink))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(sink.is_closed());
+}
+
+/// A line-based server that answers `PING` with `PONG`, echoes other lines, and closes any
+/// connection from which nothing arrived for `idle`.
+async fn idle_closing_line_server(idle: Duration) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (r, mut w) = stream.into_split();
+                let mut lines = BufReader::new(r).lines();
+                while let Ok(Ok(Some(line))) = timeout(idle, lines.next_line()).await {
+                    let reply = if line == "PING" { "PONG".into() } else { line };
+                    if w.write_all(format!("{reply}\n").as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+                // Idle (or done): close.
+            });
+        }
+    });
+    addr
+}
+
+fn raw_lines(ping: Option<&'static [u8]>) -> RawConfig {
+    let framing: Framing = "lines".parse().unwrap();
+    RawConfig {
+        ping_interval: Some(Duration::from_millis(150)),
+        ping_timeout: Duration::from_millis(1_000),
+        ping: ping.map(Bytes::from_static),
+        pong: FrameMatcher::Exact(Bytes::from_static(b"PONG")),
+        ..RawConfig::new(framing)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_mode_keeps_a_connection_to_an_idle_closing_server_alive() {
+    let addr = idle_closing_line_server(Duration::from_millis(500)).await;
+
+    let mut client = Client::connect(
+        addr.to_string(),
+        client_config(Protocol::Raw(raw_lines(Some(b"PING")))),
+    )
+    .unwrap();
+    assert_eq!(connected(&mut client).await, 1);
+    // Four times the server's idle limit, with nothing but our pings on the wire.
+    let quiet_until = Instant::now() + Duration::from_secs(2);
+    let mut rtts = 0;
+    while Instant::now() < quiet_until {
+        match timeout(quiet_until - Instant::now(), client.next_event()).await {
+            Err(_) => break,
+            Ok(Some(ClientEvent::Rtt(_))) => rtts += 1,
+            Ok(Some(ClientEvent::Message(m))) => panic!("pong leaked as a message: {m:?}"),
+            Ok(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(rtts >= 5, "only {rtts} RTT samples");
+    client.send(Bytes::from_static(b"hello")).await.unwrap();
+    assert_eq!(
+        timeout(DEADLINE, client.recv()).await.unwrap().unwrap(),
+        "hello"
+    );
+
+    // Control: without a ping the server drops the connection for idleness.
+    let mut quiet = Client::connect(
+        addr.to_string(),
+        client_config(Protocol::Raw(RawConfig {
+            ping_interval: None,
+            ..raw_lines(None)
+        })),
+    )
+    .unwrap();
+    connected(&mut quiet).await;
+    let info = disconnected(&mut quiet).await;
+    assert!(info.by_peer, "{info}");
+    assert!(matches!(
+        info.error,
+        Some(ConnectionError::EndOfStream { .. })
+    ));
+}
