@@ -295,7 +295,10 @@ mod tests {
         let mut b = backoff(|_| {});
         assert_eq!(b.next_delay(0.0), Some((1, Duration::ZERO)));
         assert_eq!(b.next_delay(0.5), Some((2, ms(100))));
-        assert_eq!(b.next_delay(0.999), Some((3, Duration::from_micros(399_600))));
+        assert_eq!(
+            b.next_delay(0.999),
+            Some((3, Duration::from_micros(399_600)))
+        );
         // Out-of-range inputs are clamped.
         assert_eq!(b.next_delay(7.0), Some((4, ms(800))));
         assert_eq!(b.next_delay(-1.0), Some((5, Duration::ZERO)));

@@ -1,6 +1,6 @@
 //! The interface a runtime drives: what every sans-IO connection in this crate has in common.
 //!
-//! The protocol v1 [`Connection`](crate::connection::Connection) and the
+//! The protocol v1 [`Connection`] and the
 //! [`RawConnection`](crate::raw::RawConnection) (a user's own framing with keep-alive) are both
 //! [`Machine`]s, so one driver (the tokio layer's, or a test's) runs either: read bytes into
 //! [`recv_buf`](Machine::recv_buf) and call [`process_input`](Machine::process_input); write
