@@ -268,7 +268,7 @@ where
             spawn_with_hook(stream, machine, None, on_finish)
         }
         Protocol::Raw(config) => {
-            let machine = RawConnection::new(config.clone(), now)?;
+            let machine = RawConnection::new(RawConfig::clone(config), now)?;
             spawn_with_hook(stream, machine, Some(config.framing.clone()), on_finish)
         }
     })
@@ -280,8 +280,9 @@ where
 pub enum Protocol {
     /// framelink wire protocol v1 (`docs/PROTOCOL.md`).
     Framelink(ConnectionConfig),
-    /// Raw mode: the peer's framing, ping and pong. See [`framelink_proto::raw`].
-    Raw(RawConfig),
+    /// Raw mode: the peer's framing, ping and pong. See [`framelink_proto::raw`]. (Boxed: a
+    /// framing with its decoder state is large.)
+    Raw(Box<RawConfig>),
 }
 
 impl Default for Protocol {

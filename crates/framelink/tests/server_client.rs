@@ -580,7 +580,7 @@ async fn raw_mode_keeps_a_connection_to_an_idle_closing_server_alive() {
 
     let mut client = Client::connect(
         addr.to_string(),
-        client_config(Protocol::Raw(raw_lines(Some(b"PING")))),
+        client_config(Protocol::Raw(Box::new(raw_lines(Some(b"PING"))))),
     )
     .unwrap();
     assert_eq!(connected(&mut client).await, 1);
@@ -605,10 +605,10 @@ async fn raw_mode_keeps_a_connection_to_an_idle_closing_server_alive() {
     // Control: without a ping the server drops the connection for idleness.
     let mut quiet = Client::connect(
         addr.to_string(),
-        client_config(Protocol::Raw(RawConfig {
+        client_config(Protocol::Raw(Box::new(RawConfig {
             ping_interval: None,
             ..raw_lines(None)
-        })),
+        }))),
     )
     .unwrap();
     connected(&mut quiet).await;
