@@ -567,6 +567,21 @@ impl Connection {
         self.state == State::Closed
     }
 
+    /// Frees the memory of empty internal queues (events, outgoing DATA, keep-alive events).
+    /// Nothing observable changes; a driver of many mostly idle connections calls it when the
+    /// connection has been quiet (e.g. when its timer fires) to keep their footprint small.
+    pub fn shrink_buffers(&mut self) {
+        if self.events.is_empty() {
+            self.events = VecDeque::new();
+        }
+        if self.data.is_empty() {
+            self.data = VecDeque::new();
+        }
+        if let Some(lv) = &mut self.liveness {
+            lv.shrink_buffers();
+        }
+    }
+
     /// Nothing will ever come out of [`poll_transmit`](Self::poll_transmit) again: our CLOSE was
     /// transmitted, or the connection closed without one to send.
     pub fn is_drained(&self) -> bool {

@@ -646,14 +646,15 @@ impl Liveness {
     /// Calling it early, twice, or with an earlier `now` than before is harmless.
     pub fn handle_timeout(&mut self, now: Instant) {
         let now = self.advance(now);
-        let mut due: Vec<(Instant, Timer)> = self
-            .timers()
-            .into_iter()
-            .flatten()
-            .filter(|&(at, _)| at <= now)
-            .collect();
+        // A fixed array, not a Vec: this runs at every heartbeat of every connection.
+        let mut due = self.timers();
+        for slot in &mut due {
+            if slot.is_some_and(|(at, _)| at > now) {
+                *slot = None;
+            }
+        }
         due.sort_unstable();
-        for (_, timer) in due {
+        for (_, timer) in due.into_iter().flatten() {
             match timer {
                 Timer::ReaderIdle => {
                     self.reader_idle_fired = true;
@@ -708,6 +709,13 @@ impl Liveness {
     /// The next queued event, oldest first.
     pub fn poll_event(&mut self) -> Option<LivenessEvent> {
         self.events.pop_front()
+    }
+
+    /// Frees the event queue's memory if it is empty (for drivers of many idle connections).
+    pub fn shrink_buffers(&mut self) {
+        if self.events.is_empty() {
+            self.events = VecDeque::new();
+        }
     }
 
     /// True once [`LivenessEvent::PeerDead`] has been emitted.

@@ -54,6 +54,9 @@ pub trait Machine {
     fn check_message(&self, payload: &[u8]) -> Result<(), SendError>;
     /// How long, after closing, pending output may still take to be written.
     fn linger(&self) -> Duration;
+    /// Frees the memory of empty internal queues; called by drivers when the connection is
+    /// quiet. Changes nothing observable.
+    fn shrink_buffers(&mut self) {}
 }
 
 impl Machine for Connection {
@@ -111,5 +114,8 @@ impl Machine for Connection {
     }
     fn linger(&self) -> Duration {
         self.config().linger
+    }
+    fn shrink_buffers(&mut self) {
+        Connection::shrink_buffers(self)
     }
 }

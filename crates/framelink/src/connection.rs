@@ -218,7 +218,7 @@ where
         limit,
         overhead: machine.message_cost(0),
         peer_max: AtomicU32::new(u32::MAX),
-        framing,
+        framing: framing.map(Box::new),
         inner: Mutex::new(Inner {
             senders: 1,
             receiver_alive: true,
@@ -227,7 +227,8 @@ where
         wake_driver: Notify::new(),
         status_changed: Notify::new(),
     });
-    let driver = Driver {
+    // Boxed: the task's future then holds a pointer, not (several copies of) the machine.
+    let driver = Box::new(Driver {
         machine,
         shared: shared.clone(),
         held: 0,
@@ -238,7 +239,7 @@ where
         write_dead: false,
         handles_gone: false,
         closed_at: None,
-    };
+    });
     let task = tokio::spawn(async move {
         driver.run(stream).await;
         if let Some(hook) = on_finish {
@@ -321,7 +322,7 @@ struct Shared {
     /// Protocol mode: the peer's `max_message_len` once known.
     peer_max: AtomicU32,
     /// Raw mode: the framing, to refuse what it cannot encode before queueing.
-    framing: Option<Framing>,
+    framing: Option<Box<Framing>>,
     inner: Mutex<Inner>,
     /// Rung by the handles: a command is queued, the receiver made room, or handles went away.
     wake_driver: Notify,
@@ -362,7 +363,7 @@ struct Inner {
     /// Live [`Sender`]s.
     senders: usize,
     receiver_alive: bool,
-    closed: Option<CloseInfo>,
+    closed: Option<Box<CloseInfo>>,
     /// The driver dropped the socket: no more events after those queued.
     finished: bool,
 }
@@ -702,7 +703,7 @@ async fn wait_status(shared: &Shared, done: impl Fn(&Inner) -> bool) -> Option<C
         {
             let inner = shared.lock();
             if done(&inner) {
-                return inner.closed.clone();
+                return inner.closed.as_deref().cloned();
             }
         }
         notified.await;
@@ -747,7 +748,7 @@ impl Receiver {
 
     /// How the connection ended, once it did.
     pub fn close_info(&self) -> Option<CloseInfo> {
-        self.shared.lock().closed.clone()
+        self.shared.lock().closed.as_deref().cloned()
     }
 
     /// Only the application messages, as a stream of [`Bytes`].
@@ -772,7 +773,7 @@ impl Stream for Receiver {
                     inner.event_bytes -= payload.len();
                 }
                 if inner.events.is_empty() {
-                    // An idle connection keeps no event buffer.
+                    // A quiet connection keeps no event buffer.
                     inner.events = VecDeque::new();
                 }
                 let ring = inner.driver_wants_room && !inner.events_full();
@@ -838,7 +839,8 @@ impl OutQueue {
             cnt -= front.len();
             self.chunks.pop_front();
         }
-        if self.remaining == 0 && self.chunks.capacity() > 16 {
+        if self.remaining == 0 {
+            // One allocation per write batch at most; a quiet connection keeps no ring.
             self.chunks = VecDeque::new();
         }
     }
@@ -942,7 +944,7 @@ impl<M: Machine> fmt::Debug for Driver<M> {
 }
 
 impl<M: Machine> Driver<M> {
-    async fn run<S>(mut self, mut stream: S)
+    async fn run<S>(mut self: Box<Self>, mut stream: S)
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -1022,6 +1024,8 @@ impl<M: Machine> Driver<M> {
                 Wake::Handles => self.handles(now.into_std()),
                 Wake::Timer => {
                     armed = None;
+                    // The link has been quiet (heartbeat or idle timers): give memory back.
+                    self.shrink_buffers();
                     if self.machine.is_closed() {
                         if self
                             .closed_at
@@ -1044,6 +1048,21 @@ impl<M: Machine> Driver<M> {
         inner.wake_receiver();
         drop(inner);
         self.shared.status_changed.notify_waiters();
+    }
+
+    /// Frees the memory of every empty queue: the machine's, the event queue, the output queue.
+    fn shrink_buffers(&mut self) {
+        self.machine.shrink_buffers();
+        if self.out.is_empty() {
+            self.out.clear();
+        }
+        let mut inner = self.shared.lock();
+        if inner.events.is_empty() {
+            inner.events = VecDeque::new();
+        }
+        if inner.commands.is_empty() {
+            inner.commands = VecDeque::new();
+        }
     }
 
     /// The timer deadline: the machine's, or the flush deadline once it is closed.
@@ -1120,7 +1139,7 @@ impl<M: Machine> Driver<M> {
             while let Some(event) = next {
                 match self.machine_event(event) {
                     Some(Event::Closed(info)) => {
-                        inner.closed = Some(info.clone());
+                        inner.closed = Some(Box::new(info.clone()));
                         inner.push_event(Event::Closed(info));
                         status_changed = true;
                     }
@@ -1134,6 +1153,7 @@ impl<M: Machine> Driver<M> {
         }
         if delivered {
             self.shared.lock().wake_receiver();
+            self.machine.shrink_buffers();
         }
         if status_changed {
             self.shared.status_changed.notify_waiters();
