@@ -1,7 +1,11 @@
-//! The `framelink` command-line tool: debugging framed byte streams (`decode`, `encode`) and a
-//! demo of what framelink does over real TCP (`demo`).
+//! The `framelink` command-line tool: debugging framed byte streams (`decode`, `encode`), a
+//! demo of what framelink does over real TCP (`demo`), and a server and a reconnecting client
+//! with heartbeats (`serve`, `connect`), in framelink protocol v1 or raw mode.
 
+mod connect;
 mod demo;
+mod link_args;
+mod serve;
 mod stream_tools;
 
 use std::path::PathBuf;
@@ -12,7 +16,32 @@ use framelink::Framing;
 
 /// Correct, robust message passing over TCP.
 #[derive(Parser, Debug)]
-#[command(name = "framelink", version, about, long_about = None)]
+#[command(
+    name = "framelink",
+    version,
+    about,
+    long_about = "Correct, robust message passing over TCP: framing, heartbeats, reconnect.
+
+TCP is a byte stream; framelink puts the sender's message boundaries back, for every common \
+framing (length field, varint, lines, delimiters, fixed size, netstrings, magic + CRC).
+
+`serve` and `connect` speak framelink protocol v1 (handshake, heartbeats with RTT and dead-peer \
+detection, orderly CLOSE) by default. With `--framing SPEC` they speak raw mode instead: the \
+peer's own framing, one frame per message, optionally kept alive with a ping frame of your \
+choosing and a pong matcher, so `connect` can hold a connection to an existing server open.",
+    after_help = "\
+Examples:
+  framelink demo
+  framelink serve 127.0.0.1:7000 &
+  printf 'hello\\nworld\\n' | framelink connect 127.0.0.1:7000
+  framelink connect 10.0.0.5:9000 --framing length:4 --ping PING --pong PONG --ping-interval 5s
+  printf '\\x00\\x05hello' | framelink decode --framing length:2 --format text
+
+Framing specs: length:4  length:2,le,offset=1,adjust=-3,strip=3  varint  line  delim:00
+fixed:64  netstring  magic:cafe,crc=crc32c; every spec takes max=SIZE and fail|discard.
+Durations: 500ms, 5s, 1.5s, 1m. Payloads: text, or hex:50494e47.
+`framelink help COMMAND` shows a command's options."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -50,20 +79,30 @@ enum Command {
         /// Input file; `-` or nothing reads standard input.
         input: Option<PathBuf>,
     },
+    /// Runs a server that echoes every message (or counts them, `--sink`), in framelink protocol
+    /// v1 or raw mode (`--framing`); connections are reported on stderr. Ctrl-C shuts it down
+    /// gracefully (clients are told GoingAway).
+    Serve(serve::ServeArgs),
+    /// Connects to a server and keeps connected: each stdin line is sent as one message, each
+    /// message received is printed on stdout; connects, disconnects, reconnects (and RTT with
+    /// -v) are reported on stderr. Raw mode (`--framing`, `--ping`, `--pong`) keeps a connection
+    /// to an existing server alive.
+    Connect(connect::ConnectArgs),
 }
 
-/// How `decode` prints a frame.
+/// How `decode` and `connect` print a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
     /// One lowercase hex frame per line.
     Hex,
     /// One frame per line as text; bytes that are not printable UTF-8 are escaped (`\n`, `\xff`).
     Text,
-    /// One JSON object per line: index, stream offset, length, hex and (when UTF-8) text.
+    /// One JSON object per line: index, length, hex and (when UTF-8) text; `decode` adds the
+    /// stream offset.
     Json,
 }
 
-/// How `encode` reads messages.
+/// How `encode` and `connect` read messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum InputFormat {
     /// Each line (without its `\n` or `\r\n`) is one message.
@@ -92,6 +131,8 @@ fn main() -> ExitCode {
             output,
             input,
         } => stream_tools::encode(framing, input_format, input.as_deref(), output.as_deref()),
+        Command::Serve(args) => serve::run(args),
+        Command::Connect(args) => connect::run(args),
     };
     match result {
         Ok(code) => code,

@@ -124,7 +124,7 @@ fn print_frame(
     Ok(())
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
@@ -135,7 +135,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Printable UTF-8 as is; `\n`, `\r`, `\t`, `\\` and every other control or invalid byte escaped,
 /// so one frame is always one output line.
-fn escape_text(bytes: &[u8]) -> String {
+pub(crate) fn escape_text(bytes: &[u8]) -> String {
     let mut s = String::with_capacity(bytes.len());
     for chunk in bytes.utf8_chunks() {
         for c in chunk.valid().chars() {
@@ -160,7 +160,7 @@ fn escape_text(bytes: &[u8]) -> String {
     s
 }
 
-fn parse_hex_line(line: &str) -> Option<Vec<u8>> {
+pub(crate) fn parse_hex_line(line: &str) -> Option<Vec<u8>> {
     let line = line.trim();
     if line.len() % 2 != 0 {
         return None;

@@ -35,8 +35,10 @@
 //!   queued on the connection that is current at that time: if that connection dies before
 //!   writing it, it is lost (exactly-once delivery across reconnects is the job of sessions).
 //!   [`Client::try_send`] fails with [`SendError::Closed`] while disconnected.
-//! - [`Client::close`] stops reconnecting and closes the current connection gracefully.
-//!   Dropping the [`Client`] does the same in the background.
+//! - [`Client::stop`] stops reconnecting and closes the current connection gracefully (read
+//!   events until [`ClientEvent::Closed`]); [`Client::close`] does the same and waits, discarding
+//!   events. Dropping the [`Client`] stops it in the background. [`Client::sender`] gives a
+//!   cloneable handle for sending from other tasks.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -146,7 +148,7 @@ pub enum ClientEvent {
 #[derive(Debug)]
 pub struct Client {
     events: mpsc::Receiver<ClientEvent>,
-    current: watch::Receiver<Current>,
+    sender: ClientSender,
     stop: watch::Sender<bool>,
 }
 
@@ -185,7 +187,7 @@ impl Client {
         tokio::spawn(supervisor.run());
         Ok(Client {
             events,
-            current,
+            sender: ClientSender { current },
             stop,
         })
     }
@@ -207,6 +209,53 @@ impl Client {
     /// Sends on the current connection, waiting for one (and then for send budget).
     /// [`SendError::Closed`] once the client stopped; the other errors as
     /// [`Sender::send`](crate::connection::Sender::send).
+    pub async fn send(&self, payload: Bytes) -> Result<(), SendError> {
+        self.sender.send(payload).await
+    }
+
+    /// Sends if connected and the budget has room now.
+    pub fn try_send(&self, payload: Bytes) -> Result<(), SendError> {
+        self.sender.try_send(payload)
+    }
+
+    /// A cloneable handle for sending from other tasks while this one reads events.
+    pub fn sender(&self) -> ClientSender {
+        self.sender.clone()
+    }
+
+    /// Whether a connection is open now.
+    pub fn is_connected(&self) -> bool {
+        self.sender.is_connected()
+    }
+
+    /// Asks the client to stop: no more reconnects, and the current connection is closed
+    /// gracefully (queued messages are written first). Returns at once; keep reading events
+    /// until [`ClientEvent::Closed`] to see the rest (the final messages, the disconnect).
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// [`stop`](Self::stop), then waits until the client has stopped, discarding the events
+    /// that arrive meanwhile. Afterwards [`next_event`](Self::next_event) returns `None`.
+    pub async fn close(&mut self) {
+        self.stop();
+        while let Some(event) = self.events.recv().await {
+            if matches!(event, ClientEvent::Closed | ClientEvent::GaveUp { .. }) {
+                break;
+            }
+        }
+        self.events.close();
+    }
+}
+
+/// A cloneable handle that sends on a [`Client`]'s current connection.
+#[derive(Debug, Clone)]
+pub struct ClientSender {
+    current: watch::Receiver<Current>,
+}
+
+impl ClientSender {
+    /// See [`Client::send`].
     pub async fn send(&self, payload: Bytes) -> Result<(), SendError> {
         let mut current = self.current.clone();
         loop {
@@ -235,7 +284,7 @@ impl Client {
         }
     }
 
-    /// Sends if connected and the budget has room now.
+    /// See [`Client::try_send`].
     pub fn try_send(&self, payload: Bytes) -> Result<(), SendError> {
         match &*self.current.borrow() {
             Current::Connected(sender) => sender.try_send(payload),
@@ -246,14 +295,6 @@ impl Client {
     /// Whether a connection is open now.
     pub fn is_connected(&self) -> bool {
         matches!(&*self.current.borrow(), Current::Connected(s) if !s.is_closed())
-    }
-
-    /// Stops reconnecting and closes the current connection gracefully (queued messages are
-    /// written first). Events up to [`ClientEvent::Closed`] stay readable.
-    pub async fn close(&mut self) {
-        let _ = self.stop.send(true);
-        let mut current = self.current.clone();
-        let _ = current.wait_for(|c| matches!(c, Current::Stopped)).await;
     }
 }
 

@@ -30,7 +30,8 @@
 //!   the socket (one `poll_fn` that writes queued output with vectored writes and reads input),
 //!   on a [`Notify`] that the handles ring when they queue a command or make room for events,
 //!   and on **one** [`tokio::time::Sleep`], re-armed with `reset` to the machine's
-//!   `poll_timeout` only when that deadline moved. Heartbeat deadlines are not re-armed per
+//!   `poll_timeout` only when that deadline moved earlier or the timer fired (a deadline that
+//!   traffic pushed later is found when the timer fires early). Heartbeat deadlines are not re-armed per
 //!   message: the machine keeps timestamps and checks them when the timer fires.
 //! - **Memory of an idle connection** is kept small: the handles and the driver share one
 //!   allocation (a mutex-protected pair of queues that allocate only when used, plus the send
@@ -957,13 +958,17 @@ impl<M: Machine> Driver<M> {
             if self.socket_done() {
                 break;
             }
-            // Re-arm the one timer, only when its deadline moved.
-            let deadline = self.deadline();
-            if deadline != armed {
-                if let Some(at) = deadline {
+            // The one timer is re-armed only when the deadline moved *earlier* (or it fired).
+            // Traffic moves heartbeat deadlines later with every read; the timer then fires
+            // early, the machine finds nothing due, and it is re-armed once, at the new
+            // deadline: at most one spurious wake per period instead of a reset per message.
+            match (self.deadline(), armed) {
+                (Some(at), Some(current)) if at >= current => {}
+                (Some(at), _) => {
                     sleep.as_mut().reset(at);
+                    armed = Some(at);
                 }
-                armed = deadline;
+                (None, _) => armed = None,
             }
             let can_read = self.reading && {
                 let mut inner = shared.lock();
@@ -992,10 +997,9 @@ impl<M: Machine> Driver<M> {
                 Poll::Pending
             });
             let wake = tokio::select! {
-                biased;
                 io = io, if can_read || can_write => Wake::Io(io),
                 () = shared.wake_driver.notified() => Wake::Handles,
-                () = &mut sleep, if deadline.is_some() => Wake::Timer,
+                () = &mut sleep, if armed.is_some() => Wake::Timer,
             };
             let now = Instant::now();
             match wake {

@@ -40,7 +40,7 @@ pub mod io;
 pub mod server;
 pub mod socket;
 
-pub use client::{Client, ClientConfig, ClientEvent};
+pub use client::{Client, ClientConfig, ClientEvent, ClientSender};
 pub use connection::{CloseInfo, Connection, Event, Protocol, Receiver, Sender};
 pub use framelink_proto::backoff::{BackoffConfig, Jitter};
 pub use framelink_proto::codec::{

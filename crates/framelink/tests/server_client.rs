@@ -131,16 +131,19 @@ async fn client_and_server_echo() {
         assert_eq!(m, format!("m{i}"));
     }
     assert_eq!(handle.connections(), 1);
-    client.close().await;
-    assert!(matches!(
-        until(&mut client, |e| match e {
-            ClientEvent::Closed => Some(()),
-            _ => None,
-        })
-        .await,
-        ()
-    ));
+    // Send from another task while this one reads; then stop and read to the end.
+    let sender = client.sender();
+    tokio::spawn(async move { sender.send(Bytes::from_static(b"last")).await.unwrap() });
+    assert_eq!(
+        timeout(DEADLINE, client.recv()).await.unwrap().unwrap(),
+        "last"
+    );
+    client.stop();
+    let info = disconnected(&mut client).await;
+    assert!(!info.by_peer);
+    assert!(matches!(next(&mut client).await, ClientEvent::Closed));
     assert!(client.next_event().await.is_none());
+    assert!(!client.is_connected());
     live_connections(&handle, 0).await;
 }
 
