@@ -3,7 +3,7 @@
 //! [`spawn`] runs a sans-IO [`proto::connection::Connection`](framelink_proto::connection::Connection)
 //! (framelink's wire protocol, with heartbeats) over any byte stream (a `TcpStream` in practice)
 //! on one background task; [`spawn_raw`] does the same for a
-//! [`RawConnection`](framelink_proto::raw::RawConnection), which keeps a connection to a peer that
+//! [`RawConnection`], which keeps a connection to a peer that
 //! does not speak framelink's protocol alive with the user's framing and ping frame. Both hand back
 //! a [`Connection`]: a [`Stream`] of [`Event`]s and a [`Sink`] of messages, which can be
 //! [`split`](Connection::split) into a cloneable [`Sender`] and a [`Receiver`].
