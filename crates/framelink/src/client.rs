@@ -53,7 +53,8 @@ use tokio::time::Instant;
 use framelink_proto::backoff::{Backoff, BackoffConfig};
 
 use crate::connection::{
-    self, CloseCode, CloseInfo, DecodeError, Event, Hello, IdleKind, Protocol, SendError, Sender,
+    self, CloseCode, CloseInfo, DecodeError, DriverConfig, Event, Hello, IdleKind, Protocol,
+    SendError, Sender,
 };
 use crate::socket::SocketOptions;
 
@@ -74,6 +75,8 @@ pub struct ClientConfig {
     pub stable_after: Duration,
     /// Socket options for the connected socket. Default [`SocketOptions::default`].
     pub socket: SocketOptions,
+    /// Buffering and backpressure of the connection's driver.
+    pub driver: DriverConfig,
 }
 
 impl Default for ClientConfig {
@@ -84,6 +87,7 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(10),
             stable_after: Duration::from_secs(5),
             socket: SocketOptions::default(),
+            driver: DriverConfig::default(),
         }
     }
 }
@@ -174,6 +178,7 @@ impl Client {
     pub fn connect(addr: impl Into<String>, config: ClientConfig) -> Result<Client, crate::Error> {
         config.protocol.validate()?;
         config.backoff.validate()?;
+        config.driver.validate()?;
         let (event_tx, events) = mpsc::channel(EVENT_QUEUE);
         let (current_tx, current) = watch::channel(Current::Connecting);
         let (stop, stop_rx) = watch::channel(false);
@@ -416,15 +421,19 @@ impl Supervisor {
                 return Outcome::Failed;
             }
         };
-        let (connection, _task) =
-            match connection::spawn_protocol(stream, &self.config.protocol, None) {
-                Ok(spawned) => spawned,
-                Err(error) => {
-                    // Validated in `Client::connect`; cannot happen.
-                    tracing::error!(%error, "invalid connection configuration");
-                    return Outcome::Stop;
-                }
-            };
+        let (connection, _task) = match connection::spawn_protocol(
+            stream,
+            &self.config.protocol,
+            self.config.driver,
+            None,
+        ) {
+            Ok(spawned) => spawned,
+            Err(error) => {
+                // Validated in `Client::connect`; cannot happen.
+                tracing::error!(%error, "invalid connection configuration");
+                return Outcome::Stop;
+            }
+        };
         let (sender, mut receiver) = connection.split();
         let mut opened_at = None;
         if matches!(self.config.protocol, Protocol::Raw(_)) {

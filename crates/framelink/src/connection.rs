@@ -88,14 +88,67 @@ const MIN_DIRECT_READ: usize = 4 * 1024;
 const STACK_READ: usize = 8 * 1024;
 /// Room reserved in the receive buffer once reads come in full (a busy connection).
 const READ_SIZE: usize = 16 * 1024;
-/// Pull output from the protocol machine only while less than this is waiting for the socket.
-const WRITE_HIGH_WATER: usize = 64 * 1024;
-/// Stop reading while this many payload bytes wait for the application.
-const PENDING_HIGH_WATER: usize = 64 * 1024;
-/// Stop reading while this many events wait for the application.
-const PENDING_EVENTS: usize = 256;
 /// At most this many buffers per vectored write.
 const MAX_IOV: usize = 64;
+
+/// Buffering and backpressure of the driver task. The machine's own send limit
+/// (`max_queued_bytes`) is the send side's high watermark.
+///
+/// ```
+/// use framelink::connection::DriverConfig;
+/// let config = DriverConfig { recv_high_watermark: 1 << 20, ..DriverConfig::default() };
+/// assert!(config.validate().is_ok());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DriverConfig {
+    /// Once the send queue is full (the machine's `max_queued_bytes`), blocked senders resume
+    /// only when it has drained to this many bytes, so they wake up in batches instead of once
+    /// per written message. `None` (default): half the limit.
+    pub send_low_watermark: Option<usize>,
+    /// The driver stops reading the socket when this many payload bytes of received messages
+    /// wait for the application (TCP flow control then slows the peer down). Default 64 KiB.
+    pub recv_high_watermark: usize,
+    /// ... and reads again once the application has taken them down to this. Default 16 KiB.
+    pub recv_low_watermark: usize,
+    /// Reading also stops at this many waiting events, whatever their size. Default 256.
+    pub max_pending_events: usize,
+    /// Output taken from the machine ahead of the socket: up to this much is written per
+    /// vectored write, many small frames per system call. Default 64 KiB.
+    pub write_ahead: usize,
+}
+
+impl Default for DriverConfig {
+    fn default() -> Self {
+        DriverConfig {
+            send_low_watermark: None,
+            recv_high_watermark: 64 * 1024,
+            recv_low_watermark: 16 * 1024,
+            max_pending_events: 256,
+            write_ahead: 64 * 1024,
+        }
+    }
+}
+
+impl DriverConfig {
+    /// Checks that every limit is non-zero and each low watermark is below its high one.
+    pub fn validate(&self) -> Result<(), crate::Error> {
+        let bad = |what: &str| Err(crate::Error::InvalidConfig(what.to_string()));
+        if self.recv_high_watermark == 0 || self.max_pending_events == 0 || self.write_ahead == 0 {
+            return bad("recv_high_watermark, max_pending_events and write_ahead must be > 0");
+        }
+        if self.recv_low_watermark >= self.recv_high_watermark {
+            return bad("recv_low_watermark must be below recv_high_watermark");
+        }
+        Ok(())
+    }
+
+    /// The send low watermark for a queue limit of `limit` bytes.
+    fn send_low(&self, limit: usize) -> usize {
+        self.send_low_watermark
+            .unwrap_or(limit / 2)
+            .min(limit.saturating_sub(1))
+    }
+}
 
 /// What the driver reports to the [`Receiver`], in order.
 #[derive(Debug, Clone, PartialEq)]
@@ -169,7 +222,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let machine = proto::Connection::new(config, Instant::now().into_std())?;
-    Ok(spawn_machine(stream, machine, None))
+    Ok(spawn_with_hook(stream, machine, None, DriverConfig::default(), None).0)
 }
 
 /// Spawns the driver for a raw-mode connection over `stream`: the peer speaks its own framing
@@ -183,27 +236,39 @@ where
 {
     let framing = config.framing.clone();
     let machine = RawConnection::new(config, Instant::now().into_std())?;
-    Ok(spawn_machine(stream, machine, Some(framing)))
+    Ok(spawn_with_hook(
+        stream,
+        machine,
+        Some(framing),
+        DriverConfig::default(),
+        None,
+    )
+    .0)
 }
 
-/// Spawns the driver for any [`Machine`]. `framing`, when given, is used by the handles to refuse
-/// a message the machine could not encode before it is queued.
-fn spawn_machine<S, M>(stream: S, machine: M, framing: Option<Framing>) -> Connection
+/// [`spawn`] (or [`spawn_raw`]) with the driver's buffering and backpressure settings.
+pub fn spawn_with<S>(
+    stream: S,
+    protocol: &Protocol,
+    driver: DriverConfig,
+) -> Result<Connection, crate::Error>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    M: Machine + Send + 'static,
 {
-    spawn_with_hook(stream, machine, framing, None).0
+    Ok(spawn_protocol(stream, protocol, driver, None)?.0)
 }
 
 /// Called once when a driver has dropped its socket (the server's connection registry).
 pub(crate) type FinishHook = Box<dyn FnOnce() + Send>;
 
-/// [`spawn_machine`] with a hook run when the driver ends, and the task's abort handle.
+/// Spawns the driver for any [`Machine`], with a hook run when the driver ends; returns the
+/// task's abort handle too. `framing`, when given, is used by the handles to refuse a message
+/// the machine could not encode before it is queued.
 pub(crate) fn spawn_with_hook<S, M>(
     stream: S,
     machine: M,
     framing: Option<Framing>,
+    driver: DriverConfig,
     on_finish: Option<FinishHook>,
 ) -> (Connection, tokio::task::AbortHandle)
 where
@@ -217,6 +282,7 @@ where
     let shared = Arc::new(Shared {
         budget: Semaphore::new(limit),
         limit,
+        config: driver,
         overhead: machine.message_cost(0),
         peer_max: AtomicU32::new(u32::MAX),
         framing: framing.map(Box::new),
@@ -229,7 +295,9 @@ where
         status_changed: Notify::new(),
     });
     // Boxed: the task's future then holds a pointer, not (several copies of) the machine.
+    let send_low = driver.send_low(limit);
     let driver = Box::new(Driver {
+        send_low,
         machine,
         shared: shared.clone(),
         held: 0,
@@ -258,20 +326,28 @@ where
 pub(crate) fn spawn_protocol<S>(
     stream: S,
     protocol: &Protocol,
+    driver: DriverConfig,
     on_finish: Option<FinishHook>,
 ) -> Result<(Connection, tokio::task::AbortHandle), crate::Error>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    driver.validate()?;
     let now = Instant::now().into_std();
     Ok(match protocol {
         Protocol::Framelink(config) => {
             let machine = proto::Connection::new(config.clone(), now)?;
-            spawn_with_hook(stream, machine, None, on_finish)
+            spawn_with_hook(stream, machine, None, driver, on_finish)
         }
         Protocol::Raw(config) => {
             let machine = RawConnection::new(RawConfig::clone(config), now)?;
-            spawn_with_hook(stream, machine, Some(config.framing.clone()), on_finish)
+            spawn_with_hook(
+                stream,
+                machine,
+                Some(config.framing.clone()),
+                driver,
+                on_finish,
+            )
         }
     })
 }
@@ -316,8 +392,9 @@ impl Protocol {
 struct Shared {
     /// Send budget in bytes (payload + overhead per message); closed when the connection closes.
     budget: Semaphore,
-    /// The budget's size.
+    /// The budget's size (the send high watermark).
     limit: usize,
+    config: DriverConfig,
     /// Budget bytes each message costs on top of its payload.
     overhead: usize,
     /// Protocol mode: the peer's `max_message_len` once known.
@@ -359,8 +436,9 @@ struct Inner {
     event_bytes: usize,
     /// The receiver waits for an event.
     receiver_waker: Option<Waker>,
-    /// The driver stopped reading because `events` is full: ring it when there is room.
-    driver_wants_room: bool,
+    /// The driver stopped reading because too much waits in `events`: ring it once the
+    /// receiver has taken them down to the low watermark.
+    reading_paused: bool,
     /// Live [`Sender`]s.
     senders: usize,
     receiver_alive: bool,
@@ -370,8 +448,14 @@ struct Inner {
 }
 
 impl Inner {
-    fn events_full(&self) -> bool {
-        self.event_bytes >= PENDING_HIGH_WATER || self.events.len() >= PENDING_EVENTS
+    fn events_full(&self, config: &DriverConfig) -> bool {
+        self.event_bytes >= config.recv_high_watermark
+            || self.events.len() >= config.max_pending_events
+    }
+
+    fn events_drained(&self, config: &DriverConfig) -> bool {
+        self.event_bytes <= config.recv_low_watermark
+            && self.events.len() <= config.max_pending_events / 4
     }
 
     fn push_event(&mut self, event: Event) {
@@ -747,6 +831,12 @@ impl Receiver {
         }
     }
 
+    /// Payload bytes of received messages waiting in this receiver (bounded by the driver's
+    /// receive watermarks, plus one read).
+    pub fn buffered_bytes(&self) -> usize {
+        self.shared.lock().event_bytes
+    }
+
     /// How the connection ended, once it did.
     pub fn close_info(&self) -> Option<CloseInfo> {
         self.shared.lock().closed.as_deref().cloned()
@@ -777,9 +867,9 @@ impl Stream for Receiver {
                     // A quiet connection keeps no event buffer.
                     inner.events = VecDeque::new();
                 }
-                let ring = inner.driver_wants_room && !inner.events_full();
+                let ring = inner.reading_paused && inner.events_drained(&self.shared.config);
                 if ring {
-                    inner.driver_wants_room = false;
+                    inner.reading_paused = false;
                 }
                 drop(inner);
                 if ring {
@@ -920,6 +1010,8 @@ enum Wake {
 /// The background task's state.
 struct Driver<M> {
     machine: M,
+    /// The send low watermark (see [`DriverConfig::send_low_watermark`]).
+    send_low: usize,
     shared: Arc<Shared>,
     /// Budget bytes of messages handed to the machine and not yet given back.
     held: usize,
@@ -972,10 +1064,15 @@ impl<M: Machine> Driver<M> {
             }
             let can_read = self.reading && {
                 let mut inner = shared.lock();
-                let full = inner.events_full()
-                    && matches!(self.machine.state(), State::Handshaking | State::Open);
-                inner.driver_wants_room = full;
-                !full
+                if !inner.reading_paused
+                    && inner.events_full(&shared.config)
+                    && matches!(self.machine.state(), State::Handshaking | State::Open)
+                {
+                    inner.reading_paused = true;
+                }
+                // Closing: read on regardless, to see the peer's CLOSE.
+                !inner.reading_paused
+                    || !matches!(self.machine.state(), State::Handshaking | State::Open)
             };
             let can_write = !self.write_dead
                 && (!self.out.is_empty() || (self.shutdown_pending && !self.shutdown_done));
@@ -1127,7 +1224,7 @@ impl<M: Machine> Driver<M> {
         let mut delivered = false;
         let mut status_changed = false;
         loop {
-            while self.write_dead || self.out.remaining < WRITE_HIGH_WATER {
+            while self.write_dead || self.out.remaining < self.shared.config.write_ahead {
                 match self.machine.poll_transmit(now) {
                     Some(chunk) if !self.write_dead => self.out.push(chunk),
                     Some(_) => {}
@@ -1162,10 +1259,15 @@ impl<M: Machine> Driver<M> {
         if status_changed {
             self.shared.status_changed.notify_waiters();
         }
+        // Give budget back in batches (hysteresis): once the queue is at or below the low
+        // watermark, or once at least high − low bytes were freed.
         let queued = self.machine.queued_bytes();
         if self.held > queued {
-            self.shared.budget.add_permits(self.held - queued);
-            self.held = queued;
+            let freed = self.held - queued;
+            if queued <= self.send_low || freed >= self.shared.limit - self.send_low {
+                self.shared.budget.add_permits(freed);
+                self.held = queued;
+            }
         }
         if !matches!(self.machine.state(), State::Handshaking | State::Open) {
             self.shared.budget.close();

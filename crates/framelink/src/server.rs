@@ -53,7 +53,7 @@ use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use tokio::sync::{mpsc, Notify};
 use tokio::task::AbortHandle;
 
-use crate::connection::{self, CloseCode, Connection, Protocol, Sender};
+use crate::connection::{self, CloseCode, Connection, DriverConfig, Protocol, Sender};
 use crate::socket::SocketOptions;
 
 #[cfg(doc)]
@@ -79,6 +79,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Socket options for accepted sockets. Default [`SocketOptions::default`].
     pub socket: SocketOptions,
+    /// Buffering and backpressure of each connection's driver.
+    pub driver: DriverConfig,
 }
 
 impl Default for ServerConfig {
@@ -87,6 +89,7 @@ impl Default for ServerConfig {
             protocol: Protocol::default(),
             max_connections: 10_000,
             socket: SocketOptions::default(),
+            driver: DriverConfig::default(),
         }
     }
 }
@@ -165,6 +168,7 @@ impl Server {
         config: ServerConfig,
     ) -> Result<Server, crate::Error> {
         config.protocol.validate()?;
+        config.driver.validate()?;
         if config.max_connections == 0 {
             return Err(crate::Error::InvalidConfig(
                 "max_connections must be at least 1".into(),
@@ -335,7 +339,12 @@ async fn accept_loop(
         // run before the connection is registered.
         let spawned = {
             let mut registry = shared.lock();
-            let spawned = connection::spawn_protocol(stream, &config.protocol, Some(on_finish));
+            let spawned = connection::spawn_protocol(
+                stream,
+                &config.protocol,
+                config.driver,
+                Some(on_finish),
+            );
             if let Ok((connection, task)) = &spawned {
                 registry.accepted += 1;
                 registry
@@ -383,7 +392,7 @@ fn reject(stream: TcpStream, protocol: &Protocol, shared: &Arc<ServerShared>) {
         hook_shared.lock().rejecting -= 1;
     });
     let protocol = Protocol::Framelink(config);
-    match connection::spawn_protocol(stream, &protocol, Some(on_finish)) {
+    match connection::spawn_protocol(stream, &protocol, DriverConfig::default(), Some(on_finish)) {
         Ok((connection, _task)) => {
             tokio::spawn(async move {
                 connection

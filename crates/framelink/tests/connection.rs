@@ -421,3 +421,64 @@ async fn send_budget_is_enforced() {
         Err(SendError::TooBig { .. })
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_reader_triggers_backpressure_not_growth() {
+    use framelink::connection::{DriverConfig, Protocol};
+    let (a, b) = pair().await;
+    let limit = 256 * 1024;
+    let sender_cfg = ConnectionConfig {
+        max_queued_bytes: limit,
+        ..config(30_000, 30_000)
+    };
+    let driver = DriverConfig {
+        recv_high_watermark: 32 * 1024,
+        recv_low_watermark: 8 * 1024,
+        ..DriverConfig::default()
+    };
+    let writer = connection::spawn_with(a, &Protocol::Framelink(sender_cfg), driver).unwrap();
+    let reader = connection::spawn_with(b, &Protocol::Framelink(config(30_000, 30_000)), driver)
+        .unwrap();
+    let (tx, _wrx) = writer.split();
+    let (_rtx, mut rx) = reader.split();
+    connected(&mut rx).await;
+
+    // The reader's application takes nothing. The writer sends until `send` blocks.
+    let payload = Bytes::from(vec![7u8; 1024]);
+    let mut sent = 0u32;
+    loop {
+        let mut m = payload.to_vec();
+        m[..4].copy_from_slice(&sent.to_be_bytes());
+        match timeout(Duration::from_millis(500), tx.send(Bytes::from(m))).await {
+            Ok(Ok(())) => sent += 1,
+            Ok(Err(e)) => panic!("send failed: {e}"),
+            Err(_) => break, // blocked: backpressure reached the sender
+        }
+        assert!(sent < 100_000, "send never blocked: memory would grow without bound");
+    }
+    // Bounded on both sides: the writer's queue by its limit, the reader's buffered messages
+    // by its high watermark plus one read; the rest sits in the kernel's socket buffers.
+    assert!(tx.queued_bytes() <= limit, "{} > {limit}", tx.queued_bytes());
+    assert!(
+        rx.buffered_bytes() <= 32 * 1024 + 16 * 1024 + 1024,
+        "reader buffered {} bytes",
+        rx.buffered_bytes()
+    );
+    assert!(matches!(
+        tx.try_send(payload.clone()),
+        Err(SendError::QueueFull { limit: l, .. }) if l == limit
+    ));
+
+    // The reader catches up: everything arrives, in order, and the writer can send again.
+    let more = tokio::spawn({
+        let tx = tx.clone();
+        async move { tx.send(Bytes::from_static(b"after the stall")).await }
+    });
+    for i in 0..sent {
+        let m = timeout(DEADLINE, rx.recv()).await.unwrap().unwrap();
+        assert_eq!(&m[..4], &i.to_be_bytes());
+    }
+    assert_eq!(timeout(DEADLINE, rx.recv()).await.unwrap().unwrap(), "after the stall");
+    more.await.unwrap().unwrap();
+    eprintln!("{sent} KiB accepted before the sender blocked (queue limit 256 KiB)");
+}
