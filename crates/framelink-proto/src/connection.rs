@@ -83,9 +83,10 @@ use crate::liveness::{
     DeathCause, IdleKind, Liveness, LivenessConfig, LivenessConfigError, LivenessEvent, PingAction,
     RttEstimate,
 };
+use crate::session::{Received, Session, SessionConfig, SDATA_OVERHEAD};
 use crate::wire::{
-    negotiate_version, CloseCode, Hello, Message, WireCodec, WireError, MAX_CLOSE_REASON,
-    MIN_MAX_MESSAGE_LEN, PROTOCOL_VERSION,
+    negotiate_version, CloseCode, Hello, Message, ResumeStatus, SessionHello, Violation, WireCodec,
+    WireError, MAX_CLOSE_REASON, MIN_MAX_MESSAGE_LEN, PROTOCOL_VERSION,
 };
 
 /// DATA payloads longer than this are written without copying (header and payload as two
@@ -145,6 +146,11 @@ pub struct ConnectionConfig {
     /// unused (a server's idle timeout), which `reader_idle` and friends (Netty's semantics, any
     /// bytes count) cannot express once PINGs flow. `None` (the default): never.
     pub idle_timeout: Option<Duration>,
+    /// Acknowledged sessions (section 12). On the accepting side, `Some` offers them in our
+    /// HELLO (a peer that asks then gets [`Event::SessionRequest`]); on the connecting side a
+    /// session is asked for with [`Connection::with_session`], which uses these settings (or
+    /// the defaults). `None` (the default): no sessions offered.
+    pub sessions: Option<SessionConfig>,
 }
 
 impl Default for ConnectionConfig {
@@ -167,6 +173,7 @@ impl Default for ConnectionConfig {
             max_ping_strikes: 2,
             session_id: [0; 16],
             idle_timeout: None,
+            sessions: None,
         }
     }
 }
@@ -350,6 +357,9 @@ pub enum ConnectionError {
     /// The peer's keep-alive settings could not be used.
     #[error("unusable peer keep-alive settings: {0}")]
     Liveness(LivenessConfigError),
+    /// We asked for an acknowledged session and the peer does not offer them.
+    #[error("the peer does not offer acknowledged sessions")]
+    SessionUnavailable,
     /// Raw mode: the user's framing failed on the peer's bytes and cannot recover.
     #[error("framing: {0}")]
     Framing(DecodeError),
@@ -397,6 +407,33 @@ pub enum Event {
     /// Raw mode: the framing skipped bad input and carries on (an oversize frame under the
     /// `discard` policy, garbage before a magic). The frames around it are delivered.
     FrameDiscarded(DecodeError),
+    /// Accepting side: the peer asks for session `id` and has delivered our messages up to
+    /// `peer_delivered`. Answer with [`Connection::attach_session`] (the detached session, if
+    /// it is kept, or `None`); nothing else flows on the session until then.
+    SessionRequest {
+        /// The session id from the peer's HELLO.
+        id: [u8; 16],
+        /// The peer's announced `delivered`.
+        peer_delivered: u64,
+    },
+    /// The session is running on this connection (after the RESUME).
+    SessionStarted {
+        /// Its id.
+        id: [u8; 16],
+        /// New, resumed, or unknown to the accepting side (then a new one was started).
+        status: ResumeStatus,
+        /// Messages being sent again because the peer had not delivered them.
+        resending: u64,
+    },
+    /// The session could not be resumed (the peer no longer has it: expired, restarted) or
+    /// ended with messages the peer never acknowledged. These messages are handed back: they
+    /// may or may not have reached the peer's application. Sessions go on as a new one.
+    SessionLost {
+        /// The session id.
+        id: [u8; 16],
+        /// The unacknowledged messages, oldest first.
+        unacked: Vec<Bytes>,
+    },
 }
 
 /// Why [`Connection::send`] refused a message.
@@ -445,6 +482,56 @@ pub struct Stats {
     pub data_in: u64,
     /// DATA messages transmitted.
     pub data_out: u64,
+    /// Session messages received again after a reconnect and dropped as duplicates.
+    pub duplicates: u64,
+}
+
+/// A session on this connection (section 12).
+#[derive(Debug)]
+struct SessionLink {
+    /// We asked for the session (connecting side); otherwise the peer did.
+    requester: bool,
+    policy: SessionConfig,
+    /// The session; `None` on the accepting side until [`Connection::attach_session`].
+    state: Option<Session>,
+    /// The peer's announced `delivered` (HELLO request, or RESUME).
+    peer_delivered: u64,
+    /// RESUME done: SDATA flows.
+    active: bool,
+    /// Accepting side: the RESUME to transmit.
+    resume: Option<(ResumeStatus, u64)>,
+    /// The last sequence number transmitted on this connection.
+    transmitted: u64,
+    /// The last delivered sequence number the peer knows about (ACKed or announced).
+    ack_sent: u64,
+    /// When an ACK is due for deliveries not acknowledged yet.
+    ack_due: Option<Instant>,
+    /// The session ended with a CLOSE `Normal`: there is nothing to resume.
+    ended: bool,
+}
+
+impl SessionLink {
+    fn new(requester: bool, policy: SessionConfig, state: Option<Session>) -> Self {
+        SessionLink {
+            requester,
+            policy,
+            state,
+            peer_delivered: 0,
+            active: false,
+            resume: None,
+            transmitted: 0,
+            ack_sent: 0,
+            ack_due: None,
+            ended: false,
+        }
+    }
+
+    /// Deliveries not acknowledged to the peer yet.
+    fn unacked_deliveries(&self) -> u64 {
+        self.state
+            .as_ref()
+            .map_or(0, |s| s.delivered().saturating_sub(self.ack_sent))
+    }
 }
 
 /// Our pending CLOSE.
@@ -487,6 +574,7 @@ pub struct Connection {
     closed_reported: bool,
     events: VecDeque<Event>,
     stats: Stats,
+    session: Option<SessionLink>,
 }
 
 impl Connection {
@@ -526,7 +614,84 @@ impl Connection {
             closed_reported: false,
             events: VecDeque::new(),
             stats: Stats::default(),
+            session: None,
         })
+    }
+
+    /// A connection (connecting side) that asks the peer for `session`: a fresh one
+    /// ([`Session::new`] with a random id), or the one a previous connection gave back with
+    /// [`take_session`](Self::take_session). Messages sent on it are numbered, kept until the
+    /// peer acknowledges them, and resent after a reconnect; see [`crate::session`].
+    pub fn with_session(
+        config: ConnectionConfig,
+        session: Session,
+        now: Instant,
+    ) -> Result<Self, ConfigError> {
+        let policy = config.sessions.unwrap_or_default();
+        let mut connection = Connection::new(config, now)?;
+        connection.session = Some(SessionLink::new(true, policy, Some(session)));
+        Ok(connection)
+    }
+
+    /// Accepting side, after [`Event::SessionRequest`]: `found` is the detached session with
+    /// the requested id if one is kept (see [`crate::session::SessionStore`]), `None` to start
+    /// a new one. Sends RESUME, then resends what the peer has not delivered. Ignored when no
+    /// session was requested.
+    pub fn attach_session(&mut self, found: Option<Session>, _now: Instant) {
+        let Some(link) = self.session.as_mut() else {
+            return;
+        };
+        if link.requester || link.state.is_some() {
+            return;
+        }
+        let id = self.peer.as_ref().map_or([0; 16], |h| h.session_id);
+        let peer_delivered = link.peer_delivered;
+        let (mut session, status) = match found {
+            Some(session) if session.id() == id => (session, ResumeStatus::Resumed),
+            _ if peer_delivered == 0 => (Session::new(id), ResumeStatus::New),
+            _ => (Session::new(id), ResumeStatus::Unknown),
+        };
+        if status == ResumeStatus::Resumed {
+            if let Err(e) = session.ack(peer_delivered) {
+                link.state = Some(session);
+                self.session_violation("RESUME delivered", e.to_string(), peer_delivered);
+                return;
+            }
+        }
+        session.set_established();
+        // Messages the application sent before the session was attached join it.
+        for payload in self.data.drain(..) {
+            self.queued_bytes -= payload.len() + DATA_OVERHEAD;
+            let _ = session.push(payload, usize::MAX);
+        }
+        let delivered = session.delivered();
+        let resending = session.next_seq() - 1 - session.acked();
+        link.transmitted = session.acked();
+        link.ack_sent = delivered;
+        link.resume = Some((status, delivered));
+        link.active = true;
+        link.state = Some(session);
+        self.events.push_back(Event::SessionStarted {
+            id,
+            status,
+            resending,
+        });
+    }
+
+    /// The session, once this connection is closed (to resume it on the next connection, or
+    /// to keep it detached on the accepting side). `None` when there is none, or when it ended
+    /// with a CLOSE `Normal` from either side (nothing to resume).
+    pub fn take_session(&mut self) -> Option<Session> {
+        let link = self.session.as_mut()?;
+        if link.ended {
+            return None;
+        }
+        link.state.take()
+    }
+
+    /// The session's state, while one is attached.
+    pub fn session(&self) -> Option<&Session> {
+        self.session.as_ref()?.state.as_ref()
     }
 
     // ---- accessors ----
@@ -559,7 +724,23 @@ impl Connection {
     /// Bytes of DATA queued (payload + 5 per message), counting against
     /// [`ConnectionConfig::max_queued_bytes`].
     pub fn queued_bytes(&self) -> usize {
-        self.queued_bytes
+        let session = self
+            .session
+            .as_ref()
+            .and_then(|l| l.state.as_ref())
+            .map_or(0, Session::buffered_bytes);
+        self.queued_bytes + session
+    }
+
+    /// What a message of `len` payload bytes counts against
+    /// [`ConnectionConfig::max_queued_bytes`]: its framing, plus its sequence number when
+    /// sessions are (or may be) in use.
+    pub fn message_cost(&self, len: usize) -> usize {
+        if self.session.is_some() || self.config.sessions.is_some() {
+            len.saturating_add(SDATA_OVERHEAD)
+        } else {
+            len.saturating_add(DATA_OVERHEAD)
+        }
     }
 
     /// The protocol is finished ([`State::Closed`]).
@@ -665,11 +846,17 @@ impl Connection {
                 _ => {}
             },
             State::Open => match message {
+                Message::Data(_) if self.session.is_some() => {
+                    self.session_protocol_error("DATA", "inside a session (use SDATA)");
+                }
                 Message::Data(body) => {
                     self.stats.data_in += 1;
                     self.last_data = self.last_data.max(now);
                     self.events.push_back(Event::Data(body));
                 }
+                Message::SessionData { seq, payload } => self.on_session_data(seq, payload, now),
+                Message::Ack(seq) => self.on_ack(seq),
+                Message::Resume { status, delivered } => self.on_resume(status, delivered),
                 Message::Ping(context) => {
                     if let Some(lv) = &mut self.liveness {
                         if lv.on_ping(now) == PingAction::Pong {
@@ -691,12 +878,22 @@ impl Connection {
                 // The codec rejects a second HELLO; extension messages are ignored.
                 Message::Hello(_) | Message::Extension { .. } => {}
             },
-            State::Closing => {
-                if let Message::Close { .. } = message {
+            State::Closing => match message {
+                Message::Close { code, .. } => {
+                    if code == CloseCode::Normal {
+                        self.end_session();
+                    }
                     self.input_done = true;
                     self.enter_closed();
                 }
-            }
+                // The peer's final ACK before its CLOSE releases what it delivered.
+                Message::Ack(seq) => {
+                    if let Some(session) = self.session.as_mut().and_then(|l| l.state.as_mut()) {
+                        let _ = session.ack(seq);
+                    }
+                }
+                _ => {}
+            },
             State::Closed => self.input_done = true,
         }
     }
@@ -730,6 +927,35 @@ impl Connection {
             peer: hello,
             version,
         });
+        // Sessions (section 12): we asked and the peer must offer; or the peer asks.
+        let peer_session = self.peer.as_ref().and_then(SessionHello::from_hello);
+        match &self.session {
+            Some(link) if link.requester => {
+                if peer_session != Some(SessionHello::Offer) {
+                    let e = ConnectionError::SessionUnavailable;
+                    self.fail(CloseCode::UnsupportedVersion, e.to_string(), e, false);
+                    self.input_done = true;
+                    return;
+                }
+                // SDATA waits for the peer's RESUME.
+            }
+            _ => {
+                if let (Some(policy), Some(SessionHello::Request { delivered }), true) = (
+                    self.config.sessions,
+                    peer_session,
+                    self.peer.as_ref().is_some_and(Hello::has_session),
+                ) {
+                    let mut link = SessionLink::new(false, policy, None);
+                    link.peer_delivered = delivered;
+                    self.session = Some(link);
+                    let id = self.peer.as_ref().map_or([0; 16], |h| h.session_id);
+                    self.events.push_back(Event::SessionRequest {
+                        id,
+                        peer_delivered: delivered,
+                    });
+                }
+            }
+        }
         // Messages queued before we knew the peer's limit.
         let mut kept = VecDeque::with_capacity(self.data.len());
         for payload in self.data.drain(..) {
@@ -749,7 +975,133 @@ impl Connection {
         }
     }
 
+    fn on_session_data(&mut self, seq: u64, payload: Bytes, now: Instant) {
+        let Some(link) = self.session.as_mut().filter(|l| l.active) else {
+            return self.session_protocol_error("SDATA", "without an active session");
+        };
+        let Some(session) = link.state.as_mut() else {
+            return self.session_protocol_error("SDATA", "without an active session");
+        };
+        match session.receive(seq) {
+            Received::Deliver => {
+                if link.ack_due.is_none() {
+                    link.ack_due = now.checked_add(link.policy.ack_delay);
+                }
+                self.stats.data_in += 1;
+                self.last_data = self.last_data.max(now);
+                self.events.push_back(Event::Data(payload));
+            }
+            Received::Duplicate => self.stats.duplicates += 1,
+            Received::Gap { expected } => {
+                self.session_violation("SDATA sequence number", format!("{expected}"), seq)
+            }
+        }
+    }
+
+    fn on_ack(&mut self, seq: u64) {
+        let Some(link) = self.session.as_mut().filter(|l| l.active) else {
+            return self.session_protocol_error("ACK", "without an active session");
+        };
+        let Some(session) = link.state.as_mut() else {
+            return self.session_protocol_error("ACK", "without an active session");
+        };
+        // Only what was transmitted on this connection (or acknowledged before) can be acked.
+        let transmitted = link.transmitted;
+        if seq > transmitted {
+            let acked = session.acked();
+            return self.session_violation("ACK", format!("{acked}..={transmitted}"), seq);
+        }
+        if let Err(e) = session.ack(seq) {
+            self.session_violation("ACK", e.to_string(), seq);
+        }
+    }
+
+    fn on_resume(&mut self, status: ResumeStatus, delivered: u64) {
+        let Some(link) = self.session.as_mut().filter(|l| l.requester && !l.active) else {
+            return self.session_protocol_error("RESUME", "not asked for, or a second one");
+        };
+        let Some(session) = link.state.as_mut() else {
+            return self.session_protocol_error("RESUME", "without a session");
+        };
+        let id = session.id();
+        let lost = match status {
+            ResumeStatus::Resumed => false,
+            // "New" for a session the peer had confirmed before: the peer lost it.
+            ResumeStatus::New => session.is_established(),
+            ResumeStatus::Unknown => true,
+        };
+        if lost {
+            if delivered != 0 {
+                return self.session_violation("RESUME delivered", "0".into(), delivered);
+            }
+            let unacked = session.reset();
+            if !unacked.is_empty() {
+                self.events.push_back(Event::SessionLost { id, unacked });
+            }
+        } else if let Err(e) = session.ack(delivered) {
+            return self.session_violation("RESUME delivered", e.to_string(), delivered);
+        }
+        session.set_established();
+        let resending = session.next_seq() - 1 - session.acked();
+        link.transmitted = session.acked();
+        link.ack_sent = session.delivered();
+        link.peer_delivered = delivered;
+        link.active = true;
+        self.events.push_back(Event::SessionStarted {
+            id,
+            status,
+            resending,
+        });
+    }
+
+    /// A session message that does not fit the connection: protocol error.
+    fn session_protocol_error(&mut self, what: &'static str, why: &'static str) {
+        let e = WireError::Protocol {
+            violation: Violation::Unexpected { what, why },
+            offset: self.codec.consumed(),
+        };
+        self.fail(
+            CloseCode::ProtocolError,
+            e.to_string(),
+            ConnectionError::Wire(e),
+            false,
+        );
+        self.input_done = true;
+    }
+
+    /// A session sequence number that cannot be right: protocol error.
+    fn session_violation(&mut self, what: &'static str, expected: String, got: u64) {
+        let e = WireError::Protocol {
+            violation: Violation::SessionSequence {
+                what,
+                got,
+                expected,
+            },
+            offset: self.codec.consumed(),
+        };
+        self.fail(
+            CloseCode::ProtocolError,
+            e.to_string(),
+            ConnectionError::Wire(e),
+            false,
+        );
+        self.input_done = true;
+    }
+
+    /// A CLOSE `Normal` (either way) ends the session: nothing to resume. Messages the peer
+    /// did not acknowledge are handed back when the connection is closed.
+    fn end_session(&mut self) {
+        if let Some(link) = self.session.as_mut() {
+            link.ended = true;
+        }
+    }
+
     fn on_peer_close(&mut self, code: CloseCode, reason: String) {
+        if code == CloseCode::Normal {
+            // Our final ACK goes out with our CLOSE; what we sent and the peer did not ack
+            // comes back to the application.
+            self.end_session();
+        }
         self.input_done = true;
         self.report_closed(code, reason, true, None);
         if self.close.is_none() && self.close_sent_at.is_none() {
@@ -771,11 +1123,31 @@ impl Connection {
             return Err(SendError::Closed);
         }
         let max = self.peer.as_ref().map_or(u32::MAX, |h| h.max_message_len);
-        if payload.len() as u64 + 1 > u64::from(max) {
+        let session_header = if self.session.is_some() { 8 } else { 0 };
+        if payload.len() as u64 + 1 + session_header > u64::from(max) {
             return Err(SendError::TooBig {
                 len: payload.len(),
                 max,
             });
+        }
+        if let Some(session) = self.session.as_mut().and_then(|l| l.state.as_mut()) {
+            // Numbered and kept until acknowledged: the queue limit bounds the retransmit
+            // buffer.
+            let limit = self
+                .config
+                .max_queued_bytes
+                .saturating_sub(self.queued_bytes);
+            return match session.push(payload, limit) {
+                Ok(_) => Ok(()),
+                Err(crate::session::SessionError::BufferFull { len, .. }) => {
+                    Err(SendError::QueueFull {
+                        queued: self.queued_bytes(),
+                        len,
+                        limit: self.config.max_queued_bytes,
+                    })
+                }
+                Err(_) => Err(SendError::Closed),
+            };
         }
         let len = payload.len() + DATA_OVERHEAD;
         if self.queued_bytes.saturating_add(len) > self.config.max_queued_bytes {
@@ -803,6 +1175,9 @@ impl Connection {
             return;
         }
         let code = CloseCode::from_u16(code.as_u16());
+        if code == CloseCode::Normal {
+            self.end_session();
+        }
         let reason = truncate(reason);
         self.report_closed(code, reason.clone(), false, None);
         self.close = Some(PendingClose {
@@ -827,7 +1202,27 @@ impl Connection {
         let mut buf = BytesMut::new();
         if !self.hello_sent {
             self.hello_sent = true;
-            self.encode(&Message::Hello(self.config.hello()), &mut buf, now);
+            let mut hello = self.config.hello();
+            match &self.session {
+                Some(SessionLink {
+                    requester: true,
+                    state: Some(session),
+                    ..
+                }) => {
+                    hello.session_id = session.id();
+                    hello.extensions.push(
+                        SessionHello::Request {
+                            delivered: session.delivered(),
+                        }
+                        .to_extension(),
+                    );
+                }
+                _ if self.config.sessions.is_some() => {
+                    hello.extensions.push(SessionHello::Offer.to_extension());
+                }
+                _ => {}
+            }
+            self.encode(&Message::Hello(hello), &mut buf, now);
             return self.out(buf);
         }
         let handshake_done = self.peer.is_some();
@@ -837,22 +1232,29 @@ impl Connection {
                 (Some(c), State::Closing) => c.after_data,
                 _ => false,
             };
-        if let Some(close) = &self.close {
-            if !data_allowed || self.data.is_empty() {
-                let message = Message::Close {
-                    code: close.code,
-                    reason: close.reason.clone(),
-                };
-                self.close = None;
-                self.encode(&message, &mut buf, now);
-                self.close_sent_at = Some(now);
-                self.data.clear();
-                self.queued_bytes = 0;
-                self.events.push_back(Event::ShutdownWrite);
+        if self.close.is_some() && (!data_allowed || !self.has_pending_data()) {
+            // Let the peer release what we delivered before the session pauses or ends.
+            if let Some(ack) = self.take_ack(now, true) {
+                self.encode(&ack, &mut buf, now);
                 return self.out(buf);
             }
+            let close = self.close.take().expect("checked above");
+            let message = Message::Close {
+                code: close.code,
+                reason: close.reason,
+            };
+            self.encode(&message, &mut buf, now);
+            self.close_sent_at = Some(now);
+            self.data.clear();
+            self.queued_bytes = 0;
+            self.events.push_back(Event::ShutdownWrite);
+            return self.out(buf);
         }
         if self.state == State::Open {
+            if let Some((status, delivered)) = self.session.as_mut().and_then(|l| l.resume.take()) {
+                self.encode(&Message::Resume { status, delivered }, &mut buf, now);
+                return self.out(buf);
+            }
             if let Some(context) = self.pong.take() {
                 self.encode(&Message::Pong(context), &mut buf, now);
                 return self.out(buf);
@@ -862,6 +1264,15 @@ impl Connection {
                 self.encode(&Message::Ping(context), &mut buf, now);
                 return self.out(buf);
             }
+        }
+        if self.state == State::Open {
+            if let Some(ack) = self.take_ack(now, false) {
+                self.encode(&ack, &mut buf, now);
+                return self.out(buf);
+            }
+        }
+        if data_allowed && self.session.is_some() {
+            return self.transmit_session_data(now);
         }
         if data_allowed {
             if let Some(payload) = self.data.pop_front() {
@@ -891,6 +1302,79 @@ impl Connection {
         None
     }
 
+    /// DATA is waiting to be written (queued, or in the session and not transmitted yet).
+    fn has_pending_data(&self) -> bool {
+        if !self.data.is_empty() {
+            return true;
+        }
+        match &self.session {
+            Some(SessionLink {
+                active: true,
+                state: Some(session),
+                transmitted,
+                ..
+            }) => *transmitted + 1 < session.next_seq(),
+            _ => false,
+        }
+    }
+
+    /// An ACK to send now, if one is due: deliveries not acknowledged yet and either enough of
+    /// them, the ack delay over, or `force` (ahead of SDATA or CLOSE).
+    fn take_ack(&mut self, now: Instant, force: bool) -> Option<Message> {
+        let link = self.session.as_mut()?;
+        if !link.active {
+            return None;
+        }
+        let pending = link.unacked_deliveries();
+        let due = force
+            || pending >= u64::from(link.policy.ack_every)
+            || link.ack_due.is_some_and(|at| now >= at);
+        if pending == 0 || !due {
+            return None;
+        }
+        let delivered = link.state.as_ref()?.delivered();
+        link.ack_sent = delivered;
+        link.ack_due = None;
+        Some(Message::Ack(delivered))
+    }
+
+    /// The next SDATA of the session (an ACK first if deliveries are unacknowledged).
+    fn transmit_session_data(&mut self, now: Instant) -> Option<Bytes> {
+        let link = self.session.as_mut()?;
+        if !link.active {
+            return None;
+        }
+        let seq = link.transmitted + 1;
+        let payload = link.state.as_ref()?.message(seq)?.clone();
+        if link.unacked_deliveries() > 0 {
+            // Piggyback: the ACK goes out in the same write as the SDATA that follows it.
+            let ack = self.take_ack(now, true)?;
+            let mut buf = BytesMut::new();
+            self.encode(&ack, &mut buf, now);
+            return self.out(buf);
+        }
+        let link = self.session.as_mut()?;
+        link.transmitted = seq;
+        self.stats.messages_out += 1;
+        self.stats.data_out += 1;
+        self.last_data = self.last_data.max(now);
+        if let Some(lv) = &mut self.liveness {
+            lv.on_send_data(now);
+        }
+        // The length was checked against the peer's limit in `send`.
+        let length = (payload.len() + 1 + 8) as u32;
+        let mut buf = BytesMut::with_capacity(SDATA_OVERHEAD + payload.len().min(COPY_THRESHOLD));
+        buf.put_u32(length);
+        buf.put_u8(Message::SDATA);
+        buf.put_u64(seq);
+        if payload.len() > COPY_THRESHOLD {
+            self.partial = Some(payload);
+        } else {
+            buf.put_slice(&payload);
+        }
+        self.out(buf)
+    }
+
     fn out(&mut self, buf: BytesMut) -> Option<Bytes> {
         if buf.is_empty() {
             return None;
@@ -916,11 +1400,15 @@ impl Connection {
         match self.state {
             State::Handshaking => Some(self.handshake_deadline),
             State::Open => {
-                let liveness = self.liveness.as_ref().and_then(Liveness::poll_timeout);
-                match (liveness, self.idle_deadline()) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                }
+                let ack_due = self.session.as_ref().and_then(|l| l.ack_due);
+                [
+                    self.liveness.as_ref().and_then(Liveness::poll_timeout),
+                    self.idle_deadline(),
+                    ack_due,
+                ]
+                .into_iter()
+                .flatten()
+                .min()
             }
             State::Closing => match self.close_sent_at {
                 Some(at) => Some(at.checked_add(self.config.linger).unwrap_or(at)),
@@ -1056,6 +1544,15 @@ impl Connection {
 
     fn enter_closed(&mut self) {
         self.state = State::Closed;
+        if let Some(link) = self.session.as_mut().filter(|l| l.ended) {
+            if let Some(session) = link.state.as_mut() {
+                let unacked = session.take_unacked();
+                if !unacked.is_empty() {
+                    let id = session.id();
+                    self.events.push_back(Event::SessionLost { id, unacked });
+                }
+            }
+        }
         self.data.clear();
         self.queued_bytes = 0;
         self.pong = None;
@@ -2046,5 +2543,346 @@ mod tests {
             prop_assert!(n_closed <= 1);
             prop_assert!(c.is_closed());
         }
+    }
+
+    // ---- sessions (section 12) ----
+
+    /// A client and a server machine joined by a lossy pipe that can be cut at any moment:
+    /// bytes in flight are lost and both sides see the stream end. Sessions move to the next
+    /// connection (client) or into the store (server).
+    struct SessionSim {
+        now: Instant,
+        rng: u64,
+        config: ConnectionConfig,
+        client: Connection,
+        server: Connection,
+        store: crate::session::SessionStore,
+        /// Messages each side's application has sent so far (payload = its number).
+        sent_c: u32,
+        sent_s: u32,
+        /// What each application received, in order.
+        got_c: Vec<u32>,
+        got_s: Vec<u32>,
+        /// Messages handed back as lost (resumption impossible or session ended).
+        lost_c: Vec<u32>,
+        lost_s: Vec<u32>,
+        cuts: u32,
+        resumed: u32,
+        /// Messages resent after resumptions (both sides).
+        resent: u64,
+    }
+
+    impl SessionSim {
+        fn new(seed: u64) -> Self {
+            let config = ConnectionConfig {
+                sessions: Some(SessionConfig {
+                    ack_every: 8,
+                    ack_delay: ms(5),
+                }),
+                max_queued_bytes: 4096,
+                ..cfg(5, 5)
+            };
+            let now = Instant::now();
+            let session = Session::new([0x5e; 16]);
+            SessionSim {
+                now,
+                rng: seed | 1,
+                client: Connection::with_session(config.clone(), session, now).unwrap(),
+                server: Connection::new(config.clone(), now).unwrap(),
+                config,
+                store: crate::session::SessionStore::new(secs(60), 16),
+                sent_c: 0,
+                sent_s: 0,
+                got_c: Vec::new(),
+                got_s: Vec::new(),
+                lost_c: Vec::new(),
+                lost_s: Vec::new(),
+                cuts: 0,
+                resumed: 0,
+                resent: 0,
+            }
+        }
+
+        fn rand(&mut self, n: u64) -> u64 {
+            self.rng ^= self.rng << 13;
+            self.rng ^= self.rng >> 7;
+            self.rng ^= self.rng << 17;
+            self.rng % n
+        }
+
+        fn number(payload: &Bytes) -> u32 {
+            u32::from_be_bytes(payload[..4].try_into().unwrap())
+        }
+
+        /// Drains both machines' events.
+        fn events(&mut self) {
+            while let Some(e) = self.client.poll_event() {
+                match e {
+                    Event::Data(p) => self.got_c.push(Self::number(&p)),
+                    Event::SessionLost { unacked, .. } => {
+                        self.lost_c.extend(unacked.iter().map(Self::number))
+                    }
+                    Event::SessionStarted {
+                        status, resending, ..
+                    } => {
+                        self.resumed += u32::from(status == ResumeStatus::Resumed);
+                        self.resent += resending;
+                    }
+                    Event::Closed {
+                        error: Some(ConnectionError::Wire(e)),
+                        ..
+                    } => {
+                        panic!("client protocol error: {e}")
+                    }
+                    _ => {}
+                }
+            }
+            while let Some(e) = self.server.poll_event() {
+                match e {
+                    Event::Data(p) => self.got_s.push(Self::number(&p)),
+                    Event::SessionRequest { id, .. } => {
+                        let found = self.store.take(&id, self.now);
+                        self.server.attach_session(found, self.now);
+                    }
+                    Event::SessionStarted { resending, .. } => self.resent += resending,
+                    Event::SessionLost { unacked, .. } => {
+                        self.lost_s.extend(unacked.iter().map(Self::number))
+                    }
+                    Event::Closed {
+                        error: Some(ConnectionError::Wire(e)),
+                        ..
+                    } => {
+                        panic!("server protocol error: {e}")
+                    }
+                    _ => {}
+                }
+            }
+        }
+
+        /// Moves up to `budget` bytes each way, in random pieces.
+        fn pump(&mut self, budget: usize) {
+            for to_server in [true, false] {
+                let mut moved = 0;
+                while moved < budget {
+                    let (src, dst) = if to_server {
+                        (&mut self.client, &mut self.server)
+                    } else {
+                        (&mut self.server, &mut self.client)
+                    };
+                    let Some(chunk) = src.poll_transmit(self.now) else {
+                        break;
+                    };
+                    moved += chunk.len();
+                    dst.recv_buf().extend_from_slice(&chunk);
+                    dst.process_input(self.now);
+                }
+            }
+            self.events();
+        }
+
+        /// Each application sends what its connection accepts, up to `until`.
+        fn send(&mut self, until: u32) {
+            while self.sent_c < until {
+                let m = Bytes::from((self.sent_c + 1).to_be_bytes().to_vec());
+                if self.client.send(m, self.now).is_err() {
+                    break;
+                }
+                self.sent_c += 1;
+            }
+            while self.sent_s < until && self.server.state() == State::Open {
+                let m = Bytes::from((self.sent_s + 1).to_be_bytes().to_vec());
+                if self.server.send(m, self.now).is_err() {
+                    break;
+                }
+                self.sent_s += 1;
+            }
+        }
+
+        fn tick(&mut self, d: Duration) {
+            self.now += d;
+            self.client.handle_timeout(self.now);
+            self.server.handle_timeout(self.now);
+            self.events();
+        }
+
+        /// The link dies: bytes in flight are lost (some already transmitted ones too), both
+        /// sides see the stream end, sessions move on, a new connection starts.
+        fn cut(&mut self) {
+            self.cuts += 1;
+            // Some output is transmitted into the void.
+            for _ in 0..self.rand(4) {
+                let _ = self.client.poll_transmit(self.now);
+                let _ = self.server.poll_transmit(self.now);
+            }
+            self.client.handle_eof(self.now);
+            self.server.handle_eof(self.now);
+            self.events();
+            let client_session = self
+                .client
+                .take_session()
+                .expect("client keeps its session");
+            if let Some(s) = self.server.take_session() {
+                self.store.detach(s, self.now);
+            }
+            self.client =
+                Connection::with_session(self.config.clone(), client_session, self.now).unwrap();
+            self.server = Connection::new(self.config.clone(), self.now).unwrap();
+        }
+
+        /// Sends `total` messages each way with `cuts` link failures at random points, then
+        /// runs to quiescence; checks exactly-once, in-order delivery both ways.
+        fn run(&mut self, total: u32, cuts: u32) {
+            let mut steps = 0;
+            while (self.got_s.len() as u32) < total || (self.got_c.len() as u32) < total {
+                steps += 1;
+                assert!(
+                    steps < 200_000,
+                    "no progress: {} {}",
+                    self.got_s.len(),
+                    self.got_c.len()
+                );
+                self.send(total);
+                let budget = 1 + self.rand(400) as usize;
+                self.pump(budget);
+                self.tick(ms(1));
+                if self.cuts < cuts && self.rand(6) == 0 {
+                    self.cut();
+                }
+            }
+            let expect: Vec<u32> = (1..=total).collect();
+            assert_eq!(self.got_s, expect, "server received");
+            assert_eq!(self.got_c, expect, "client received");
+            assert!(self.lost_c.is_empty() && self.lost_s.is_empty());
+        }
+    }
+
+    #[test]
+    fn session_delivers_exactly_once_in_order_across_many_cuts() {
+        let mut sim = SessionSim::new(0xC0FFEE);
+        sim.run(3_000, 40);
+        assert_eq!(sim.cuts, 40);
+        assert!(sim.resumed >= 30, "only {} resumptions", sim.resumed);
+        assert!(sim.resent > 100, "only {} messages resent", sim.resent);
+        // Resends happened and duplicates were dropped rather than delivered.
+        let c = sim.client.session().unwrap();
+        assert_eq!(c.delivered(), 3_000);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn session_exactly_once_for_any_cut_pattern(seed in any::<u64>(), cuts in 0u32..25) {
+            let mut sim = SessionSim::new(seed);
+            sim.run(600, cuts);
+        }
+    }
+
+    #[test]
+    fn session_retransmit_buffer_is_bounded_by_the_queue_limit() {
+        let mut sim = SessionSim::new(7);
+        // Nothing moves: the client can only buffer up to max_queued_bytes (4096).
+        sim.send(10_000);
+        let buffered = sim.client.queued_bytes();
+        assert!(buffered <= 4096, "{buffered}");
+        assert_eq!(sim.sent_c as usize, 4096 / (4 + SDATA_OVERHEAD));
+        assert!(matches!(
+            sim.client.send(Bytes::from_static(b"more"), sim.now),
+            Err(SendError::QueueFull { limit: 4096, .. })
+        ));
+        // Acknowledgements make room.
+        sim.run(sim.sent_c, 0);
+        assert_eq!(sim.client.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn session_lost_when_the_server_no_longer_has_it() {
+        let mut sim = SessionSim::new(11);
+        sim.run(50, 0);
+        // Unacknowledged messages in flight, then the link dies and the server restarts.
+        for i in 51..=60u32 {
+            sim.client
+                .send(Bytes::from(i.to_be_bytes().to_vec()), sim.now)
+                .unwrap();
+        }
+        sim.sent_c = 60;
+        sim.cut();
+        sim.store = crate::session::SessionStore::new(secs(60), 16); // restarted: empty
+        sim.pump(1 << 20);
+        sim.pump(1 << 20);
+        // The application gets the 10 messages back, the session goes on as a new one.
+        assert_eq!(sim.lost_c, (51..=60).collect::<Vec<_>>());
+        let session = sim.client.session().unwrap();
+        assert_eq!((session.next_seq(), session.delivered()), (1, 0));
+        sim.client
+            .send(Bytes::from(1000u32.to_be_bytes().to_vec()), sim.now)
+            .unwrap();
+        sim.pump(1 << 20);
+        assert_eq!(sim.got_s.last(), Some(&1000));
+    }
+
+    #[test]
+    fn session_ends_with_a_normal_close() {
+        let mut sim = SessionSim::new(3);
+        sim.run(20, 0);
+        sim.client.close(CloseCode::Normal, "done", sim.now);
+        for _ in 0..4 {
+            sim.pump(1 << 20);
+        }
+        assert!(sim.client.is_closed() && sim.server.is_closed());
+        assert!(sim.client.take_session().is_none());
+        assert!(sim.server.take_session().is_none());
+        assert!(sim.lost_c.is_empty() && sim.lost_s.is_empty());
+    }
+
+    #[test]
+    fn session_unavailable_when_the_peer_does_not_offer() {
+        let mut net = Net::new(cfg(5, 5), cfg(5, 5));
+        net.a = Connection::with_session(cfg(5, 5), Session::new([1; 16]), net.now).unwrap();
+        net.run_until(net.now + ms(10));
+        assert!(net.ev_a.iter().any(|e| matches!(
+            e,
+            Event::Closed {
+                error: Some(ConnectionError::SessionUnavailable),
+                code: CloseCode::UnsupportedVersion,
+                ..
+            }
+        )));
+    }
+
+    #[test]
+    fn session_messages_out_of_place_are_protocol_errors() {
+        let offer = ConnectionConfig {
+            sessions: Some(SessionConfig::default()),
+            ..cfg(5, 5)
+        };
+        for bad in [
+            Message::Ack(1),
+            Message::Resume {
+                status: ResumeStatus::New,
+                delivered: 0,
+            },
+            Message::SessionData {
+                seq: 1,
+                payload: Bytes::new(),
+            },
+        ] {
+            let mut c = Connection::new(offer.clone(), Instant::now()).unwrap();
+            let now = Instant::now();
+            c.handle_input(&hello_with(|_| {}), now);
+            c.handle_input(&encode(&bad), now);
+            let ev = events(&mut c);
+            assert_eq!(
+                closed_code(&ev),
+                Some((CloseCode::ProtocolError, false)),
+                "{bad:?}"
+            );
+        }
+        // DATA inside a session is refused too.
+        let mut sim = SessionSim::new(5);
+        sim.run(1, 0);
+        sim.server
+            .handle_input(&encode(&Message::Data(Bytes::from_static(b"x"))), sim.now);
+        let ev = events(&mut sim.server);
+        assert_eq!(closed_code(&ev), Some((CloseCode::ProtocolError, false)));
     }
 }

@@ -18,6 +18,9 @@
 //!   time, Netty-style idle events, ping-flood strikes, RFC 6298 RTT estimation).
 //! - [`raw`]: keep-alive for peers that don't speak framelink's protocol: a user's framing, an
 //!   optional ping frame and a pong matcher, driven by the same liveness machine.
+//! - [`session`]: acknowledged sessions: sequence numbers, cumulative ACKs, a bounded
+//!   retransmit buffer and resumption across connections, plus the accepting side's store of
+//!   detached sessions.
 //! - [`machine`]: the [`machine::Machine`] trait both connection kinds implement, so one runtime
 //!   driver runs either.
 //! - [`wire`]: the framelink wire protocol v1 (HELLO, DATA, PING, PONG, CLOSE, extensions) and its
@@ -31,6 +34,7 @@ pub mod connection;
 pub mod liveness;
 pub mod machine;
 pub mod raw;
+pub mod session;
 pub mod wire;
 
 pub use codec::{FrameDecoder, FrameEncoder, Framing};

@@ -100,7 +100,7 @@ impl Machine for Connection {
         self.config().max_queued_bytes
     }
     fn message_cost(&self, len: usize) -> usize {
-        len.saturating_add(crate::connection::DATA_OVERHEAD)
+        Connection::message_cost(self, len)
     }
     fn check_message(&self, payload: &[u8]) -> Result<(), SendError> {
         let max = self.peer_hello().map_or(u32::MAX, |h| h.max_message_len);

@@ -9,9 +9,10 @@
 //! length: u32 big-endian (bytes that follow, >= 1) | type: u8 | body: length - 1 bytes
 //! ```
 //!
-//! with types `0x01 HELLO`, `0x02 DATA`, `0x03 PING`, `0x04 PONG`, `0x05 CLOSE`, `0x06`/`0x07`
-//! reserved for acknowledged sessions, `0x08..=0x7F` reserved, and `0x80..=0xFF` extension messages
-//! that a receiver ignores when it does not understand them.
+//! with types `0x01 HELLO`, `0x02 DATA`, `0x03 PING`, `0x04 PONG`, `0x05 CLOSE`, the acknowledged
+//! session messages `0x06 ACK`, `0x07 RESUME` and `0x08 SDATA` (only after a session was
+//! negotiated through the HELLO extension [`SESSION_EXTENSION`]), `0x09..=0x7F` reserved, and
+//! `0x80..=0xFF` extension messages that a receiver ignores when it does not understand them.
 //!
 //! Framing is done by [`LengthFieldCodec`], so the receiver's `max_message_len` is enforced as soon
 //! as the four length bytes arrive, buffers grow with the bytes actually received (never by a
@@ -64,6 +65,9 @@ pub const MIN_MAX_MESSAGE_LEN: u32 = 4096;
 /// Bytes of the length field in front of every message.
 pub const LENGTH_FIELD_LEN: usize = 4;
 
+/// HELLO extension type negotiating an acknowledged session (section 12 of `docs/PROTOCOL.md`).
+pub const SESSION_EXTENSION: u16 = 0x0001;
+
 /// The protocol version two peers use, given the lowest and highest version this side speaks and
 /// the highest the peer announced in its HELLO: `min(own_highest, peer_highest)`, or `None` when that
 /// is below `own_lowest` (send CLOSE [`CloseCode::UnsupportedVersion`] and close).
@@ -107,6 +111,25 @@ pub enum Message {
         /// Human-readable detail, at most [`MAX_CLOSE_REASON`] bytes of UTF-8.
         reason: String,
     },
+    /// `0x06` (sessions only): the sender has delivered every SDATA of the session up to and
+    /// including this sequence number (cumulative).
+    Ack(u64),
+    /// `0x07` (sessions only): the accepting side's answer to a session request, sent once
+    /// right after the handshake.
+    Resume {
+        /// What happened to the session.
+        status: ResumeStatus,
+        /// The last sequence number of the requester's SDATA that the accepting side delivered
+        /// in this session (0: none).
+        delivered: u64,
+    },
+    /// `0x08` (sessions only): an application payload with its sequence number in the session.
+    SessionData {
+        /// Sequence number: 1 for the session's first message, then one more per message.
+        seq: u64,
+        /// The payload (may be empty).
+        payload: Bytes,
+    },
     /// `0x80..=0xFF`: an extension message; ignore it unless its type was agreed on.
     Extension {
         /// The message type, `0x80..=0xFF`.
@@ -127,10 +150,12 @@ impl Message {
     pub const PONG: u8 = 0x04;
     /// Type byte of CLOSE.
     pub const CLOSE: u8 = 0x05;
-    /// Type byte reserved for ACK (acknowledged sessions, a later version).
+    /// Type byte of ACK (acknowledged sessions).
     pub const ACK: u8 = 0x06;
-    /// Type byte reserved for RESUME (acknowledged sessions, a later version).
+    /// Type byte of RESUME (acknowledged sessions).
     pub const RESUME: u8 = 0x07;
+    /// Type byte of SDATA, sequenced DATA (acknowledged sessions).
+    pub const SDATA: u8 = 0x08;
     /// Lowest extension message type.
     pub const FIRST_EXTENSION: u8 = 0x80;
 
@@ -142,6 +167,9 @@ impl Message {
             Message::Ping(_) => Self::PING,
             Message::Pong(_) => Self::PONG,
             Message::Close { .. } => Self::CLOSE,
+            Message::Ack(_) => Self::ACK,
+            Message::Resume { .. } => Self::RESUME,
+            Message::SessionData { .. } => Self::SDATA,
             Message::Extension { ty, .. } => *ty,
         }
     }
@@ -152,6 +180,9 @@ impl Message {
             Message::Hello(h) => h.body_len(),
             Message::Data(b) | Message::Ping(b) | Message::Pong(b) => b.len(),
             Message::Close { reason, .. } => 2 + reason.len(),
+            Message::Ack(_) => 8,
+            Message::Resume { .. } => 9,
+            Message::SessionData { payload, .. } => 8 + payload.len(),
             Message::Extension { body, .. } => body.len(),
         }
     }
@@ -218,6 +249,90 @@ impl Hello {
     /// True when the session id is not all zero.
     pub fn has_session(&self) -> bool {
         self.session_id != [0; 16]
+    }
+}
+
+/// What a RESUME reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ResumeStatus {
+    /// `0`: a new session was created (the requester announced `delivered = 0`).
+    New,
+    /// `1`: the session was found and continues: each side resends what the other has not
+    /// delivered.
+    Resumed,
+    /// `2`: the requester announced a session the accepting side does not have (expired,
+    /// or the server restarted): a new session was created under the same id, numbering
+    /// starts again at 1, and the requester must report its unacknowledged messages as lost.
+    Unknown,
+}
+
+impl ResumeStatus {
+    /// The wire value.
+    pub fn as_u8(self) -> u8 {
+        match self {
+            ResumeStatus::New => 0,
+            ResumeStatus::Resumed => 1,
+            ResumeStatus::Unknown => 2,
+        }
+    }
+
+    /// The status for a wire value, if it is one.
+    pub fn from_u8(value: u8) -> Option<Self> {
+        match value {
+            0 => Some(ResumeStatus::New),
+            1 => Some(ResumeStatus::Resumed),
+            2 => Some(ResumeStatus::Unknown),
+            _ => None,
+        }
+    }
+}
+
+/// The session extension of a HELLO ([`SESSION_EXTENSION`], 9 bytes of data).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SessionHello {
+    /// `role = 1`: the sender (the connecting side) asks for the session named by the HELLO's
+    /// `session_id`, new or to resume, and has delivered the peer's SDATA up to `delivered`.
+    Request {
+        /// Last sequence number of the peer's SDATA delivered in this session (0: none).
+        delivered: u64,
+    },
+    /// `role = 2`: the sender (the accepting side) keeps sessions and will answer a request
+    /// with RESUME.
+    Offer,
+}
+
+impl SessionHello {
+    /// The extension as it goes into [`Hello::extensions`].
+    pub fn to_extension(self) -> HelloExtension {
+        let (role, delivered) = match self {
+            SessionHello::Request { delivered } => (1u8, delivered),
+            SessionHello::Offer => (2u8, 0),
+        };
+        let mut data = BytesMut::with_capacity(9);
+        data.put_u8(role);
+        data.put_u64(delivered);
+        HelloExtension {
+            ty: SESSION_EXTENSION,
+            data: data.freeze(),
+        }
+    }
+
+    /// The session extension of `hello`, if it has a well-formed one (the first one counts;
+    /// a malformed one is ignored, like any extension a receiver does not understand).
+    pub fn from_hello(hello: &Hello) -> Option<Self> {
+        let e = hello
+            .extensions
+            .iter()
+            .find(|e| e.ty == SESSION_EXTENSION)?;
+        if e.data.len() != 9 {
+            return None;
+        }
+        let delivered = u64::from_be_bytes(e.data[1..9].try_into().ok()?);
+        match e.data[0] {
+            1 => Some(SessionHello::Request { delivered }),
+            2 => Some(SessionHello::Offer),
+            _ => None,
+        }
     }
 }
 
@@ -338,11 +453,47 @@ pub enum Violation {
         /// The receiver's `max_message_len`.
         max: u32,
     },
-    /// A reserved type (`0x06..=0x7F`; `0x06`/`0x07` without a negotiated session extension).
+    /// A reserved type (`0x09..=0x7F`).
     #[error("reserved message type {ty:#04x}")]
     ReservedType {
         /// The type byte.
         ty: u8,
+    },
+    /// A session message (ACK, RESUME, SDATA) or a DATA that does not fit the connection: a
+    /// session message without a negotiated session, DATA inside one, a RESUME out of place.
+    #[error("{what} not allowed here: {why}")]
+    Unexpected {
+        /// The message type's name.
+        what: &'static str,
+        /// Why not.
+        why: &'static str,
+    },
+    /// A fixed-size message body of the wrong size.
+    #[error("{what} body of {got} bytes, expected {expected}")]
+    BodyLength {
+        /// The message type's name.
+        what: &'static str,
+        /// The expected size.
+        expected: &'static str,
+        /// Bytes in the body.
+        got: usize,
+    },
+    /// A RESUME status this version does not define.
+    #[error("RESUME status {status} is not defined")]
+    BadResumeStatus {
+        /// The status byte.
+        status: u8,
+    },
+    /// A session sequence number out of order, or an ACK / RESUME acknowledging something
+    /// impossible (more than was sent, or less than already acknowledged).
+    #[error("session sequence error: {what} {got}, expected {expected}")]
+    SessionSequence {
+        /// Which number.
+        what: &'static str,
+        /// The number received.
+        got: u64,
+        /// What was acceptable.
+        expected: String,
     },
     /// The peer's first message is not HELLO.
     #[error("expected HELLO as the first message, got type {ty:#04x}")]
@@ -741,6 +892,15 @@ impl WireCodec {
                 dst.put_u16(code.as_u16());
                 dst.put_slice(reason.as_bytes());
             }
+            Message::Ack(seq) => dst.put_u64(*seq),
+            Message::Resume { status, delivered } => {
+                dst.put_u8(status.as_u8());
+                dst.put_u64(*delivered);
+            }
+            Message::SessionData { seq, payload } => {
+                dst.put_u64(*seq);
+                dst.put_slice(payload);
+            }
             Message::Extension { body, .. } => dst.put_slice(body),
         }
         Ok(())
@@ -859,9 +1019,45 @@ fn parse_body(ty: u8, body: Bytes) -> Result<Message, Violation> {
                 .to_owned();
             Ok(Message::Close { code, reason })
         }
+        Message::ACK => {
+            let seq = fixed_body::<8>("ACK", &body)?;
+            Ok(Message::Ack(u64::from_be_bytes(seq)))
+        }
+        Message::RESUME => {
+            let b = fixed_body::<9>("RESUME", &body)?;
+            let status =
+                ResumeStatus::from_u8(b[0]).ok_or(Violation::BadResumeStatus { status: b[0] })?;
+            let delivered = u64::from_be_bytes(b[1..].try_into().expect("8 bytes"));
+            Ok(Message::Resume { status, delivered })
+        }
+        Message::SDATA => {
+            if body.len() < 8 {
+                return Err(Violation::BodyLength {
+                    what: "SDATA",
+                    expected: "at least 8",
+                    got: body.len(),
+                });
+            }
+            let mut body = body;
+            let seq = body.get_u64();
+            Ok(Message::SessionData { seq, payload: body })
+        }
         0x80..=0xFF => Ok(Message::Extension { ty, body }),
         _ => Err(Violation::ReservedType { ty }),
     }
+}
+
+/// The body of a fixed-size message, or the violation naming it.
+fn fixed_body<const N: usize>(what: &'static str, body: &[u8]) -> Result<[u8; N], Violation> {
+    body.try_into().map_err(|_| Violation::BodyLength {
+        what,
+        expected: match N {
+            8 => "8",
+            9 => "9",
+            _ => "fixed",
+        },
+        got: body.len(),
+    })
 }
 
 /// Parses a HELLO body.
@@ -1035,8 +1231,53 @@ mod tests {
                 ty: 0xff,
                 body: Bytes::new(),
             },
-            "error-ack-reserved" => return Err(proto(Violation::ReservedType { ty: 0x06 })),
-            "error-resume-reserved" => return Err(proto(Violation::ReservedType { ty: 0x07 })),
+            "hello-session-request" => Message::Hello(Hello {
+                session_id: core::array::from_fn(|i| i as u8),
+                extensions: vec![SessionHello::Request { delivered: 7 }.to_extension()],
+                ..Hello::default()
+            }),
+            "hello-session-offer" => Message::Hello(Hello {
+                extensions: vec![SessionHello::Offer.to_extension()],
+                ..Hello::default()
+            }),
+            "resume-new" => Message::Resume {
+                status: ResumeStatus::New,
+                delivered: 0,
+            },
+            "resume-resumed" => Message::Resume {
+                status: ResumeStatus::Resumed,
+                delivered: 16,
+            },
+            "resume-unknown" => Message::Resume {
+                status: ResumeStatus::Unknown,
+                delivered: 0,
+            },
+            "ack-42" => Message::Ack(42),
+            "sdata-hello" => Message::SessionData {
+                seq: 1,
+                payload: b(b"hello"),
+            },
+            "sdata-empty" => Message::SessionData {
+                seq: 2,
+                payload: Bytes::new(),
+            },
+            "error-ack-short" => {
+                return Err(proto(Violation::BodyLength {
+                    what: "ACK",
+                    expected: "8",
+                    got: 0,
+                }))
+            }
+            "error-resume-bad-status" => {
+                return Err(proto(Violation::BadResumeStatus { status: 3 }))
+            }
+            "error-sdata-short" => {
+                return Err(proto(Violation::BodyLength {
+                    what: "SDATA",
+                    expected: "at least 8",
+                    got: 4,
+                }))
+            }
             "error-reserved-type" => return Err(proto(Violation::ReservedType { ty: 0x7f })),
             "error-zero-length" => return Err(proto(Violation::ZeroLength)),
             "error-too-long" => {
@@ -1067,7 +1308,7 @@ mod tests {
     #[test]
     fn vectors_decode_and_encode_as_documented() {
         let rows = tsv_rows();
-        assert_eq!(rows.len(), 24);
+        assert_eq!(rows.len(), 33);
         for (name, hex_text) in rows {
             let wire = hex(hex_text);
             let want = expected(name);

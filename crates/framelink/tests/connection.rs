@@ -437,8 +437,8 @@ async fn a_stalled_reader_triggers_backpressure_not_growth() {
         ..DriverConfig::default()
     };
     let writer = connection::spawn_with(a, &Protocol::Framelink(sender_cfg), driver).unwrap();
-    let reader = connection::spawn_with(b, &Protocol::Framelink(config(30_000, 30_000)), driver)
-        .unwrap();
+    let reader =
+        connection::spawn_with(b, &Protocol::Framelink(config(30_000, 30_000)), driver).unwrap();
     let (tx, _wrx) = writer.split();
     let (_rtx, mut rx) = reader.split();
     connected(&mut rx).await;
@@ -454,11 +454,18 @@ async fn a_stalled_reader_triggers_backpressure_not_growth() {
             Ok(Err(e)) => panic!("send failed: {e}"),
             Err(_) => break, // blocked: backpressure reached the sender
         }
-        assert!(sent < 100_000, "send never blocked: memory would grow without bound");
+        assert!(
+            sent < 100_000,
+            "send never blocked: memory would grow without bound"
+        );
     }
     // Bounded on both sides: the writer's queue by its limit, the reader's buffered messages
     // by its high watermark plus one read; the rest sits in the kernel's socket buffers.
-    assert!(tx.queued_bytes() <= limit, "{} > {limit}", tx.queued_bytes());
+    assert!(
+        tx.queued_bytes() <= limit,
+        "{} > {limit}",
+        tx.queued_bytes()
+    );
     assert!(
         rx.buffered_bytes() <= 32 * 1024 + 16 * 1024 + 1024,
         "reader buffered {} bytes",
@@ -478,7 +485,10 @@ async fn a_stalled_reader_triggers_backpressure_not_growth() {
         let m = timeout(DEADLINE, rx.recv()).await.unwrap().unwrap();
         assert_eq!(&m[..4], &i.to_be_bytes());
     }
-    assert_eq!(timeout(DEADLINE, rx.recv()).await.unwrap().unwrap(), "after the stall");
+    assert_eq!(
+        timeout(DEADLINE, rx.recv()).await.unwrap().unwrap(),
+        "after the stall"
+    );
     more.await.unwrap().unwrap();
     eprintln!("{sent} KiB accepted before the sender blocked (queue limit 256 KiB)");
 }

@@ -1,0 +1,440 @@
+//! Acknowledged sessions: the state that outlives a connection so that no message is lost or
+//! duplicated across reconnects (section 12 of `docs/PROTOCOL.md`).
+//!
+//! A [`Session`] holds both directions of one session:
+//!
+//! - **sending**: every message gets the next sequence number (1, 2, ...) and stays in a bounded
+//!   retransmit buffer until the peer's cumulative ACK covers it. After a reconnect, sending
+//!   starts again right after the last sequence number the peer says it delivered.
+//! - **receiving**: the last sequence number delivered to the application; anything at or
+//!   below it is a duplicate and dropped, anything beyond the next one is a gap (impossible over
+//!   one TCP connection: a protocol error).
+//!
+//! The protocol [`Connection`](crate::connection::Connection) drives a session while it is
+//! attached: [`Connection::with_session`](crate::connection::Connection::with_session) on the
+//! connecting side, [`Connection::attach_session`](crate::connection::Connection::attach_session)
+//! on the accepting side, and [`Connection::take_session`](crate::connection::Connection::take_session)
+//! to get it back after the connection closed, to keep it for the next one (or in a
+//! [`SessionStore`] on the accepting side). Like everything in this crate it does no I/O and
+//! reads no clock.
+//!
+//! ```
+//! use bytes::Bytes;
+//! use framelink_proto::session::{Received, Session};
+//!
+//! let mut alice = Session::new([1; 16]);
+//! let mut bob = Session::new([1; 16]);
+//! let seq = alice.push(Bytes::from_static(b"hi"), usize::MAX).unwrap();
+//! assert_eq!(seq, 1);
+//! assert_eq!(bob.receive(1), Received::Deliver);
+//! assert_eq!(bob.receive(1), Received::Duplicate); // a resend after a reconnect
+//! alice.ack(bob.delivered()).unwrap();
+//! assert_eq!(alice.unacked_len(), 0);
+//! ```
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+/// Bytes each buffered message counts for on top of its payload (the SDATA header).
+pub const SDATA_OVERHEAD: usize = 13;
+
+/// Session limits and acknowledgement policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// Send an ACK after this many delivered messages since the last one. Default 32.
+    pub ack_every: u32,
+    /// ... or this long after the first message not yet acknowledged, whichever comes first.
+    /// An ACK also goes out ahead of any SDATA we send. Default 10 ms.
+    pub ack_delay: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            ack_every: 32,
+            ack_delay: Duration::from_millis(10),
+        }
+    }
+}
+
+/// What to do with a received sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Received {
+    /// The next one: deliver it (already counted as delivered).
+    Deliver,
+    /// Delivered before (a resend): drop it.
+    Duplicate,
+    /// Beyond the next one: messages are missing, which TCP cannot do. Protocol error.
+    Gap {
+        /// The sequence number that was due.
+        expected: u64,
+    },
+}
+
+/// Why a session operation was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The retransmit buffer is full: wait for acknowledgements.
+    #[error(
+        "session send buffer full: {buffered} bytes buffered, {len} more would exceed {limit}"
+    )]
+    BufferFull {
+        /// Bytes buffered (payload + 13 per message).
+        buffered: usize,
+        /// Bytes this message would add.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The peer acknowledged (or claimed to have delivered) a sequence number outside
+    /// `acked..next_seq`.
+    #[error("peer acknowledged {got}, but only {acked}..={sent} is possible")]
+    BadAck {
+        /// The number received.
+        got: u64,
+        /// What was already acknowledged.
+        acked: u64,
+        /// The last sequence number sent.
+        sent: u64,
+    },
+}
+
+/// One session's state, both directions. See the [module documentation](self).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    id: [u8; 16],
+    /// Sequence number of `buffer[0]`; everything before it is acknowledged.
+    base: u64,
+    /// Sent (or to be sent) and not yet acknowledged, from `base` on.
+    buffer: VecDeque<Bytes>,
+    /// Payload + [`SDATA_OVERHEAD`] per message in `buffer`.
+    buffered_bytes: usize,
+    /// The last sequence number of the peer's messages delivered to the application.
+    delivered: u64,
+    /// The peer confirmed this session at least once (a RESUME, either status).
+    established: bool,
+}
+
+impl Session {
+    /// A new, empty session named `id` (not all zero: that means "no session" on the wire).
+    pub fn new(id: [u8; 16]) -> Self {
+        Session {
+            id,
+            base: 1,
+            buffer: VecDeque::new(),
+            buffered_bytes: 0,
+            delivered: 0,
+            established: false,
+        }
+    }
+
+    /// The session id.
+    pub fn id(&self) -> [u8; 16] {
+        self.id
+    }
+
+    /// The sequence number the next pushed message gets.
+    pub fn next_seq(&self) -> u64 {
+        self.base + self.buffer.len() as u64
+    }
+
+    /// Everything up to here is acknowledged by the peer.
+    pub fn acked(&self) -> u64 {
+        self.base - 1
+    }
+
+    /// The last sequence number of the peer's messages delivered here.
+    pub fn delivered(&self) -> u64 {
+        self.delivered
+    }
+
+    /// Messages not yet acknowledged.
+    pub fn unacked_len(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// Bytes they count for (payload + [`SDATA_OVERHEAD`] each).
+    pub fn buffered_bytes(&self) -> usize {
+        self.buffered_bytes
+    }
+
+    /// The peer confirmed the session at least once.
+    pub fn is_established(&self) -> bool {
+        self.established
+    }
+
+    pub(crate) fn set_established(&mut self) {
+        self.established = true;
+    }
+
+    /// Nothing sent, nothing received: a session nobody has used yet.
+    pub fn is_fresh(&self) -> bool {
+        self.base == 1 && self.buffer.is_empty() && self.delivered == 0
+    }
+
+    /// Appends a message to send, if the buffer stays within `limit` bytes; returns its
+    /// sequence number.
+    pub fn push(&mut self, payload: Bytes, limit: usize) -> Result<u64, SessionError> {
+        let len = payload.len().saturating_add(SDATA_OVERHEAD);
+        if self.buffered_bytes.saturating_add(len) > limit {
+            return Err(SessionError::BufferFull {
+                buffered: self.buffered_bytes,
+                len,
+                limit,
+            });
+        }
+        let seq = self.next_seq();
+        self.buffer.push_back(payload);
+        self.buffered_bytes += len;
+        Ok(seq)
+    }
+
+    /// The buffered message with sequence number `seq`, if not acknowledged yet.
+    pub fn message(&self, seq: u64) -> Option<&Bytes> {
+        let index = seq.checked_sub(self.base)?;
+        self.buffer.get(usize::try_from(index).ok()?)
+    }
+
+    /// The peer delivered everything up to `seq`: drop it from the buffer. Acknowledging less
+    /// than before is harmless; acknowledging what was never sent is an error.
+    pub fn ack(&mut self, seq: u64) -> Result<(), SessionError> {
+        let sent = self.next_seq() - 1;
+        if seq > sent {
+            return Err(SessionError::BadAck {
+                got: seq,
+                acked: self.acked(),
+                sent,
+            });
+        }
+        while self.base <= seq {
+            if let Some(payload) = self.buffer.pop_front() {
+                self.buffered_bytes -= payload.len() + SDATA_OVERHEAD;
+            }
+            self.base += 1;
+        }
+        if self.buffer.is_empty() {
+            self.buffer = VecDeque::new();
+        }
+        Ok(())
+    }
+
+    /// Classifies a received sequence number; [`Received::Deliver`] counts it as delivered.
+    pub fn receive(&mut self, seq: u64) -> Received {
+        if seq <= self.delivered {
+            Received::Duplicate
+        } else if seq == self.delivered + 1 {
+            self.delivered = seq;
+            Received::Deliver
+        } else {
+            Received::Gap {
+                expected: self.delivered + 1,
+            }
+        }
+    }
+
+    /// Takes the messages the peer never acknowledged (the session ended: they will not be
+    /// resent), as if acknowledged; numbering and `delivered` are kept.
+    pub fn take_unacked(&mut self) -> Vec<Bytes> {
+        self.base = self.next_seq();
+        self.buffered_bytes = 0;
+        std::mem::take(&mut self.buffer).into()
+    }
+
+    /// The session could not be resumed: takes the messages the peer never acknowledged (they
+    /// may or may not have arrived) and starts over as a new session under the same id.
+    pub fn reset(&mut self) -> Vec<Bytes> {
+        let unacked = std::mem::take(&mut self.buffer).into();
+        *self = Session::new(self.id);
+        unacked
+    }
+}
+
+/// Detached sessions kept by the accepting side (a server) for a while, so that a client that
+/// lost its connection can resume. Bounded in count and in time.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use framelink_proto::session::{Session, SessionStore};
+///
+/// let t0 = Instant::now();
+/// let mut store = SessionStore::new(Duration::from_secs(60), 10_000);
+/// store.detach(Session::new([7; 16]), t0);
+/// assert!(store.take(&[7; 16], t0 + Duration::from_secs(59)).is_some());
+/// store.detach(Session::new([7; 16]), t0);
+/// assert!(store.take(&[7; 16], t0 + Duration::from_secs(61)).is_none()); // expired
+/// ```
+#[derive(Debug)]
+pub struct SessionStore {
+    ttl: Duration,
+    max_sessions: usize,
+    detached: HashMap<[u8; 16], (Session, Instant)>,
+}
+
+impl SessionStore {
+    /// Keeps detached sessions for `ttl`, at most `max_sessions` of them (the oldest go first).
+    pub fn new(ttl: Duration, max_sessions: usize) -> Self {
+        SessionStore {
+            ttl,
+            max_sessions,
+            detached: HashMap::new(),
+        }
+    }
+
+    /// Keeps `session` from `now` on. Returns the sessions dropped to make room (expired or
+    /// oldest), whose unacknowledged messages are lost to their peer.
+    pub fn detach(&mut self, session: Session, now: Instant) -> Vec<Session> {
+        let mut dropped = self.expire(now);
+        if self.max_sessions == 0 {
+            dropped.push(session);
+            return dropped;
+        }
+        while self.detached.len() >= self.max_sessions {
+            let Some(oldest) = self
+                .detached
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(id, _)| *id)
+            else {
+                break;
+            };
+            if let Some((s, _)) = self.detached.remove(&oldest) {
+                dropped.push(s);
+            }
+        }
+        if let Some((old, _)) = self.detached.insert(session.id(), (session, now)) {
+            dropped.push(old);
+        }
+        dropped
+    }
+
+    /// Takes the session `id` if it is kept and not expired at `now`.
+    pub fn take(&mut self, id: &[u8; 16], now: Instant) -> Option<Session> {
+        let (session, at) = self.detached.remove(id)?;
+        (now.saturating_duration_since(at) <= self.ttl).then_some(session)
+    }
+
+    /// Drops the sessions detached longer than the ttl; returns them.
+    pub fn expire(&mut self, now: Instant) -> Vec<Session> {
+        let ttl = self.ttl;
+        let expired: Vec<[u8; 16]> = self
+            .detached
+            .iter()
+            .filter(|(_, (_, at))| now.saturating_duration_since(*at) > ttl)
+            .map(|(id, _)| *id)
+            .collect();
+        expired
+            .into_iter()
+            .filter_map(|id| self.detached.remove(&id).map(|(s, _)| s))
+            .collect()
+    }
+
+    /// Sessions kept now.
+    pub fn len(&self) -> usize {
+        self.detached.len()
+    }
+
+    /// No session is kept.
+    pub fn is_empty(&self) -> bool {
+        self.detached.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn numbering_ack_and_buffer_accounting() {
+        let mut s = Session::new([1; 16]);
+        assert!(s.is_fresh());
+        assert_eq!(s.push(b("a"), 1000).unwrap(), 1);
+        assert_eq!(s.push(b("bb"), 1000).unwrap(), 2);
+        assert_eq!(s.push(b("ccc"), 1000).unwrap(), 3);
+        assert_eq!(s.buffered_bytes(), 6 + 3 * SDATA_OVERHEAD);
+        assert_eq!(s.message(2), Some(&b("bb")));
+        assert_eq!(s.message(4), None);
+        s.ack(2).unwrap();
+        assert_eq!((s.acked(), s.unacked_len(), s.next_seq()), (2, 1, 4));
+        assert_eq!(s.message(2), None);
+        assert_eq!(s.buffered_bytes(), 3 + SDATA_OVERHEAD);
+        // Older acks are harmless; acks beyond what was sent are not.
+        s.ack(1).unwrap();
+        assert_eq!(
+            s.ack(4),
+            Err(SessionError::BadAck {
+                got: 4,
+                acked: 2,
+                sent: 3
+            })
+        );
+        s.ack(3).unwrap();
+        assert_eq!(s.buffered_bytes(), 0);
+    }
+
+    #[test]
+    fn buffer_limit_is_enforced() {
+        let mut s = Session::new([1; 16]);
+        s.push(Bytes::from(vec![0; 87]), 100).unwrap();
+        assert_eq!(
+            s.push(b("x"), 100),
+            Err(SessionError::BufferFull {
+                buffered: 100,
+                len: 14,
+                limit: 100
+            })
+        );
+        s.ack(1).unwrap();
+        s.push(b("x"), 100).unwrap();
+    }
+
+    #[test]
+    fn receive_delivers_in_order_drops_duplicates_and_flags_gaps() {
+        let mut s = Session::new([1; 16]);
+        assert_eq!(s.receive(1), Received::Deliver);
+        assert_eq!(s.receive(2), Received::Deliver);
+        assert_eq!(s.receive(1), Received::Duplicate);
+        assert_eq!(s.receive(2), Received::Duplicate);
+        assert_eq!(s.receive(4), Received::Gap { expected: 3 });
+        assert_eq!(s.delivered(), 2);
+    }
+
+    #[test]
+    fn reset_hands_back_unacked_messages() {
+        let mut s = Session::new([9; 16]);
+        for m in ["a", "b", "c"] {
+            s.push(b(m), 1000).unwrap();
+        }
+        s.ack(1).unwrap();
+        s.receive(1);
+        assert_eq!(s.reset(), vec![b("b"), b("c")]);
+        assert!(s.is_fresh());
+        assert_eq!(s.id(), [9; 16]);
+    }
+
+    #[test]
+    fn store_expires_and_bounds() {
+        let t0 = Instant::now();
+        let secs = Duration::from_secs;
+        let mut store = SessionStore::new(secs(10), 2);
+        assert!(store.detach(Session::new([1; 16]), t0).is_empty());
+        assert!(store.detach(Session::new([2; 16]), t0 + secs(1)).is_empty());
+        // Full: the oldest goes.
+        let dropped = store.detach(Session::new([3; 16]), t0 + secs(2));
+        assert_eq!(
+            dropped.iter().map(Session::id).collect::<Vec<_>>(),
+            vec![[1; 16]]
+        );
+        assert!(store.take(&[1; 16], t0 + secs(2)).is_none());
+        assert!(store.take(&[2; 16], t0 + secs(11)).is_some());
+        // [3] expires at 12 s.
+        assert_eq!(store.expire(t0 + secs(13)).len(), 1);
+        assert!(store.is_empty());
+    }
+}
