@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use crate::connection::{Connection, Event, SendError, State};
+use crate::session::Session;
 use crate::wire::CloseCode;
 
 /// A sans-IO connection a runtime can drive. See the [module documentation](self).
@@ -57,6 +58,14 @@ pub trait Machine {
     /// Frees the memory of empty internal queues; called by drivers when the connection is
     /// quiet. Changes nothing observable.
     fn shrink_buffers(&mut self) {}
+    /// Accepting side: answers [`Event::SessionRequest`] (see
+    /// [`Connection::attach_session`]). Machines without sessions ignore it.
+    fn attach_session(&mut self, _found: Option<Session>, _now: Instant) {}
+    /// The session to carry over once the connection is closed (see
+    /// [`Connection::take_session`]). Machines without sessions have none.
+    fn take_session(&mut self) -> Option<Session> {
+        None
+    }
 }
 
 impl Machine for Connection {
@@ -117,5 +126,11 @@ impl Machine for Connection {
     }
     fn shrink_buffers(&mut self) {
         Connection::shrink_buffers(self)
+    }
+    fn attach_session(&mut self, found: Option<Session>, now: Instant) {
+        Connection::attach_session(self, found, now)
+    }
+    fn take_session(&mut self) -> Option<Session> {
+        Connection::take_session(self)
     }
 }

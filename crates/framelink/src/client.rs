@@ -51,10 +51,11 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use framelink_proto::backoff::{Backoff, BackoffConfig};
+use framelink_proto::session::{Session, SessionConfig};
 
 use crate::connection::{
     self, CloseCode, CloseInfo, DecodeError, DriverConfig, Event, Hello, IdleKind, Protocol,
-    SendError, Sender,
+    ResumeStatus, SendError, Sender, SpawnOptions,
 };
 use crate::socket::SocketOptions;
 
@@ -77,6 +78,11 @@ pub struct ClientConfig {
     pub socket: SocketOptions,
     /// Buffering and backpressure of the connection's driver.
     pub driver: DriverConfig,
+    /// Acknowledged sessions (protocol mode; the server must offer them): every message is
+    /// numbered and kept until the server acknowledges it, and after a reconnect both sides
+    /// resend what the other has not delivered, so nothing is lost or duplicated. `None`
+    /// (default): off, messages in flight when a connection dies are lost.
+    pub sessions: Option<SessionConfig>,
 }
 
 impl Default for ClientConfig {
@@ -88,6 +94,7 @@ impl Default for ClientConfig {
             stable_after: Duration::from_secs(5),
             socket: SocketOptions::default(),
             driver: DriverConfig::default(),
+            sessions: None,
         }
     }
 }
@@ -123,6 +130,25 @@ pub enum ClientEvent {
     },
     /// The connection ended; how and why.
     Disconnected(CloseInfo),
+    /// Sessions: the session runs on the new connection (new, resumed, or unknown to the
+    /// server, which then started a new one).
+    Session {
+        /// The session id.
+        id: [u8; 16],
+        /// What the server said.
+        status: ResumeStatus,
+        /// Messages sent again because the server had not delivered them.
+        resending: u64,
+    },
+    /// Sessions: the server could not resume the session (expired, restarted), or it ended
+    /// with unacknowledged messages: they are handed back, and may or may not have been
+    /// delivered. Nothing is dropped silently.
+    SessionLost {
+        /// The session id.
+        id: [u8; 16],
+        /// The messages, oldest first.
+        unacked: Vec<Bytes>,
+    },
     /// A connect attempt failed (refused, timed out, handshake failed before opening).
     ConnectFailed {
         /// The attempt number in the current series.
@@ -179,12 +205,26 @@ impl Client {
         config.protocol.validate()?;
         config.backoff.validate()?;
         config.driver.validate()?;
+        // Sessions need the protocol; the policy travels in the connection settings.
+        let mut protocol = config.protocol.clone();
+        if let Some(policy) = config.sessions {
+            match &mut protocol {
+                Protocol::Framelink(connection) => connection.sessions = Some(policy),
+                Protocol::Raw(_) => {
+                    return Err(crate::Error::InvalidConfig(
+                        "sessions need framelink's protocol, not raw mode".into(),
+                    ))
+                }
+            }
+        }
         let (event_tx, events) = mpsc::channel(EVENT_QUEUE);
         let (current_tx, current) = watch::channel(Current::Connecting);
         let (stop, stop_rx) = watch::channel(false);
         let supervisor = Supervisor {
             addr: addr.into(),
             config,
+            protocol,
+            session: None,
             events: event_tx,
             current: current_tx,
             stop: stop_rx,
@@ -313,6 +353,10 @@ impl Drop for Client {
 struct Supervisor {
     addr: String,
     config: ClientConfig,
+    /// `config.protocol`, with the session policy in it when sessions are on.
+    protocol: Protocol,
+    /// The session between connections.
+    session: Option<Session>,
     events: mpsc::Sender<ClientEvent>,
     current: watch::Sender<Current>,
     stop: watch::Receiver<bool>,
@@ -421,19 +465,25 @@ impl Supervisor {
                 return Outcome::Failed;
             }
         };
-        let (connection, _task) = match connection::spawn_protocol(
-            stream,
-            &self.config.protocol,
-            self.config.driver,
-            None,
-        ) {
-            Ok(spawned) => spawned,
-            Err(error) => {
-                // Validated in `Client::connect`; cannot happen.
-                tracing::error!(%error, "invalid connection configuration");
-                return Outcome::Stop;
-            }
+        let options = SpawnOptions {
+            driver: self.config.driver,
+            ..SpawnOptions::default()
         };
+        // Sessions: resume the one the last connection left, or start one.
+        let session = self.config.sessions.map(|_| {
+            self.session
+                .take()
+                .unwrap_or_else(|| Session::new(rand::random()))
+        });
+        let (connection, _task) =
+            match connection::spawn_protocol(stream, &self.protocol, options, session) {
+                Ok(spawned) => spawned,
+                Err(error) => {
+                    // Validated in `Client::connect`; cannot happen.
+                    tracing::error!(%error, "invalid connection configuration");
+                    return Outcome::Stop;
+                }
+            };
         let (sender, mut receiver) = connection.split();
         let mut opened_at = None;
         if matches!(self.config.protocol, Protocol::Raw(_)) {
@@ -485,6 +535,16 @@ impl Supervisor {
                 Event::MessageDropped { len, peer_max } => {
                     ClientEvent::MessageDropped { len, peer_max }
                 }
+                Event::Session {
+                    id,
+                    status,
+                    resending,
+                } => ClientEvent::Session {
+                    id,
+                    status,
+                    resending,
+                },
+                Event::SessionLost { id, unacked } => ClientEvent::SessionLost { id, unacked },
                 Event::Closed(info) => {
                     self.current.send_replace(Current::Connecting);
                     match opened_at {
@@ -505,6 +565,8 @@ impl Supervisor {
                 sender.close(CloseCode::Normal, "client dropped").await;
             }
         }
+        // What the connection leaves of the session goes to the next one.
+        self.session = receiver.take_session();
         if stopping || *self.stop.borrow() {
             return Outcome::Stop;
         }

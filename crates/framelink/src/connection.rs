@@ -75,12 +75,13 @@ use tokio_util::sync::ReusableBoxFuture;
 use framelink_proto::connection::{self as proto, State};
 use framelink_proto::machine::Machine;
 use framelink_proto::raw::{RawConfig, RawConfigError, RawConnection};
+use framelink_proto::session::Session;
 use framelink_proto::{FrameEncoder, Framing};
 
 pub use framelink_proto::codec::DecodeError;
 pub use framelink_proto::connection::{ConfigError, ConnectionConfig, ConnectionError};
 pub use framelink_proto::liveness::{DeathCause, IdleKind};
-pub use framelink_proto::wire::{CloseCode, Hello};
+pub use framelink_proto::wire::{CloseCode, Hello, ResumeStatus};
 
 /// Read straight into the machine's buffer when it has at least this much room.
 const MIN_DIRECT_READ: usize = 4 * 1024;
@@ -179,6 +180,23 @@ pub enum Event {
     /// Raw mode: the framing skipped bad input and carries on (an oversize frame under the
     /// `discard` policy, garbage before a magic). The frames around it are delivered.
     FrameDiscarded(DecodeError),
+    /// An acknowledged session runs on this connection (after the RESUME).
+    Session {
+        /// The session id.
+        id: [u8; 16],
+        /// New, resumed, or unknown to the accepting side (a new one was started).
+        status: ResumeStatus,
+        /// Messages sent again because the peer had not delivered them.
+        resending: u64,
+    },
+    /// The session could not be resumed, or ended with unacknowledged messages: they are
+    /// handed back and may or may not have reached the peer's application.
+    SessionLost {
+        /// The session id.
+        id: [u8; 16],
+        /// The messages, oldest first.
+        unacked: Vec<Bytes>,
+    },
     /// The connection is closing or closed; always the last event.
     Closed(CloseInfo),
 }
@@ -222,7 +240,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let machine = proto::Connection::new(config, Instant::now().into_std())?;
-    Ok(spawn_with_hook(stream, machine, None, DriverConfig::default(), None).0)
+    Ok(spawn_with_hook(stream, machine, SpawnOptions::default()).0)
 }
 
 /// Spawns the driver for a raw-mode connection over `stream`: the peer speaks its own framing
@@ -236,14 +254,11 @@ where
 {
     let framing = config.framing.clone();
     let machine = RawConnection::new(config, Instant::now().into_std())?;
-    Ok(spawn_with_hook(
-        stream,
-        machine,
-        Some(framing),
-        DriverConfig::default(),
-        None,
-    )
-    .0)
+    let options = SpawnOptions {
+        framing: Some(framing),
+        ..SpawnOptions::default()
+    };
+    Ok(spawn_with_hook(stream, machine, options).0)
 }
 
 /// [`spawn`] (or [`spawn_raw`]) with the driver's buffering and backpressure settings.
@@ -255,32 +270,66 @@ pub fn spawn_with<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    Ok(spawn_protocol(stream, protocol, driver, None)?.0)
+    let options = SpawnOptions {
+        driver,
+        ..SpawnOptions::default()
+    };
+    Ok(spawn_protocol(stream, protocol, options, None)?.0)
 }
 
 /// Called once when a driver has dropped its socket (the server's connection registry).
 pub(crate) type FinishHook = Box<dyn FnOnce() + Send>;
 
-/// Spawns the driver for any [`Machine`], with a hook run when the driver ends; returns the
-/// task's abort handle too. `framing`, when given, is used by the handles to refuse a message
-/// the machine could not encode before it is queued.
+/// Where the accepting side's drivers get sessions from and give them back to (the server's
+/// store of detached sessions).
+pub(crate) trait SessionHost: Send + Sync {
+    /// The session `id` asked for by connection `conn`: the kept one, or `None` for a new
+    /// one. May wait, e.g. for an older connection of the same session to let go of it.
+    fn resolve(
+        &self,
+        id: [u8; 16],
+        conn: u64,
+    ) -> Pin<Box<dyn std::future::Future<Output = Option<Session>> + Send>>;
+    /// Connection `conn` ended; `session` is what it leaves to resume (`None`: the session
+    /// ended, or was never attached).
+    fn release(&self, id: [u8; 16], conn: u64, session: Option<Session>);
+}
+
+/// How a driver is spawned, beyond its machine.
+#[derive(Default)]
+pub(crate) struct SpawnOptions {
+    /// Raw mode: the framing, for the handles to refuse what it cannot encode.
+    pub framing: Option<Framing>,
+    pub driver: DriverConfig,
+    pub on_finish: Option<FinishHook>,
+    /// Accepting side: the session host and this connection's number in it.
+    pub sessions: Option<(Arc<dyn SessionHost>, u64)>,
+}
+
+/// Spawns the driver for any [`Machine`]; returns the task's abort handle too.
 pub(crate) fn spawn_with_hook<S, M>(
     stream: S,
     machine: M,
-    framing: Option<Framing>,
-    driver: DriverConfig,
-    on_finish: Option<FinishHook>,
+    options: SpawnOptions,
 ) -> (Connection, tokio::task::AbortHandle)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     M: Machine + Send + 'static,
 {
+    let SpawnOptions {
+        framing,
+        driver,
+        on_finish,
+        sessions,
+    } = options;
     let limit = machine
         .max_queued_bytes()
         .min(u32::MAX as usize)
         .min(Semaphore::MAX_PERMITS);
+    // A resumed session may start with messages buffered: they hold their budget.
+    let held = machine.queued_bytes().min(limit);
     let shared = Arc::new(Shared {
-        budget: Semaphore::new(limit),
+        budget: Semaphore::new(limit - held),
         limit,
         config: driver,
         overhead: machine.message_cost(0),
@@ -300,7 +349,11 @@ where
         send_low,
         machine,
         shared: shared.clone(),
-        held: 0,
+        held,
+        sessions,
+        resolving: None,
+        session_id: None,
+        detach_now: false,
         out: OutQueue::default(),
         shutdown_pending: false,
         shutdown_done: false,
@@ -323,31 +376,31 @@ where
 }
 
 /// Builds the machine for a [`Protocol`] and spawns its driver.
+///
+/// `session`: connecting side, the session to ask for (protocol mode only).
 pub(crate) fn spawn_protocol<S>(
     stream: S,
     protocol: &Protocol,
-    driver: DriverConfig,
-    on_finish: Option<FinishHook>,
+    mut options: SpawnOptions,
+    session: Option<Session>,
 ) -> Result<(Connection, tokio::task::AbortHandle), crate::Error>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    driver.validate()?;
+    options.driver.validate()?;
     let now = Instant::now().into_std();
     Ok(match protocol {
         Protocol::Framelink(config) => {
-            let machine = proto::Connection::new(config.clone(), now)?;
-            spawn_with_hook(stream, machine, None, driver, on_finish)
+            let machine = match session {
+                Some(session) => proto::Connection::with_session(config.clone(), session, now)?,
+                None => proto::Connection::new(config.clone(), now)?,
+            };
+            spawn_with_hook(stream, machine, options)
         }
         Protocol::Raw(config) => {
             let machine = RawConnection::new(RawConfig::clone(config), now)?;
-            spawn_with_hook(
-                stream,
-                machine,
-                Some(config.framing.clone()),
-                driver,
-                on_finish,
-            )
+            options.framing = Some(config.framing.clone());
+            spawn_with_hook(stream, machine, options)
         }
     })
 }
@@ -445,6 +498,8 @@ struct Inner {
     closed: Option<Box<CloseInfo>>,
     /// The driver dropped the socket: no more events after those queued.
     finished: bool,
+    /// Connecting side: the session left by the finished driver, for the next connection.
+    session: Option<Session>,
 }
 
 impl Inner {
@@ -479,6 +534,9 @@ impl Inner {
 enum Command {
     Send(Bytes),
     Close(CloseCode, String),
+    /// Accepting side: another connection resumed this session; drop the socket now (no
+    /// CLOSE, no linger) so that the session is released at once.
+    Detach,
 }
 
 /// A running connection: a [`Stream`] of [`Event`]s and a [`Sink`] of messages. Use
@@ -645,6 +703,11 @@ impl Sender {
     /// be an earlier close). `None` only if the driver task died (runtime shut down).
     pub async fn close(&self, code: CloseCode, reason: &str) -> Option<CloseInfo> {
         close_on(self.shared.clone(), code, reason.to_owned()).await
+    }
+
+    /// Accepting side: ends the connection at once, leaving its session to another one.
+    pub(crate) fn detach(&self) {
+        let _ = enqueue(&self.shared, Command::Detach);
     }
 
     /// Waits until the connection is closing or closed (without closing it) and says how.
@@ -837,6 +900,13 @@ impl Receiver {
         self.shared.lock().event_bytes
     }
 
+    /// The session the finished connection leaves behind (connecting side), to resume on the
+    /// next connection. `None` before the driver finished, without a session, or after the
+    /// session ended.
+    pub(crate) fn take_session(&self) -> Option<Session> {
+        self.shared.lock().session.take()
+    }
+
     /// How the connection ended, once it did.
     pub fn close_info(&self) -> Option<CloseInfo> {
         self.shared.lock().closed.as_deref().cloned()
@@ -1005,11 +1075,21 @@ enum Wake {
     Io(Io),
     Handles,
     Timer,
+    /// The session host answered a session request.
+    Resolved(Option<Session>),
 }
 
 /// The background task's state.
 struct Driver<M> {
     machine: M,
+    /// Accepting side: where sessions come from and go back to, and this connection's number.
+    sessions: Option<(Arc<dyn SessionHost>, u64)>,
+    /// A session lookup in progress.
+    resolving: Option<Pin<Box<dyn std::future::Future<Output = Option<Session>> + Send>>>,
+    /// The session this connection asked for or serves.
+    session_id: Option<[u8; 16]>,
+    /// Another connection took the session over: end now.
+    detach_now: bool,
     /// The send low watermark (see [`DriverConfig::send_low_watermark`]).
     send_low: usize,
     shared: Arc<Shared>,
@@ -1093,10 +1173,17 @@ impl<M: Machine> Driver<M> {
                 }
                 Poll::Pending
             });
+            let resolving_active = self.resolving.is_some();
+            let resolving = &mut self.resolving;
+            let resolved = std::future::poll_fn(|cx| match resolving.as_mut() {
+                Some(lookup) => lookup.as_mut().poll(cx),
+                None => Poll::Pending,
+            });
             let wake = tokio::select! {
                 io = io, if can_read || can_write => Wake::Io(io),
                 () = shared.wake_driver.notified() => Wake::Handles,
                 () = &mut sleep, if armed.is_some() => Wake::Timer,
+                found = resolved, if resolving_active => Wake::Resolved(found),
             };
             let now = Instant::now();
             match wake {
@@ -1122,7 +1209,16 @@ impl<M: Machine> Driver<M> {
                     self.out.clear();
                     self.machine.handle_eof(now.into_std());
                 }
-                Wake::Handles => self.handles(now.into_std()),
+                Wake::Handles => {
+                    self.handles(now.into_std());
+                    if self.detach_now {
+                        break;
+                    }
+                }
+                Wake::Resolved(found) => {
+                    self.resolving = None;
+                    self.machine.attach_session(found, now.into_std());
+                }
                 Wake::Timer => {
                     armed = None;
                     // The link has been quiet (heartbeat or idle timers): give memory back.
@@ -1143,9 +1239,20 @@ impl<M: Machine> Driver<M> {
         }
         drop(stream);
         self.shared.budget.close();
+        // The session outlives the connection: messages still in the command queue join it
+        // (their senders were told "queued"), then it goes to the next connection.
+        let mut session = self.machine.take_session();
         let mut inner = self.shared.lock();
         inner.finished = true;
-        inner.commands = VecDeque::new();
+        for command in std::mem::take(&mut inner.commands) {
+            if let (Command::Send(payload), Some(session)) = (command, session.as_mut()) {
+                let _ = session.push(payload, usize::MAX);
+            }
+        }
+        match (&self.sessions, self.session_id) {
+            (Some((host, conn)), Some(id)) => host.release(id, *conn, session.take()),
+            _ => inner.session = session,
+        }
         inner.wake_receiver();
         drop(inner);
         self.shared.status_changed.notify_waiters();
@@ -1193,6 +1300,7 @@ impl<M: Machine> Driver<M> {
             match command {
                 Command::Send(payload) => self.send(payload, now),
                 Command::Close(code, reason) => self.machine.close(code, &reason, now),
+                Command::Detach => self.detach_now = true,
             }
         }
         if all_gone && !self.handles_gone {
@@ -1311,6 +1419,24 @@ impl<M: Machine> Driver<M> {
                 by_peer,
                 error,
             }),
+            proto::Event::SessionRequest { id, .. } => {
+                self.session_id = Some(id);
+                match &self.sessions {
+                    Some((host, conn)) => self.resolving = Some(host.resolve(id, *conn)),
+                    None => self.machine.attach_session(None, Instant::now().into_std()),
+                }
+                return None;
+            }
+            proto::Event::SessionStarted {
+                id,
+                status,
+                resending,
+            } => Event::Session {
+                id,
+                status,
+                resending,
+            },
+            proto::Event::SessionLost { id, unacked } => Event::SessionLost { id, unacked },
             other => {
                 tracing::debug!(?other, "machine event not handled by this driver version");
                 return None;

@@ -48,8 +48,9 @@ pub use framelink_proto::codec::{
     Framing,
 };
 pub use framelink_proto::raw::{FrameMatcher, RawConfig};
+pub use framelink_proto::session::SessionConfig;
 pub use framelink_proto::{self as proto};
-pub use server::{Server, ServerConfig, ServerHandle};
+pub use server::{Server, ServerConfig, ServerHandle, ServerSessions};
 
 /// Why a [`Server`] or [`Client`] could not start.
 #[derive(Debug, thiserror::Error)]

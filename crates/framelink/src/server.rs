@@ -53,8 +53,11 @@ use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use tokio::sync::{mpsc, Notify};
 use tokio::task::AbortHandle;
 
-use crate::connection::{self, CloseCode, Connection, DriverConfig, Protocol, Sender};
+use crate::connection::{
+    self, CloseCode, Connection, DriverConfig, Protocol, Sender, SessionHost, SpawnOptions,
+};
 use crate::socket::SocketOptions;
+use framelink_proto::session::{Session, SessionConfig, SessionStore};
 
 #[cfg(doc)]
 use crate::connection::ConnectionConfig;
@@ -81,6 +84,30 @@ pub struct ServerConfig {
     pub socket: SocketOptions,
     /// Buffering and backpressure of each connection's driver.
     pub driver: DriverConfig,
+    /// Acknowledged sessions (protocol mode): offered to clients, and kept detached for a
+    /// while after a connection is lost so that the client can resume. `None` (default): off.
+    pub sessions: Option<ServerSessions>,
+}
+
+/// How a [`Server`] keeps sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerSessions {
+    /// Acknowledgement policy.
+    pub policy: SessionConfig,
+    /// How long a detached session is kept for its client to come back. Default 60 s.
+    pub ttl: Duration,
+    /// Detached sessions kept at most (the oldest go first). Default 10 000.
+    pub max_detached: usize,
+}
+
+impl Default for ServerSessions {
+    fn default() -> Self {
+        ServerSessions {
+            policy: SessionConfig::default(),
+            ttl: Duration::from_secs(60),
+            max_detached: 10_000,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -90,6 +117,7 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             socket: SocketOptions::default(),
             driver: DriverConfig::default(),
+            sessions: None,
         }
     }
 }
@@ -124,6 +152,16 @@ struct ServerShared {
     registry: Mutex<Registry>,
     /// Rung when a connection leaves the registry (for shutdown) and when shutdown starts.
     changed: Notify,
+    /// Detached sessions and which connection holds each attached one.
+    sessions: Mutex<Sessions>,
+    /// Rung when a connection releases a session.
+    sessions_released: Notify,
+}
+
+#[derive(Debug)]
+struct Sessions {
+    store: SessionStore,
+    attached: HashMap<[u8; 16], u64>,
 }
 
 #[derive(Debug, Default)]
@@ -184,9 +222,15 @@ impl Server {
         let local_addr = listener
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let settings = config.sessions.unwrap_or_default();
         let shared = Arc::new(ServerShared {
             registry: Mutex::new(Registry::default()),
             changed: Notify::new(),
+            sessions: Mutex::new(Sessions {
+                store: SessionStore::new(settings.ttl, settings.max_detached),
+                attached: HashMap::new(),
+            }),
+            sessions_released: Notify::new(),
         });
         let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
         tokio::spawn(accept_loop(listener, config, shared.clone(), tx));
@@ -282,6 +326,73 @@ impl ServerShared {
     fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
         self.registry.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, Sessions> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// How long a connection resuming a session waits for an older connection of the same
+/// session to let go of it, before starting a new session instead.
+const RESUME_WAIT: Duration = Duration::from_secs(10);
+
+/// The server's side of sessions for its connection drivers.
+struct Host(Arc<ServerShared>);
+
+impl SessionHost for Host {
+    fn resolve(
+        &self,
+        id: [u8; 16],
+        conn: u64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Session>> + Send>> {
+        let shared = self.0.clone();
+        Box::pin(async move {
+            let deadline = tokio::time::Instant::now() + RESUME_WAIT;
+            loop {
+                let released = shared.sessions_released.notified();
+                tokio::pin!(released);
+                released.as_mut().enable();
+                {
+                    let mut sessions = shared.sessions();
+                    let owner = sessions.attached.get(&id).copied();
+                    let older = owner.filter(|&o| o != conn).and_then(|o| {
+                        // Lock order: sessions, then registry (never the other way round).
+                        shared.lock().live.get(&o).map(|(sender, _)| sender.clone())
+                    });
+                    match older {
+                        // The client came back before this side noticed the old connection
+                        // died: end that one now; its session comes back through `release`.
+                        Some(sender) => sender.detach(),
+                        None => {
+                            sessions.attached.insert(id, conn);
+                            let now = std::time::Instant::now();
+                            return sessions.store.take(&id, now);
+                        }
+                    }
+                }
+                if tokio::time::timeout_at(deadline, released).await.is_err() {
+                    tracing::warn!("session still held by an older connection: starting anew");
+                    shared.sessions().attached.insert(id, conn);
+                    return None;
+                }
+            }
+        })
+    }
+
+    fn release(&self, id: [u8; 16], conn: u64, session: Option<Session>) {
+        let mut sessions = self.0.sessions();
+        if sessions.attached.get(&id) == Some(&conn) {
+            sessions.attached.remove(&id);
+            if let Some(session) = session {
+                let dropped = sessions.store.detach(session, std::time::Instant::now());
+                if !dropped.is_empty() {
+                    tracing::debug!(count = dropped.len(), "detached sessions dropped");
+                }
+            }
+        }
+        drop(sessions);
+        self.0.sessions_released.notify_waiters();
+    }
 }
 
 /// Accepts until shutdown (or until the [`Server`] is dropped and the queue closes).
@@ -292,6 +403,13 @@ async fn accept_loop(
     incoming: mpsc::Sender<Incoming>,
 ) {
     let mut next_id = 0u64;
+    // Sessions on: our HELLO offers them and the drivers use the server's store.
+    let mut protocol = config.protocol.clone();
+    let mut sessions: Option<Arc<dyn SessionHost>> = None;
+    if let (Some(settings), Protocol::Framelink(connection)) = (config.sessions, &mut protocol) {
+        connection.sessions = Some(settings.policy);
+        sessions = Some(Arc::new(Host(shared.clone())));
+    }
     loop {
         let shutdown = shared.changed.notified();
         tokio::pin!(shutdown);
@@ -339,12 +457,13 @@ async fn accept_loop(
         // run before the connection is registered.
         let spawned = {
             let mut registry = shared.lock();
-            let spawned = connection::spawn_protocol(
-                stream,
-                &config.protocol,
-                config.driver,
-                Some(on_finish),
-            );
+            let options = SpawnOptions {
+                driver: config.driver,
+                on_finish: Some(on_finish),
+                sessions: sessions.clone().map(|host| (host, id)),
+                ..SpawnOptions::default()
+            };
+            let spawned = connection::spawn_protocol(stream, &protocol, options, None);
             if let Ok((connection, task)) = &spawned {
                 registry.accepted += 1;
                 registry
@@ -392,7 +511,11 @@ fn reject(stream: TcpStream, protocol: &Protocol, shared: &Arc<ServerShared>) {
         hook_shared.lock().rejecting -= 1;
     });
     let protocol = Protocol::Framelink(config);
-    match connection::spawn_protocol(stream, &protocol, DriverConfig::default(), Some(on_finish)) {
+    let options = SpawnOptions {
+        on_finish: Some(on_finish),
+        ..SpawnOptions::default()
+    };
+    match connection::spawn_protocol(stream, &protocol, options, None) {
         Ok((connection, _task)) => {
             tokio::spawn(async move {
                 connection
