@@ -31,9 +31,13 @@
 //!
 //! [`socket::SocketOptions`] sets `TCP_NODELAY`, keepalive probes and `TCP_USER_TIMEOUT` on a
 //! connected stream, so that half-open connections are noticed.
+//!
+//! [`chaos::ChaosProxy`] is a seeded chaos proxy for tests: it forwards TCP while splitting,
+//! coalescing and delaying writes and cutting links (FIN, RST, blackhole, stall).
 
 #![warn(missing_docs)]
 
+pub mod chaos;
 pub mod client;
 pub mod connection;
 pub mod io;
