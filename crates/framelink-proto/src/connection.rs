@@ -331,7 +331,7 @@ pub enum ConnectionError {
         timeout: Duration,
     },
     /// Keep-alive declared the peer dead.
-    #[error("peer silent for {silent_for:?} ({cause:?})")]
+    #[error("peer silent for {silent_for:.0?}: {cause}")]
     PeerDead {
         /// How long nothing had been received.
         silent_for: Duration,
@@ -1117,9 +1117,21 @@ impl Connection {
     // ---- output ----
 
     /// Queues an application message. Allowed while handshaking (written once the handshake is
-    /// done); refused once closing.
+    /// done); refused once closing, except with a session that did not end: the message then
+    /// stays in the session and goes out on the next connection.
     pub fn send(&mut self, payload: Bytes, _now: Instant) -> Result<(), SendError> {
         if !matches!(self.state, State::Handshaking | State::Open) {
+            // A session outlives its connection: the message waits for the next one (the
+            // runtime bounds what it hands over; nothing it was told is queued gets lost).
+            if let Some(session) = self
+                .session
+                .as_mut()
+                .filter(|l| !l.ended)
+                .and_then(|l| l.state.as_mut())
+            {
+                let _ = session.push(payload, usize::MAX);
+                return Ok(());
+            }
             return Err(SendError::Closed);
         }
         let max = self.peer.as_ref().map_or(u32::MAX, |h| h.max_message_len);
@@ -2775,6 +2787,28 @@ mod tests {
             let mut sim = SessionSim::new(seed);
             sim.run(600, cuts);
         }
+    }
+
+    #[test]
+    fn session_keeps_messages_sent_while_the_connection_dies() {
+        let mut sim = SessionSim::new(17);
+        sim.run(5, 0);
+        sim.client.handle_eof(sim.now);
+        assert!(sim.client.is_closed());
+        // The runtime may still hand over messages it had accepted: they join the session.
+        sim.client
+            .send(Bytes::from(6u32.to_be_bytes().to_vec()), sim.now)
+            .unwrap();
+        sim.sent_c = 6;
+        sim.server.handle_eof(sim.now);
+        let session = sim.client.take_session().unwrap();
+        assert_eq!(session.next_seq(), 7, "message 6 is in the session");
+        sim.client = Connection::with_session(sim.config.clone(), session, sim.now).unwrap();
+        if let Some(s) = sim.server.take_session() {
+            sim.store.detach(s, sim.now);
+        }
+        sim.server = Connection::new(sim.config.clone(), sim.now).unwrap();
+        sim.run(6, 0);
     }
 
     #[test]

@@ -261,6 +261,22 @@ pub enum DeathCause {
     },
 }
 
+impl std::fmt::Display for DeathCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeathCause::PingTimeout { timeout, .. } => {
+                write!(f, "no answer to a ping within {timeout:?}")
+            }
+            DeathCause::PeerSilent { limit } => {
+                write!(
+                    f,
+                    "silent beyond its announced interval x grace ({limit:?})"
+                )
+            }
+        }
+    }
+}
+
 /// What a [`Liveness`] asks of its driver, drained with [`Liveness::poll_event`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LivenessEvent {
