@@ -218,10 +218,12 @@ impl fmt::Display for CloseInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let who = if self.by_peer { "peer" } else { "we" };
         write!(f, "{who} closed with {:?}", self.code)?;
-        if !self.reason.is_empty() {
+        let error = self.error.as_ref().map(ToString::to_string);
+        // Our own closes carry the error's text as their reason: say it once.
+        if !self.reason.is_empty() && error.as_deref() != Some(self.reason.as_str()) {
             write!(f, " ({:?})", self.reason)?;
         }
-        if let Some(error) = &self.error {
+        if let Some(error) = error {
             write!(f, ": {error}")?;
         }
         Ok(())
@@ -350,6 +352,7 @@ where
         machine,
         shared: shared.clone(),
         held,
+        debt: 0,
         sessions,
         resolving: None,
         session_id: None,
@@ -1095,6 +1098,9 @@ struct Driver<M> {
     shared: Arc<Shared>,
     /// Budget bytes of messages handed to the machine and not yet given back.
     held: usize,
+    /// Bytes held without budget (a resumed session's messages that did not fit): repaid
+    /// from the next bytes freed.
+    debt: usize,
     out: OutQueue,
     /// `ShutdownWrite` came out: shut the write half down once `out` is written.
     shutdown_pending: bool,
@@ -1217,7 +1223,11 @@ impl<M: Machine> Driver<M> {
                 }
                 Wake::Resolved(found) => {
                     self.resolving = None;
+                    let before = self.machine.queued_bytes();
                     self.machine.attach_session(found, now.into_std());
+                    // A resumed session brings its unacknowledged messages: they hold budget.
+                    let after = self.machine.queued_bytes();
+                    self.hold_budget(after.saturating_sub(before));
                 }
                 Wake::Timer => {
                     armed = None;
@@ -1256,6 +1266,22 @@ impl<M: Machine> Driver<M> {
         inner.wake_receiver();
         drop(inner);
         self.shared.status_changed.notify_waiters();
+    }
+
+    /// Counts `n` more bytes as held by the machine's queue: takes what the budget has now and
+    /// records the rest as debt, paid back before any budget is returned.
+    fn hold_budget(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let now = self.shared.budget.available_permits().min(n);
+        if now > 0 {
+            if let Ok(permit) = self.shared.budget.try_acquire_many(now as u32) {
+                permit.forget();
+            }
+        }
+        self.held += n;
+        self.debt += n - now;
     }
 
     /// Frees the memory of every empty queue: the machine's, the event queue, the output queue.
@@ -1316,6 +1342,11 @@ impl<M: Machine> Driver<M> {
             Ok(()) => self.held += cost,
             Err(e) => {
                 self.shared.budget.add_permits(cost);
+                if matches!(e, SendError::QueueFull { .. }) {
+                    // The budget mirrors the machine's limit, so this means the accounting is
+                    // broken: say so loudly rather than lose the message quietly.
+                    tracing::error!(%e, len, "message refused by the machine despite the budget");
+                }
                 if let SendError::TooBig { max, .. } = e {
                     // The handle checked before the peer's limit was known.
                     self.shared
@@ -1373,7 +1404,9 @@ impl<M: Machine> Driver<M> {
         if self.held > queued {
             let freed = self.held - queued;
             if queued <= self.send_low || freed >= self.shared.limit - self.send_low {
-                self.shared.budget.add_permits(freed);
+                let repaid = freed.min(self.debt);
+                self.debt -= repaid;
+                self.shared.budget.add_permits(freed - repaid);
                 self.held = queued;
             }
         }

@@ -104,6 +104,9 @@ async fn session_echo_server() -> (
             protocol: Protocol::Framelink(ConnectionConfig {
                 ping_interval: Some(Duration::from_millis(500)),
                 ping_timeout: Duration::from_millis(2_000),
+                // Small, so that resumed sessions arrive with a nearly full buffer (their
+                // messages must hold budget, or later sends would be refused).
+                max_queued_bytes: 64 * 1024,
                 ..ConnectionConfig::default()
             }),
             sessions: Some(ServerSessions {
