@@ -1,10 +1,14 @@
 //! The `framelink` command-line tool: debugging framed byte streams (`decode`, `encode`), a
 //! demo of what framelink does over real TCP (`demo`), and a server and a reconnecting client
-//! with heartbeats (`serve`, `connect`), in framelink protocol v1 or raw mode.
+//! with heartbeats (`serve`, `connect`), in framelink protocol v1 or raw mode; a chaos proxy
+//! for testing links (`proxy`).
 
+mod bench;
 mod connect;
 mod demo;
+mod demo_link;
 mod link_args;
+mod proxy;
 mod serve;
 mod stream_tools;
 
@@ -35,6 +39,7 @@ Examples:
   framelink serve 127.0.0.1:7000 &
   printf 'hello\\nworld\\n' | framelink connect 127.0.0.1:7000
   framelink connect 10.0.0.5:9000 --framing length:4 --ping PING --pong PONG --ping-interval 5s
+  framelink proxy 127.0.0.1:7001 127.0.0.1:7000 --split 1..16 --cut-every 64KiB --seed 42
   printf '\\x00\\x05hello' | framelink decode --framing length:2 --format text
 
 Framing specs: length:4  length:2,le,offset=1,adjust=-3,strip=3  varint  line  delim:00
@@ -88,6 +93,14 @@ enum Command {
     /// -v) are reported on stderr. Raw mode (`--framing`, `--ping`, `--pong`) keeps a connection
     /// to an existing server alive.
     Connect(connect::ConnectArgs),
+    /// A chaos proxy: forwards every connection to UPSTREAM while splitting, gluing and
+    /// delaying the bytes and cutting the link (FIN, RST, blackhole, stall) at random or given
+    /// points; seeded, so a failure can be replayed. Reports connections and faults on stderr.
+    Proxy(proxy::ProxyArgs),
+    /// Measures throughput (msgs/s, MB/s) and latency percentiles of N connections sending
+    /// fixed-size messages to an echo server (in-process, or `framelink serve ADDR`), at a rate
+    /// or flat out, for framelink and for a raw-TCP baseline without framing (`--mode both`).
+    Bench(bench::BenchArgs),
 }
 
 /// How `decode` and `connect` print a frame.
@@ -133,6 +146,8 @@ fn main() -> ExitCode {
         } => stream_tools::encode(framing, input_format, input.as_deref(), output.as_deref()),
         Command::Serve(args) => serve::run(args),
         Command::Connect(args) => connect::run(args),
+        Command::Proxy(args) => proxy::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(code) => code,

@@ -178,7 +178,10 @@ fn bad_spec_is_a_clear_usage_error() {
 
 #[test]
 fn demo_verifies_every_framing() {
-    let o = framelink(&["demo", "--messages", "150"], b"");
+    let o = framelink(
+        &["demo", "--messages", "150", "--link-messages", "4000"],
+        b"",
+    );
     assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
     let out = stdout(&o);
     assert_eq!(
@@ -187,4 +190,14 @@ fn demo_verifies_every_framing() {
         "{out}"
     );
     assert!(out.contains("resynchronised"), "{out}");
+    // Part 2: sessions over a link the chaos proxy cuts; the tally is checked by the demo.
+    assert!(
+        out.contains("to server: all 4000 messages exactly once, in order"),
+        "{out}"
+    );
+    assert!(
+        out.contains("to client: all 4000 echoes exactly once, in order"),
+        "{out}"
+    );
+    assert!(out.contains("session resumed"), "{out}");
 }

@@ -1,0 +1,318 @@
+//! `framelink bench` as a user runs it: short runs against the in-process servers and against a
+//! `framelink serve` child process. Every run is bounded (killed after `PATIENCE`), and every
+//! child is killed when its guard drops.
+
+use std::io::Read;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Far more than any of these runs needs (a few seconds at most, in a debug build).
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Runs `framelink ARGS` to the end (killing it after `PATIENCE`).
+fn framelink(args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_framelink"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run framelink");
+    let stdout = collect(child.stdout.take().unwrap());
+    let stderr = collect(child.stderr.take().unwrap());
+    let deadline = Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "framelink {} did not finish in {PATIENCE:?}",
+                args.join(" ")
+            );
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
+
+fn collect(mut pipe: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = pipe.read_to_end(&mut out);
+        out
+    })
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The JSON objects of a `--json` run that must have succeeded.
+fn json_runs(args: &[&str]) -> Vec<Value> {
+    let out = framelink(args);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "framelink {}: {:?}\nstdout: {stdout}\nstderr: {stderr}",
+        args.join(" "),
+        out.status
+    );
+    stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect()
+}
+
+fn num(v: &Value, key: &str) -> f64 {
+    v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} missing: {v}"))
+}
+
+fn latency(v: &Value, key: &str) -> f64 {
+    v["latency_us"][key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("latency_us.{key} missing: {v}"))
+}
+
+/// A clean run: something measured, nothing lost or reordered, percentiles in order.
+fn assert_clean(v: &Value) {
+    assert!(num(v, "msgs_per_sec") > 0.0, "{v}");
+    assert!(num(v, "mb_per_sec") > 0.0, "{v}");
+    assert_eq!(num(v, "errors"), 0.0, "{v}");
+    assert_eq!(num(v, "lost"), 0.0, "{v}");
+    assert_eq!(num(v, "out_of_order"), 0.0, "{v}");
+    assert_eq!(v["sent_total"], v["received_total"], "{v}");
+    let (p50, p99, p999, max) = (
+        latency(v, "p50"),
+        latency(v, "p99"),
+        latency(v, "p999"),
+        latency(v, "max"),
+    );
+    assert!(0.0 < p50 && p50 <= p99 && p99 <= p999 && p999 <= max, "{v}");
+}
+
+#[test]
+fn framelink_in_process_for_a_duration() {
+    let runs = json_runs(&["bench", "--duration", "1s", "--warmup", "0s", "--json"]);
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let run = &runs[0];
+    assert_eq!(run["mode"], "framelink");
+    assert_eq!(run["server"], "in-process");
+    assert_clean(run);
+    assert_eq!(
+        run["messages"], run["sent_total"],
+        "no warm-up: all counted"
+    );
+    let elapsed = num(run, "elapsed_s");
+    assert!((0.9..3.0).contains(&elapsed), "{run}");
+}
+
+#[test]
+fn both_modes_measure_the_same_count() {
+    let runs = json_runs(&[
+        "bench",
+        "--mode",
+        "both",
+        "--count",
+        "20000",
+        "--size",
+        "256",
+        "--warmup",
+        "200ms",
+        "--connections",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert_eq!(runs[0]["mode"], "raw");
+    assert_eq!(runs[1]["mode"], "framelink");
+    for run in &runs {
+        assert_clean(run);
+        assert_eq!(run["messages"], 20000, "{run}");
+        assert_eq!(run["bytes"], 20000 * 256, "{run}");
+        // The warm-up's messages went through too, but are not counted.
+        assert!(num(run, "sent_total") >= 20000.0, "{run}");
+    }
+    assert!(runs[1]["vs_raw"]["msgs_per_sec"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn a_fixed_rate_is_kept() {
+    let runs = json_runs(&[
+        "bench",
+        "--rate",
+        "2000",
+        "--duration",
+        "1s",
+        "--warmup",
+        "200ms",
+        "-c",
+        "2",
+        "--json",
+    ]);
+    let run = &runs[0];
+    assert_clean(run);
+    let rate = num(run, "msgs_per_sec");
+    assert!((1400.0..=2600.0).contains(&rate), "{rate} msgs/s: {run}");
+    assert!(run["max_send_lag_us"].is_number(), "{run}");
+}
+
+#[test]
+fn human_table_with_the_overhead_ratio() {
+    let out = framelink(&[
+        "bench", "--mode", "both", "--count", "2000", "--warmup", "0s", "--size", "16",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("msgs/s"), "{stdout}");
+    assert!(stdout.contains("p99.9"), "{stdout}");
+    assert!(stdout.lines().any(|l| l.starts_with("raw ")), "{stdout}");
+    assert!(
+        stdout.lines().any(|l| l.starts_with("framelink ")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("framelink/raw: "), "{stdout}");
+    // Not a terminal: no progress bar.
+    assert!(text(&out.stderr).is_empty(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn bad_options_are_refused() {
+    for args in [
+        &["bench", "--size", "4"][..],
+        &["bench", "--size", "5MiB"],
+        &["bench", "--rate", "0"],
+        &["bench", "--count", "10", "--duration", "1s"],
+        &["bench", "127.0.0.1:9", "--mode", "both"],
+        &[
+            "bench",
+            "--mode",
+            "framelink",
+            "--raw-addr",
+            "127.0.0.1:9",
+            "127.0.0.1:9",
+        ],
+    ] {
+        let out = framelink(args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
+/// A `framelink serve` child, killed on drop; its stderr is collected.
+struct Serve {
+    child: Child,
+    stderr: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `framelink serve 127.0.0.1:0 EXTRA` and returns it with the address it listens on.
+fn serve(extra: &[&str]) -> (Serve, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_framelink"))
+        .args(["serve", "127.0.0.1:0", "--quiet"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run framelink serve");
+    let stderr = Arc::new(Mutex::new(Vec::new()));
+    {
+        let stderr = stderr.clone();
+        let mut pipe = child.stderr.take().unwrap();
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                stderr.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+    }
+    let server = Serve { child, stderr };
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let err = text(&server.stderr.lock().unwrap());
+        if let Some(addr) = err
+            .split("listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+        {
+            return (server, addr.to_string());
+        }
+        assert!(Instant::now() < deadline, "no listening address: {err}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn against_a_framelink_serve_process() {
+    let (server, addr) = serve(&[]);
+    let runs = json_runs(&[
+        "bench",
+        &addr,
+        "-c",
+        "3",
+        "--duration",
+        "500ms",
+        "--warmup",
+        "100ms",
+        "--size",
+        "1KiB",
+        "--json",
+    ]);
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0]["server"], addr.as_str());
+    assert_eq!(runs[0]["connections"], 3);
+    assert_clean(&runs[0]);
+    drop(server);
+
+    // The raw baseline against a server that echoes fixed-size frames: no framing on the wire.
+    let (_raw_server, raw_addr) = serve(&["--framing", "fixed:64"]);
+    let runs = json_runs(&[
+        "bench", &raw_addr, "--mode", "raw", "--count", "5000", "--warmup", "0s", "--json",
+    ]);
+    assert_eq!(runs[0]["mode"], "raw");
+    assert_eq!(runs[0]["messages"], 5000);
+    assert_clean(&runs[0]);
+}
+
+#[test]
+fn refused_connection_is_an_error() {
+    // Bound, then released: nothing listens there.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let out = framelink(&["bench", &addr, "--duration", "1s"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("cannot connect"),
+        "{}",
+        text(&out.stderr)
+    );
+}
