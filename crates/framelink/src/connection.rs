@@ -75,7 +75,7 @@ use tokio_util::sync::ReusableBoxFuture;
 use framelink_proto::connection::{self as proto, State};
 use framelink_proto::machine::Machine;
 use framelink_proto::raw::{RawConfig, RawConfigError, RawConnection};
-use framelink_proto::session::Session;
+pub use framelink_proto::session::Session;
 use framelink_proto::{FrameEncoder, Framing};
 
 pub use framelink_proto::codec::DecodeError;
@@ -88,7 +88,7 @@ const MIN_DIRECT_READ: usize = 4 * 1024;
 /// Size of the stack buffer for reads into an empty (released) receive buffer.
 const STACK_READ: usize = 8 * 1024;
 /// Room reserved in the receive buffer once reads come in full (a busy connection).
-const READ_SIZE: usize = 16 * 1024;
+const READ_SIZE: usize = 64 * 1024;
 /// At most this many buffers per vectored write.
 const MAX_IOV: usize = 64;
 
@@ -245,6 +245,23 @@ where
     Ok(spawn_with_hook(stream, machine, SpawnOptions::default()).0)
 }
 
+/// [`spawn`], asking the peer (a server offering sessions) for `session`: a new one
+/// (`Session::new` with 16 random bytes) or the one a previous connection left
+/// ([`Receiver`]s of finished connections hand it back through the [`Client`](crate::Client),
+/// which is the usual way to use sessions). Messages are numbered, kept until acknowledged,
+/// and resent after a reconnect.
+pub fn spawn_session<S>(
+    stream: S,
+    config: ConnectionConfig,
+    session: Session,
+) -> Result<Connection, ConfigError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let machine = proto::Connection::with_session(config, session, Instant::now().into_std())?;
+    Ok(spawn_with_hook(stream, machine, SpawnOptions::default()).0)
+}
+
 /// Spawns the driver for a raw-mode connection over `stream`: the peer speaks its own framing
 /// (`config.framing`), and the connection is kept alive with `config`'s ping frame and pong
 /// matcher, or only watched for silence. See [`framelink_proto::raw`].
@@ -373,7 +390,12 @@ where
     });
     let connection = Connection {
         sender: Sender::new(shared.clone()),
-        receiver: Receiver { shared },
+        receiver: Receiver {
+            shared,
+            local: VecDeque::new(),
+            local_bytes: 0,
+            resume_pending: false,
+        },
     };
     (connection, task.abort_handle())
 }
@@ -509,11 +531,6 @@ impl Inner {
     fn events_full(&self, config: &DriverConfig) -> bool {
         self.event_bytes >= config.recv_high_watermark
             || self.events.len() >= config.max_pending_events
-    }
-
-    fn events_drained(&self, config: &DriverConfig) -> bool {
-        self.event_bytes <= config.recv_low_watermark
-            && self.events.len() <= config.max_pending_events / 4
     }
 
     fn push_event(&mut self, event: Event) {
@@ -867,6 +884,13 @@ async fn wait_status(shared: &Shared, done: impl Fn(&Inner) -> bool) -> Option<C
 #[derive(Debug)]
 pub struct Receiver {
     shared: Arc<Shared>,
+    /// Events taken from the shared queue in one batch (one lock per batch, not per event).
+    local: VecDeque<Event>,
+    /// Payload bytes in `local`.
+    local_bytes: usize,
+    /// The driver paused reading when this batch was taken: resume it once the batch is
+    /// down to the receive low watermark.
+    resume_pending: bool,
 }
 
 impl Drop for Receiver {
@@ -875,6 +899,7 @@ impl Drop for Receiver {
         inner.receiver_alive = false;
         inner.events = VecDeque::new();
         inner.event_bytes = 0;
+        inner.reading_paused = false;
         drop(inner);
         // Either every handle is gone, or the driver may be waiting for room it now has.
         self.shared.wake_driver.notify_one();
@@ -900,7 +925,7 @@ impl Receiver {
     /// Payload bytes of received messages waiting in this receiver (bounded by the driver's
     /// receive watermarks, plus one read).
     pub fn buffered_bytes(&self) -> usize {
-        self.shared.lock().event_bytes
+        self.local_bytes + self.shared.lock().event_bytes
     }
 
     /// The session the finished connection leaves behind (connecting side), to resume on the
@@ -929,36 +954,44 @@ impl Receiver {
 impl Stream for Receiver {
     type Item = Event;
 
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
-        let mut inner = self.shared.lock();
-        match inner.events.pop_front() {
-            Some(event) => {
-                if let Event::Message(payload) = &event {
-                    inner.event_bytes -= payload.len();
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        let this = &mut *self;
+        if this.local.is_empty() {
+            // Take everything waiting at once: the driver's queue becomes empty, so reading
+            // resumes (the batch taken is bounded by the receive high watermark).
+            let mut inner = this.shared.lock();
+            if inner.events.is_empty() {
+                if inner.finished {
+                    return Poll::Ready(None);
                 }
-                if inner.events.is_empty() {
-                    // A quiet connection keeps no event buffer.
-                    inner.events = VecDeque::new();
-                }
-                let ring = inner.reading_paused && inner.events_drained(&self.shared.config);
-                if ring {
-                    inner.reading_paused = false;
-                }
-                drop(inner);
-                if ring {
-                    self.shared.wake_driver.notify_one();
-                }
-                Poll::Ready(Some(event))
-            }
-            None if inner.finished => Poll::Ready(None),
-            None => {
                 match &inner.receiver_waker {
                     Some(w) if w.will_wake(cx.waker()) => {}
                     _ => inner.receiver_waker = Some(cx.waker().clone()),
                 }
-                Poll::Pending
+                return Poll::Pending;
             }
+            std::mem::swap(&mut this.local, &mut inner.events);
+            this.local_bytes = std::mem::take(&mut inner.event_bytes);
+            this.resume_pending |= inner.reading_paused;
         }
+        let event = this.local.pop_front().expect("not empty");
+        if let Event::Message(payload) = &event {
+            this.local_bytes -= payload.len();
+        }
+        let config = &this.shared.config;
+        if this.resume_pending
+            && this.local_bytes <= config.recv_low_watermark
+            && this.local.len() <= config.max_pending_events / 4
+        {
+            this.resume_pending = false;
+            this.shared.lock().reading_paused = false;
+            this.shared.wake_driver.notify_one();
+        }
+        if this.local.is_empty() {
+            // A quiet connection keeps no event buffer.
+            this.local = VecDeque::new();
+        }
+        Poll::Ready(Some(event))
     }
 }
 
