@@ -35,7 +35,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use bytes::{BufMut, Bytes, BytesMut};
 use clap::{Args, ValueEnum};
 use framelink::connection::{self, CloseCode, ConnectionConfig, Event, Receiver, Sender};
-use framelink::server::{Server, ServerConfig, ServerHandle};
+use framelink::server::{Server, ServerConfig, ServerHandle, ServerSessions};
 use framelink::socket::SocketOptions;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -159,6 +159,10 @@ pub enum Mode {
     Raw,
     /// raw, then framelink, with the same settings.
     Both,
+    /// framelink with acknowledged sessions (numbered messages, ACKs, retransmit buffer).
+    Sessions,
+    /// raw, framelink, then framelink with sessions.
+    All,
 }
 
 /// One measured run.
@@ -166,6 +170,7 @@ pub enum Mode {
 enum Kind {
     Raw,
     Framelink,
+    Sessions,
 }
 
 impl Kind {
@@ -173,6 +178,7 @@ impl Kind {
         match self {
             Kind::Raw => "raw",
             Kind::Framelink => "framelink",
+            Kind::Sessions => "framelink+sessions",
         }
     }
 }
@@ -323,6 +329,8 @@ async fn bench(args: BenchArgs, settings: Settings) -> Result<ExitCode> {
         Mode::Framelink => &[Kind::Framelink],
         Mode::Raw => &[Kind::Raw],
         Mode::Both => &[Kind::Raw, Kind::Framelink],
+        Mode::Sessions => &[Kind::Sessions],
+        Mode::All => &[Kind::Raw, Kind::Framelink, Kind::Sessions],
     };
     let mut results = Vec::new();
     for &kind in runs {
@@ -330,21 +338,27 @@ async fn bench(args: BenchArgs, settings: Settings) -> Result<ExitCode> {
             break;
         }
         let target = match kind {
-            Kind::Framelink => args.addr.as_deref(),
+            Kind::Framelink | Kind::Sessions => args.addr.as_deref(),
             Kind::Raw => args.raw_addr.as_deref().or(args.addr.as_deref()),
         };
         results.push(run_mode(kind, target, &settings, &stop).await?);
     }
     interrupt.abort();
 
-    let ratio = match results.as_slice() {
-        [raw, framelink] if raw.kind == Kind::Raw => Some(Ratio::of(framelink, raw)),
-        _ => None,
+    // Each framelink run against the raw baseline of the same invocation, if there is one.
+    let raw = results.iter().find(|r| r.kind == Kind::Raw);
+    let ratios: Vec<(Kind, Ratio)> = match raw {
+        Some(raw) => results
+            .iter()
+            .filter(|r| r.kind != Kind::Raw)
+            .map(|r| (r.kind, Ratio::of(r, raw)))
+            .collect(),
+        None => Vec::new(),
     };
     if args.json {
         for result in &results {
             let mut value = result.to_json(&settings);
-            if let (Some(ratio), Kind::Framelink) = (ratio, result.kind) {
+            if let Some((_, ratio)) = ratios.iter().find(|(k, _)| *k == result.kind) {
                 value["vs_raw"] = json!({
                     "msgs_per_sec": ratio.msgs,
                     "mb_per_sec": ratio.mb,
@@ -353,7 +367,7 @@ async fn bench(args: BenchArgs, settings: Settings) -> Result<ExitCode> {
             println!("{value}");
         }
     } else {
-        print!("{}", table(&settings, &results, ratio));
+        print!("{}", table(&settings, &results, &ratios));
     }
     Ok(if results.iter().any(|r| r.errors() > 0) {
         ExitCode::FAILURE
@@ -405,8 +419,12 @@ impl InProcess {
             .context("cannot start the server's tokio runtime")?;
         let started = runtime.spawn(async move {
             match kind {
-                Kind::Framelink => {
-                    let mut server = Server::bind("127.0.0.1:0", ServerConfig::default())
+                Kind::Framelink | Kind::Sessions => {
+                    let config = ServerConfig {
+                        sessions: (kind == Kind::Sessions).then(ServerSessions::default),
+                        ..ServerConfig::default()
+                    };
+                    let mut server = Server::bind("127.0.0.1:0", config)
                         .await
                         .context("cannot start the in-process framelink server")?;
                     let (addr, handle) = (server.local_addr(), server.handle());
@@ -492,9 +510,14 @@ async fn connect(kind: Kind, addr: &str) -> Result<Link> {
         .context("cannot set socket options")?;
     match kind {
         Kind::Raw => Ok(Link::Raw(stream)),
-        Kind::Framelink => {
-            let (sender, mut receiver) =
-                connection::spawn(stream, ConnectionConfig::default())?.split();
+        Kind::Framelink | Kind::Sessions => {
+            let connection = if kind == Kind::Sessions {
+                let session = connection::Session::new(rand::random());
+                connection::spawn_session(stream, ConnectionConfig::default(), session)?
+            } else {
+                connection::spawn(stream, ConnectionConfig::default())?
+            };
+            let (sender, mut receiver) = connection.split();
             loop {
                 match receiver.next_event().await {
                     Some(Event::Connected { .. }) => return Ok(Link::Framelink(sender, receiver)),
@@ -1231,7 +1254,7 @@ fn per_sec(amount: f64, elapsed: Duration) -> f64 {
 }
 
 /// The human report.
-fn table(settings: &Settings, results: &[ModeResult], ratio: Option<Ratio>) -> String {
+fn table(settings: &Settings, results: &[ModeResult], ratios: &[(Kind, Ratio)]) -> String {
     let mut s = String::new();
     let conns = match settings.connections {
         1 => "1 connection".to_string(),
@@ -1315,11 +1338,13 @@ fn table(settings: &Settings, results: &[ModeResult], ratio: Option<Ratio>) -> S
             }
         }
     }
-    if let Some(ratio) = ratio {
+    for (kind, ratio) in ratios {
         let _ = writeln!(
             s,
-            "framelink/raw: {:.2}x msgs/s, {:.2}x MB/s",
-            ratio.msgs, ratio.mb
+            "{}/raw: {:.2}x msgs/s, {:.2}x MB/s",
+            kind.name(),
+            ratio.msgs,
+            ratio.mb
         );
     }
     s
