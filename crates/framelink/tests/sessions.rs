@@ -213,8 +213,8 @@ mod oneshot_echo {
 fn session_client_config() -> ClientConfig {
     ClientConfig {
         protocol: Protocol::Framelink(ConnectionConfig {
-            ping_interval: Some(Duration::from_millis(500)),
-            ping_timeout: Duration::from_millis(2_000),
+            ping_interval: Some(Duration::from_millis(200)),
+            ping_timeout: Duration::from_millis(400),
             max_queued_bytes: 256 * 1024,
             ..ConnectionConfig::default()
         }),
@@ -228,23 +228,27 @@ fn session_client_config() -> ClientConfig {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hundred_thousand_messages_exactly_once_through_a_link_cut_dozens_of_times() {
-    const N: u32 = 100_000;
-    let (server_addr, received) = session_echo_server().await;
-    let (proxy_addr, cuts) = cutting_proxy(server_addr, 0x5EED).await;
+/// Streams `n` messages of random sizes from a sessions client through `proxy_addr` to the
+/// session echo server at the other end and checks every echo (exactly once, in order) and what
+/// the server received; returns the resumptions seen.
+async fn exchange(
+    n: u32,
+    proxy_addr: std::net::SocketAddr,
+    received: Arc<Mutex<HashMap<[u8; 16], Vec<u32>>>>,
+    cuts: impl Fn() -> u64,
+) -> u32 {
     let mut client = Client::connect(proxy_addr.to_string(), session_client_config()).unwrap();
     let sender = client.sender();
     let writer = tokio::spawn(async move {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        for i in 1..=N {
+        for i in 1..=n {
             sender.send(message(i, &mut rng)).await.unwrap();
         }
     });
     let mut next = 1u32;
     let (mut resumed, mut lost) = (0u32, 0usize);
     let result = timeout(DEADLINE, async {
-        while next <= N {
+        while next <= n {
             match client.next_event().await.expect("client stopped") {
                 ClientEvent::Message(m) => {
                     assert_eq!(number(&m), next, "echo out of order or duplicated");
@@ -261,26 +265,76 @@ async fn hundred_thousand_messages_exactly_once_through_a_link_cut_dozens_of_tim
     .await;
     assert!(
         result.is_ok(),
-        "only {} of {N} echoes after {:?} ({} cuts)",
+        "only {} of {n} echoes after {:?} ({} cuts)",
         next - 1,
         DEADLINE,
-        cuts.load(Ordering::SeqCst)
+        cuts()
     );
     writer.await.unwrap();
-    let cuts = cuts.load(Ordering::SeqCst);
-    eprintln!("{N} messages each way, {cuts} cuts, {resumed} resumptions");
-    assert!(cuts >= 24, "only {cuts} cuts");
-    assert_eq!(lost, 0);
-    assert!(resumed as u64 >= cuts.saturating_sub(2));
+    assert_eq!(lost, 0, "messages handed back as lost");
     // The server got each message exactly once, in order.
     let received = received.lock().unwrap();
     assert_eq!(received.len(), 1, "one session");
     let got = received.values().next().unwrap();
-    assert_eq!(got.len(), N as usize);
+    assert_eq!(got.len(), n as usize);
     assert!(
-        got.iter().copied().eq(1..=N),
+        got.iter().copied().eq(1..=n),
         "server side out of order or duplicated"
     );
+    resumed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_thousand_messages_exactly_once_through_a_link_cut_dozens_of_times() {
+    const N: u32 = 100_000;
+    let (server_addr, received) = session_echo_server().await;
+    let (proxy_addr, cuts) = cutting_proxy(server_addr, 0x5EED).await;
+    let resumed = exchange(N, proxy_addr, received, || cuts.load(Ordering::SeqCst)).await;
+    let cuts = cuts.load(Ordering::SeqCst);
+    eprintln!("{N} messages each way, {cuts} cuts, {resumed} resumptions");
+    assert!(cuts >= 24, "only {cuts} cuts");
+    assert!(resumed as u64 >= cuts.saturating_sub(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_thousand_messages_exactly_once_through_the_chaos_proxy() {
+    use framelink::chaos::{ChaosConfig, ChaosProxy, Fault, FaultMix, FaultPlan, Trigger};
+    const N: u32 = 100_000;
+    let (server_addr, received) = session_echo_server().await;
+    // Pieces of 1 to 512 bytes; a fault every ~400 KiB: resets, closes, and now and then a
+    // blackhole that only the heartbeat can find.
+    let proxy = ChaosProxy::start(
+        "127.0.0.1:0",
+        server_addr,
+        ChaosConfig {
+            seed: 0xC4A05,
+            split: Some(1..=512),
+            faults: FaultPlan::Random {
+                every: Trigger::Bytes(400 * 1024),
+                faults: FaultMix::new([(Fault::Rst, 4), (Fault::Fin, 4), (Fault::Blackhole, 1)]),
+            },
+            ..ChaosConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let stats = || proxy.stats();
+    let resumed = exchange(N, proxy.local_addr(), received, || {
+        let f = stats().faults;
+        f.rst + f.fin + f.blackhole
+    })
+    .await;
+    let faults = proxy.stats().faults;
+    eprintln!(
+        "{N} messages each way through the chaos proxy: {} RST, {} FIN, {} blackholes, \
+         {resumed} resumptions",
+        faults.rst, faults.fin, faults.blackhole
+    );
+    assert!(
+        faults.rst + faults.fin + faults.blackhole >= 24,
+        "{faults:?}"
+    );
+    assert!(faults.blackhole >= 1, "{faults:?}");
 }
 
 /// A proxy whose upstream can be switched and whose connections can all be cut at once (the
