@@ -1362,18 +1362,15 @@ impl Connection {
     /// The next SDATA of the session (an ACK first if deliveries are unacknowledged).
     fn transmit_session_data(&mut self, now: Instant) -> Option<Bytes> {
         // Small messages go out together in one chunk (one allocation, one slot of a vectored
-        // write); a large payload is its own chunk, after its header.
+        // write), copied straight from the retransmit buffer; a large payload is its own chunk
+        // (shared, not copied), after its header.
         let mut buf = BytesMut::new();
-        let mut sent_any = false;
+        let mut sent = 0u64;
         loop {
             let link = self.session.as_mut()?;
             if !link.active {
                 break;
             }
-            let seq = link.transmitted + 1;
-            let Some(payload) = link.state.as_ref().and_then(|s| s.message(seq)).cloned() else {
-                break;
-            };
             if link.unacked_deliveries() > 0 {
                 // Piggyback: the ACK goes out in the same write as the SDATA after it.
                 if let Some(ack) = self.take_ack(now, true) {
@@ -1381,29 +1378,33 @@ impl Connection {
                 }
                 continue;
             }
+            let seq = link.transmitted + 1;
+            let Some(payload) = link.state.as_ref().and_then(|s| s.message(seq)) else {
+                break;
+            };
             let large = payload.len() > COPY_THRESHOLD;
             if !buf.is_empty() && (large || buf.len() + SDATA_OVERHEAD + payload.len() > COALESCE) {
                 break;
             }
-            link.transmitted = seq;
-            sent_any = true;
-            self.stats.messages_out += 1;
-            self.stats.data_out += 1;
-            // The length was checked against the peer's limit in `send`.
-            let length = (payload.len() + 1 + 8) as u32;
             if buf.capacity() - buf.len() < SDATA_OVERHEAD + payload.len().min(COPY_THRESHOLD) {
                 buf.reserve(COALESCE.min(SDATA_OVERHEAD + payload.len()).max(256));
             }
-            buf.put_u32(length);
+            // The length was checked against the peer's limit in `send`.
+            buf.put_u32((payload.len() + 1 + 8) as u32);
             buf.put_u8(Message::SDATA);
             buf.put_u64(seq);
+            sent += 1;
             if large {
-                self.partial = Some(payload);
+                self.partial = Some(payload.clone());
+                link.transmitted = seq;
                 break;
             }
-            buf.put_slice(&payload);
+            buf.put_slice(payload);
+            link.transmitted = seq;
         }
-        if sent_any {
+        if sent > 0 {
+            self.stats.messages_out += sent;
+            self.stats.data_out += sent;
             self.last_data = self.last_data.max(now);
             if let Some(lv) = &mut self.liveness {
                 lv.on_send_data(now);
