@@ -1057,6 +1057,11 @@ fn poll_read_into<S: AsyncRead + Unpin>(
     cx: &mut Context<'_>,
     buf: &mut BytesMut,
 ) -> Poll<io::Result<usize>> {
+    if buf.capacity() - buf.len() < MIN_DIRECT_READ && !buf.is_empty() {
+        // Part of a message is buffered: the connection is busy. Grow once, read straight in
+        // (going through the stack buffer would copy the partial message twice).
+        buf.reserve(READ_SIZE);
+    }
     if buf.capacity() - buf.len() >= MIN_DIRECT_READ {
         return tokio_util::io::poll_read_buf(Pin::new(stream), cx, buf);
     }
