@@ -1371,17 +1371,18 @@ impl Connection {
             if !link.active {
                 break;
             }
+            let seq = link.transmitted + 1;
+            let Some(payload) = link.state.as_ref().and_then(|s| s.message(seq)) else {
+                break;
+            };
             if link.unacked_deliveries() > 0 {
-                // Piggyback: the ACK goes out in the same write as the SDATA after it.
+                // Piggyback: the ACK goes out in the same write as the SDATA after it (only
+                // when there is SDATA to send: otherwise the ACK policy decides).
                 if let Some(ack) = self.take_ack(now, true) {
                     self.encode(&ack, &mut buf, now);
                 }
                 continue;
             }
-            let seq = link.transmitted + 1;
-            let Some(payload) = link.state.as_ref().and_then(|s| s.message(seq)) else {
-                break;
-            };
             let large = payload.len() > COPY_THRESHOLD;
             if !buf.is_empty() && (large || buf.len() + SDATA_OVERHEAD + payload.len() > COALESCE) {
                 break;
@@ -2837,6 +2838,34 @@ mod tests {
         }
         sim.server = Connection::new(sim.config.clone(), sim.now).unwrap();
         sim.run(6, 0);
+    }
+
+    #[test]
+    fn session_acks_follow_the_policy_and_piggyback_on_data() {
+        let mut sim = SessionSim::new(21);
+        sim.pump(1 << 20);
+        sim.pump(1 << 20);
+        let m = |i: u32| Bytes::from(i.to_be_bytes().to_vec());
+        for i in 1..=3 {
+            sim.client.send(m(i), sim.now).unwrap();
+        }
+        sim.pump(1 << 20);
+        assert_eq!(sim.got_s, vec![1, 2, 3]);
+        // Nothing to send back, fewer than ack_every (8), delay (5 ms) not over: no ACK yet.
+        let server_ack = |sim: &SessionSim| sim.server.session.as_ref().unwrap().ack_sent;
+        assert_eq!(server_ack(&sim), 0);
+        assert_eq!(sim.client.session().unwrap().acked(), 0);
+        sim.tick(ms(6));
+        sim.pump(1 << 20);
+        assert_eq!(server_ack(&sim), 3);
+        assert_eq!(sim.client.session().unwrap().acked(), 3);
+        // Data going the other way carries the ACK at once.
+        sim.client.send(m(4), sim.now).unwrap();
+        sim.pump(1 << 20);
+        sim.server.send(m(1), sim.now).unwrap();
+        sim.pump(1 << 20);
+        assert_eq!(server_ack(&sim), 4);
+        assert_eq!(sim.client.session().unwrap().acked(), 4);
     }
 
     #[test]
