@@ -576,7 +576,8 @@ pub struct Connection {
     closed_reported: bool,
     events: VecDeque<Event>,
     stats: Stats,
-    session: Option<SessionLink>,
+    /// Boxed: most connections have none, and this keeps their footprint small.
+    session: Option<Box<SessionLink>>,
 }
 
 impl Connection {
@@ -631,7 +632,7 @@ impl Connection {
     ) -> Result<Self, ConfigError> {
         let policy = config.sessions.unwrap_or_default();
         let mut connection = Connection::new(config, now)?;
-        connection.session = Some(SessionLink::new(true, policy, Some(session)));
+        connection.session = Some(Box::new(SessionLink::new(true, policy, Some(session))));
         Ok(connection)
     }
 
@@ -949,7 +950,7 @@ impl Connection {
                 ) {
                     let mut link = SessionLink::new(false, policy, None);
                     link.peer_delivered = delivered;
-                    self.session = Some(link);
+                    self.session = Some(Box::new(link));
                     let id = self.peer.as_ref().map_or([0; 16], |h| h.session_id);
                     self.events.push_back(Event::SessionRequest {
                         id,
@@ -1217,7 +1218,7 @@ impl Connection {
         if !self.hello_sent {
             self.hello_sent = true;
             let mut hello = self.config.hello();
-            match &self.session {
+            match self.session.as_deref() {
                 Some(SessionLink {
                     requester: true,
                     state: Some(session),
@@ -1328,7 +1329,7 @@ impl Connection {
         if !self.data.is_empty() {
             return true;
         }
-        match &self.session {
+        match self.session.as_deref() {
             Some(SessionLink {
                 active: true,
                 state: Some(session),

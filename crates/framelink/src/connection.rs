@@ -523,8 +523,9 @@ struct Inner {
     closed: Option<Box<CloseInfo>>,
     /// The driver dropped the socket: no more events after those queued.
     finished: bool,
-    /// Connecting side: the session left by the finished driver, for the next connection.
-    session: Option<Session>,
+    /// Connecting side: the session left by the finished driver, for the next connection
+    /// (boxed: most connections never have one, and this lives as long as the connection).
+    session: Option<Box<Session>>,
 }
 
 impl Inner {
@@ -932,7 +933,7 @@ impl Receiver {
     /// next connection. `None` before the driver finished, without a session, or after the
     /// session ended.
     pub(crate) fn take_session(&self) -> Option<Session> {
-        self.shared.lock().session.take()
+        self.shared.lock().session.take().map(|s| *s)
     }
 
     /// How the connection ended, once it did.
@@ -1117,7 +1118,7 @@ enum Wake {
     Handles,
     Timer,
     /// The session host answered a session request.
-    Resolved(Option<Session>),
+    Resolved(Option<Box<Session>>),
 }
 
 /// The background task's state.
@@ -1227,7 +1228,7 @@ impl<M: Machine> Driver<M> {
                 io = io, if can_read || can_write => Wake::Io(io),
                 () = shared.wake_driver.notified() => Wake::Handles,
                 () = &mut sleep, if armed.is_some() => Wake::Timer,
-                found = resolved, if resolving_active => Wake::Resolved(found),
+                found = resolved, if resolving_active => Wake::Resolved(found.map(Box::new)),
             };
             let now = Instant::now();
             match wake {
@@ -1262,7 +1263,8 @@ impl<M: Machine> Driver<M> {
                 Wake::Resolved(found) => {
                     self.resolving = None;
                     let before = self.machine.queued_bytes();
-                    self.machine.attach_session(found, now.into_std());
+                    self.machine
+                        .attach_session(found.map(|s| *s), now.into_std());
                     // A resumed session brings its unacknowledged messages: they hold budget.
                     let after = self.machine.queued_bytes();
                     self.hold_budget(after.saturating_sub(before));
@@ -1299,7 +1301,7 @@ impl<M: Machine> Driver<M> {
         }
         match (&self.sessions, self.session_id) {
             (Some((host, conn)), Some(id)) => host.release(id, *conn, session.take()),
-            _ => inner.session = session,
+            _ => inner.session = session.map(Box::new),
         }
         inner.wake_receiver();
         drop(inner);
