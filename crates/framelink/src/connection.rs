@@ -1175,12 +1175,19 @@ impl<M: Machine> Driver<M> {
             if self.socket_done() {
                 break;
             }
-            // The one timer is re-armed only when the deadline moved *earlier* (or it fired).
-            // Traffic moves heartbeat deadlines later with every read; the timer then fires
-            // early, the machine finds nothing due, and it is re-armed once, at the new
-            // deadline: at most one spurious wake per period instead of a reset per message.
+            // The one timer is re-armed when the deadline moved earlier, when it fired, or when
+            // it moved later by a lot compared with the time left (a quiet connection's next
+            // heartbeat). Traffic on a busy connection moves the deadline later by a little with
+            // every read: then the timer is kept, fires early once per period, and is re-armed
+            // at the new deadline, instead of being reset for every message.
             match (self.deadline(), armed) {
-                (Some(at), Some(current)) if at >= current => {}
+                // Later by little compared with the time left (traffic on a busy connection):
+                // keep the timer; it fires early once and is re-armed then.
+                (Some(at), Some(current))
+                    if at >= current
+                        && at - current < current.saturating_duration_since(Instant::now()) / 2 => {
+                }
+                (Some(at), Some(current)) if at == current => {}
                 (Some(at), _) => {
                     sleep.as_mut().reset(at);
                     armed = Some(at);
@@ -1232,18 +1239,7 @@ impl<M: Machine> Driver<M> {
             };
             let now = Instant::now();
             match wake {
-                Wake::Io(Io::Read(Ok(0) | Err(_))) => {
-                    self.reading = false;
-                    self.machine.handle_eof(now.into_std());
-                }
-                Wake::Io(Io::Read(Ok(n))) => {
-                    self.machine.process_input(now.into_std());
-                    let buf = self.machine.recv_buf();
-                    if buf.is_empty() && n < MIN_DIRECT_READ && buf.capacity() > 0 {
-                        // A quiet connection: give the read buffer back.
-                        *buf = BytesMut::new();
-                    }
-                }
+                Wake::Io(Io::Read(result)) => self.on_read(result, now),
                 Wake::Io(Io::Written(Ok(()))) => {
                     if shutdown && self.out.is_empty() {
                         self.shutdown_done = true;
@@ -1282,6 +1278,24 @@ impl<M: Machine> Driver<M> {
                             break;
                         }
                     } else {
+                        // Input that arrived with the timer goes first: a peer's PING already
+                        // in the socket means no PING of ours is due (two pings crossing would
+                        // double the heartbeat traffic).
+                        if self.reading && !shared.lock().reading_paused {
+                            let machine = &mut self.machine;
+                            let ready = std::future::poll_fn(|cx| {
+                                Poll::Ready(
+                                    match poll_read_into(&mut stream, cx, machine.recv_buf()) {
+                                        Poll::Ready(result) => Some(result),
+                                        Poll::Pending => None,
+                                    },
+                                )
+                            })
+                            .await;
+                            if let Some(result) = ready {
+                                self.on_read(result, now);
+                            }
+                        }
                         self.machine.handle_timeout(now.into_std());
                     }
                 }
@@ -1306,6 +1320,24 @@ impl<M: Machine> Driver<M> {
         inner.wake_receiver();
         drop(inner);
         self.shared.status_changed.notify_waiters();
+    }
+
+    /// Hands a read's outcome to the machine.
+    fn on_read(&mut self, result: io::Result<usize>, now: Instant) {
+        match result {
+            Ok(0) | Err(_) => {
+                self.reading = false;
+                self.machine.handle_eof(now.into_std());
+            }
+            Ok(n) => {
+                self.machine.process_input(now.into_std());
+                let buf = self.machine.recv_buf();
+                if buf.is_empty() && n < MIN_DIRECT_READ && buf.capacity() > 0 {
+                    // A quiet connection: give the read buffer back.
+                    *buf = BytesMut::new();
+                }
+            }
+        }
     }
 
     /// Counts `n` more bytes as held by the machine's queue: takes what the budget has now and
