@@ -97,6 +97,20 @@ impl Interrupt {
         Interrupt {}
     }
 
+    /// The next Ctrl-C, or the end of `max_duration` if one is given; says which.
+    pub async fn recv_or_after(&mut self, max_duration: Option<Duration>) -> &'static str {
+        match max_duration {
+            Some(d) => tokio::select! {
+                () = self.recv() => "interrupted",
+                () = tokio::time::sleep(d) => "--max-duration reached",
+            },
+            None => {
+                self.recv().await;
+                "interrupted"
+            }
+        }
+    }
+
     /// The next Ctrl-C.
     pub async fn recv(&mut self) {
         #[cfg(unix)]

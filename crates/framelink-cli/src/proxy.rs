@@ -141,18 +141,7 @@ async fn proxy(args: ProxyArgs, config: ChaosConfig) -> Result<ExitCode> {
     eprintln!("[proxy] {chaos}");
 
     let why = {
-        let stop = async {
-            match args.max_duration {
-                Some(d) => tokio::select! {
-                    () = interrupt.recv() => "interrupted",
-                    () = tokio::time::sleep(d) => "--max-duration reached",
-                },
-                None => {
-                    interrupt.recv().await;
-                    "interrupted"
-                }
-            }
-        };
+        let stop = interrupt.recv_or_after(args.max_duration);
         tokio::pin!(stop);
         let mut missed = 0;
         loop {

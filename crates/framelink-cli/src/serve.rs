@@ -123,18 +123,7 @@ async fn serve(args: ServeArgs, config: ServerConfig) -> Result<ExitCode> {
     let mut connections = JoinSet::new();
     // Accept until Ctrl-C or --max-duration (the `stop` future borrows `interrupt` in here).
     let why = {
-        let stop = async {
-            match args.max_duration {
-                Some(d) => tokio::select! {
-                    () = interrupt.recv() => "interrupted",
-                    () = tokio::time::sleep(d) => "--max-duration reached",
-                },
-                None => {
-                    interrupt.recv().await;
-                    "interrupted"
-                }
-            }
-        };
+        let stop = interrupt.recv_or_after(args.max_duration);
         tokio::pin!(stop);
         loop {
             tokio::select! {
