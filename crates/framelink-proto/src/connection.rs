@@ -1059,27 +1059,22 @@ impl Connection {
 
     /// A session message that does not fit the connection: protocol error.
     fn session_protocol_error(&mut self, what: &'static str, why: &'static str) {
-        let e = WireError::Protocol {
-            violation: Violation::Unexpected { what, why },
-            offset: self.codec.consumed(),
-        };
-        self.fail(
-            CloseCode::ProtocolError,
-            e.to_string(),
-            ConnectionError::Wire(e),
-            false,
-        );
-        self.input_done = true;
+        self.protocol_violation(Violation::Unexpected { what, why });
     }
 
     /// A session sequence number that cannot be right: protocol error.
     fn session_violation(&mut self, what: &'static str, expected: String, got: u64) {
+        self.protocol_violation(Violation::SessionSequence {
+            what,
+            got,
+            expected,
+        });
+    }
+
+    /// Closes with code 2 for `violation` at the current stream offset; input stops.
+    fn protocol_violation(&mut self, violation: Violation) {
         let e = WireError::Protocol {
-            violation: Violation::SessionSequence {
-                what,
-                got,
-                expected,
-            },
+            violation,
             offset: self.codec.consumed(),
         };
         self.fail(
