@@ -1451,6 +1451,9 @@ impl<M: Machine> Driver<M> {
             while let Some(event) = next {
                 match self.machine_event(event) {
                     Some(Event::Closed(info)) => {
+                        // Refuse sends before the application can see `Closed`: a send it
+                        // makes after seeing it must fail, not be "queued" and dropped.
+                        shared.budget.close();
                         inner.closed = Some(Box::new(info.clone()));
                         inner.push_event(Event::Closed(info));
                         status_changed = true;
