@@ -1,12 +1,11 @@
 //! The tokio connection driver over real loopback TCP: handshake, echo, dead-peer detection
-//! through a blackholing proxy, abrupt socket close, graceful close from either side, RTT
+//! through the chaos proxy blackholing the link, abrupt socket close, graceful close from either side, RTT
 //! samples, send budget. Timing assertions are upper bounds with generous margins.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use framelink::chaos::{ChaosConfig, ChaosProxy, Fault};
 use framelink::connection::{
     self, CloseCode, CloseInfo, ConnectionConfig, ConnectionError, Event, SendError,
 };
@@ -136,51 +135,17 @@ async fn handshake_and_echo_1000_both_directions() {
     assert_eq!(info.reason, "bye");
 }
 
-/// Forwards `from` to `to` until either ends; while `blackhole` is set, received bytes are
-/// dropped instead (both sockets stay open).
-async fn forward(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    blackhole: Arc<AtomicBool>,
-) {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        if !blackhole.load(Ordering::SeqCst) && to.write_all(&buf[..n]).await.is_err() {
-            return;
-        }
-    }
-}
-
-/// A one-connection proxy: returns its address; the forwarding tasks keep the sockets open
-/// (they are never dropped while the test runs).
-async fn proxy(upstream: std::net::SocketAddr, blackhole: Arc<AtomicBool>) -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (down, _) = listener.accept().await.unwrap();
-        let up = TcpStream::connect(upstream).await.unwrap();
-        let (dr, dw) = down.into_split();
-        let (ur, uw) = up.into_split();
-        tokio::join!(
-            forward(dr, uw, blackhole.clone()),
-            forward(ur, dw, blackhole)
-        );
-    });
-    addr
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_peer_is_declared_dead() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server_addr = listener.local_addr().unwrap();
-    let blackhole = Arc::new(AtomicBool::new(false));
-    let proxy_addr = proxy(server_addr, blackhole.clone()).await;
+    // Forwards faithfully until told to blackhole: bytes are then dropped both ways and the
+    // sockets stay open.
+    let proxy = ChaosProxy::start("127.0.0.1:0", server_addr, ChaosConfig::default())
+        .await
+        .unwrap();
 
-    let (client, server) = tokio::join!(TcpStream::connect(proxy_addr), listener.accept());
+    let (client, server) = tokio::join!(TcpStream::connect(proxy.local_addr()), listener.accept());
     let (interval, ping_timeout) = (Duration::from_millis(200), Duration::from_millis(200));
     let client = connection::spawn(client.unwrap(), config(200, 200)).unwrap();
     // The server keeps its own connection alive; it only pings rarely.
@@ -208,7 +173,7 @@ async fn silent_peer_is_declared_dead() {
         crx.close_info()
     );
 
-    blackhole.store(true, Ordering::SeqCst);
+    assert_eq!(proxy.cut_all(Fault::Blackhole), 1);
     let t0 = Instant::now();
     let info = closed(&mut crx).await;
     let elapsed = t0.elapsed();

@@ -1,15 +1,15 @@
 //! `Server` and reconnecting `Client` over real loopback TCP: echo, dead-peer detection through
-//! a blackholing proxy followed by a reconnect, a closed server noticed at once, eviction of
-//! silent and idle clients, the connection limit, graceful shutdown, backoff bounds, the
-//! `Sink`/`Stream` interface and raw mode against a server that drops idle connections.
+//! the chaos proxy blackholing the link followed by a reconnect, a closed server noticed at
+//! once, eviction of silent and idle clients, the connection limit, graceful shutdown, backoff
+//! bounds, the `Sink`/`Stream` interface and raw mode against a server that drops idle
+//! connections.
 //! Timing assertions are upper bounds with generous margins (and lower bounds only where the
 //! protocol guarantees them).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use framelink::chaos::{ChaosConfig, ChaosProxy, Fault};
 use framelink::client::{Client, ClientConfig, ClientEvent};
 use framelink::connection::{self, CloseCode, ConnectionConfig, ConnectionError, Event, Protocol};
 use framelink::server::{Server, ServerConfig};
@@ -147,74 +147,6 @@ async fn client_and_server_echo() {
     live_connections(&handle, 0).await;
 }
 
-/// A TCP proxy whose connections can be blackholed: after [`Proxy::cut`], every connection
-/// open at that moment silently drops all bytes both ways (the sockets stay open); newer
-/// connections forward normally.
-struct Proxy {
-    addr: std::net::SocketAddr,
-    generation: Arc<AtomicU64>,
-    accepted: Arc<AtomicU64>,
-}
-
-impl Proxy {
-    async fn start(upstream: std::net::SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let generation = Arc::new(AtomicU64::new(0));
-        let accepted = Arc::new(AtomicU64::new(0));
-        let (gen, count) = (generation.clone(), accepted.clone());
-        tokio::spawn(async move {
-            while let Ok((down, _)) = listener.accept().await {
-                count.fetch_add(1, Ordering::SeqCst);
-                let Ok(up) = TcpStream::connect(upstream).await else {
-                    continue;
-                };
-                let mine = gen.load(Ordering::SeqCst);
-                let (dr, dw) = down.into_split();
-                let (ur, uw) = up.into_split();
-                tokio::spawn(forward(dr, uw, gen.clone(), mine));
-                tokio::spawn(forward(ur, dw, gen.clone(), mine));
-            }
-        });
-        Proxy {
-            addr,
-            generation,
-            accepted,
-        }
-    }
-
-    /// Blackholes every connection open now.
-    fn cut(&self) {
-        self.generation.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-async fn forward(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    generation: Arc<AtomicU64>,
-    mine: u64,
-) {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        if generation.load(Ordering::SeqCst) != mine {
-            // Blackholed: keep reading (so nothing pushes back), forward nothing, never close.
-            continue;
-        }
-        if to.write_all(&buf[..n]).await.is_err() {
-            break;
-        }
-    }
-    if generation.load(Ordering::SeqCst) != mine {
-        // Keep the other socket open: a vanished peer sends no FIN.
-        std::future::pending::<()>().await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blackholed_link_is_declared_dead_in_bound_and_client_reconnects() {
     let (interval, ping_timeout) = (300u64, 300u64);
@@ -224,9 +156,13 @@ async fn blackholed_link_is_declared_dead_in_bound_and_client_reconnects() {
         ..ServerConfig::default()
     })
     .await;
-    let proxy = Proxy::start(server_addr).await;
+    // The library's chaos proxy, forwarding faithfully until told to blackhole: bytes are then
+    // dropped both ways and the sockets stay open (a vanished peer sends no FIN).
+    let proxy = ChaosProxy::start("127.0.0.1:0", server_addr, ChaosConfig::default())
+        .await
+        .unwrap();
     let mut client = Client::connect(
-        proxy.addr.to_string(),
+        proxy.local_addr().to_string(),
         client_config(Protocol::Framelink(heartbeat(interval, ping_timeout))),
     )
     .unwrap();
@@ -239,7 +175,7 @@ async fn blackholed_link_is_declared_dead_in_bound_and_client_reconnects() {
 
     let mut latencies = Vec::new();
     for _cut in 0..3 {
-        proxy.cut();
+        assert_eq!(proxy.cut_all(Fault::Blackhole), 1);
         let t0 = Instant::now();
         let info = disconnected(&mut client).await;
         let detected = t0.elapsed();
@@ -262,7 +198,7 @@ async fn blackholed_link_is_declared_dead_in_bound_and_client_reconnects() {
     eprintln!(
         "dead-peer detection with interval {interval} ms + timeout {ping_timeout} ms: {latencies:?}"
     );
-    assert_eq!(proxy.accepted.load(Ordering::SeqCst), 4);
+    assert_eq!(proxy.stats().connections, 4);
     // The server eventually drops the blackholed connections too (its own, slower check).
     live_connections(&handle, 1).await;
 }
