@@ -2,11 +2,10 @@
 //! `framelink serve` child process. Every run is bounded (killed after `PATIENCE`), and every
 //! child is killed when its guard drops.
 
-use std::io::Read;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+mod common;
+
+use std::process::Output;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -15,43 +14,7 @@ const PATIENCE: Duration = Duration::from_secs(60);
 
 /// Runs `framelink ARGS` to the end (killing it after `PATIENCE`).
 fn framelink(args: &[&str]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_framelink"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run framelink");
-    let stdout = collect(child.stdout.take().unwrap());
-    let stderr = collect(child.stderr.take().unwrap());
-    let deadline = Instant::now() + PATIENCE;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "framelink {} did not finish in {PATIENCE:?}",
-                args.join(" ")
-            );
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
-    Output {
-        status,
-        stdout: stdout.join().unwrap(),
-        stderr: stderr.join().unwrap(),
-    }
-}
-
-fn collect(mut pipe: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
-    thread::spawn(move || {
-        let mut out = Vec::new();
-        let _ = pipe.read_to_end(&mut out);
-        out
-    })
+    common::run(args, b"", PATIENCE)
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -215,57 +178,12 @@ fn bad_options_are_refused() {
     }
 }
 
-/// A `framelink serve` child, killed on drop; its stderr is collected.
-struct Serve {
-    child: Child,
-    stderr: Arc<Mutex<Vec<u8>>>,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `framelink serve 127.0.0.1:0 EXTRA` and returns it with the address it listens on.
-fn serve(extra: &[&str]) -> (Serve, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_framelink"))
-        .args(["serve", "127.0.0.1:0", "--quiet"])
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run framelink serve");
-    let stderr = Arc::new(Mutex::new(Vec::new()));
-    {
-        let stderr = stderr.clone();
-        let mut pipe = child.stderr.take().unwrap();
-        thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                stderr.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
-    }
-    let server = Serve { child, stderr };
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let err = text(&server.stderr.lock().unwrap());
-        if let Some(addr) = err
-            .split("listening on ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-        {
-            return (server, addr.to_string());
-        }
-        assert!(Instant::now() < deadline, "no listening address: {err}");
-        thread::sleep(Duration::from_millis(20));
-    }
+/// Starts `framelink serve 127.0.0.1:0 --quiet EXTRA`; returns it (killed on drop) and its
+/// address.
+fn serve(extra: &[&str]) -> (common::Proc, String) {
+    let mut args = vec!["--quiet"];
+    args.extend_from_slice(extra);
+    common::serve(&args)
 }
 
 #[test]

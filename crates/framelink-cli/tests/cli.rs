@@ -1,19 +1,14 @@
 //! The `framelink` binary as a user runs it: decode/encode on files and pipes, errors with their
 //! stream offsets and exit status, and the demo.
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+mod common;
 
+use std::process::Output;
+use std::time::Duration;
+
+/// Runs `framelink ARGS` on `stdin` to the end (at most a minute: the demo is the longest).
 fn framelink(args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_framelink"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run framelink");
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    child.wait_with_output().unwrap()
+    common::run(args, stdin, Duration::from_secs(60))
 }
 
 fn stdout(o: &Output) -> String {

@@ -2,98 +2,13 @@
 //! echo server over loopback TCP. Every child process is killed when its guard drops (also
 //! when an assertion fails), and every wait is bounded.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::thread;
 
-/// Generous bound for anything that should take well under a second.
-const PATIENCE: Duration = Duration::from_secs(20);
-
-/// A running `framelink` process; its stderr is collected by a thread; killed on drop.
-struct Proc {
-    child: Child,
-    stderr: Arc<Mutex<Vec<u8>>>,
-    reader: Option<JoinHandle<()>>,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn framelink(args: &[&str]) -> Proc {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_framelink"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run framelink");
-    let stderr = Arc::new(Mutex::new(Vec::new()));
-    let mut pipe = child.stderr.take().unwrap();
-    let into = stderr.clone();
-    let reader = thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = pipe.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            into.lock().unwrap().extend_from_slice(&buf[..n]);
-        }
-    });
-    Proc {
-        child,
-        stderr,
-        reader: Some(reader),
-    }
-}
-
-impl Proc {
-    fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
-    }
-
-    /// Waits until stderr satisfies `done`; panics after `PATIENCE`.
-    fn wait_stderr(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let err = self.stderr();
-            if done(&err) {
-                return err;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {what} on stderr within {PATIENCE:?}:\n{err}"
-            );
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Waits for the process to exit (and its stderr to be collected).
-    fn wait(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + PATIENCE;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "still running:\n{}",
-                self.stderr()
-            );
-            thread::sleep(Duration::from_millis(10));
-        };
-        if let Some(reader) = self.reader.take() {
-            reader.join().unwrap();
-        }
-        status
-    }
-}
+use common::{framelink, Proc, PATIENCE};
 
 /// An echo server on a free port, one thread per connection.
 fn echo_server() -> String {
@@ -121,13 +36,8 @@ fn proxy(upstream: &str, extra: &[&str]) -> (Proc, String) {
     args.extend_from_slice(extra);
     let proc = framelink(&args);
     let err = proc.wait_stderr("listening line", |e| e.contains('\n'));
+    let addr = proc.listening_addr();
     let first = err.lines().next().unwrap();
-    let addr = first
-        .strip_prefix("[proxy] listening on ")
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("unexpected first line: {err}"))
-        .to_string();
-    assert!(!addr.ends_with(":0"), "{err}");
     assert!(
         first.ends_with(&format!("-> {upstream} (seed 7)")),
         "{first}"
@@ -193,7 +103,7 @@ fn proxy_cuts_at_a_byte_count_and_reports_it() {
         "{err}"
     );
     drop(client);
-    let status = proxy.wait();
+    let status = proxy.wait(PATIENCE);
     let err = proxy.stderr();
     assert!(status.success(), "{status}\n{err}");
     assert!(
@@ -220,7 +130,7 @@ fn bad_options_are_refused() {
         &["proxy", "127.0.0.1:0", "127.0.0.1:1", "--cut-every", "0"],
     ] {
         let mut proc = framelink(args);
-        let status = proc.wait();
+        let status = proc.wait(PATIENCE);
         assert_eq!(status.code(), Some(2), "{args:?}\n{}", proc.stderr());
     }
 }
