@@ -1285,38 +1285,40 @@ impl Connection {
             return self.transmit_session_data(now);
         }
         if data_allowed && !self.data.is_empty() {
-            // Small messages go out together in one chunk; a large payload is its own chunk.
+            let mut sent = 0;
             while let Some(payload) = self.data.front() {
-                let large = payload.len() > COPY_THRESHOLD;
-                if !buf.is_empty()
-                    && (large || buf.len() + DATA_OVERHEAD + payload.len() > COALESCE)
-                {
+                // Checked against the peer's limit in `send` / `on_hello`.
+                let mut header = [0; DATA_OVERHEAD];
+                header[..4].copy_from_slice(&((payload.len() + 1) as u32).to_be_bytes());
+                header[4] = Message::DATA;
+                let Some(copied) = pack_message(&mut buf, &header, payload) else {
                     break;
-                }
+                };
                 let payload = self.data.pop_front().expect("front exists");
                 self.queued_bytes -= payload.len() + DATA_OVERHEAD;
-                self.stats.messages_out += 1;
-                self.stats.data_out += 1;
-                // Checked against the peer's limit in `send` / `on_hello`.
-                let length = (payload.len() + 1) as u32;
-                if buf.capacity() - buf.len() < DATA_OVERHEAD + payload.len().min(COPY_THRESHOLD) {
-                    buf.reserve(COALESCE.min(DATA_OVERHEAD + payload.len()).max(256));
-                }
-                buf.put_u32(length);
-                buf.put_u8(Message::DATA);
-                if large {
+                sent += 1;
+                if !copied {
                     self.partial = Some(payload);
                     break;
                 }
-                buf.put_slice(&payload);
             }
-            self.last_data = self.last_data.max(now);
-            if let Some(lv) = &mut self.liveness {
-                lv.on_send_data(now);
-            }
+            self.data_sent(sent, now);
             return self.out(buf);
         }
         None
+    }
+
+    /// Counts `n` DATA / SDATA messages just transmitted at `now`.
+    fn data_sent(&mut self, n: u64, now: Instant) {
+        if n == 0 {
+            return;
+        }
+        self.stats.messages_out += n;
+        self.stats.data_out += n;
+        self.last_data = self.last_data.max(now);
+        if let Some(lv) = &mut self.liveness {
+            lv.on_send_data(now);
+        }
     }
 
     /// DATA is waiting to be written (queued, or in the session and not transmitted yet).
@@ -1357,9 +1359,7 @@ impl Connection {
 
     /// The next SDATA of the session (an ACK first if deliveries are unacknowledged).
     fn transmit_session_data(&mut self, now: Instant) -> Option<Bytes> {
-        // Small messages go out together in one chunk (one allocation, one slot of a vectored
-        // write), copied straight from the retransmit buffer; a large payload is its own chunk
-        // (shared, not copied), after its header.
+        // Packed like DATA (see `pack_message`), copied straight from the retransmit buffer.
         let mut buf = BytesMut::new();
         let mut sent = 0u64;
         loop {
@@ -1379,34 +1379,22 @@ impl Connection {
                 }
                 continue;
             }
-            let large = payload.len() > COPY_THRESHOLD;
-            if !buf.is_empty() && (large || buf.len() + SDATA_OVERHEAD + payload.len() > COALESCE) {
-                break;
-            }
-            if buf.capacity() - buf.len() < SDATA_OVERHEAD + payload.len().min(COPY_THRESHOLD) {
-                buf.reserve(COALESCE.min(SDATA_OVERHEAD + payload.len()).max(256));
-            }
             // The length was checked against the peer's limit in `send`.
-            buf.put_u32((payload.len() + 1 + 8) as u32);
-            buf.put_u8(Message::SDATA);
-            buf.put_u64(seq);
+            let mut header = [0; SDATA_OVERHEAD];
+            header[..4].copy_from_slice(&((payload.len() + 1 + 8) as u32).to_be_bytes());
+            header[4] = Message::SDATA;
+            header[5..].copy_from_slice(&seq.to_be_bytes());
+            let Some(copied) = pack_message(&mut buf, &header, payload) else {
+                break;
+            };
+            link.transmitted = seq;
             sent += 1;
-            if large {
+            if !copied {
                 self.partial = Some(payload.clone());
-                link.transmitted = seq;
                 break;
             }
-            buf.put_slice(payload);
-            link.transmitted = seq;
         }
-        if sent > 0 {
-            self.stats.messages_out += sent;
-            self.stats.data_out += sent;
-            self.last_data = self.last_data.max(now);
-            if let Some(lv) = &mut self.liveness {
-                lv.on_send_data(now);
-            }
-        }
+        self.data_sent(sent, now);
         self.out(buf)
     }
 
@@ -1601,6 +1589,28 @@ impl Connection {
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }
+}
+
+/// Appends a data message to the chunk being built: small messages go out together in one
+/// chunk (one allocation, one slot of a vectored write), a large payload (over
+/// [`COPY_THRESHOLD`]) is its own chunk after its header, shared rather than copied. Returns
+/// `None` when the message must start the next chunk, `Some(true)` when header and payload were
+/// appended, `Some(false)` when only the header was (the caller sends the payload next).
+fn pack_message(buf: &mut BytesMut, header: &[u8], payload: &[u8]) -> Option<bool> {
+    let large = payload.len() > COPY_THRESHOLD;
+    if !buf.is_empty() && (large || buf.len() + header.len() + payload.len() > COALESCE) {
+        return None;
+    }
+    let needed = header.len() + payload.len().min(COPY_THRESHOLD);
+    if buf.capacity() - buf.len() < needed {
+        buf.reserve(COALESCE.min(header.len() + payload.len()).max(256));
+    }
+    buf.put_slice(header);
+    if large {
+        return Some(false);
+    }
+    buf.put_slice(payload);
+    Some(true)
 }
 
 /// `reason` cut to at most [`MAX_CLOSE_REASON`] bytes at a character boundary.
