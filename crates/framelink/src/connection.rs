@@ -704,18 +704,24 @@ impl Sender {
     /// Queues a message if the budget has room now; [`SendError::QueueFull`] otherwise.
     pub fn try_send(&self, payload: Bytes) -> Result<(), SendError> {
         let cost = check(&self.shared, &payload)?;
-        match self.shared.budget.try_acquire_many(cost as u32) {
-            Ok(permit) => permit.forget(),
-            Err(TryAcquireError::Closed) => return Err(SendError::Closed),
-            Err(TryAcquireError::NoPermits) => {
-                return Err(SendError::QueueFull {
-                    queued: self.shared.limit - self.shared.budget.available_permits(),
-                    len: cost,
-                    limit: self.shared.limit,
-                })
-            }
-        }
+        self.try_reserve(cost)?;
         enqueue(&self.shared, Command::Send(payload))
+    }
+
+    /// Takes `cost` bytes of budget if it has them now.
+    fn try_reserve(&self, cost: usize) -> Result<(), SendError> {
+        match self.shared.budget.try_acquire_many(cost as u32) {
+            Ok(permit) => {
+                permit.forget();
+                Ok(())
+            }
+            Err(TryAcquireError::Closed) => Err(SendError::Closed),
+            Err(TryAcquireError::NoPermits) => Err(SendError::QueueFull {
+                queued: self.shared.limit - self.shared.budget.available_permits(),
+                len: cost,
+                limit: self.shared.limit,
+            }),
+        }
     }
 
     /// Closes gracefully: messages sent before are written, then CLOSE with `code` and `reason`
@@ -769,11 +775,12 @@ impl Sink<Bytes> for Sender {
 
     fn start_send(mut self: Pin<&mut Self>, item: Bytes) -> Result<(), SendError> {
         debug_assert!(self.sink_item.is_none(), "start_send without poll_ready");
-        // Refuse what can never be sent now rather than at the next poll.
-        check(&self.shared, &item)?;
-        match self.try_send(item.clone()) {
-            Ok(()) => Ok(()),
+        // Refuse what can never be sent now rather than at the next poll (checked once).
+        let cost = check(&self.shared, &item)?;
+        match self.try_reserve(cost) {
+            Ok(()) => enqueue(&self.shared, Command::Send(item)),
             Err(SendError::QueueFull { .. }) => {
+                // Waits in `poll_flush` / the next `poll_ready` for budget.
                 self.sink_item = Some(item);
                 Ok(())
             }
