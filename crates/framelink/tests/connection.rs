@@ -457,3 +457,102 @@ async fn a_stalled_reader_triggers_backpressure_not_growth() {
     more.await.unwrap().unwrap();
     eprintln!("{sent} KiB accepted before the sender blocked (queue limit 256 KiB)");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_echo_in_order_and_refusals_keep_what_was_not_queued() {
+    let (a, b) = pair().await;
+    // A small budget, so that batches wait for room part-way through.
+    let small = ConnectionConfig {
+        max_queued_bytes: 16 * 1024,
+        ..config(30_000, 30_000)
+    };
+    let (ctx, mut crx) = connection::spawn(a, small.clone()).unwrap().split();
+    let (stx, mut srx) = connection::spawn(b, small).unwrap().split();
+    // The echo: a batch of events in, a batch of messages out.
+    let echo = tokio::spawn(async move {
+        let (mut events, mut replies) = (Vec::new(), Vec::new());
+        let mut largest = 0;
+        while srx.recv_many(&mut events, 500).await > 0 {
+            largest = largest.max(events.len());
+            assert!(events.len() <= 500);
+            replies.extend(events.drain(..).filter_map(|event| match event {
+                Event::Message(m) => Some(m),
+                _ => None,
+            }));
+            if stx.send_batch(&mut replies).await.is_err() {
+                break;
+            }
+            assert!(replies.is_empty());
+        }
+        largest
+    });
+    connected(&mut crx).await;
+    const COUNT: usize = 20_000;
+    let sender = tokio::spawn({
+        let ctx = ctx.clone();
+        async move {
+            let mut batch = Vec::new();
+            let mut i = 0;
+            while i < COUNT {
+                // Batches of 1 to 700 messages (up to ~70 KiB: several budgets' worth).
+                let n = (i * 7919 % 700 + 1).min(COUNT - i);
+                batch.extend((i..i + n).map(|k| Bytes::from(vec![(k % 251) as u8; k % 97 + 8])));
+                ctx.send_batch(&mut batch).await.unwrap();
+                assert!(batch.is_empty());
+                i += n;
+            }
+        }
+    });
+    let mut events = Vec::new();
+    let mut got = 0;
+    while got < COUNT {
+        assert!(
+            timeout(DEADLINE, crx.recv_many(&mut events, 64))
+                .await
+                .unwrap()
+                > 0
+        );
+        assert!(events.len() <= 64);
+        for event in events.drain(..) {
+            if let Event::Message(m) = event {
+                assert_eq!(m.len(), got % 97 + 8, "message {got}");
+                assert!(m.iter().all(|&b| b == (got % 251) as u8), "message {got}");
+                got += 1;
+            }
+        }
+    }
+    sender.await.unwrap();
+    assert!(
+        crx.recv_many(&mut events, 0).await == 0,
+        "a zero limit takes nothing"
+    );
+
+    // A message the peer cannot take, in the middle of a batch: those before it are queued,
+    // it and those after it stay in the batch.
+    let mut batch = vec![
+        Bytes::from_static(b"one"),
+        Bytes::from_static(b"two"),
+        Bytes::from(vec![0u8; 8 * 1024 * 1024]),
+        Bytes::from_static(b"four"),
+    ];
+    assert!(matches!(
+        ctx.send_batch(&mut batch).await,
+        Err(SendError::TooBig { .. })
+    ));
+    assert_eq!(batch.len(), 2);
+    assert_eq!(batch[1], "four");
+    for expected in ["one", "two"] {
+        assert_eq!(
+            timeout(DEADLINE, crx.recv()).await.unwrap().unwrap(),
+            expected
+        );
+    }
+
+    // Once closed, a batch is refused whole and kept.
+    ctx.close(CloseCode::Normal, "done").await;
+    let mut batch = vec![Bytes::from_static(b"late"), Bytes::from_static(b"later")];
+    assert_eq!(ctx.send_batch(&mut batch).await, Err(SendError::Closed));
+    assert_eq!(batch.len(), 2);
+    let largest = timeout(DEADLINE, echo).await.unwrap().unwrap();
+    eprintln!("largest echo batch: {largest} events");
+}
