@@ -59,6 +59,11 @@ const MAX_SIZE: usize = 4 << 20;
 const RAW_FLUSH_AT: usize = 64 * 1024;
 /// Read buffer of the raw reader and of the in-process raw echo server.
 const READ_BUFFER: usize = 64 * 1024;
+/// Events the in-process echo takes at a time.
+const ECHO_BATCH: usize = 1024;
+/// framelink mode hands messages to the `Sender` in batches of this many bytes
+/// (`Sender::send_batch`), or fewer when the window is full or no message is due yet.
+const SEND_BATCH_BYTES: usize = 16 * 1024;
 /// framelink mode: messages are cut from buffers of this size (one allocation per chunk).
 const ARENA_CHUNK: usize = 256 * 1024;
 /// After the last send, wait at most this long for the echoes still in flight.
@@ -471,14 +476,17 @@ impl InProcess {
     }
 }
 
-/// The in-process framelink echo: what `framelink serve` does.
+/// The in-process framelink echo: what `framelink serve` does, a batch of events at a time.
 async fn framelink_echo(connection: connection::Connection) {
     let (sender, mut events) = connection.split();
-    while let Some(event) = events.next_event().await {
-        if let Event::Message(message) = event {
-            if sender.send(message).await.is_err() {
-                break;
-            }
+    let (mut batch, mut echoes) = (Vec::new(), Vec::new());
+    while events.recv_many(&mut batch, ECHO_BATCH).await > 0 {
+        echoes.extend(batch.drain(..).filter_map(|event| match event {
+            Event::Message(message) => Some(message),
+            _ => None,
+        }));
+        if sender.send_batch(&mut echoes).await.is_err() {
+            break;
         }
     }
 }
@@ -782,6 +790,9 @@ enum Out {
     Framelink {
         sender: Sender,
         arena: BytesMut,
+        /// Messages not handed over yet, and their bytes.
+        batch: Vec<Bytes>,
+        batch_bytes: usize,
     },
 }
 
@@ -794,30 +805,51 @@ impl Out {
                     self.flush().await?;
                 }
             }
-            Out::Framelink { sender, arena } => {
+            Out::Framelink {
+                arena,
+                batch,
+                batch_bytes,
+                ..
+            } => {
                 if arena.capacity() < size {
                     // The previous chunk stays alive until its last message is written.
                     *arena = BytesMut::with_capacity(ARENA_CHUNK.max(size));
                 }
                 put_message(arena, stamp, size);
-                let message: Bytes = arena.split().freeze();
-                sender
-                    .send(message)
-                    .await
-                    .map_err(|e| format!("send failed: {e}"))?;
+                batch.push(arena.split().freeze());
+                *batch_bytes += size;
+                if *batch_bytes >= SEND_BATCH_BYTES {
+                    self.flush().await?;
+                }
             }
         }
         Ok(())
     }
 
     async fn flush(&mut self) -> Result<(), String> {
-        if let Out::Raw { writer, batch } = self {
-            if !batch.is_empty() {
-                writer
-                    .write_all(batch)
-                    .await
-                    .map_err(|e| format!("write failed: {e}"))?;
-                batch.clear();
+        match self {
+            Out::Raw { writer, batch } => {
+                if !batch.is_empty() {
+                    writer
+                        .write_all(batch)
+                        .await
+                        .map_err(|e| format!("write failed: {e}"))?;
+                    batch.clear();
+                }
+            }
+            Out::Framelink {
+                sender,
+                batch,
+                batch_bytes,
+                ..
+            } => {
+                if !batch.is_empty() {
+                    sender
+                        .send_batch(batch)
+                        .await
+                        .map_err(|e| format!("send failed: {e}"))?;
+                    *batch_bytes = 0;
+                }
             }
         }
         Ok(())
@@ -867,6 +899,8 @@ async fn run_connection(
             let out = Out::Framelink {
                 sender,
                 arena: BytesMut::new(),
+                batch: Vec::new(),
+                batch_bytes: 0,
             };
             (out, tokio::spawn(framelink_reader(receiver, state)))
         }

@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use bytes::Bytes;
 use clap::Args;
-use framelink::connection::Event;
+use framelink::connection::{Event, Sender};
 use framelink::server::{Incoming, Server, ServerConfig, ServerHandle};
 use framelink::Protocol;
 use tokio::task::JoinSet;
@@ -176,49 +177,89 @@ fn print_report(handle: &ServerHandle, report: framelink::server::ShutdownReport
     );
 }
 
+/// How many messages a connection's echo takes (and queues back) at a time.
+const ECHO_BATCH: usize = 1024;
+
 /// One connection: echo (or count) every message, report how it ended.
 async fn connection(incoming: Incoming, sink: bool, out: Output) {
     let id = incoming.id;
     let (sender, mut events) = incoming.connection.split();
-    let (mut messages, mut bytes, mut echoed) = (0u64, 0u64, 0u64);
-    while let Some(event) = events.next_event().await {
-        match event {
-            Event::Message(m) => {
-                messages += 1;
-                bytes += m.len() as u64;
-                // A failed echo means the connection is closing: its Closed event follows.
-                if !sink && sender.send(m).await.is_ok() {
-                    echoed += 1;
+    let mut tally = Tally::default();
+    // Events are taken, and echoes queued, a batch at a time (one wake-up per batch, not per
+    // message).
+    let (mut batch, mut echoes) = (Vec::new(), Vec::new());
+    while events.recv_many(&mut batch, ECHO_BATCH).await > 0 {
+        for event in batch.drain(..) {
+            match event {
+                Event::Message(m) => {
+                    tally.messages += 1;
+                    tally.bytes += m.len() as u64;
+                    if !sink {
+                        echoes.push(m);
+                    }
                 }
+                // Echoes taken before the end are queued (or refused) before it is reported.
+                Event::Closed(info) => {
+                    tally.echo(&sender, &mut echoes).await;
+                    if !out.quiet {
+                        let echo = if sink {
+                            String::new()
+                        } else {
+                            format!(", {} echoed", tally.echoed)
+                        };
+                        eprintln!(
+                            "[serve] -conn #{id} closed: {info} ({} messages, {} bytes in{echo})",
+                            tally.messages, tally.bytes
+                        );
+                    }
+                }
+                event => report(id, &event, out),
             }
-            Event::Connected { peer, .. } if out.verbose => {
-                eprintln!(
-                    "[serve] #{id} handshake done: client pings after {} quiet (0s = never), \
-                     max message {} bytes",
-                    show_duration(peer.ping_interval),
-                    peer.max_message_len
-                );
-            }
-            Event::Rtt(rtt) if out.verbose => {
-                eprintln!("[serve] #{id} rtt {}", show_duration(rtt));
-            }
-            Event::Idle(kind) if out.verbose => eprintln!("[serve] #{id} idle: {kind:?}"),
-            Event::FrameDiscarded(e) => eprintln!("[serve] #{id} warning: {e}"),
-            Event::MessageDropped { len, peer_max } => eprintln!(
-                "[serve] #{id} echo of {len} bytes dropped: the client accepts at most {peer_max}"
-            ),
-            Event::Closed(info) if !out.quiet => {
-                let echo = if sink {
-                    String::new()
-                } else {
-                    format!(", {echoed} echoed")
-                };
-                eprintln!(
-                    "[serve] -conn #{id} closed: {info} ({messages} messages, {bytes} bytes \
-                     in{echo})"
-                );
-            }
-            _ => {}
         }
+        tally.echo(&sender, &mut echoes).await;
+    }
+}
+
+/// What a connection received and echoed.
+#[derive(Default)]
+struct Tally {
+    messages: u64,
+    bytes: u64,
+    echoed: u64,
+}
+
+impl Tally {
+    /// Queues `echoes` back; a refusal means the connection is closing (its `Closed` follows).
+    async fn echo(&mut self, sender: &Sender, echoes: &mut Vec<Bytes>) {
+        if echoes.is_empty() {
+            return;
+        }
+        let count = echoes.len();
+        let _ = sender.send_batch(echoes).await;
+        self.echoed += (count - echoes.len()) as u64;
+        echoes.clear();
+    }
+}
+
+/// Prints what `-v` and warnings ask for about an event other than a message or the close.
+fn report(id: u64, event: &Event, out: Output) {
+    match event {
+        Event::Connected { peer, .. } if out.verbose => {
+            eprintln!(
+                "[serve] #{id} handshake done: client pings after {} quiet (0s = never), \
+                 max message {} bytes",
+                show_duration(peer.ping_interval),
+                peer.max_message_len
+            );
+        }
+        Event::Rtt(rtt) if out.verbose => {
+            eprintln!("[serve] #{id} rtt {}", show_duration(*rtt));
+        }
+        Event::Idle(kind) if out.verbose => eprintln!("[serve] #{id} idle: {kind:?}"),
+        Event::FrameDiscarded(e) => eprintln!("[serve] #{id} warning: {e}"),
+        Event::MessageDropped { len, peer_max } => eprintln!(
+            "[serve] #{id} echo of {len} bytes dropped: the client accepts at most {peer_max}"
+        ),
+        _ => {}
     }
 }
