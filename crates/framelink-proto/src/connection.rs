@@ -781,6 +781,13 @@ impl Connection {
         &mut self.recv
     }
 
+    /// Full length of the partial message at the front of the receive buffer, once its length
+    /// field is in (see [`Machine::pending_frame_len`](crate::machine::Machine::pending_frame_len)).
+    pub fn pending_frame_len(&self) -> Option<usize> {
+        let len = self.codec.pending_frame_length(&self.recv)?;
+        usize::try_from(len).ok()
+    }
+
     /// Copies `data` into the receive buffer and processes it.
     pub fn handle_input(&mut self, data: &[u8], now: Instant) {
         self.recv.extend_from_slice(data);

@@ -23,6 +23,12 @@ pub trait Machine {
     fn recv_buf(&mut self) -> &mut BytesMut;
     /// Handles the bytes added to [`recv_buf`](Self::recv_buf) since the last call.
     fn process_input(&mut self, now: Instant);
+    /// Full length of the partial frame at the front of [`recv_buf`](Self::recv_buf) (header
+    /// included), once its header is in. A runtime uses it to make room for the rest of a large
+    /// frame while little of it has arrived, rather than copying most of it later.
+    fn pending_frame_len(&self) -> Option<usize> {
+        None
+    }
     /// The peer ended its write half (TCP FIN) or the transport failed.
     fn handle_eof(&mut self, now: Instant);
     /// The next bytes to write, if any. Call until `None` after every input.
@@ -74,6 +80,9 @@ impl Machine for Connection {
     }
     fn process_input(&mut self, now: Instant) {
         Connection::process_input(self, now)
+    }
+    fn pending_frame_len(&self) -> Option<usize> {
+        Connection::pending_frame_len(self)
     }
     fn handle_eof(&mut self, now: Instant) {
         Connection::handle_eof(self, now)

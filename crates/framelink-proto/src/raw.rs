@@ -538,6 +538,13 @@ impl RawConnection {
         &mut self.recv
     }
 
+    /// Full length of the partial frame at the front of the receive buffer, once the framing
+    /// knows it (see [`Machine::pending_frame_len`]).
+    pub fn pending_frame_len(&self) -> Option<usize> {
+        let len = self.framing.pending_frame_length(&self.recv)?;
+        usize::try_from(len).ok()
+    }
+
     /// Copies `data` into the receive buffer and processes it.
     pub fn handle_input(&mut self, data: &[u8], now: Instant) {
         self.recv.extend_from_slice(data);
@@ -903,6 +910,9 @@ impl Machine for RawConnection {
     }
     fn process_input(&mut self, now: Instant) {
         RawConnection::process_input(self, now)
+    }
+    fn pending_frame_len(&self) -> Option<usize> {
+        RawConnection::pending_frame_len(self)
     }
     fn handle_eof(&mut self, now: Instant) {
         RawConnection::handle_eof(self, now)

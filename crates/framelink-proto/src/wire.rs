@@ -767,6 +767,12 @@ impl WireCodec {
         })
     }
 
+    /// Full length (length field included) of the partial message at the front of `buf`, once
+    /// its length field is in: how much the rest of it needs, for a reader that sizes its reads.
+    pub fn pending_frame_length(&self, buf: &BytesMut) -> Option<u64> {
+        self.framing.pending_frame_length(buf)
+    }
+
     /// Does not check that HELLO comes first and only first (for tests and tools that look at
     /// parts of a stream).
     pub fn without_handshake_check(mut self) -> Self {
@@ -1712,6 +1718,19 @@ mod tests {
         }
         assert!(matches!(messages[0], Message::Hello(_)));
         (wire, messages)
+    }
+
+    #[test]
+    fn pending_frame_length_once_the_length_field_is_in() {
+        let codec = WireCodec::new(1 << 20).unwrap();
+        let mut buf = BytesMut::from(&[0u8, 1, 0][..]);
+        assert_eq!(codec.pending_frame_length(&buf), None);
+        // length 0x010000 (type byte + 65,535 body bytes): 4 + 65,536 on the wire.
+        buf.extend_from_slice(&[0, 0x02, 0xAA]);
+        assert_eq!(codec.pending_frame_length(&buf), Some(65_540));
+        // Over the limit: not a frame to make room for.
+        let over = BytesMut::from(&[0x7F, 0, 0, 0, 0x02][..]);
+        assert_eq!(codec.pending_frame_length(&over), None);
     }
 
     fn decode_pieces(pieces: &[&[u8]]) -> Vec<Message> {

@@ -37,6 +37,11 @@
 //!   allocation (a mutex-protected pair of queues that allocate only when used, plus the send
 //!   budget); the read buffer is released whenever it is empty after a small read, and small
 //!   reads go through a stack buffer, so an idle connection holds no read buffer at all.
+//! - **Large frames are not copied to grow the buffer**: once a frame's header is in, room is
+//!   made for the rest of it (growing by no more than what arrived, or 64 KiB), and after a
+//!   large frame the empty buffer gets room for one more like it before the next header is
+//!   read. A frame slightly larger than a read would otherwise be found not to fit only when
+//!   the buffer is full, and be copied whole, since earlier frames still share the buffer.
 //! - **Send backpressure**: a byte budget equal to the machine's `max_queued_bytes` (capped at
 //!   `u32::MAX`), counting each message as its payload plus its framing overhead, from the
 //!   moment it is handed to [`Sender::send`] until the driver takes it out of the machine's queue
@@ -89,6 +94,12 @@ const MIN_DIRECT_READ: usize = 4 * 1024;
 const STACK_READ: usize = 8 * 1024;
 /// Room reserved in the receive buffer once reads come in full (a busy connection).
 const READ_SIZE: usize = 64 * 1024;
+/// Frames at least this large set the size of the next reads (see [`Driver::on_read`]).
+const LARGE_FRAME: usize = 32 * 1024;
+/// ... up to this size.
+const MAX_PREDICTED_FRAME: usize = 1024 * 1024;
+/// Room beyond the expected frame, for the small frames between large ones (ACKs, pings).
+const FRAME_SLACK: usize = 4 * 1024;
 /// At most this many buffers per vectored write.
 const MAX_IOV: usize = 64;
 
@@ -381,6 +392,7 @@ where
         write_dead: false,
         handles_gone: false,
         closed_at: None,
+        large_frame: 0,
     });
     let task = tokio::spawn(async move {
         driver.run(stream).await;
@@ -1198,6 +1210,21 @@ fn poll_read_into<S: AsyncRead + Unpin>(
     Poll::Ready(Ok(filled.len()))
 }
 
+/// Makes room in `buf` for the rest of the partial frame of `total` bytes at its front, now,
+/// while little of it has arrived.
+///
+/// Without this, a frame a little larger than the room left is found not to fit only when the
+/// room is full, and then almost all of it is copied to a bigger buffer (earlier frames still
+/// share the old one). Growth is bounded by what has arrived, or [`READ_SIZE`]: memory
+/// follows what the peer sent, not what it declared, and a longer frame grows the buffer
+/// again later, each time by at least as much as it holds.
+fn make_room_for_frame(buf: &mut BytesMut, total: usize) {
+    let missing = total.saturating_sub(buf.len());
+    if missing > buf.capacity() - buf.len() {
+        buf.reserve(missing.min(buf.len().max(READ_SIZE)));
+    }
+}
+
 /// Writes as much of `out` as the socket takes now (vectored), flushing once it is empty.
 fn poll_write_out<S: AsyncWrite + Unpin>(
     stream: &mut S,
@@ -1271,6 +1298,8 @@ struct Driver<M> {
     handles_gone: bool,
     /// When the machine reached `Closed`: output gets `linger` more to be written.
     closed_at: Option<Instant>,
+    /// Length of the last large frame received (0: frames are small, or the link is quiet).
+    large_frame: usize,
 }
 
 impl<M: Machine> fmt::Debug for Driver<M> {
@@ -1451,10 +1480,28 @@ impl<M: Machine> Driver<M> {
             }
             Ok(n) => {
                 self.machine.process_input(now.into_std());
+                let pending = self.machine.pending_frame_len();
                 let buf = self.machine.recv_buf();
-                if buf.is_empty() && n < MIN_DIRECT_READ && buf.capacity() > 0 {
-                    // A quiet connection: give the read buffer back.
-                    *buf = BytesMut::new();
+                if buf.is_empty() && n < MIN_DIRECT_READ {
+                    // A quiet connection: give the read buffer back, forget frame sizes.
+                    if buf.capacity() > 0 {
+                        *buf = BytesMut::new();
+                    }
+                    self.large_frame = 0;
+                }
+                match pending {
+                    Some(total) => {
+                        if total >= LARGE_FRAME {
+                            self.large_frame = total.min(MAX_PREDICTED_FRAME);
+                        }
+                        make_room_for_frame(buf, total);
+                    }
+                    // Between large frames: room for one more like the last, before its
+                    // header is read (it would not fit in what is left of a read buffer).
+                    None if buf.is_empty() && self.large_frame > 0 => {
+                        buf.reserve(self.large_frame + FRAME_SLACK);
+                    }
+                    None => {}
                 }
             }
         }

@@ -556,3 +556,54 @@ async fn batches_echo_in_order_and_refusals_keep_what_was_not_queued() {
     let largest = timeout(DEADLINE, echo).await.unwrap().unwrap();
     eprintln!("largest echo batch: {largest} events");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_frames_around_the_read_size_arrive_intact() {
+    // Sizes around the driver's read buffer (64 KiB) and its large-frame threshold (32 KiB),
+    // mixed with small messages, so that read sizing meets every case: a frame that just fits,
+    // one that just does not, a prediction that is wrong.
+    let sizes = [
+        65_536, 65_523, 65_549, 10, 65_536, 200_000, 32_768, 1, 131_072, 65_535, 3, 70_000,
+        1_000_000, 64, 65_536, 65_536, 65_536,
+    ];
+    let (a, b) = pair().await;
+    let (ctx, mut crx) = connection::spawn(a, config(30_000, 30_000))
+        .unwrap()
+        .split();
+    let (stx, mut srx) = connection::spawn(b, config(30_000, 30_000))
+        .unwrap()
+        .split();
+    let echo = tokio::spawn(async move {
+        while let Some(m) = srx.recv().await {
+            if stx.send(m).await.is_err() {
+                break;
+            }
+        }
+    });
+    connected(&mut crx).await;
+    let message = |round: usize, i: usize, len: usize| {
+        Bytes::from(
+            (0..len)
+                .map(|k| (k * 31 + i * 7 + round) as u8)
+                .collect::<Vec<u8>>(),
+        )
+    };
+    for round in 0..3 {
+        let sender = tokio::spawn({
+            let ctx = ctx.clone();
+            async move {
+                for (i, &len) in sizes.iter().enumerate() {
+                    ctx.send(message(round, i, len)).await.unwrap();
+                }
+            }
+        });
+        for (i, &len) in sizes.iter().enumerate() {
+            let m = timeout(DEADLINE, crx.recv()).await.unwrap().unwrap();
+            assert_eq!(m.len(), len, "round {round}, message {i}");
+            assert!(m == message(round, i, len), "round {round}, message {i}");
+        }
+        sender.await.unwrap();
+    }
+    ctx.close(CloseCode::Normal, "").await;
+    echo.await.unwrap();
+}
