@@ -1462,12 +1462,20 @@ impl<M: Machine> Driver<M> {
                 let _ = session.push(payload, usize::MAX);
             }
         }
-        match (&self.sessions, self.session_id) {
-            (Some((host, conn)), Some(id)) => host.release(id, *conn, session.take()),
-            _ => inner.session = session.map(Box::new),
-        }
+        let release = match (&self.sessions, self.session_id) {
+            (Some((host, conn)), Some(id)) => Some((host, *conn, id, session.take())),
+            _ => {
+                inner.session = session.map(Box::new);
+                None
+            }
+        };
         inner.wake_receiver();
         drop(inner);
+        // After the connection's lock is let go: the host takes its own locks, which are
+        // never held while taking a connection's.
+        if let Some((host, conn, id, session)) = release {
+            host.release(id, conn, session);
+        }
         self.shared.status_changed.notify_waiters();
     }
 
