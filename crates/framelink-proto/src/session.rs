@@ -316,6 +316,16 @@ impl SessionStore {
         (now.saturating_duration_since(at) <= self.ttl).then_some(session)
     }
 
+    /// The session `id` if it is kept and not expired at `now`, left in place: e.g. to queue
+    /// messages that its peer gets when it resumes.
+    pub fn get_mut(&mut self, id: &[u8; 16], now: Instant) -> Option<&mut Session> {
+        let ttl = self.ttl;
+        self.detached
+            .get_mut(id)
+            .filter(|(_, at)| now.saturating_duration_since(*at) <= ttl)
+            .map(|(session, _)| session)
+    }
+
     /// Drops the sessions detached longer than the ttl; returns them.
     pub fn expire(&mut self, now: Instant) -> Vec<Session> {
         let ttl = self.ttl;
@@ -348,6 +358,24 @@ mod tests {
 
     fn b(s: &str) -> Bytes {
         Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn store_get_mut_leaves_the_session_and_respects_the_ttl() {
+        let t0 = Instant::now();
+        let mut store = SessionStore::new(Duration::from_secs(10), 4);
+        assert!(store.detach(Session::new([3; 16]), t0).is_empty());
+        let kept = store
+            .get_mut(&[3; 16], t0 + Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(kept.push(b("queued while away"), 1000).unwrap(), 1);
+        assert!(store.get_mut(&[4; 16], t0).is_none());
+        assert!(store
+            .get_mut(&[3; 16], t0 + Duration::from_secs(11))
+            .is_none());
+        // Still there until taken or expired, with what was queued.
+        let mut session = store.take(&[3; 16], t0 + Duration::from_secs(6)).unwrap();
+        assert_eq!(session.take_unacked(), vec![b("queued while away")]);
     }
 
     #[test]

@@ -54,7 +54,9 @@ pub use framelink_proto::codec::{
 pub use framelink_proto::raw::{FrameMatcher, RawConfig};
 pub use framelink_proto::session::SessionConfig;
 pub use framelink_proto::{self as proto};
-pub use server::{Server, ServerConfig, ServerHandle, ServerSessions};
+pub use server::{
+    LostReason, LostSession, Server, ServerConfig, ServerHandle, ServerSessions, SessionSendError,
+};
 
 /// Why a [`Server`] or [`Client`] could not start.
 #[derive(Debug, thiserror::Error)]

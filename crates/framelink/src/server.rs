@@ -44,20 +44,23 @@
 //!   errors (such as running out of file descriptors) are logged and retried after a short
 //!   pause instead of ending the server.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use tokio::sync::{mpsc, Notify};
 use tokio::task::AbortHandle;
 
 use crate::connection::{
-    self, CloseCode, Connection, DriverConfig, Protocol, Sender, SessionHost, SpawnOptions,
+    self, CloseCode, Connection, DriverConfig, Protocol, SendError, Sender, SessionHost,
+    SpawnOptions,
 };
 use crate::socket::SocketOptions;
-use framelink_proto::session::{Session, SessionConfig, SessionStore};
+use framelink_proto::session::{Session, SessionConfig, SessionError, SessionStore};
 
 #[cfg(doc)]
 use crate::connection::ConnectionConfig;
@@ -154,14 +157,115 @@ struct ServerShared {
     changed: Notify,
     /// Detached sessions and which connection holds each attached one.
     sessions: Mutex<Sessions>,
-    /// Rung when a connection releases a session.
-    sessions_released: Notify,
+    /// Rung when a session moves: released by a connection, attached to one, or let go of.
+    sessions_moved: Notify,
+    /// Sessions let go of without being resumed, for [`ServerHandle::next_lost_session`].
+    lost: Mutex<VecDeque<LostSession>>,
+    /// Rung when `lost` gets one.
+    lost_ready: Notify,
+    /// Sessions are offered (`ServerConfig::sessions` is set, protocol mode).
+    sessions_on: bool,
+    /// Bytes a session may buffer: the protocol's `max_queued_bytes`.
+    session_limit: usize,
+    /// Lost sessions kept for the application at most (the oldest go first).
+    max_lost: usize,
 }
 
 #[derive(Debug)]
 struct Sessions {
     store: SessionStore,
     attached: HashMap<[u8; 16], u64>,
+}
+
+/// A session the server let go of without its client resuming it, with the messages the client
+/// never acknowledged: see [`ServerHandle::next_lost_session`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LostSession {
+    /// The session's id (as in [`Event::Session`](crate::connection::Event::Session)).
+    pub id: [u8; 16],
+    /// Why it was let go.
+    pub reason: LostReason,
+    /// Messages queued for the client and not acknowledged by it, in order: they may or may
+    /// not have reached it.
+    pub unacked: Vec<Bytes>,
+}
+
+/// Why a detached session was let go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LostReason {
+    /// Its client did not come back within [`ServerSessions::ttl`].
+    Expired,
+    /// Dropped to keep at most [`ServerSessions::max_detached`] sessions (the oldest go first),
+    /// or replaced by a new session with the same id.
+    Evicted,
+}
+
+/// Why [`ServerHandle::send_to_session`] did not queue a message.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionSendError {
+    /// The server has no such session: never opened, ended by its client, expired or evicted
+    /// (reported by [`ServerHandle::next_lost_session`]), or sessions are off.
+    #[error(
+        "no session {}: never opened, ended, expired or evicted",
+        SessionId(id)
+    )]
+    Unknown {
+        /// The session asked for.
+        id: [u8; 16],
+        /// The message, not queued.
+        payload: Bytes,
+    },
+    /// The session is detached (its client is away) and its buffer is full.
+    #[error(
+        "session {} is detached and full: {buffered} bytes buffered, {len} more would exceed \
+         {limit}",
+        SessionId(id)
+    )]
+    Full {
+        /// The session.
+        id: [u8; 16],
+        /// Bytes it buffers now (payload + 13 per message).
+        buffered: usize,
+        /// Bytes this message would add.
+        len: usize,
+        /// The protocol's `max_queued_bytes`.
+        limit: usize,
+        /// The message, not queued.
+        payload: Bytes,
+    },
+    /// The session's current connection refused it (e.g. longer than the client accepts).
+    #[error(transparent)]
+    Send(#[from] SendError),
+    /// The session stayed held by a connection that is ending for longer than a resume may
+    /// wait (10 s).
+    #[error("session {} is still held by an ending connection", SessionId(id))]
+    Busy {
+        /// The session.
+        id: [u8; 16],
+        /// The message, not queued.
+        payload: Bytes,
+    },
+}
+
+/// Where a session is, for [`ServerHandle::send_to_session`].
+enum Located {
+    /// Detached: the message is queued in it.
+    Queued,
+    /// Detached and full.
+    Full(SessionSendError),
+    /// On this live connection.
+    Connection(Sender, Bytes),
+    /// Held by a connection that is ending: it will be detached or resumed soon.
+    Moving(Bytes),
+}
+
+/// A session id in hex, for messages.
+struct SessionId<'a>(&'a [u8; 16]);
+
+impl fmt::Display for SessionId<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
 }
 
 #[derive(Debug, Default)]
@@ -223,6 +327,10 @@ impl Server {
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let settings = config.sessions.unwrap_or_default();
+        let (sessions_on, session_limit) = match &config.protocol {
+            Protocol::Framelink(c) => (config.sessions.is_some(), c.max_queued_bytes),
+            Protocol::Raw(_) => (false, 0),
+        };
         let shared = Arc::new(ServerShared {
             registry: Mutex::new(Registry::default()),
             changed: Notify::new(),
@@ -230,8 +338,19 @@ impl Server {
                 store: SessionStore::new(settings.ttl, settings.max_detached),
                 attached: HashMap::new(),
             }),
-            sessions_released: Notify::new(),
+            sessions_moved: Notify::new(),
+            lost: Mutex::new(VecDeque::new()),
+            lost_ready: Notify::new(),
+            sessions_on,
+            session_limit,
+            max_lost: settings.max_detached.max(1),
         });
+        if sessions_on {
+            // Expired sessions are reported within a quarter of the ttl (at most 1 s) of
+            // expiring, not only when another session happens to detach.
+            let every = (settings.ttl / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+            tokio::spawn(expire_sessions(Arc::downgrade(&shared), every));
+        }
         let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
         tokio::spawn(accept_loop(listener, config, shared.clone(), tx));
         Server {
@@ -320,6 +439,164 @@ impl ServerHandle {
     pub fn is_shutting_down(&self) -> bool {
         self.shared.lock().shutting_down
     }
+
+    /// Queues a message for the client of session `id`, wherever that client is now: on the
+    /// connection that carries the session, or, while the client is away, in the detached
+    /// session, to be sent when it resumes.
+    ///
+    /// Waits while the session's buffer is full (on a connection: for the client to
+    /// acknowledge; detached: for the client to come back, or for the session to expire), and
+    /// while the session moves from an ending connection to the store or to a new connection.
+    /// `Ok` means queued in the session: delivered once, in order, if the client resumes, and
+    /// handed back in a [`LostSession`] if it never does. The id comes from
+    /// [`Event::Session`](crate::connection::Event::Session). See
+    /// [`try_send_to_session`](Self::try_send_to_session) for a version that does not wait.
+    ///
+    /// ```no_run
+    /// # async fn reply(handle: framelink::ServerHandle, id: [u8; 16]) {
+    /// use framelink::server::SessionSendError;
+    /// match handle.send_to_session(id, bytes::Bytes::from_static(b"score: 42")).await {
+    ///     Ok(()) => {}
+    ///     Err(SessionSendError::Unknown { payload, .. }) => {
+    ///         // Gone for good (next_lost_session reports it): keep `payload` elsewhere.
+    ///     }
+    ///     Err(e) => eprintln!("not queued: {e}"),
+    /// }
+    /// # }
+    /// ```
+    pub async fn send_to_session(
+        &self,
+        id: [u8; 16],
+        payload: Bytes,
+    ) -> Result<(), SessionSendError> {
+        self.queue_in_session(id, payload, true).await
+    }
+
+    /// Like [`send_to_session`](Self::send_to_session) without waiting: a full session gives
+    /// [`SessionSendError::Full`] (detached) or [`SendError::QueueFull`] (on a connection), and
+    /// a session between two connections [`SessionSendError::Busy`].
+    pub fn try_send_to_session(
+        &self,
+        id: [u8; 16],
+        payload: Bytes,
+    ) -> Result<(), SessionSendError> {
+        match self.locate(id, payload)? {
+            Located::Queued => Ok(()),
+            Located::Full(error) => Err(error),
+            Located::Connection(sender, payload) => match sender.try_send(payload.clone()) {
+                Err(SendError::Closed) => Err(SessionSendError::Busy { id, payload }),
+                result => Ok(result?),
+            },
+            Located::Moving(payload) => Err(SessionSendError::Busy { id, payload }),
+        }
+    }
+
+    async fn queue_in_session(
+        &self,
+        id: [u8; 16],
+        mut payload: Bytes,
+        wait: bool,
+    ) -> Result<(), SessionSendError> {
+        let shared = &self.shared;
+        // How long a session may stay held by an ending connection (its linger, at most).
+        let deadline = tokio::time::Instant::now() + RESUME_WAIT;
+        loop {
+            let moved = shared.sessions_moved.notified();
+            tokio::pin!(moved);
+            // Registered before looking, so that a move in between is not missed.
+            moved.as_mut().enable();
+            let ending = match self.locate(id, payload)? {
+                Located::Queued => return Ok(()),
+                Located::Full(error) if !wait => return Err(error),
+                Located::Full(SessionSendError::Full { payload: p, .. }) => {
+                    // Detached and full: wait for the client to resume (or the session to go).
+                    payload = p;
+                    moved.await;
+                    continue;
+                }
+                Located::Full(error) => return Err(error),
+                Located::Connection(sender, p) => match sender.send(p.clone()).await {
+                    Ok(()) => return Ok(()),
+                    // Not queued: the connection is ending; the session moves on.
+                    Err(SendError::Closed) => {
+                        payload = p;
+                        true
+                    }
+                    Err(e) => return Err(e.into()),
+                },
+                Located::Moving(p) => {
+                    payload = p;
+                    true
+                }
+            };
+            if ending && tokio::time::timeout_at(deadline, moved).await.is_err() {
+                return Err(SessionSendError::Busy { id, payload });
+            }
+        }
+    }
+
+    /// Where session `id` is: queues `payload` at once when the session is detached.
+    fn locate(&self, id: [u8; 16], payload: Bytes) -> Result<Located, SessionSendError> {
+        let shared = &self.shared;
+        if !shared.sessions_on {
+            return Err(SessionSendError::Unknown { id, payload });
+        }
+        let mut sessions = shared.sessions();
+        if let Some(conn) = sessions.attached.get(&id).copied() {
+            // (A closing connection refuses the send with `Closed`: the session is moving.
+            // Its state is not looked at here: no connection lock under the server's locks.)
+            return Ok(match shared.lock().live.get(&conn) {
+                Some((sender, _)) => Located::Connection(sender.clone(), payload),
+                None => Located::Moving(payload),
+            });
+        }
+        let Some(session) = sessions.store.get_mut(&id, std::time::Instant::now()) else {
+            return Err(SessionSendError::Unknown { id, payload });
+        };
+        let limit = shared.session_limit;
+        match session.push(payload.clone(), limit) {
+            Ok(_) => Ok(Located::Queued),
+            Err(SessionError::BufferFull { buffered, len, .. }) => {
+                Ok(Located::Full(SessionSendError::Full {
+                    id,
+                    buffered,
+                    len,
+                    limit,
+                    payload,
+                }))
+            }
+            Err(_) => Err(SessionSendError::Unknown { id, payload }),
+        }
+    }
+
+    /// The next session the server let go of without its client resuming it (expired, or
+    /// evicted to stay within [`ServerSessions::max_detached`]), with the messages the client
+    /// did not acknowledge: nothing queued in a session is dropped without the application
+    /// hearing of it. `None` at once if sessions are off.
+    ///
+    /// Lost sessions wait here until taken, at most `max_detached` of them (the oldest go
+    /// first, with a warning): an application that queues messages in sessions should take
+    /// them.
+    pub async fn next_lost_session(&self) -> Option<LostSession> {
+        if !self.shared.sessions_on {
+            return None;
+        }
+        loop {
+            let ready = self.shared.lost_ready.notified();
+            tokio::pin!(ready);
+            ready.as_mut().enable();
+            if let Some(lost) = self.shared.lost().pop_front() {
+                return Some(lost);
+            }
+            ready.await;
+        }
+    }
+
+    /// Sessions attached to a live connection, and sessions detached (kept for their client).
+    pub fn session_counts(&self) -> (usize, usize) {
+        let sessions = self.shared.sessions();
+        (sessions.attached.len(), sessions.store.len())
+    }
 }
 
 impl ServerShared {
@@ -329,6 +606,53 @@ impl ServerShared {
 
     fn sessions(&self) -> std::sync::MutexGuard<'_, Sessions> {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lost(&self) -> std::sync::MutexGuard<'_, VecDeque<LostSession>> {
+        self.lost.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hands sessions let go of to the application.
+    fn report_lost(&self, sessions: Vec<Session>, reason: LostReason) {
+        if sessions.is_empty() {
+            return;
+        }
+        let mut lost = self.lost();
+        for mut session in sessions {
+            let unacked = session.take_unacked();
+            tracing::debug!(?reason, unacked = unacked.len(), "session lost");
+            lost.push_back(LostSession {
+                id: session.id(),
+                reason,
+                unacked,
+            });
+        }
+        while lost.len() > self.max_lost {
+            if let Some(old) = lost.pop_front() {
+                tracing::warn!(
+                    unacked = old.unacked.len(),
+                    "lost session not taken by the application: dropped"
+                );
+            }
+        }
+        drop(lost);
+        self.lost_ready.notify_waiters();
+        // Sends waiting for these sessions' room find them gone.
+        self.sessions_moved.notify_waiters();
+    }
+}
+
+/// Reports expired sessions every `every` while the server's shared state lives.
+async fn expire_sessions(shared: Weak<ServerShared>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let expired = shared.sessions().store.expire(std::time::Instant::now());
+        shared.report_lost(expired, LostReason::Expired);
     }
 }
 
@@ -349,7 +673,7 @@ impl SessionHost for Host {
         Box::pin(async move {
             let deadline = tokio::time::Instant::now() + RESUME_WAIT;
             loop {
-                let released = shared.sessions_released.notified();
+                let released = shared.sessions_moved.notified();
                 tokio::pin!(released);
                 released.as_mut().enable();
                 {
@@ -361,12 +685,21 @@ impl SessionHost for Host {
                     });
                     match older {
                         // The client came back before this side noticed the old connection
-                        // died: end that one now; its session comes back through `release`.
-                        Some(sender) => sender.detach(),
+                        // died: end that one now (below, out of the server's locks: a
+                        // connection's lock is never taken under them); its session comes back
+                        // through `release`.
+                        Some(sender) => {
+                            drop(sessions);
+                            sender.detach();
+                        }
                         None => {
                             sessions.attached.insert(id, conn);
                             let now = std::time::Instant::now();
-                            return sessions.store.take(&id, now);
+                            let found = sessions.store.take(&id, now);
+                            drop(sessions);
+                            // Sends waiting for a detached session's room go on the connection.
+                            shared.sessions_moved.notify_waiters();
+                            return found;
                         }
                     }
                 }
@@ -381,17 +714,19 @@ impl SessionHost for Host {
 
     fn release(&self, id: [u8; 16], conn: u64, session: Option<Session>) {
         let mut sessions = self.0.sessions();
+        let (mut expired, mut evicted) = (Vec::new(), Vec::new());
         if sessions.attached.get(&id) == Some(&conn) {
             sessions.attached.remove(&id);
             if let Some(session) = session {
-                let dropped = sessions.store.detach(session, std::time::Instant::now());
-                if !dropped.is_empty() {
-                    tracing::debug!(count = dropped.len(), "detached sessions dropped");
-                }
+                let now = std::time::Instant::now();
+                expired = sessions.store.expire(now);
+                evicted = sessions.store.detach(session, now);
             }
         }
         drop(sessions);
-        self.0.sessions_released.notify_waiters();
+        self.0.report_lost(expired, LostReason::Expired);
+        self.0.report_lost(evicted, LostReason::Evicted);
+        self.0.sessions_moved.notify_waiters();
     }
 }
 

@@ -9,13 +9,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use framelink::client::{Client, ClientConfig, ClientEvent};
-use framelink::connection::{ConnectionConfig, Event, Protocol, ResumeStatus, SendError, Sender};
-use framelink::server::{Server, ServerConfig, ServerSessions};
+use framelink::connection::{ConnectionConfig, Event, Protocol, ResumeStatus};
+use framelink::server::{
+    LostReason, Server, ServerConfig, ServerHandle, ServerSessions, SessionSendError,
+};
 use framelink::{BackoffConfig, SessionConfig};
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::time::timeout;
 
 /// Generous bound for the whole exchange.
@@ -120,94 +122,61 @@ async fn session_echo_server() -> (
     .await
     .unwrap();
     let addr = server.local_addr();
+    let handle = server.handle();
     let received: Arc<Mutex<HashMap<[u8; 16], Vec<u32>>>> = Arc::default();
     let record = received.clone();
     tokio::spawn(async move {
-        // Per session: the current connection's sender, and the echo queue.
-        let mut sessions: HashMap<[u8; 16], SessionEcho> = HashMap::new();
-        let (register_tx, mut register_rx) =
-            mpsc::unbounded_channel::<([u8; 16], Sender, oneshot_echo::Reply)>();
-        loop {
-            tokio::select! {
-                incoming = server.accept() => {
-                    let Some(incoming) = incoming else { break };
-                    let register = register_tx.clone();
-                    let record = record.clone();
-                    tokio::spawn(async move {
-                        let (sender, mut events) = incoming.connection.split();
-                        let mut echo: Option<mpsc::UnboundedSender<Bytes>> = None;
-                        while let Some(event) = events.next_event().await {
-                            match event {
-                                Event::Session { id, .. } => {
-                                    let (reply, rx) = oneshot_echo::channel();
-                                    register.send((id, sender.clone(), reply)).unwrap();
-                                    echo = Some(rx.await.unwrap());
-                                    record.lock().unwrap().entry(id).or_default();
-                                }
-                                Event::Message(m) => {
-                                    let echo = echo.as_ref().expect("messages come after the session starts");
-                                    echo.send(m).unwrap();
-                                }
-                                _ => {}
-                            }
+        // Per session, one echo task, fed by whichever connection carries the session now; it
+        // queues every echo in the session with `send_to_session`, wherever the client is.
+        let echoes: Arc<Mutex<HashMap<[u8; 16], mpsc::UnboundedSender<Bytes>>>> = Arc::default();
+        while let Some(incoming) = server.accept().await {
+            let (handle, echoes, record) = (handle.clone(), echoes.clone(), record.clone());
+            tokio::spawn(async move {
+                let mut events = incoming.connection;
+                let mut echo = None;
+                while let Some(event) = events.next_event().await {
+                    match event {
+                        Event::Session { id, .. } => {
+                            let mut echoes = echoes.lock().unwrap();
+                            let queue = echoes.entry(id).or_insert_with(|| {
+                                session_echo(handle.clone(), id, record.clone())
+                            });
+                            echo = Some(queue.clone());
                         }
-                    });
+                        Event::Message(m) => echo
+                            .as_ref()
+                            .expect("messages come after the session starts")
+                            .send(m)
+                            .unwrap(),
+                        _ => {}
+                    }
                 }
-                Some((id, sender, reply)) = register_rx.recv() => {
-                    let (current, queue) = sessions.entry(id).or_insert_with(|| {
-                        let (current, watch_rx) = watch::channel(None::<Sender>);
-                        let (queue, mut queue_rx) = mpsc::unbounded_channel::<Bytes>();
-                        let record = record.clone();
-                        tokio::spawn(async move {
-                            let mut watch_rx = watch_rx;
-                            while let Some(m) = queue_rx.recv().await {
-                                record.lock().unwrap().entry(id).or_default().push(number(&m));
-                                loop {
-                                    let sender = watch_rx
-                                        .wait_for(|s| s.as_ref().is_some_and(|s| !s.is_closed()))
-                                        .await
-                                        .unwrap()
-                                        .clone()
-                                        .unwrap();
-                                    match sender.send(m.clone()).await {
-                                        Ok(()) => break,
-                                        Err(SendError::Closed) => continue,
-                                        Err(e) => panic!("echo failed: {e}"),
-                                    }
-                                }
-                            }
-                        });
-                        (current, queue)
-                    });
-                    current.send_replace(Some(sender));
-                    reply.send(queue.clone());
-                }
-            }
+            });
         }
     });
     (addr, received)
 }
 
-/// Per session: the current connection's sender, and the queue of messages to echo.
-type SessionEcho = (watch::Sender<Option<Sender>>, mpsc::UnboundedSender<Bytes>);
-
-/// A tiny one-shot reply channel for registering connections with the session map.
-mod oneshot_echo {
-    use bytes::Bytes;
-    use tokio::sync::{mpsc, oneshot};
-
-    pub struct Reply(oneshot::Sender<mpsc::UnboundedSender<Bytes>>);
-
-    impl Reply {
-        pub fn send(self, queue: mpsc::UnboundedSender<Bytes>) {
-            let _ = self.0.send(queue);
+/// The echo of session `id`: records each message's number and queues it back to the client.
+fn session_echo(
+    handle: ServerHandle,
+    id: [u8; 16],
+    record: Arc<Mutex<HashMap<[u8; 16], Vec<u32>>>>,
+) -> mpsc::UnboundedSender<Bytes> {
+    record.lock().unwrap().entry(id).or_default();
+    let (queue, mut messages) = mpsc::unbounded_channel::<Bytes>();
+    tokio::spawn(async move {
+        while let Some(m) = messages.recv().await {
+            record
+                .lock()
+                .unwrap()
+                .entry(id)
+                .or_default()
+                .push(number(&m));
+            handle.send_to_session(id, m).await.expect("echo queued");
         }
-    }
-
-    pub fn channel() -> (Reply, oneshot::Receiver<mpsc::UnboundedSender<Bytes>>) {
-        let (tx, rx) = oneshot::channel();
-        (Reply(tx), rx)
-    }
+    });
+    queue
 }
 
 fn session_client_config() -> ClientConfig {
@@ -453,4 +422,216 @@ async fn a_session_the_server_lost_hands_unacknowledged_messages_back() {
     // The session goes on, new, with B.
     client.send(message(11, &mut rng)).await.unwrap();
     assert_eq!(timeout(DEADLINE, b_got.recv()).await.unwrap(), Some(11));
+}
+
+/// The next message the client receives (other events skipped).
+async fn client_message(client: &mut Client) -> Bytes {
+    timeout(DEADLINE, async {
+        loop {
+            match client.next_event().await.expect("client stopped") {
+                ClientEvent::Message(m) => return m,
+                ClientEvent::SessionLost { .. } => panic!("session lost"),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .unwrap()
+}
+
+/// Waits until the server holds `attached` attached and `detached` detached sessions.
+async fn session_counts(handle: &ServerHandle, attached: usize, detached: usize) {
+    timeout(DEADLINE, async {
+        while handle.session_counts() != (attached, detached) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("sessions now {:?}", handle.session_counts()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_queues_for_an_absent_client_and_hands_back_what_expired() {
+    let ttl = Duration::from_millis(800);
+    let mut server = Server::bind(
+        "127.0.0.1:0",
+        ServerConfig {
+            protocol: Protocol::Framelink(ConnectionConfig {
+                max_queued_bytes: 4096,
+                ..ConnectionConfig::default()
+            }),
+            sessions: Some(ServerSessions {
+                ttl,
+                ..ServerSessions::default()
+            }),
+            ..ServerConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let handle = server.handle();
+    let (ids_tx, mut ids) = mpsc::unbounded_channel();
+    let server_addr = server.local_addr();
+    tokio::spawn(async move {
+        while let Some(incoming) = server.accept().await {
+            let ids = ids_tx.clone();
+            tokio::spawn(async move {
+                let mut events = incoming.connection;
+                while let Some(event) = events.next_event().await {
+                    if let Event::Session { id, .. } = event {
+                        let _ = ids.send(id);
+                    }
+                }
+            });
+        }
+    });
+    // A port nobody listens on: the client stays away while the proxy points there.
+    let nowhere = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let proxy = SwitchProxy::start(server_addr).await;
+    let park = || {
+        *proxy.upstream.lock().unwrap() = nowhere;
+        proxy.cut.notify_waiters();
+    };
+    let mut client = Client::connect(proxy.addr.to_string(), session_client_config()).unwrap();
+    let id = timeout(DEADLINE, ids.recv()).await.unwrap().unwrap();
+    handle
+        .send_to_session(id, Bytes::from_static(b"1"))
+        .await
+        .unwrap();
+    assert_eq!(client_message(&mut client).await, "1");
+
+    // The client goes away; its session is detached and takes messages for it.
+    tokio::time::sleep(Duration::from_millis(200)).await; // its ACK of "1" arrives
+    park();
+    session_counts(&handle, 0, 1).await;
+    for m in ["2", "3"] {
+        handle
+            .send_to_session(id, Bytes::from_static(m.as_bytes()))
+            .await
+            .unwrap();
+    }
+    let big = Bytes::from(vec![b'4'; 4000]);
+    handle.try_send_to_session(id, big.clone()).unwrap();
+    // Full now (4,041 of 4,096 bytes): refused without waiting, or waited for.
+    let five = Bytes::from(vec![b'5'; 100]);
+    match handle.try_send_to_session(id, five.clone()) {
+        Err(SessionSendError::Full {
+            buffered: 4041,
+            len: 113,
+            limit: 4096,
+            payload,
+            ..
+        }) => assert_eq!(payload, five),
+        other => panic!("expected Full, got {other:?}"),
+    }
+    let waiting = tokio::spawn({
+        let (handle, five) = (handle.clone(), five.clone());
+        async move { handle.send_to_session(id, five).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a full detached session makes the send wait"
+    );
+
+    // The client comes back and resumes: everything queued arrives once, in order, and the
+    // waiting send goes through.
+    *proxy.upstream.lock().unwrap() = server_addr;
+    assert_eq!(client_message(&mut client).await, "2");
+    assert_eq!(client_message(&mut client).await, "3");
+    assert_eq!(client_message(&mut client).await, big);
+    assert_eq!(client_message(&mut client).await, five);
+    timeout(DEADLINE, waiting).await.unwrap().unwrap().unwrap();
+    assert_eq!(timeout(DEADLINE, ids.recv()).await.unwrap(), Some(id));
+
+    // The client goes away for good: what it never acknowledged comes back once the ttl is
+    // over, and the session is gone.
+    tokio::time::sleep(Duration::from_millis(200)).await; // its ACKs arrive
+    let parked = std::time::Instant::now(); // the session is detached after this
+    park();
+    session_counts(&handle, 0, 1).await;
+    handle
+        .send_to_session(id, Bytes::from_static(b"6"))
+        .await
+        .unwrap();
+    let lost = timeout(DEADLINE, handle.next_lost_session())
+        .await
+        .unwrap()
+        .unwrap();
+    let waited = parked.elapsed();
+    assert_eq!((lost.id, lost.reason), (id, LostReason::Expired));
+    assert_eq!(lost.unacked, vec![Bytes::from_static(b"6")]);
+    // Reported within the ttl plus a quarter of it (the sweep), with slack for slow machines.
+    assert!(waited >= ttl, "lost after {waited:?}, before the ttl");
+    assert!(
+        waited < ttl + ttl / 4 + Duration::from_secs(2),
+        "lost after {waited:?}"
+    );
+    assert_eq!(handle.session_counts(), (0, 0));
+    match handle.send_to_session(id, Bytes::from_static(b"7")).await {
+        Err(SessionSendError::Unknown { id: i, payload }) => {
+            assert_eq!((i, &payload[..]), (id, &b"7"[..]));
+        }
+        other => panic!("expected Unknown, got {other:?}"),
+    }
+    client.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_max_detached_the_oldest_session_is_handed_back() {
+    let mut server = Server::bind(
+        "127.0.0.1:0",
+        ServerConfig {
+            sessions: Some(ServerSessions {
+                max_detached: 1,
+                ..ServerSessions::default()
+            }),
+            ..ServerConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let handle = server.handle();
+    let server_addr = server.local_addr();
+    tokio::spawn(async move {
+        while let Some(incoming) = server.accept().await {
+            tokio::spawn(async move {
+                let mut events = incoming.connection;
+                while events.next_event().await.is_some() {}
+            });
+        }
+    });
+    let nowhere = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let proxy = SwitchProxy::start(server_addr).await;
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let mut client = Client::connect(proxy.addr.to_string(), session_client_config()).unwrap();
+        timeout(DEADLINE, async {
+            while !matches!(client.next_event().await, Some(ClientEvent::Session { .. })) {}
+        })
+        .await
+        .unwrap();
+        clients.push(client);
+    }
+    session_counts(&handle, 2, 0).await;
+    *proxy.upstream.lock().unwrap() = nowhere;
+    proxy.cut.notify_waiters();
+    let lost = timeout(DEADLINE, handle.next_lost_session())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(lost.reason, LostReason::Evicted);
+    assert!(lost.unacked.is_empty());
+    session_counts(&handle, 0, 1).await;
+    for client in clients {
+        client.stop();
+    }
 }
