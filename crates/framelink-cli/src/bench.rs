@@ -2,6 +2,8 @@
 //! or as fast as they can, for a duration or a message count; reports messages/s, MB/s and
 //! latency percentiles (HdrHistogram), for framelink protocol v1 and for a raw-TCP baseline that
 //! sends the same bytes with no framing at all, so that the cost of framing is visible.
+//! `--rounds N` repeats the modes N times and summarises them, for machines too noisy for one
+//! run to tell.
 //!
 //! # How it measures
 //!
@@ -22,6 +24,11 @@
 //!   tasks: as two processes would.
 //! - raw mode batches its writes in a 64 KiB buffer, written when full, when the window is
 //!   full, or when no message is due yet (`--rate`): no system call per message.
+//! - `--rounds N` runs the modes N times, interleaved (raw, framelink, raw, framelink, ...), so
+//!   that the slow spells of a shared machine hit every mode alike. The summary gives each
+//!   figure's median and min-max over the rounds; a ratio to raw is taken within each round
+//!   (that round's framelink over that round's raw) before its median, which cancels whatever
+//!   slowed the whole round down. A round cut short by Ctrl-C is reported, not summarised.
 
 use std::fmt::Write as _;
 use std::io::IsTerminal;
@@ -81,6 +88,7 @@ const PROGRESS_TICK: Duration = Duration::from_millis(200);
 Examples:
   framelink bench                                   # framelink, in-process echo server, 5s
   framelink bench --mode both --size 64 --duration 3s
+  framelink bench --mode all --rounds 5 -d 2s       # medians of 5 interleaved rounds
   framelink bench -c 8 --size 16KiB --rate 20000 --count 100000 --json
   framelink serve 127.0.0.1:7000 & framelink bench 127.0.0.1:7000 -c 4
   framelink serve 127.0.0.1:7001 --framing fixed:64 & framelink bench 127.0.0.1:7001 --mode raw
@@ -99,7 +107,14 @@ to raw mode's write buffer) until its echo is read, so it includes queueing: at 
 the in-flight window is always full and latency is mostly time spent waiting in it. With \
 --rate, late sends catch up (open loop) and `max send lag` says how far behind schedule they \
 got. MB/s counts payload bytes, each way (10^6 bytes). Exit status 1 when any message came \
-back out of order, with the wrong length, or not at all.")]
+back out of order, with the wrong length, or not at all (in any round).
+
+On a shared or noisy machine one run varies too much to compare modes: --rounds N runs them N \
+times, interleaved (raw, framelink, raw, framelink, ...), each run as a single one would be, \
+prints each round's table, then a summary: the median and min-max over rounds of each mode's \
+msgs/s and MB/s, the median p50 and p99, and the ratio to raw taken within each round (that \
+round's framelink over that round's raw), as median and min-max. Ctrl-C ends the current run \
+early and skips the rest; a round it cut short is shown but left out of the summary.")]
 pub struct BenchArgs {
     /// Echo server to measure (`framelink serve ADDR`); without it, an in-process one.
     #[arg(value_name = "ADDR")]
@@ -150,7 +165,14 @@ pub struct BenchArgs {
     #[arg(long, value_name = "ADDR", requires = "addr")]
     raw_addr: Option<String>,
 
-    /// Print one JSON object per mode on stdout instead of the table.
+    /// Run the modes this many times, interleaved, then summarise: median and min-max over
+    /// rounds, with each ratio to raw taken within its round.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    rounds: u32,
+
+    /// Print one JSON object per run on stdout instead of the table; with --rounds, each has its
+    /// `round`, and one `summary` object per mode follows.
     #[arg(long)]
     json: bool,
 }
@@ -337,48 +359,84 @@ async fn bench(args: BenchArgs, settings: Settings) -> Result<ExitCode> {
         Mode::Sessions => &[Kind::Sessions],
         Mode::All => &[Kind::Raw, Kind::Framelink, Kind::Sessions],
     };
-    let mut results = Vec::new();
-    for &kind in runs {
-        if stop.is_cancelled() {
-            break;
+    let rounds_asked = args.rounds as usize;
+    let mut rounds: Vec<Vec<ModeResult>> = Vec::new();
+    while rounds.len() < rounds_asked && !stop.is_cancelled() {
+        let mut round = Vec::new();
+        for &kind in runs {
+            if stop.is_cancelled() {
+                break;
+            }
+            let target = match kind {
+                Kind::Framelink | Kind::Sessions => args.addr.as_deref(),
+                Kind::Raw => args.raw_addr.as_deref().or(args.addr.as_deref()),
+            };
+            round.push(run_mode(kind, target, &settings, &stop).await?);
         }
-        let target = match kind {
-            Kind::Framelink | Kind::Sessions => args.addr.as_deref(),
-            Kind::Raw => args.raw_addr.as_deref().or(args.addr.as_deref()),
-        };
-        results.push(run_mode(kind, target, &settings, &stop).await?);
+        rounds.push(round);
     }
     interrupt.abort();
 
-    // Each framelink run against the raw baseline of the same invocation, if there is one.
-    let raw = results.iter().find(|r| r.kind == Kind::Raw);
-    let ratios: Vec<(Kind, Ratio)> = match raw {
-        Some(raw) => results
+    let several = rounds_asked > 1;
+    let complete: Vec<&[ModeResult]> = rounds
+        .iter()
+        .filter(|round| round.len() == runs.len() && !round.iter().any(|r| r.interrupted))
+        .map(Vec::as_slice)
+        .collect();
+    let summaries = if several {
+        summarize(&complete)
+    } else {
+        Vec::new()
+    };
+    if args.json {
+        for (index, round) in rounds.iter().enumerate() {
+            let ratios = ratios_to_raw(round);
+            for result in round {
+                let mut value = result.to_json(&settings);
+                if let Some((_, ratio)) = ratios.iter().find(|(k, _)| *k == result.kind) {
+                    value["vs_raw"] = json!({
+                        "msgs_per_sec": ratio.msgs,
+                        "mb_per_sec": ratio.mb,
+                    });
+                }
+                if several {
+                    value["round"] = json!(index + 1);
+                }
+                println!("{value}");
+            }
+        }
+        for summary in &summaries {
+            println!("{}", summary.to_json());
+        }
+    } else {
+        for (index, round) in rounds.iter().enumerate() {
+            if several {
+                let gap = if index > 0 { "\n" } else { "" };
+                println!("{gap}round {}/{rounds_asked}", index + 1);
+            }
+            print!("{}", table(&settings, round, &ratios_to_raw(round)));
+        }
+        if !summaries.is_empty() {
+            print!("\n{}", summary_table(&summaries, rounds_asked));
+        }
+    }
+    Ok(if rounds.iter().flatten().any(|r| r.errors() > 0) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Each framelink run against the raw baseline of the same round, if there is one.
+fn ratios_to_raw(round: &[ModeResult]) -> Vec<(Kind, Ratio)> {
+    match round.iter().find(|r| r.kind == Kind::Raw) {
+        Some(raw) => round
             .iter()
             .filter(|r| r.kind != Kind::Raw)
             .map(|r| (r.kind, Ratio::of(r, raw)))
             .collect(),
         None => Vec::new(),
-    };
-    if args.json {
-        for result in &results {
-            let mut value = result.to_json(&settings);
-            if let Some((_, ratio)) = ratios.iter().find(|(k, _)| *k == result.kind) {
-                value["vs_raw"] = json!({
-                    "msgs_per_sec": ratio.msgs,
-                    "mb_per_sec": ratio.mb,
-                });
-            }
-            println!("{value}");
-        }
-    } else {
-        print!("{}", table(&settings, &results, &ratios));
     }
-    Ok(if results.iter().any(|r| r.errors() > 0) {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
 }
 
 /// framelink relative to raw.
@@ -395,6 +453,119 @@ impl Ratio {
             msgs: div(framelink.msgs_per_sec(), raw.msgs_per_sec()),
             mb: div(framelink.mb_per_sec(), raw.mb_per_sec()),
         }
+    }
+}
+
+/// One figure over rounds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Spread {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Spread {
+    /// Of at least one value; the median of an even count is the mean of the middle two.
+    fn of(mut values: Vec<f64>) -> Spread {
+        assert!(!values.is_empty(), "a spread of no values");
+        values.sort_by(f64::total_cmp);
+        let middle = values.len() / 2;
+        let median = if values.len() % 2 == 0 {
+            (values[middle - 1] + values[middle]) / 2.0
+        } else {
+            values[middle]
+        };
+        Spread {
+            median,
+            min: values[0],
+            max: values[values.len() - 1],
+        }
+    }
+
+    fn to_json(self) -> serde_json::Value {
+        json!({ "median": self.median, "min": self.min, "max": self.max })
+    }
+}
+
+/// One mode over the rounds of `--rounds`.
+#[derive(Debug)]
+struct Summary {
+    kind: Kind,
+    rounds: usize,
+    msgs_per_sec: Spread,
+    mb_per_sec: Spread,
+    /// Medians over rounds, in nanoseconds.
+    p50_ns: f64,
+    p99_ns: f64,
+    /// Each round's ratio to the raw run of the same round; `None` for raw, or without raw.
+    vs_raw: Option<RatioSpread>,
+}
+
+/// Ratios to raw, over rounds.
+#[derive(Debug)]
+struct RatioSpread {
+    msgs: Spread,
+    mb: Spread,
+}
+
+/// Each mode, in the order they ran, over `rounds` that all ran every mode to the end.
+fn summarize(rounds: &[&[ModeResult]]) -> Vec<Summary> {
+    let Some(first) = rounds.first() else {
+        return Vec::new();
+    };
+    let ratios: Vec<(Kind, Ratio)> = rounds
+        .iter()
+        .flat_map(|round| ratios_to_raw(round))
+        .collect();
+    first
+        .iter()
+        .map(|run| {
+            let kind = run.kind;
+            let runs: Vec<&ModeResult> = rounds
+                .iter()
+                .flat_map(|round| round.iter().filter(|r| r.kind == kind))
+                .collect();
+            let spread = |figure: &dyn Fn(&ModeResult) -> f64| {
+                Spread::of(runs.iter().map(|r| figure(r)).collect())
+            };
+            let ratios: Vec<Ratio> = ratios
+                .iter()
+                .filter(|(k, _)| *k == kind)
+                .map(|(_, ratio)| *ratio)
+                .collect();
+            Summary {
+                kind,
+                rounds: runs.len(),
+                msgs_per_sec: spread(&ModeResult::msgs_per_sec),
+                mb_per_sec: spread(&ModeResult::mb_per_sec),
+                p50_ns: spread(&|r| r.latency(0.5) as f64).median,
+                p99_ns: spread(&|r| r.latency(0.99) as f64).median,
+                vs_raw: (!ratios.is_empty()).then(|| RatioSpread {
+                    msgs: Spread::of(ratios.iter().map(|r| r.msgs).collect()),
+                    mb: Spread::of(ratios.iter().map(|r| r.mb).collect()),
+                }),
+            }
+        })
+        .collect()
+}
+
+impl Summary {
+    fn to_json(&self) -> serde_json::Value {
+        let mut value = json!({
+            "summary": true,
+            "mode": self.kind.name(),
+            "rounds": self.rounds,
+            "msgs_per_sec": self.msgs_per_sec.to_json(),
+            "mb_per_sec": self.mb_per_sec.to_json(),
+            "latency_us": { "p50": self.p50_ns / 1000.0, "p99": self.p99_ns / 1000.0 },
+        });
+        if let Some(vs_raw) = &self.vs_raw {
+            value["vs_raw"] = json!({
+                "msgs_per_sec": vs_raw.msgs.to_json(),
+                "mb_per_sec": vs_raw.mb.to_json(),
+            });
+        }
+        value
     }
 }
 
@@ -614,6 +785,7 @@ async fn run_mode(
                 .push(format!("connection #{i}: {e}")),
         }
     }
+    result.interrupted = stop.is_cancelled();
     if let Some(timer) = timer {
         timer.abort();
     }
@@ -1160,6 +1332,8 @@ struct ModeResult {
     out_of_order: u64,
     bad_length: u64,
     connection_errors: Vec<String>,
+    /// Cut short by Ctrl-C: shown, but not summarised with the complete rounds.
+    interrupted: bool,
 }
 
 impl ModeResult {
@@ -1179,6 +1353,7 @@ impl ModeResult {
             out_of_order: 0,
             bad_length: 0,
             connection_errors: Vec::new(),
+            interrupted: false,
         }
     }
 
@@ -1384,6 +1559,58 @@ fn table(settings: &Settings, results: &[ModeResult], ratios: &[(Kind, Ratio)]) 
     s
 }
 
+/// The human summary of `--rounds`, after the rounds' own tables.
+fn summary_table(summaries: &[Summary], rounds_asked: usize) -> String {
+    let mut s = String::new();
+    let rounds = summaries.first().map_or(0, |summary| summary.rounds);
+    let which = if rounds == rounds_asked {
+        format!("{rounds} rounds")
+    } else {
+        format!("the {rounds} complete rounds (interrupted, of {rounds_asked})")
+    };
+    let _ = writeln!(
+        s,
+        "summary of {which}: median [min-max] over rounds; ratios to raw: taken per round (a \
+         round's run / the same round's raw), then median [min-max]"
+    );
+    let _ = writeln!(
+        s,
+        "{:<18} {:>11}  {:<23} {:>9}  {:<17} {:>9} {:>9}",
+        "mode", "msgs/s", "[min-max]", "MB/s", "[min-max]", "p50", "p99"
+    );
+    for summary in summaries {
+        let (msgs, mb) = (summary.msgs_per_sec, summary.mb_per_sec);
+        let whole = |n: f64| group(n.round() as u64);
+        let _ = writeln!(
+            s,
+            "{:<18} {:>11}  {:<23} {:>9.2}  {:<17} {:>9} {:>9}",
+            summary.kind.name(),
+            whole(msgs.median),
+            format!("[{}-{}]", whole(msgs.min), whole(msgs.max)),
+            mb.median,
+            format!("[{:.2}-{:.2}]", mb.min, mb.max),
+            show_latency(summary.p50_ns.round() as u64),
+            show_latency(summary.p99_ns.round() as u64),
+        );
+    }
+    for summary in summaries {
+        if let Some(RatioSpread { msgs, mb }) = summary.vs_raw {
+            let _ = writeln!(
+                s,
+                "{}/raw: {:.2}x [{:.2}x-{:.2}x] msgs/s, {:.2}x [{:.2}x-{:.2}x] MB/s",
+                summary.kind.name(),
+                msgs.median,
+                msgs.min,
+                msgs.max,
+                mb.median,
+                mb.min,
+                mb.max
+            );
+        }
+    }
+    s
+}
+
 /// `1,234,567`.
 fn group(n: u64) -> String {
     let digits = n.to_string();
@@ -1494,6 +1721,67 @@ mod tests {
         assert!(pacer.max_lag >= Duration::from_millis(11));
         // The fifth would be due at 40ms, past the end.
         assert!(matches!(pacer.next(late), Next::Done));
+    }
+
+    /// A run that counted `msgs` 64-byte messages in exactly one second, each with `latency_ns`
+    /// (exact in the histogram below 2048).
+    fn measured(kind: Kind, msgs: u64, latency_ns: u64) -> ModeResult {
+        let start = Instant::now();
+        let mut result = ModeResult::new(kind, "in-process".into(), start);
+        result.messages = msgs;
+        result.bytes = msgs * 64;
+        result.last_echo = Some(start + Duration::from_secs(1));
+        result.histogram.record(latency_ns).unwrap();
+        result
+    }
+
+    #[test]
+    fn spread_median_of_odd_and_even_counts() {
+        let spread = |median, min, max| Spread { median, min, max };
+        assert_eq!(Spread::of(vec![5.0]), spread(5.0, 5.0, 5.0));
+        assert_eq!(Spread::of(vec![3.0, 1.0, 2.0]), spread(2.0, 1.0, 3.0));
+        assert_eq!(
+            Spread::of(vec![4.0, 1.0, 10.0, 2.0]),
+            spread(3.0, 1.0, 10.0)
+        );
+    }
+
+    #[test]
+    fn summary_takes_each_ratio_within_its_round() {
+        // The second round ran at half speed for both modes; the third was bad for framelink.
+        let rounds = [
+            [
+                measured(Kind::Raw, 1000, 100),
+                measured(Kind::Framelink, 800, 400),
+            ],
+            [
+                measured(Kind::Raw, 500, 200),
+                measured(Kind::Framelink, 400, 500),
+            ],
+            [
+                measured(Kind::Raw, 900, 300),
+                measured(Kind::Framelink, 450, 1000),
+            ],
+        ];
+        let rounds: Vec<&[ModeResult]> = rounds.iter().map(|round| &round[..]).collect();
+        let summaries = summarize(&rounds);
+        assert_eq!(summaries.len(), 2);
+        let (raw, framelink) = (&summaries[0], &summaries[1]);
+        assert_eq!(raw.kind, Kind::Raw);
+        assert_eq!(raw.rounds, 3);
+        let spread = |median, min, max| Spread { median, min, max };
+        assert_eq!(raw.msgs_per_sec, spread(900.0, 500.0, 1000.0));
+        assert_eq!((raw.p50_ns, raw.p99_ns), (200.0, 200.0));
+        assert!(raw.vs_raw.is_none());
+        assert_eq!(framelink.kind, Kind::Framelink);
+        assert_eq!(framelink.msgs_per_sec, spread(450.0, 400.0, 800.0));
+        assert!((framelink.mb_per_sec.median - 0.0288).abs() < 1e-12);
+        assert_eq!(framelink.p50_ns, 500.0);
+        // Per round 0.8, 0.8 and 0.5; the ratio of the medians (450 / 900) would say 0.5.
+        let vs_raw = framelink.vs_raw.as_ref().expect("raw ran");
+        assert_eq!(vs_raw.msgs, spread(0.8, 0.5, 0.8));
+        assert!((vs_raw.mb.median - 0.8).abs() < 1e-12);
+        assert!(summarize(&[]).is_empty());
     }
 
     #[test]

@@ -73,6 +73,10 @@ fn framelink_in_process_for_a_duration() {
     let run = &runs[0];
     assert_eq!(run["mode"], "framelink");
     assert_eq!(run["server"], "in-process");
+    assert!(
+        run.get("round").is_none(),
+        "one round: as before --rounds: {run}"
+    );
     assert_clean(run);
     assert_eq!(
         run["messages"], run["sent_total"],
@@ -147,6 +151,9 @@ fn human_table_with_the_overhead_ratio() {
         "{stdout}"
     );
     assert!(stdout.contains("framelink/raw: "), "{stdout}");
+    // One round: no round headings, no summary.
+    assert!(!stdout.contains("round"), "{stdout}");
+    assert!(!stdout.contains("summary"), "{stdout}");
     // Not a terminal: no progress bar.
     assert!(text(&out.stderr).is_empty(), "{}", text(&out.stderr));
 }
@@ -176,6 +183,150 @@ fn bad_options_are_refused() {
             text(&out.stderr)
         );
     }
+}
+
+/// `v[key]` as median, min and max, with the median in range.
+fn spread(v: &Value, key: &str) -> (f64, f64, f64) {
+    let figure = |part: &str| {
+        v[key][part]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key}.{part} missing: {v}"))
+    };
+    let (median, min, max) = (figure("median"), figure("min"), figure("max"));
+    assert!(min <= median && median <= max, "{key}: {v}");
+    (median, min, max)
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * a.abs().max(b.abs())
+}
+
+#[test]
+fn rounds_interleave_the_modes_and_summarise_them() {
+    let lines = json_runs(&[
+        "bench", "--mode", "all", "--rounds", "2", "--count", "2000", "--warmup", "0s", "--json",
+    ]);
+    assert_eq!(lines.len(), 9, "{lines:?}");
+    let (runs, summaries) = lines.split_at(6);
+    let modes = ["raw", "framelink", "framelink+sessions"];
+    for (i, run) in runs.iter().enumerate() {
+        assert_eq!(run["mode"], modes[i % 3], "{run}");
+        assert_eq!(run["round"], i / 3 + 1, "{run}");
+        assert!(run.get("summary").is_none(), "{run}");
+        assert_eq!(run["messages"], 2000, "{run}");
+        assert_clean(run);
+    }
+    for (mode, summary) in modes.iter().zip(summaries) {
+        assert_eq!(summary["summary"], true, "{summary}");
+        assert_eq!(summary["mode"], *mode, "{summary}");
+        assert_eq!(summary["rounds"], 2, "{summary}");
+        let this_mode: Vec<&Value> = runs.iter().filter(|r| r["mode"] == *mode).collect();
+        // Two rounds: the median is the mean of the two, min and max are the two.
+        for key in ["msgs_per_sec", "mb_per_sec"] {
+            let (a, b) = (num(this_mode[0], key), num(this_mode[1], key));
+            let (median, min, max) = spread(summary, key);
+            assert!(close(median, (a + b) / 2.0), "{key}: {summary}");
+            assert_eq!((min, max), (a.min(b), a.max(b)), "{key}: {summary}");
+        }
+        for key in ["p50", "p99"] {
+            let (a, b) = (latency(this_mode[0], key), latency(this_mode[1], key));
+            assert!(
+                close(latency(summary, key), (a + b) / 2.0),
+                "{key}: {summary}"
+            );
+        }
+        if *mode == "raw" {
+            assert!(summary.get("vs_raw").is_none(), "{summary}");
+            continue;
+        }
+        // From each round's own ratio, not from the medians.
+        let ratio = |run: &Value| run["vs_raw"]["msgs_per_sec"].as_f64().unwrap();
+        let (a, b) = (ratio(this_mode[0]), ratio(this_mode[1]));
+        let (median, min, max) = spread(&summary["vs_raw"], "msgs_per_sec");
+        assert!(close(median, (a + b) / 2.0), "{summary}");
+        assert_eq!((min, max), (a.min(b), a.max(b)), "{summary}");
+        spread(&summary["vs_raw"], "mb_per_sec");
+    }
+}
+
+#[test]
+fn rounds_table_shows_each_round_then_the_summary() {
+    let out = framelink(&[
+        "bench", "--mode", "both", "--rounds", "3", "--count", "2000", "--warmup", "0s",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    let headings: Vec<&str> = stdout.lines().filter(|l| l.starts_with("round ")).collect();
+    assert_eq!(
+        headings,
+        ["round 1/3", "round 2/3", "round 3/3"],
+        "{stdout}"
+    );
+    assert_eq!(stdout.matches("framelink/raw: ").count(), 4, "{stdout}");
+    let summary = stdout
+        .split("\nsummary of 3 rounds: ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no summary: {stdout}"));
+    assert!(summary.lines().any(|l| l.starts_with("raw ")), "{stdout}");
+    let ratio = summary
+        .lines()
+        .find(|l| l.starts_with("framelink/raw: "))
+        .unwrap_or_else(|| panic!("no summary ratio: {stdout}"));
+    assert!(ratio.contains("x [") && ratio.contains("msgs/s"), "{ratio}");
+    assert!(text(&out.stderr).is_empty(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn rounds_are_one_to_a_hundred() {
+    for rounds in ["0", "101", "many"] {
+        let out = framelink(&["bench", "--rounds", rounds, "--count", "10"]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "--rounds {rounds}: {stderr}");
+        assert!(stderr.contains("--rounds"), "{stderr}");
+        assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+    }
+}
+
+/// Ctrl-C: no further rounds; the rounds before the interrupted one are summarised.
+#[cfg(unix)]
+#[test]
+fn ctrl_c_stops_the_rounds_and_summarises_the_complete_ones() {
+    let mut bench = common::framelink(&[
+        "bench",
+        "--rounds",
+        "100",
+        "--duration",
+        "1s",
+        "--warmup",
+        "0s",
+        "--json",
+    ]);
+    // A round takes a second and a bit: this lands in round 2 or 3 (round 1 if very busy).
+    std::thread::sleep(Duration::from_millis(2500));
+    bench.interrupt();
+    let status = bench.wait(PATIENCE);
+    let stdout = bench.stdout();
+    assert!(status.success(), "{status:?}\n{stdout}\n{}", bench.stderr());
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    let (summaries, runs): (Vec<&Value>, Vec<&Value>) =
+        lines.iter().partition(|v| v["summary"] == true);
+    assert!((1..10).contains(&runs.len()), "{stdout}");
+    for (i, run) in runs.iter().enumerate() {
+        assert_eq!(run["round"], i + 1, "{run}");
+    }
+    assert!(summaries.len() <= 1, "{stdout}");
+    // The interrupted run is reported, not summarised (unless it had just ended).
+    let complete = summaries.first().map_or(0, |summary| {
+        spread(summary, "msgs_per_sec");
+        summary["rounds"].as_u64().unwrap() as usize
+    });
+    assert!(
+        complete + 1 == runs.len() || complete == runs.len(),
+        "{stdout}"
+    );
 }
 
 /// Starts `framelink serve 127.0.0.1:0 --quiet EXTRA`; returns it (killed on drop) and its
