@@ -12,11 +12,11 @@ use anyhow::{Context, Result};
 use bytes::Bytes;
 use framelink::chaos::{ChaosConfig, ChaosEvent, ChaosProxy, Fault, FaultMix, FaultPlan, Trigger};
 use framelink::client::{Client, ClientConfig, ClientEvent};
-use framelink::connection::{ConnectionConfig, Event, Protocol, ResumeStatus, SendError, Sender};
-use framelink::server::{Server, ServerConfig, ServerSessions};
+use framelink::connection::{ConnectionConfig, Event, Protocol, ResumeStatus, SendError};
+use framelink::server::{Server, ServerConfig, ServerHandle, ServerSessions};
 use framelink::{BackoffConfig, SessionConfig};
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 /// Bytes forwarded between two faults, on average.
 const CUT_EVERY: u64 = 1536 * 1024;
@@ -29,9 +29,6 @@ struct ServerTally {
     /// Numbers of the messages received, in arrival order.
     received: Vec<u32>,
 }
-
-/// The server's per-session echo: the current connection's sender and the echo queue.
-type SessionEcho = (watch::Sender<Option<Sender>>, mpsc::UnboundedSender<Bytes>);
 
 /// Runs part two; returns whether every check passed.
 pub async fn run(messages: u32, seed: u64) -> Result<bool> {
@@ -237,9 +234,9 @@ fn number(m: &Bytes) -> Option<u32> {
     m[4..].iter().all(|&b| b == n as u8).then_some(n)
 }
 
-/// A session-aware echo server: each session gets one echo task, which sends every message
-/// back on whichever connection of the session is current (a message the old connection
-/// refused is retried on the next one, so echoes survive reconnects too).
+/// A session-aware echo server: each session gets one echo task, fed by whichever connection
+/// carries the session now, which queues every echo in the session (`send_to_session`), so
+/// that echoes reach the client across reconnects too.
 async fn start_echo_server() -> Result<(
     std::net::SocketAddr,
     Arc<Mutex<HashMap<[u8; 16], ServerTally>>>,
@@ -259,19 +256,24 @@ async fn start_echo_server() -> Result<(
     )
     .await?;
     let addr = server.local_addr();
+    let handle = server.handle();
     let tallies: Arc<Mutex<HashMap<[u8; 16], ServerTally>>> = Arc::default();
-    let echoes: Arc<Mutex<HashMap<[u8; 16], SessionEcho>>> = Arc::default();
+    let echoes: Arc<Mutex<HashMap<[u8; 16], mpsc::UnboundedSender<Bytes>>>> = Arc::default();
     let record = tallies.clone();
     tokio::spawn(async move {
         while let Some(incoming) = server.accept().await {
-            let (echoes, record) = (echoes.clone(), record.clone());
+            let (handle, echoes, record) = (handle.clone(), echoes.clone(), record.clone());
             tokio::spawn(async move {
-                let (sender, mut events) = incoming.connection.split();
+                let mut events = incoming.connection;
                 let mut queue = None;
                 while let Some(event) = events.next_event().await {
                     match event {
                         Event::Session { id, .. } => {
-                            queue = Some(session_echo(&echoes, &record, id, sender.clone()));
+                            let mut echoes = echoes.lock().unwrap_or_else(|e| e.into_inner());
+                            let echo = echoes
+                                .entry(id)
+                                .or_insert_with(|| session_echo(handle.clone(), id, &record));
+                            queue = Some(echo.clone());
                         }
                         Event::Message(m) => {
                             if let Some(queue) = &queue {
@@ -287,42 +289,26 @@ async fn start_echo_server() -> Result<(
     Ok((addr, tallies))
 }
 
-/// The echo queue of session `id`, with `sender` now its current connection.
+/// The echo task of session `id`: records each message, then queues it back in the session.
 fn session_echo(
-    echoes: &Mutex<HashMap<[u8; 16], SessionEcho>>,
-    record: &Arc<Mutex<HashMap<[u8; 16], ServerTally>>>,
+    handle: ServerHandle,
     id: [u8; 16],
-    sender: Sender,
+    record: &Arc<Mutex<HashMap<[u8; 16], ServerTally>>>,
 ) -> mpsc::UnboundedSender<Bytes> {
-    let mut echoes = echoes.lock().unwrap_or_else(|e| e.into_inner());
-    let (current, queue) = echoes.entry(id).or_insert_with(|| {
-        let (current, mut connection) = watch::channel(None::<Sender>);
-        let (queue, mut pending) = mpsc::unbounded_channel::<Bytes>();
-        let record = record.clone();
-        tokio::spawn(async move {
-            while let Some(m) = pending.recv().await {
-                if let Some(n) = number(&m) {
-                    let mut tallies = record.lock().unwrap_or_else(|e| e.into_inner());
-                    tallies.entry(id).or_default().received.push(n);
-                }
-                loop {
-                    let Ok(sender) = connection
-                        .wait_for(|s| s.as_ref().is_some_and(|s| !s.is_closed()))
-                        .await
-                        .map(|s| s.clone())
-                    else {
-                        return;
-                    };
-                    match sender.expect("checked by wait_for").send(m.clone()).await {
-                        Ok(()) => break,
-                        Err(SendError::Closed) => continue, // not queued: the next connection
-                        Err(_) => return,
-                    }
-                }
+    let (queue, mut pending) = mpsc::unbounded_channel::<Bytes>();
+    let record = record.clone();
+    tokio::spawn(async move {
+        while let Some(m) = pending.recv().await {
+            if let Some(n) = number(&m) {
+                let mut tallies = record.lock().unwrap_or_else(|e| e.into_inner());
+                tallies.entry(id).or_default().received.push(n);
             }
-        });
-        (current, queue)
+            if let Err(e) = handle.send_to_session(id, m).await {
+                // The tally reports the missing echoes.
+                eprintln!("  [server] echo not queued: {e}");
+                return;
+            }
+        }
     });
-    current.send_replace(Some(sender));
-    queue.clone()
+    queue
 }
