@@ -33,8 +33,8 @@ pub struct ServeArgs {
     #[command(flatten)]
     link: LinkArgs,
 
-    /// Protocol mode: close connections that exchange no message (either way; heartbeats do
-    /// not count) for this long, with code `Idle`.
+    /// Close connections that exchange no message (either way; heartbeats do not count) for
+    /// this long: with CLOSE `Idle` in protocol mode, by closing the socket in raw mode.
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     idle_timeout: Option<Duration>,
 
@@ -76,13 +76,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     if let Some(idle) = args.idle_timeout {
         match &mut protocol {
             Protocol::Framelink(config) => config.idle_timeout = Some(idle),
-            Protocol::Raw(_) => {
-                eprintln!(
-                    "framelink: --idle-timeout works in protocol mode only (in raw mode, \
-                     --ping-interval without --ping closes silent peers)"
-                );
-                return Ok(ExitCode::from(2));
-            }
+            Protocol::Raw(config) => config.idle_timeout = Some(idle),
         }
     }
     if let Err(e) = protocol.validate() {

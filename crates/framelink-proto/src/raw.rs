@@ -247,6 +247,11 @@ pub struct RawConfig {
     pub writer_idle: Option<Duration>,
     /// [`Event::Idle`] after this long without receiving nor sending anything.
     pub all_idle: Option<Duration>,
+    /// Close (code [`CloseCode::Idle`]) after this long without an application message in
+    /// either direction: frames recognised as heartbeats (pongs, answered pings) and our own
+    /// pings do not count, so a connection kept alive only by heartbeats is still evicted.
+    /// `None` (default): never.
+    pub idle_timeout: Option<Duration>,
     /// Limit on queued outgoing messages (payload plus [`FRAME_OVERHEAD`] per message).
     pub max_queued_bytes: usize,
     /// After a local close has shut the write half down, wait this long for the peer's end of
@@ -270,6 +275,7 @@ impl RawConfig {
             reader_idle: None,
             writer_idle: None,
             all_idle: None,
+            idle_timeout: None,
             max_queued_bytes: 8 * 1024 * 1024,
             linger: Duration::from_secs(2),
         }
@@ -285,6 +291,10 @@ impl RawConfig {
         for (name, zero) in [
             ("max_queued_bytes", self.max_queued_bytes == 0),
             ("linger", self.linger.is_zero()),
+            (
+                "idle_timeout",
+                self.idle_timeout.is_some_and(|d| d.is_zero()),
+            ),
         ] {
             if zero {
                 return Err(RawConfigError::Zero { name });
@@ -429,6 +439,8 @@ pub struct RawConnection {
     closed_reported: bool,
     events: VecDeque<Event>,
     stats: Stats,
+    /// The last application message received or queued (for [`RawConfig::idle_timeout`]).
+    last_data: Instant,
 }
 
 impl RawConnection {
@@ -462,6 +474,7 @@ impl RawConnection {
             closed_reported: false,
             events: VecDeque::new(),
             stats: Stats::default(),
+            last_data: now,
         })
     }
 
@@ -641,6 +654,9 @@ impl RawConnection {
                 }
             }
         }
+        if !heartbeat {
+            self.last_data = self.last_data.max(now);
+        }
         if !heartbeat || self.config.deliver_heartbeats {
             self.stats.data_in += 1;
             self.events.push_back(Event::Data(frame));
@@ -661,7 +677,7 @@ impl RawConnection {
 
     /// Queues an application message, framed with [`RawConfig::framing`]. Refused once closing,
     /// when the framing cannot encode it ([`SendError::Unencodable`]), or when the queue is full.
-    pub fn send(&mut self, payload: Bytes, _now: Instant) -> Result<(), SendError> {
+    pub fn send(&mut self, payload: Bytes, now: Instant) -> Result<(), SendError> {
         if self.state != State::Open {
             return Err(SendError::Closed);
         }
@@ -680,6 +696,7 @@ impl RawConnection {
         }
         self.queued_bytes += cost;
         self.data.push_back(Queued { parts, payload });
+        self.last_data = self.last_data.max(now);
         Ok(())
     }
 
@@ -806,8 +823,19 @@ impl RawConnection {
             (State::Closing, Shutdown::Done(at)) => {
                 Some(at.checked_add(self.config.linger).unwrap_or(at))
             }
+            (State::Open, _) => match (self.liveness.poll_timeout(), self.idle_deadline()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
             _ => self.liveness.poll_timeout(),
         }
+    }
+
+    /// When [`RawConfig::idle_timeout`] closes the connection, if it is set.
+    fn idle_deadline(&self) -> Option<Instant> {
+        self.config
+            .idle_timeout
+            .and_then(|d| self.last_data.checked_add(d))
     }
 
     /// Handles whatever timers are due at `now` (early or spurious calls are harmless).
@@ -822,6 +850,10 @@ impl RawConnection {
             _ => {
                 self.liveness.handle_timeout(now);
                 self.drain_liveness(now);
+                if self.state == State::Open && self.idle_deadline().is_some_and(|at| now >= at) {
+                    let idle = self.config.idle_timeout.unwrap_or_default();
+                    self.close(CloseCode::Idle, &format!("no messages for {idle:?}"), now);
+                }
             }
         }
     }
@@ -1365,6 +1397,47 @@ mod tests {
         assert!(out.is_empty());
         assert_eq!(c.state(), State::Open);
         assert_eq!(c.poll_timeout(), None);
+    }
+
+    #[test]
+    fn idle_timeout_closes_a_link_kept_alive_only_by_heartbeats() {
+        let t0 = Instant::now();
+        let mut cfg = netty();
+        cfg.ping_interval = Some(secs(1));
+        cfg.idle_timeout = Some(secs(5));
+        let mut c = conn(cfg, t0);
+        c.handle_input(&encode("length:4", &[b"hello"]), t0 + secs(2));
+        c.send(Bytes::from_static(b"out"), t0 + secs(3)).unwrap();
+        transmit_all(&mut c, t0 + secs(3));
+        assert_eq!(data(&events(&mut c)), vec![Bytes::from_static(b"hello")]);
+        // The peer answers every ping at once: the link is alive, but carries no messages.
+        let (mut pings, mut closed_at) = (0, None);
+        while let Some(at) = c.poll_timeout().filter(|&at| at <= t0 + secs(60)) {
+            c.handle_timeout(at);
+            if transmit_all(&mut c, at).ends_with(b"PING") {
+                pings += 1;
+                c.handle_input(&encode("length:4", &[b"PONG"]), at);
+            }
+            let ev = events(&mut c);
+            if !closed(&ev).is_empty() {
+                assert_eq!(closed(&ev), vec![(CloseCode::Idle, false, None)]);
+                closed_at = Some(at);
+                break;
+            }
+        }
+        // The last message was queued at 3 s: closed at 3 + 5 s, the pongs notwithstanding.
+        assert_eq!(closed_at, Some(t0 + secs(8)));
+        assert!(pings >= 4, "{pings} pings");
+        assert_eq!(c.state(), State::Closing);
+
+        let mut zero = netty();
+        zero.idle_timeout = Some(Duration::ZERO);
+        assert_eq!(
+            zero.validate(),
+            Err(RawConfigError::Zero {
+                name: "idle_timeout"
+            })
+        );
     }
 
     #[test]

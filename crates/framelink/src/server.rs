@@ -30,8 +30,9 @@
 //!
 //! - **Liveness** is per connection, from [`ServerConfig::protocol`]: a peer that stops
 //!   answering is closed with `PeerTimedOut` within `ping_interval + ping_timeout`, one that
-//!   never completes the handshake with a handshake timeout, and (protocol mode) one that
-//!   exchanges no application message for [`ConnectionConfig::idle_timeout`] with code `Idle`.
+//!   never completes the handshake with a handshake timeout, and one that exchanges no
+//!   application message for [`ConnectionConfig::idle_timeout`] (raw mode:
+//!   [`RawConfig::idle_timeout`](crate::RawConfig::idle_timeout)) with code `Idle`.
 //!   Their slots are freed the moment their driver ends.
 //! - **Connection limit**: at [`ServerConfig::max_connections`] live connections, a new one is
 //!   refused: in protocol mode with a CLOSE `ServerFull` after our HELLO (so the client knows to
