@@ -155,8 +155,6 @@ struct Session {
     /// The attempt being made now, as shown.
     attempt: u32,
     connected: bool,
-    /// Smoothed RTT (RFC 6298), from the samples.
-    srtt: Option<Duration>,
     /// Lines read, not yet taken by a connection.
     pending: VecDeque<Bytes>,
     stdin_done: bool,
@@ -177,7 +175,6 @@ impl Session {
             printed: 0,
             attempt: 1,
             connected: false,
-            srtt: None,
             pending: VecDeque::new(),
             stdin_done: false,
             last_activity: Instant::now(),
@@ -361,19 +358,11 @@ impl Session {
                     self.request_close(client, ExitCode::FAILURE);
                 }
             }
-            ClientEvent::Rtt(rtt) => {
-                // RFC 6298: SRTT = 7/8 SRTT + 1/8 sample.
-                let srtt = match self.srtt {
-                    Some(srtt) => srtt.mul_f64(0.875) + rtt.mul_f64(0.125),
-                    None => rtt,
-                };
-                self.srtt = Some(srtt);
-                self.debug(format_args!(
-                    "rtt {:.3} ms (srtt {:.3} ms)",
-                    rtt.as_secs_f64() * 1e3,
-                    srtt.as_secs_f64() * 1e3
-                ));
-            }
+            ClientEvent::Rtt(rtt) => self.debug(format_args!(
+                "rtt {:.3} ms (srtt {:.3} ms)",
+                rtt.latest.as_secs_f64() * 1e3,
+                rtt.smoothed.as_secs_f64() * 1e3
+            )),
             ClientEvent::Idle(kind) => self.debug(format_args!("idle: {kind:?}")),
             ClientEvent::FrameDiscarded(e) => eprintln!("[connect] warning: {e}"),
             ClientEvent::MessageDropped { len, peer_max } => eprintln!(

@@ -137,7 +137,7 @@ pub async fn run(messages: u32, seed: u64) -> Result<bool> {
                 shown_rtt = true;
                 println!(
                     "  [client] heartbeat while quiet: rtt {:.3} ms",
-                    rtt.as_secs_f64() * 1e3
+                    rtt.latest.as_secs_f64() * 1e3
                 );
             }
             ClientEvent::Disconnected(info) => {

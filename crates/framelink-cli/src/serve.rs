@@ -247,7 +247,11 @@ fn report(id: u64, event: &Event, out: Output) {
             );
         }
         Event::Rtt(rtt) if out.verbose => {
-            eprintln!("[serve] #{id} rtt {}", show_duration(*rtt));
+            eprintln!(
+                "[serve] #{id} rtt {} (srtt {})",
+                show_duration(rtt.latest),
+                show_duration(rtt.smoothed)
+            );
         }
         Event::Idle(kind) if out.verbose => eprintln!("[serve] #{id} idle: {kind:?}"),
         Event::FrameDiscarded(e) => eprintln!("[serve] #{id} warning: {e}"),

@@ -338,7 +338,8 @@ pub struct RttEstimate {
 }
 
 impl RttEstimate {
-    fn first(sample: Duration) -> Self {
+    /// The estimate after a first sample (RFC 6298: smoothed = R, variation = R / 2).
+    pub fn first(sample: Duration) -> Self {
         RttEstimate {
             latest: sample,
             smoothed: sample,

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use crate::connection::{Connection, Event, SendError, State};
+use crate::liveness::RttEstimate;
 use crate::session::Session;
 use crate::wire::CloseCode;
 
@@ -27,6 +28,11 @@ pub trait Machine {
     /// included), once its header is in. A runtime uses it to make room for the rest of a large
     /// frame while little of it has arrived, rather than copying most of it later.
     fn pending_frame_len(&self) -> Option<usize> {
+        None
+    }
+    /// The round-trip-time estimate from heartbeats so far (latest sample, smoothed, variance,
+    /// minimum), if any.
+    fn rtt(&self) -> Option<RttEstimate> {
         None
     }
     /// The peer ended its write half (TCP FIN) or the transport failed.
@@ -83,6 +89,9 @@ impl Machine for Connection {
     }
     fn pending_frame_len(&self) -> Option<usize> {
         Connection::pending_frame_len(self)
+    }
+    fn rtt(&self) -> Option<RttEstimate> {
+        Connection::rtt(self)
     }
     fn handle_eof(&mut self, now: Instant) {
         Connection::handle_eof(self, now)

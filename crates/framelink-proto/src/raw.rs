@@ -946,6 +946,9 @@ impl Machine for RawConnection {
     fn pending_frame_len(&self) -> Option<usize> {
         RawConnection::pending_frame_len(self)
     }
+    fn rtt(&self) -> Option<RttEstimate> {
+        RawConnection::rtt(self)
+    }
     fn handle_eof(&mut self, now: Instant) {
         RawConnection::handle_eof(self, now)
     }

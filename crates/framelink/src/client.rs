@@ -51,6 +51,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use framelink_proto::backoff::{Backoff, BackoffConfig};
+use framelink_proto::liveness::RttEstimate;
 use framelink_proto::session::{Session, SessionConfig};
 
 use crate::connection::{
@@ -115,8 +116,9 @@ pub enum ClientEvent {
     },
     /// A message from the server.
     Message(Bytes),
-    /// A heartbeat round-trip-time sample.
-    Rtt(Duration),
+    /// A heartbeat round trip completed: the latest sample, the smoothed RTT and its variation
+    /// (RFC 6298), the minimum and the sample count.
+    Rtt(RttEstimate),
     /// A direction of the current connection has been idle for its configured period.
     Idle(IdleKind),
     /// Raw mode: the framing skipped bad input (see [`Event::FrameDiscarded`]).

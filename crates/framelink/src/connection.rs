@@ -85,7 +85,7 @@ use framelink_proto::{FrameEncoder, Framing};
 
 pub use framelink_proto::codec::DecodeError;
 pub use framelink_proto::connection::{ConfigError, ConnectionConfig, ConnectionError};
-pub use framelink_proto::liveness::{DeathCause, IdleKind};
+pub use framelink_proto::liveness::{DeathCause, IdleKind, RttEstimate};
 pub use framelink_proto::wire::{CloseCode, Hello, ResumeStatus};
 
 /// Read straight into the machine's buffer when it has at least this much room.
@@ -176,8 +176,9 @@ pub enum Event {
     },
     /// An application message from the peer.
     Message(Bytes),
-    /// A round-trip-time sample from a ping / pong pair.
-    Rtt(Duration),
+    /// A ping / pong pair completed: the estimate with this sample (`latest`), the smoothed RTT
+    /// and its variation (RFC 6298), the minimum and the sample count.
+    Rtt(RttEstimate),
     /// A direction has been idle for its configured period.
     Idle(IdleKind),
     /// A message sent before the handshake (or while it completed) was larger than the peer
@@ -1685,7 +1686,12 @@ impl<M: Machine> Driver<M> {
                 }
             }
             proto::Event::Data(payload) => Event::Message(payload),
-            proto::Event::Rtt(rtt) => Event::Rtt(rtt),
+            // The machine's estimate already includes this sample.
+            proto::Event::Rtt(sample) => Event::Rtt(
+                self.machine
+                    .rtt()
+                    .unwrap_or_else(|| RttEstimate::first(sample)),
+            ),
             proto::Event::Idle(kind) => Event::Idle(kind),
             proto::Event::MessageDropped { len, peer_max } => {
                 Event::MessageDropped { len, peer_max }

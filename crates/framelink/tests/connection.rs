@@ -330,9 +330,22 @@ async fn rtt_samples_on_a_quiet_connection() {
                 _ => {}
             }
         };
-        assert!(rtt < MARGIN, "rtt {rtt:?}");
+        assert!(rtt.latest < MARGIN, "rtt {rtt:?}");
         assert!(t0.elapsed() < Duration::from_millis(100) + MARGIN);
+        // The estimate comes with the sample (RFC 6298's first step for the first one).
+        assert_eq!(rtt.samples, 1, "{rtt:?}");
+        assert_eq!((rtt.smoothed, rtt.min), (rtt.latest, rtt.latest));
     }
+    // Later samples move the smoothed estimate and count up.
+    let rtt = loop {
+        match event(&mut crx).await {
+            Some(Event::Rtt(rtt)) => break rtt,
+            Some(Event::Closed(info)) => panic!("closed: {info:?}"),
+            _ => {}
+        }
+    };
+    assert_eq!(rtt.samples, 2, "{rtt:?}");
+    assert!(rtt.min <= rtt.latest && rtt.min <= rtt.smoothed, "{rtt:?}");
     // Still open after many intervals of silence.
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert!(crx.close_info().is_none() && srx.close_info().is_none());
