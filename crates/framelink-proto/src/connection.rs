@@ -980,6 +980,17 @@ impl Connection {
             }
         }
         self.data = kept;
+        // The same for a session's messages, as long as none of them was ever sent (their
+        // numbers are still ours to change); afterwards `send` checks the known limit.
+        if let Some(session) = self.session.as_mut().and_then(|l| l.state.as_mut()) {
+            let fits = |p: &Bytes| p.len() as u64 + 1 + 8 <= u64::from(peer_max);
+            for payload in session.remove_unsendable(fits) {
+                self.events.push_back(Event::MessageDropped {
+                    len: payload.len(),
+                    peer_max,
+                });
+            }
+        }
         if let Some((code, reason)) = self.deferred_close.take() {
             self.close(code, &reason, now);
         }
@@ -2851,6 +2862,61 @@ mod tests {
         }
         sim.server = Connection::new(sim.config.clone(), sim.now).unwrap();
         sim.run(6, 0);
+    }
+
+    #[test]
+    fn a_session_message_too_long_for_the_peer_is_dropped_at_the_first_handshake() {
+        let mut sim = SessionSim::new(5);
+        // The server accepts the minimum; the client learns it only from the server's HELLO.
+        let small = ConnectionConfig {
+            max_message_len: crate::wire::MIN_MAX_MESSAGE_LEN,
+            max_queued_bytes: 64 * 1024,
+            ..sim.config.clone()
+        };
+        sim.server = Connection::new(small, sim.now).unwrap();
+        let big = Bytes::from(vec![0xEE; crate::wire::MIN_MAX_MESSAGE_LEN as usize]);
+        let mut client = Connection::with_session(
+            ConnectionConfig {
+                max_queued_bytes: 64 * 1024,
+                ..sim.config.clone()
+            },
+            Session::new([0x5e; 16]),
+            sim.now,
+        )
+        .unwrap();
+        for payload in [
+            Bytes::from_static(&[0, 0, 0, 1]),
+            big,
+            Bytes::from_static(&[0, 0, 0, 2]),
+        ] {
+            client.send(payload, sim.now).unwrap();
+        }
+        sim.client = client;
+        let mut dropped = Vec::new();
+        for _ in 0..4 {
+            for to_server in [true, false] {
+                let (src, dst) = if to_server {
+                    (&mut sim.client, &mut sim.server)
+                } else {
+                    (&mut sim.server, &mut sim.client)
+                };
+                while let Some(chunk) = src.poll_transmit(sim.now) {
+                    dst.recv_buf().extend_from_slice(&chunk);
+                    dst.process_input(sim.now);
+                }
+            }
+            while let Some(event) = sim.client.poll_event() {
+                if let Event::MessageDropped { len, peer_max } = event {
+                    dropped.push((len, peer_max));
+                }
+            }
+            sim.events();
+        }
+        // The others are renumbered and delivered; the session goes on (no protocol error).
+        assert_eq!(dropped, vec![(4096, 4096)]);
+        assert_eq!(sim.got_s, vec![1, 2]);
+        assert_eq!(sim.client.state(), State::Open);
+        assert_eq!(sim.client.session().unwrap().next_seq(), 3);
     }
 
     #[test]

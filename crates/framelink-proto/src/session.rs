@@ -175,6 +175,21 @@ impl Session {
         self.base == 1 && self.buffer.is_empty() && self.delivered == 0
     }
 
+    /// Before the peer first confirmed the session (nothing of it was ever sent: SDATA waits
+    /// for RESUME), removes the messages `sendable` refuses, e.g. those longer than the peer
+    /// accepts, learnt only from its HELLO, and returns them in order; the others are
+    /// renumbered from 1. Once established, numbers are fixed: removes nothing.
+    pub fn remove_unsendable(&mut self, sendable: impl Fn(&Bytes) -> bool) -> Vec<Bytes> {
+        if self.established || self.base != 1 || self.buffer.iter().all(&sendable) {
+            return Vec::new();
+        }
+        let (kept, removed): (VecDeque<Bytes>, VecDeque<Bytes>) =
+            self.buffer.drain(..).partition(|p| sendable(p));
+        self.buffered_bytes = kept.iter().map(|p| p.len() + SDATA_OVERHEAD).sum();
+        self.buffer = kept;
+        removed.into()
+    }
+
     /// Appends a message to send, if the buffer stays within `limit` bytes; returns its
     /// sequence number.
     pub fn push(&mut self, payload: Bytes, limit: usize) -> Result<u64, SessionError> {
@@ -358,6 +373,27 @@ mod tests {
 
     fn b(s: &str) -> Bytes {
         Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn unsendable_messages_leave_only_a_session_not_yet_established() {
+        let mut s = Session::new([2; 16]);
+        for m in ["a", "too long", "bb", "also too long"] {
+            s.push(b(m), 1000).unwrap();
+        }
+        let removed = s.remove_unsendable(|p| p.len() <= 2);
+        assert_eq!(removed, vec![b("too long"), b("also too long")]);
+        assert_eq!((s.unacked_len(), s.next_seq()), (2, 3));
+        assert_eq!(
+            (s.message(1), s.message(2)),
+            (Some(&b("a")), Some(&b("bb")))
+        );
+        assert_eq!(s.buffered_bytes(), 3 + 2 * SDATA_OVERHEAD);
+        // Established: its numbers are the peer's too, nothing is removed.
+        s.push(b("long again"), 1000).unwrap();
+        s.set_established();
+        assert!(s.remove_unsendable(|p| p.len() <= 2).is_empty());
+        assert_eq!(s.unacked_len(), 3);
     }
 
     #[test]
