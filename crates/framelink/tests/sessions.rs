@@ -351,34 +351,52 @@ impl SwitchProxy {
 async fn sessions_server(
     policy: SessionConfig,
 ) -> (std::net::SocketAddr, mpsc::UnboundedReceiver<u32>) {
-    let mut server = Server::bind(
-        "127.0.0.1:0",
-        ServerConfig {
-            sessions: Some(ServerSessions {
-                policy,
-                ..ServerSessions::default()
-            }),
-            ..ServerConfig::default()
-        },
-    )
-    .await
-    .unwrap();
-    let addr = server.local_addr();
+    let config = ServerConfig {
+        sessions: Some(ServerSessions {
+            policy,
+            ..ServerSessions::default()
+        }),
+        ..ServerConfig::default()
+    };
     let (tx, rx) = mpsc::unbounded_channel();
+    let (addr, _) = start_server(config, move |event| {
+        if let Event::Message(m) = event {
+            let _ = tx.send(number(&m));
+        }
+    })
+    .await;
+    (addr, rx)
+}
+
+/// Starts a server with `config`; each connection's events go to `on_event`, from the
+/// connection's own task.
+async fn start_server(
+    config: ServerConfig,
+    on_event: impl Fn(Event) + Clone + Send + 'static,
+) -> (std::net::SocketAddr, ServerHandle) {
+    let mut server = Server::bind("127.0.0.1:0", config).await.unwrap();
+    let (addr, handle) = (server.local_addr(), server.handle());
     tokio::spawn(async move {
         while let Some(incoming) = server.accept().await {
-            let tx = tx.clone();
+            let on_event = on_event.clone();
             tokio::spawn(async move {
                 let mut events = incoming.connection;
                 while let Some(event) = events.next_event().await {
-                    if let Event::Message(m) = event {
-                        let _ = tx.send(number(&m));
-                    }
+                    on_event(event);
                 }
             });
         }
     });
-    (addr, rx)
+    (addr, handle)
+}
+
+/// An address nobody listens on: a client pointed there stays away.
+async fn unreachable_addr() -> std::net::SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -453,44 +471,26 @@ async fn session_counts(handle: &ServerHandle, attached: usize, detached: usize)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_queues_for_an_absent_client_and_hands_back_what_expired() {
     let ttl = Duration::from_millis(800);
-    let mut server = Server::bind(
-        "127.0.0.1:0",
-        ServerConfig {
-            protocol: Protocol::Framelink(ConnectionConfig {
-                max_queued_bytes: 4096,
-                ..ConnectionConfig::default()
-            }),
-            sessions: Some(ServerSessions {
-                ttl,
-                ..ServerSessions::default()
-            }),
-            ..ServerConfig::default()
-        },
-    )
-    .await
-    .unwrap();
-    let handle = server.handle();
+    let config = ServerConfig {
+        protocol: Protocol::Framelink(ConnectionConfig {
+            max_queued_bytes: 4096,
+            ..ConnectionConfig::default()
+        }),
+        sessions: Some(ServerSessions {
+            ttl,
+            ..ServerSessions::default()
+        }),
+        ..ServerConfig::default()
+    };
     let (ids_tx, mut ids) = mpsc::unbounded_channel();
-    let server_addr = server.local_addr();
-    tokio::spawn(async move {
-        while let Some(incoming) = server.accept().await {
-            let ids = ids_tx.clone();
-            tokio::spawn(async move {
-                let mut events = incoming.connection;
-                while let Some(event) = events.next_event().await {
-                    if let Event::Session { id, .. } = event {
-                        let _ = ids.send(id);
-                    }
-                }
-            });
+    let (server_addr, handle) = start_server(config, move |event| {
+        if let Event::Session { id, .. } = event {
+            let _ = ids_tx.send(id);
         }
-    });
-    // A port nobody listens on: the client stays away while the proxy points there.
-    let nowhere = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    })
+    .await;
+    // The client stays away while the proxy points nowhere.
+    let nowhere = unreachable_addr().await;
     let proxy = SwitchProxy::start(server_addr).await;
     let park = || {
         *proxy.upstream.lock().unwrap() = nowhere;
@@ -583,33 +583,15 @@ async fn the_server_queues_for_an_absent_client_and_hands_back_what_expired() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_max_detached_the_oldest_session_is_handed_back() {
-    let mut server = Server::bind(
-        "127.0.0.1:0",
-        ServerConfig {
-            sessions: Some(ServerSessions {
-                max_detached: 1,
-                ..ServerSessions::default()
-            }),
-            ..ServerConfig::default()
-        },
-    )
-    .await
-    .unwrap();
-    let handle = server.handle();
-    let server_addr = server.local_addr();
-    tokio::spawn(async move {
-        while let Some(incoming) = server.accept().await {
-            tokio::spawn(async move {
-                let mut events = incoming.connection;
-                while events.next_event().await.is_some() {}
-            });
-        }
-    });
-    let nowhere = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let config = ServerConfig {
+        sessions: Some(ServerSessions {
+            max_detached: 1,
+            ..ServerSessions::default()
+        }),
+        ..ServerConfig::default()
+    };
+    let (server_addr, handle) = start_server(config, |_| {}).await;
+    let nowhere = unreachable_addr().await;
     let proxy = SwitchProxy::start(server_addr).await;
     let mut clients = Vec::new();
     for _ in 0..2 {
