@@ -244,6 +244,17 @@ impl Client {
         self.events.recv().await
     }
 
+    /// Waits for at least one event, then moves up to `limit` events that have already arrived
+    /// into `events` (appending); returns how many. `0` once the client stopped (after
+    /// [`ClientEvent::GaveUp`] or [`ClientEvent::Closed`]) or when `limit` is 0. Like
+    /// [`next_event`](Self::next_event) in a loop, without a wake-up per event.
+    pub async fn next_events(&mut self, events: &mut Vec<ClientEvent>, limit: usize) -> usize {
+        if limit == 0 {
+            return 0;
+        }
+        self.events.recv_many(events, limit).await
+    }
+
     /// The next message, skipping other events; `None` once the client stopped.
     pub async fn recv(&mut self) -> Option<Bytes> {
         loop {
@@ -329,6 +340,40 @@ impl ClientSender {
                 other => return other,
             }
         }
+    }
+
+    /// Queues every message of `batch`, in order, on the current connection (waiting for one,
+    /// then for send budget), as [`Sender::send_batch`] does: one budget take and one lock per
+    /// run of messages that fits. When the connection closes part-way, the rest goes on the
+    /// next one. On success `batch` is empty; on error it holds exactly the messages not
+    /// queued, the first being the one the error is about.
+    pub async fn send_batch(&self, batch: &mut Vec<Bytes>) -> Result<(), SendError> {
+        let mut current = self.current.clone();
+        while !batch.is_empty() {
+            let sender = {
+                let state = current
+                    .wait_for(|c| !matches!(c, Current::Connecting))
+                    .await
+                    .map_err(|_| SendError::Closed)?;
+                match &*state {
+                    Current::Connected(sender) => sender.clone(),
+                    _ => return Err(SendError::Closed),
+                }
+            };
+            match sender.send_batch(batch).await {
+                // The connection closed before taking all of it: the rest goes on the next.
+                Err(SendError::Closed) => {
+                    let _ = current
+                        .wait_for(|c| match c {
+                            Current::Connected(s) => !s.is_closed(),
+                            _ => true,
+                        })
+                        .await;
+                }
+                other => return other,
+            }
+        }
+        Ok(())
     }
 
     /// See [`Client::try_send`].

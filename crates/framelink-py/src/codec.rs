@@ -1,0 +1,343 @@
+//! The sans-IO codecs for Python: `Decoder` and `Encoder` over any framing spec.
+//!
+//! One native call per read, never per frame: `feed` (or `buffer_updated` after a `recv_into`
+//! into `get_buffer`'s memory) decodes every complete frame in the buffer and returns them as a
+//! list. Recoverable errors (`discard` policy, magic resynchronisation) are kept aside for
+//! `take_errors` so that the frames around them are returned; a fatal error is raised with the
+//! frames decoded before it attached (`err.frames`).
+
+use std::ffi::c_char;
+
+use bytes::{Bytes, BytesMut};
+use framelink::{DecodeError, FrameDecoder, FrameEncoder, Framing};
+use pyo3::exceptions::{PyBufferError, PyValueError};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes, PyList};
+
+use crate::errors;
+
+/// Lent by `get_buffer` when the caller gives no size hint.
+const DEFAULT_LEND: usize = 64 * 1024;
+/// `PyBUF_WRITE` of CPython's `memoryobject.h` (a writable memoryview).
+const PYBUF_WRITE: std::ffi::c_int = 0x200;
+/// Recoverable errors kept for `take_errors` at most (the count goes on).
+const KEPT_ERRORS: usize = 64;
+
+/// Parses a framing spec, raising `SpecError`.
+pub fn parse_spec(py: Python<'_>, spec: &str) -> PyResult<Framing> {
+    spec.parse::<Framing>()
+        .map_err(|e| errors::spec_error(py, &e))
+}
+
+/// Runs `f` over the bytes of a bytes-like object (`bytes`, `bytearray`, `memoryview`, ...).
+pub fn with_bytes<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult<R> {
+    if let Ok(b) = data.downcast::<PyBytes>() {
+        return Ok(f(b.as_bytes()));
+    }
+    if let Ok(b) = data.downcast::<PyByteArray>() {
+        // Safety: no Python code runs while the slice is borrowed, so the bytearray cannot be
+        // resized under it.
+        return Ok(f(unsafe { b.as_bytes() }));
+    }
+    // Anything else with the buffer protocol (memoryview, array, mmap): through bytes().
+    let copy = PyBytes::type_object(data.py())
+        .call1((data,))
+        .map_err(|_| {
+            pyo3::exceptions::PyTypeError::new_err(format!(
+                "a bytes-like object is required, not '{}'",
+                data.get_type()
+                    .name()
+                    .map(|n| n.to_string())
+                    .unwrap_or_default()
+            ))
+        })?;
+    let copy = copy.downcast::<PyBytes>()?;
+    Ok(f(copy.as_bytes()))
+}
+
+/// Copies a bytes-like object into `Bytes`.
+pub fn to_bytes(data: &Bound<'_, PyAny>) -> PyResult<Bytes> {
+    with_bytes(data, Bytes::copy_from_slice)
+}
+
+use pyo3::type_object::PyTypeInfo;
+
+/// Frames as a Python list of `bytes`.
+pub fn frames_to_list<'py>(py: Python<'py>, frames: &[Bytes]) -> PyResult<Bound<'py, PyList>> {
+    PyList::new(py, frames.iter().map(|f| PyBytes::new(py, f)))
+}
+
+/// Turns a byte stream back into frames: `Decoder("length:4,max=1MiB")`.
+#[pyclass(module = "framelink._native")]
+pub struct Decoder {
+    framing: Framing,
+    buf: BytesMut,
+    /// The memoryview lent by `get_buffer`, released before the buffer can move.
+    lent: Option<(Py<PyAny>, usize)>,
+    /// Bytes after `buf`'s end known to be initialised, and where that region started (it is
+    /// forgotten when the buffer moves).
+    initialized: usize,
+    initialized_at: usize,
+    /// A fatal error ends the stream: raised again by every later call.
+    failed: Option<DecodeError>,
+    ended: bool,
+    errors: Vec<DecodeError>,
+    error_count: u64,
+}
+
+impl Decoder {
+    /// Decodes every complete frame; a fatal error is raised with the frames before it.
+    fn decode_all(&mut self, py: Python<'_>, eof: bool) -> PyResult<Vec<Bytes>> {
+        if let Some(e) = &self.failed {
+            return Err(errors::decode_error(py, e, &[]));
+        }
+        let mut frames = Vec::new();
+        loop {
+            match self.framing.decode_with_eof(&mut self.buf, eof) {
+                Ok(Some(frame)) => frames.push(frame),
+                Ok(None) => return Ok(frames),
+                Err(e) if e.is_recoverable() => {
+                    self.error_count += 1;
+                    if self.errors.len() == KEPT_ERRORS {
+                        self.errors.remove(0);
+                    }
+                    self.errors.push(e);
+                }
+                Err(e) => {
+                    let err = errors::decode_error(py, &e, &frames);
+                    self.failed = Some(e);
+                    self.buf = BytesMut::new();
+                    return Err(err);
+                }
+            }
+        }
+    }
+
+    /// Invalidates a lent memoryview: Python code using it afterwards gets a `ValueError`
+    /// instead of writing into memory that may have moved.
+    fn release_lent(&mut self, py: Python<'_>) {
+        if let Some((view, _)) = self.lent.take() {
+            let _ = view.bind(py).call_method0("release");
+        }
+    }
+
+    fn spare_start(&self) -> usize {
+        self.buf.as_ptr() as usize + self.buf.len()
+    }
+
+    fn check_open(&self, py: Python<'_>) -> PyResult<()> {
+        if self.ended {
+            return Err(PyValueError::new_err("feed after feed_eof"));
+        }
+        if let Some(e) = &self.failed {
+            return Err(errors::decode_error(py, e, &[]));
+        }
+        Ok(())
+    }
+}
+
+#[pymethods]
+impl Decoder {
+    #[new]
+    fn new(py: Python<'_>, spec: &str) -> PyResult<Self> {
+        Ok(Decoder {
+            framing: parse_spec(py, spec)?,
+            buf: BytesMut::new(),
+            lent: None,
+            initialized: 0,
+            initialized_at: 0,
+            failed: None,
+            ended: false,
+            errors: Vec::new(),
+            error_count: 0,
+        })
+    }
+
+    /// Appends `data` (one read from the socket) and returns every frame now complete.
+    fn feed<'py>(
+        &mut self,
+        py: Python<'py>,
+        data: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        self.release_lent(py);
+        self.check_open(py)?;
+        with_bytes(data, |d| self.buf.extend_from_slice(d))?;
+        let frames = self.decode_all(py, false)?;
+        frames_to_list(py, &frames)
+    }
+
+    /// The stream ended: returns the last frames; a partial frame left raises `TruncatedFrame`.
+    fn feed_eof<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        self.release_lent(py);
+        if self.ended {
+            return PyList::new(py, Vec::<Bound<'py, PyBytes>>::new());
+        }
+        self.ended = true;
+        let frames = self.decode_all(py, true)?;
+        frames_to_list(py, &frames)
+    }
+
+    /// A writable memoryview of at least one byte of free buffer space, for
+    /// `sock.recv_into(view)`; then call `buffer_updated(nbytes)`. The view is valid until the
+    /// next call on this decoder (it is released then).
+    #[pyo3(signature = (sizehint = -1))]
+    fn get_buffer(&mut self, py: Python<'_>, sizehint: isize) -> PyResult<Py<PyAny>> {
+        self.release_lent(py);
+        self.check_open(py)?;
+        let want = if sizehint > 0 {
+            (sizehint as usize).min(16 * DEFAULT_LEND)
+        } else {
+            DEFAULT_LEND
+        };
+        let before = self.spare_start();
+        self.buf.reserve(want);
+        let start = self.spare_start();
+        if start != before || start != self.initialized_at {
+            self.initialized = 0;
+        }
+        let spare = self.buf.spare_capacity_mut();
+        let len = spare.len().min(16 * DEFAULT_LEND);
+        // The lent memory is handed to Python as bytes: it must hold initialised values.
+        if self.initialized < len {
+            for b in &mut spare[self.initialized..len] {
+                b.write(0);
+            }
+            self.initialized = len;
+        }
+        self.initialized_at = start;
+        let ptr = spare.as_mut_ptr() as *mut c_char;
+        // Safety: `ptr..ptr+len` is this decoder's initialised spare capacity; it stays valid
+        // until the buffer is touched again, and every method that touches it first releases
+        // the view (a released memoryview refuses all access).
+        let view = unsafe {
+            let raw = ffi::PyMemoryView_FromMemory(ptr, len as ffi::Py_ssize_t, PYBUF_WRITE);
+            Bound::from_owned_ptr_or_err(py, raw)?
+        };
+        let view = view.unbind();
+        self.lent = Some((view.clone_ref(py), len));
+        Ok(view)
+    }
+
+    /// `nbytes` were written at the start of the buffer from `get_buffer`: returns every frame
+    /// now complete.
+    fn buffer_updated<'py>(
+        &mut self,
+        py: Python<'py>,
+        nbytes: usize,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let lent = self.lent.as_ref().map(|(_, len)| *len);
+        self.release_lent(py);
+        let Some(len) = lent else {
+            return Err(PyBufferError::new_err(
+                "buffer_updated without a buffer from get_buffer",
+            ));
+        };
+        if nbytes > len {
+            return Err(PyValueError::new_err(format!(
+                "buffer_updated({nbytes}) but the buffer lent holds {len} bytes"
+            )));
+        }
+        // Safety: the first `nbytes` of the spare capacity were initialised (zeroed when lent,
+        // then written by the caller).
+        unsafe { self.buf.set_len(self.buf.len() + nbytes) };
+        self.initialized -= nbytes;
+        self.initialized_at += nbytes;
+        let frames = self.decode_all(py, false)?;
+        frames_to_list(py, &frames)
+    }
+
+    /// Recoverable errors decoded past since the last call (oldest first, at most 64), as
+    /// `DecodeError` instances.
+    fn take_errors(&mut self, py: Python<'_>) -> Vec<PyObject> {
+        std::mem::take(&mut self.errors)
+            .iter()
+            .map(|e| errors::decode_exception(py, e).into_value(py).into_any())
+            .collect()
+    }
+
+    /// Recoverable errors decoded past in all (frames discarded or bytes skipped).
+    #[getter]
+    fn error_count(&self) -> u64 {
+        self.error_count
+    }
+
+    /// Bytes buffered: part of a frame still waiting for the rest.
+    #[getter]
+    fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Bytes taken off the stream so far (frames, headers, skipped bytes).
+    #[getter]
+    fn consumed(&self) -> u64 {
+        self.framing.consumed()
+    }
+
+    /// The canonical spec of the framing.
+    #[getter]
+    fn spec(&self) -> String {
+        self.framing.to_string()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Decoder({:?}, buffered={})",
+            self.framing.to_string(),
+            self.buf.len()
+        )
+    }
+}
+
+/// Turns payloads into frames: `Encoder("length:4")`.
+#[pyclass(module = "framelink._native", frozen)]
+pub struct Encoder {
+    framing: Framing,
+}
+
+#[pymethods]
+impl Encoder {
+    #[new]
+    fn new(py: Python<'_>, spec: &str) -> PyResult<Self> {
+        Ok(Encoder {
+            framing: parse_spec(py, spec)?,
+        })
+    }
+
+    /// The frame for one payload.
+    fn encode<'py>(
+        &self,
+        py: Python<'py>,
+        payload: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let mut out = BytesMut::new();
+        with_bytes(payload, |p| self.framing.encode(p, &mut out))?
+            .map_err(|e| errors::encode_error(py, &e))?;
+        Ok(PyBytes::new(py, &out))
+    }
+
+    /// The frames for many payloads, joined: one `sendall` for a batch.
+    fn encode_many<'py>(
+        &self,
+        py: Python<'py>,
+        payloads: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let mut out = BytesMut::new();
+        for payload in payloads.try_iter()? {
+            let payload = payload?;
+            with_bytes(&payload, |p| self.framing.encode(p, &mut out))?
+                .map_err(|e| errors::encode_error(py, &e))?;
+        }
+        Ok(PyBytes::new(py, &out))
+    }
+
+    /// The canonical spec of the framing.
+    #[getter]
+    fn spec(&self) -> String {
+        self.framing.to_string()
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Encoder({:?})", self.framing.to_string())
+    }
+}

@@ -1,0 +1,73 @@
+//! `framelink._native`: the Rust side of the Python package.
+//!
+//! - [`codec`]: `Decoder` / `Encoder`, the sans-IO framing codecs (any socket style).
+//! - [`link`]: `Link`, one connection or reconnecting client driven by the tokio layer, taken
+//!   from Python in batches.
+//! - [`server`]: `Server`, the tokio layer's server.
+//! - [`runtime`]: the background I/O runtime and the `Hub` that wakes asyncio loops.
+//! - [`config`]: keyword options into the tokio layer's configuration.
+//! - [`errors`]: Rust errors as the exceptions of `framelink.errors`.
+//!
+//! The Python modules (`python/framelink/`) build the asyncio and blocking APIs on these.
+
+mod codec;
+mod config;
+mod errors;
+mod link;
+mod runtime;
+mod server;
+
+use std::sync::Arc;
+
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use tokio::sync::watch;
+
+use link::{Kind, Link, SendSide, Shared};
+use runtime::runtime;
+
+/// Starts a reconnecting client to `host:port` on the I/O runtime (returns at once; the
+/// `connected` event follows).
+#[pyfunction]
+fn connect(py: Python<'_>, host: &str, port: u16, options: &Bound<'_, PyDict>) -> PyResult<Link> {
+    let config = config::client(py, options)?;
+    let addr = server::format_addr(host, port);
+    let _guard = runtime().enter();
+    let client =
+        framelink::Client::connect(addr, config).map_err(|e| errors::config_error(py, e))?;
+    let sender = client.sender();
+    let shared = Arc::new(Shared::default());
+    let (stop, stop_rx) = watch::channel(false);
+    tokio::spawn(link::pump_client(client, shared.clone(), stop_rx));
+    Ok(Link::new(
+        shared,
+        SendSide::Client(sender),
+        Kind::Client { stop },
+    ))
+}
+
+/// Checks options without connecting (raises `ConfigError` / `SpecError`).
+#[pyfunction]
+#[pyo3(signature = (options, server = false))]
+fn check_options(py: Python<'_>, options: &Bound<'_, PyDict>, server: bool) -> PyResult<()> {
+    if server {
+        config::server(py, options)?;
+    } else {
+        config::client(py, options)?;
+    }
+    Ok(())
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<codec::Decoder>()?;
+    m.add_class::<codec::Encoder>()?;
+    m.add_class::<runtime::Hub>()?;
+    m.add_class::<Link>()?;
+    m.add_class::<server::Server>()?;
+    m.add_function(wrap_pyfunction!(connect, m)?)?;
+    m.add_function(wrap_pyfunction!(check_options, m)?)?;
+    m.add("INBOX_BYTES", link::INBOX_BYTES)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
