@@ -62,6 +62,8 @@ use crate::socket::SocketOptions;
 
 /// Events between the supervisor and the [`Client`].
 const EVENT_QUEUE: usize = 256;
+/// Connection events the supervisor forwards per batch (at most the queue's capacity).
+const FORWARD_BATCH: usize = EVENT_QUEUE / 2;
 
 /// Client settings.
 #[derive(Debug, Clone)]
@@ -549,10 +551,15 @@ impl Supervisor {
             }
         }
         let mut stopping = false;
+        // Events are taken and forwarded a batch at a time: one wake-up of this task and one
+        // reservation in the client's queue per batch, not per message.
+        let mut batch = Vec::with_capacity(64);
+        let stop_signal = stop.wait_for(|stop| *stop);
+        tokio::pin!(stop_signal);
         loop {
-            let event = tokio::select! {
-                event = receiver.next_event() => event,
-                _ = stop.wait_for(|stop| *stop), if !stopping => {
+            let taken = tokio::select! {
+                taken = receiver.recv_many(&mut batch, FORWARD_BATCH) => taken,
+                _ = &mut stop_signal, if !stopping => {
                     stopping = true;
                     let sender = sender.clone();
                     tokio::spawn(async move {
@@ -561,55 +568,24 @@ impl Supervisor {
                     continue;
                 }
             };
-            let Some(event) = event else {
+            if taken == 0 {
                 break;
-            };
-            let forward = match event {
-                Event::Connected { peer, .. } => {
-                    opened_at = Some(Instant::now());
-                    self.current
-                        .send_replace(Current::Connected(sender.clone()));
-                    ClientEvent::Connected {
-                        addr,
-                        attempt,
-                        peer: Some(peer),
+            }
+            let permits = self.events.reserve_many(batch.len()).await;
+            match permits {
+                Ok(permits) => {
+                    for (permit, event) in permits.zip(batch.drain(..)) {
+                        permit.send(self.translate(event, addr, attempt, &sender, &mut opened_at));
                     }
                 }
-                Event::Message(m) => ClientEvent::Message(m),
-                Event::Rtt(rtt) => ClientEvent::Rtt(rtt),
-                Event::Idle(kind) => ClientEvent::Idle(kind),
-                Event::FrameDiscarded(e) => ClientEvent::FrameDiscarded(e),
-                Event::MessageDropped { len, peer_max } => {
-                    ClientEvent::MessageDropped { len, peer_max }
-                }
-                Event::Session {
-                    id,
-                    status,
-                    resending,
-                } => ClientEvent::Session {
-                    id,
-                    status,
-                    resending,
-                },
-                Event::SessionLost { id, unacked } => ClientEvent::SessionLost { id, unacked },
-                Event::Closed(info) => {
-                    self.current.send_replace(Current::Connecting);
-                    match opened_at {
-                        Some(_) => ClientEvent::Disconnected(info),
-                        None => ClientEvent::ConnectFailed {
-                            attempt,
-                            error: Arc::new(std::io::Error::new(
-                                std::io::ErrorKind::ConnectionAborted,
-                                format!("closed during the handshake: {info}"),
-                            )),
-                        },
+                Err(_) => {
+                    batch.clear();
+                    if !stopping {
+                        // Nobody listens any more: close and stop.
+                        stopping = true;
+                        sender.close(CloseCode::Normal, "client dropped").await;
                     }
                 }
-            };
-            if !self.emit(forward).await && !stopping {
-                // Nobody listens any more: close and stop.
-                stopping = true;
-                sender.close(CloseCode::Normal, "client dropped").await;
             }
         }
         // What the connection leaves of the session goes to the next one.
@@ -620,6 +596,59 @@ impl Supervisor {
         match opened_at {
             Some(at) => Outcome::WasUp(at.elapsed()),
             None => Outcome::Failed,
+        }
+    }
+
+    /// A connection event as the client reports it; tracks when the connection opened.
+    fn translate(
+        &self,
+        event: Event,
+        addr: SocketAddr,
+        attempt: u32,
+        sender: &Sender,
+        opened_at: &mut Option<Instant>,
+    ) -> ClientEvent {
+        match event {
+            Event::Connected { peer, .. } => {
+                *opened_at = Some(Instant::now());
+                self.current
+                    .send_replace(Current::Connected(sender.clone()));
+                ClientEvent::Connected {
+                    addr,
+                    attempt,
+                    peer: Some(peer),
+                }
+            }
+            Event::Message(m) => ClientEvent::Message(m),
+            Event::Rtt(rtt) => ClientEvent::Rtt(rtt),
+            Event::Idle(kind) => ClientEvent::Idle(kind),
+            Event::FrameDiscarded(e) => ClientEvent::FrameDiscarded(e),
+            Event::MessageDropped { len, peer_max } => {
+                ClientEvent::MessageDropped { len, peer_max }
+            }
+            Event::Session {
+                id,
+                status,
+                resending,
+            } => ClientEvent::Session {
+                id,
+                status,
+                resending,
+            },
+            Event::SessionLost { id, unacked } => ClientEvent::SessionLost { id, unacked },
+            Event::Closed(info) => {
+                self.current.send_replace(Current::Connecting);
+                match opened_at {
+                    Some(_) => ClientEvent::Disconnected(info),
+                    None => ClientEvent::ConnectFailed {
+                        attempt,
+                        error: Arc::new(std::io::Error::new(
+                            std::io::ErrorKind::ConnectionAborted,
+                            format!("closed during the handshake: {info}"),
+                        )),
+                    },
+                }
+            }
         }
     }
 }
