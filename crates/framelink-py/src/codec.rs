@@ -13,6 +13,7 @@ use framelink::{DecodeError, FrameDecoder, FrameEncoder, Framing};
 use pyo3::exceptions::{PyBufferError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyByteArray, PyBytes, PyList};
 
 use crate::errors;
@@ -56,8 +57,19 @@ pub fn with_bytes<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyR
     Ok(f(copy.as_bytes()))
 }
 
-/// Copies a bytes-like object into `Bytes`.
+/// Payloads at least this long are shared with Python instead of copied.
+const SHARE_FROM: usize = 4096;
+
+/// A bytes-like object as `Bytes`: a large immutable `bytes` is shared (it keeps the Python
+/// object alive until written, with no copy); anything else is copied, since a mutable buffer
+/// could change under the I/O thread, and copying a small payload costs less than sharing it.
 pub fn to_bytes(data: &Bound<'_, PyAny>) -> PyResult<Bytes> {
+    if let Ok(b) = data.downcast::<PyBytes>() {
+        if b.as_bytes().len() >= SHARE_FROM {
+            let shared: PyBackedBytes = b.clone().into();
+            return Ok(Bytes::from_owner(shared));
+        }
+    }
     with_bytes(data, Bytes::copy_from_slice)
 }
 

@@ -58,8 +58,34 @@ fn check_options(py: Python<'_>, options: &Bound<'_, PyDict>, server: bool) -> P
     Ok(())
 }
 
+/// glibc returns freed memory at the top of the heap to the kernel once more than its trim
+/// threshold (128 KiB at start) is free there, and raises that threshold by itself the first
+/// time a large `mmap`ed block is freed. A process that only moves messages of tens of KiB
+/// never triggers the raise, so every batch of 64 KiB messages (Python `bytes` made here, freed
+/// by the application) is trimmed and page-faulted back in: measured, about a third of the
+/// throughput at 64 KiB (`BENCHMARKS.md`). We trigger glibc's own adjustment once, the way a
+/// larger allocation would: thresholds become 4 MiB (mmap) and 8 MiB (trim), and stay dynamic.
+/// `FRAMELINK_MALLOC_WARMUP=0` leaves the allocator alone.
+fn warm_up_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        if std::env::var("FRAMELINK_MALLOC_WARMUP").is_ok_and(|v| v == "0") {
+            return;
+        }
+        // Safety: a plain allocation, freed at once; black_box keeps the pair from being
+        // optimised away.
+        unsafe {
+            let block = std::hint::black_box(libc::malloc(4 << 20));
+            if !block.is_null() {
+                libc::free(block);
+            }
+        }
+    }
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    warm_up_allocator();
     m.add_class::<codec::Decoder>()?;
     m.add_class::<codec::Encoder>()?;
     m.add_class::<runtime::Hub>()?;

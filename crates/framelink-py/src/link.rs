@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -235,6 +235,9 @@ pub struct Shared {
     cond: Condvar,
     /// Rung when Python takes messages (room for the pump).
     room: Notify,
+    /// Closing: the pump takes everything that still arrives, so that the close handshake
+    /// (which needs the peer's CLOSE read) completes even if Python stopped reading.
+    unbounded: AtomicBool,
 }
 
 impl Shared {
@@ -254,13 +257,13 @@ impl Shared {
         self.cond.notify_all();
     }
 
-    /// Waits until the message queue has room.
+    /// Waits until the message queue has room (always, once closing).
     pub async fn wait_room(&self) {
         loop {
             let notified = self.room.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.lock().message_bytes < INBOX_BYTES {
+            if self.unbounded.load(Ordering::Acquire) || self.lock().message_bytes < INBOX_BYTES {
                 return;
             }
             notified.await;
@@ -362,6 +365,12 @@ impl Shared {
             push_event(&mut inbox, data);
         }
         self.wake(inbox);
+    }
+
+    /// From now on the pump never waits for room (see `unbounded`).
+    fn stop_bounding(&self) {
+        self.unbounded.store(true, Ordering::Release);
+        self.room.notify_waiters();
     }
 
     /// Wakes Python (and blocking waiters) without adding anything.
@@ -592,7 +601,9 @@ impl Link {
                 if matches!(self.side, SendSide::Client(_)) && !self.shared.lock().finished {
                     return Ok(());
                 }
-                Err(self.closed_exception(py))
+                let err = self.closed_exception(py);
+                let _ = err.value(py).setattr("sent", total - batch.len());
+                Err(err)
             }
             Some(Err(e)) => {
                 let err = errors::send_error(py, &e);
@@ -775,6 +786,7 @@ impl Link {
     /// 0 when there is nothing to wait for but the end of the link.
     #[pyo3(signature = (code = 0, reason = String::new()))]
     fn close(&self, code: u16, reason: String) -> u64 {
+        self.shared.stop_bounding();
         match (&self.kind, &self.side) {
             (Kind::Client { stop }, _) => {
                 let _ = stop.send(true);
@@ -825,9 +837,22 @@ impl Link {
 
 impl Drop for Link {
     fn drop(&mut self) {
-        // A client nobody holds any more stops; a connection closes when its handles go.
-        if let Kind::Client { stop } = &self.kind {
-            let _ = stop.send(true);
+        // Nobody can read or send any more: a client stops, a connection closes (both after
+        // writing what was queued), and the pump takes what still arrives meanwhile.
+        self.shared.stop_bounding();
+        match (&self.kind, &self.side) {
+            (Kind::Client { stop }, _) => {
+                let _ = stop.send(true);
+            }
+            (Kind::Accepted { .. }, SendSide::Connection(sender)) if !sender.is_closed() => {
+                let sender = sender.clone();
+                runtime().spawn(async move {
+                    sender
+                        .close(framelink::connection::CloseCode::Normal, "")
+                        .await;
+                });
+            }
+            _ => {}
         }
     }
 }
