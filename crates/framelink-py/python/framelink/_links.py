@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import collections
 import logging
-from typing import Any, Callable, Deque, Dict, List, Optional
+from typing import Any, Callable, Deque, Dict, List, Optional, Union
 
 from . import events as ev
-from .errors import ConnectionClosed, SessionLost
+from .errors import ConnectionClosed, PeerDead, ProtocolError, SessionLost
 
 logger = logging.getLogger("framelink")
 
@@ -38,6 +38,8 @@ class LinkState:
         self.session_id: Optional[bytes] = None
         self.rtt: Optional[ev.Rtt] = None
         self.last_disconnect: Optional[ev.Disconnected] = None
+        #: How the last attempt ended: a connection lost, or a connect that failed.
+        self.last_outcome: Optional[Union[ev.Disconnected, ev.ConnectFailed]] = None
         self.dropped_events = 0
 
     def poll(self) -> List[ev.Event]:
@@ -78,30 +80,41 @@ class LinkState:
         elif isinstance(event, ev.Rtt):
             self.rtt = event
         elif isinstance(event, ev.Disconnected):
-            self.last_disconnect = event
+            self.last_disconnect = self.last_outcome = event
+        elif isinstance(event, ev.ConnectFailed):
+            self.last_outcome = event
         elif isinstance(event, ev.GaveUp):
             self.gave_up = event
 
     def closed_error(self) -> BaseException:
         """What ``recv`` raises once the link is over and drained."""
         if self.gave_up is not None:
-            detail = ""
-            if self.last_disconnect is not None:
-                detail = f" (last: {self.last_disconnect.description})"
+            attempts = self.gave_up.attempts
+            last = self.last_outcome
+            if isinstance(last, ev.Disconnected):
+                # The last connection was up and ended: report it as it ended.
+                kinds = {"PeerDead": PeerDead, "ProtocolError": ProtocolError}
+                cls = kinds.get(last.kind, ConnectionClosed)
+                return cls(
+                    f"no more attempts ({attempts} made): {last.description}",
+                    code=last.code,
+                    code_name=last.code_name,
+                    reason=last.reason,
+                    by_peer=last.by_peer,
+                )
+            detail = f": {last.error}" if isinstance(last, ev.ConnectFailed) else ""
             return ConnectionClosed(
-                f"gave up after {self.gave_up.attempts} failed attempt(s){detail}",
+                f"gave up after {attempts} failed attempt(s){detail}",
                 code=1,
                 code_name="going_away",
             )
         exc: BaseException = self.native.close_exception()
         return exc
 
-
     def ends_iteration(self, exc: BaseException) -> bool:
         """A close that ends ``async for`` / ``for`` quietly: normal or going away, by either
-        side, and not a client giving up."""
-        return (
-            self.gave_up is None
-            and type(exc) is ConnectionClosed
-            and exc.code in (0, 1)
+        side, and not a client that gave up after failing to connect."""
+        failed_to_connect = self.gave_up is not None and not isinstance(
+            self.last_outcome, ev.Disconnected
         )
+        return not failed_to_connect and type(exc) is ConnectionClosed and exc.code in (0, 1)

@@ -276,6 +276,10 @@ class _Link:
     @property
     def session_id(self) -> Optional[bytes]:
         """The 16-byte id of the session this link carries, when sessions are on."""
+        if self._state.session_id is None and not self._state.over:
+            # recv() takes messages without taking events: the session event that came before
+            # the first message may not have been read yet.
+            self._wake()
         return self._state.session_id
 
     async def __aenter__(self) -> "_Link":
@@ -294,8 +298,53 @@ class Connection(_Link):
     ``async for message in conn`` reads until the peer closes; ``await conn.send(m)`` answers.
     """
 
-    def __init__(self, native: Any, on_event: Optional[EventCallback] = None) -> None:
+    def __init__(
+        self,
+        native: Any,
+        on_event: Optional[EventCallback] = None,
+        server: Optional["Server"] = None,
+    ) -> None:
         super().__init__(native, on_event)
+        self._server = server
+
+    def _session_route(self) -> Optional[bytes]:
+        """The session to queue in when this connection is gone (sessions on), else None."""
+        if self._server is None or not self._server._sessions:
+            return None
+        return self.session_id
+
+    async def send(self, message: BytesLike) -> None:
+        """Queues one message (see :meth:`Client.send`). On a connection that carries a
+        session, a message refused because the connection is gone is queued in the session
+        instead (:meth:`Server.send_to_session`): it reaches the client once it resumes, so a
+        handler can go on answering and reading what arrived before the cut."""
+        try:
+            await super().send(message)
+        except ConnectionClosed:
+            session = self._session_route()
+            if session is None or self._server is None:
+                raise
+            await self._server.send_to_session(session, message)
+
+    async def send_many(self, messages: Iterable[BytesLike]) -> None:
+        """Queues messages in order (see :meth:`send` for connections with a session)."""
+        batch = messages if isinstance(messages, list) else list(messages)
+        try:
+            await super().send_many(batch)
+        except ConnectionClosed as exc:
+            session = self._session_route()
+            if session is None or self._server is None:
+                raise
+            unsent = getattr(exc, "unsent", None)
+            sent = getattr(exc, "sent", None)
+            if unsent is not None:
+                rest = batch[len(batch) - unsent :]
+            elif sent is not None:
+                rest = batch[sent:]
+            else:
+                raise
+            for message in rest:
+                await self._server.send_to_session(session, message)
 
     @property
     def peer(self) -> Tuple[str, int]:
@@ -498,12 +547,14 @@ class Server:
         native: Any,
         on_event: Optional[EventCallback],
         on_lost_session: Optional[Callable[[ev.LostSession], Any]],
+        sessions: bool = False,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._handler = handler
         self._native = native
         self._on_event = on_event
         self._on_lost_session = on_lost_session
+        self._sessions = sessions
         self._state = LinkState(native, None)
         self._tasks: Set["asyncio.Task[None]"] = set()
         self._lost: Deque[ev.LostSession] = collections.deque(maxlen=10_000)
@@ -515,7 +566,7 @@ class Server:
 
     def _wake(self) -> None:
         for native in self._native.take_accepted():
-            conn = Connection(native, self._on_event)
+            conn = Connection(native, self._on_event, self)
             task = self._loop.create_task(self._run(conn))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -734,6 +785,6 @@ def serve(
 
     def make() -> Server:
         native = _native.Server(host, port, options)
-        return Server(handler, native, on_event, on_lost_session)
+        return Server(handler, native, on_event, on_lost_session, sessions)
 
     return _Serve(make)

@@ -30,6 +30,16 @@ __all__ = ["connect", "Client"]
 BytesLike = Union[bytes, bytearray, memoryview]
 
 
+def _deadline(timeout: Optional[float]) -> Optional[float]:
+    """``timeout`` seconds from now (``None``: no deadline); a negative or NaN timeout is a
+    ``ValueError``, as in the native layer and the standard library."""
+    if timeout is None:
+        return None
+    if not timeout >= 0:
+        raise ValueError(f"timeout must be a non-negative number of seconds, not {timeout}")
+    return time.monotonic() + timeout
+
+
 def _remaining(deadline: Optional[float]) -> Optional[float]:
     if deadline is None:
         return None
@@ -51,7 +61,7 @@ class Client:
     def wait_connected(self, timeout: Optional[float] = None) -> None:
         """Blocks until the first connection is up. ``TimeoutError`` after ``timeout`` seconds;
         :class:`~framelink.ConnectionClosed` if the client gave up first."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = _deadline(timeout)
         while True:
             self._poll()
             if self._state.connected_once:
@@ -86,7 +96,7 @@ class Client:
         """Every message that has arrived, up to ``max_messages`` (waits for at least one)."""
         if max_messages < 1:
             raise ValueError("max_messages must be at least 1")
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = _deadline(timeout)
         while True:
             if self._state.errors:
                 raise self._state.errors.popleft()
@@ -149,7 +159,7 @@ class Client:
         """Stops reconnecting, closes the connection gracefully (queued messages are written
         first) and waits up to ``timeout`` seconds for it to end."""
         self._native.close(0, "")
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = _deadline(timeout)
         while True:
             self._poll()
             if self._state.over:
