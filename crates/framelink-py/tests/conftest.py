@@ -19,9 +19,10 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import IO, Any, Awaitable, Callable, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 import pytest
+from hypothesis import settings
 
 import framelink
 from framelink import events as ev
@@ -30,6 +31,10 @@ REPO = Path(__file__).resolve().parents[3]
 
 #: Generous timeout for anything that should take well under a second on an idle machine.
 TIMEOUT = 20.0
+
+# No example database written into the source tree; no per-example deadline (a busy machine).
+settings.register_profile("framelink", database=None, deadline=None)
+settings.load_profile("framelink")
 
 
 # -- the CLI binary ------------------------------------------------------------------------------
@@ -93,7 +98,7 @@ class Child:
         for t in self._threads:
             t.start()
 
-    def _read(self, pipe, sink: List[str]) -> None:
+    def _read(self, pipe: IO[bytes], sink: List[str]) -> None:
         for raw in iter(pipe.readline, b""):
             with self._cond:
                 sink.append(raw.decode("utf-8", "replace").rstrip("\r\n"))
@@ -179,8 +184,14 @@ class Child:
                     pass
 
 
+SpawnFn = Callable[..., Child]
+#: ``cli_server(*args)`` / ``cli_proxy(upstream_port, *args)``: ``(child, port)``.
+CliServerFn = Callable[..., Tuple[Child, int]]
+CliProxyFn = Callable[..., Tuple[Child, int]]
+
+
 @pytest.fixture
-def spawn() -> Callable[..., Child]:
+def spawn() -> Iterator[SpawnFn]:
     """Starts child processes; every one is killed at teardown."""
     children: List[Child] = []
 
@@ -198,11 +209,11 @@ LISTEN_RE = r"listening on (\S+):(\d+)"
 
 
 @pytest.fixture
-def cli_server(framelink_bin, spawn):
+def cli_server(framelink_bin: Path, spawn: SpawnFn) -> CliServerFn:
     """``cli_server(*args)`` starts ``framelink serve 127.0.0.1:0 *args`` and returns
     ``(child, port)``."""
 
-    def start(*args: str, addr: str = "127.0.0.1:0"):
+    def start(*args: str, addr: str = "127.0.0.1:0") -> Tuple[Child, int]:
         child = spawn(framelink_bin, "serve", addr, *args)
         m = child.wait_for(r"\[serve\] " + LISTEN_RE)
         return child, int(m.group(2))
@@ -211,11 +222,11 @@ def cli_server(framelink_bin, spawn):
 
 
 @pytest.fixture
-def cli_proxy(framelink_bin, spawn):
+def cli_proxy(framelink_bin: Path, spawn: SpawnFn) -> CliProxyFn:
     """``cli_proxy(upstream_port, *args)`` starts ``framelink proxy 127.0.0.1:0
     127.0.0.1:UPSTREAM *args`` and returns ``(child, port)``."""
 
-    def start(upstream_port: int, *args: str):
+    def start(upstream_port: int, *args: str) -> Tuple[Child, int]:
         child = spawn(framelink_bin, "proxy", "127.0.0.1:0", f"127.0.0.1:{upstream_port}", *args)
         m = child.wait_for(r"\[proxy\] " + LISTEN_RE)
         return child, int(m.group(2))
@@ -230,7 +241,8 @@ def free_port() -> int:
     """A port that was free a moment ago (for a server that must be restarted on it)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def closed_port() -> int:
@@ -243,10 +255,12 @@ async def echo_handler(conn: framelink.Connection) -> None:
         await conn.send(message)
 
 
-async def wait_event(client, predicate: Callable[[ev.Event], bool], timeout: float = TIMEOUT):
+async def wait_event(
+    client: framelink.Client, predicate: Callable[[Any], bool], timeout: float = TIMEOUT
+) -> Any:
     """The first event of ``client.events()`` for which ``predicate`` holds (consumes events)."""
 
-    async def find():
+    async def find() -> ev.Event:
         async for event in client.events():
             if predicate(event):
                 return event
@@ -255,12 +269,15 @@ async def wait_event(client, predicate: Callable[[ev.Event], bool], timeout: flo
     return await asyncio.wait_for(find(), timeout)
 
 
+E = TypeVar("E")
+
+
 class EventLog:
     """An ``on_event`` callback that records events and lets a test await one."""
 
     def __init__(self) -> None:
         self.events: List[ev.Event] = []
-        self._waiters: List = []
+        self._waiters: List[Tuple[Callable[[ev.Event], bool], "asyncio.Future[ev.Event]"]] = []
 
     def __call__(self, event: ev.Event) -> None:
         self.events.append(event)
@@ -268,17 +285,19 @@ class EventLog:
             if not fut.done() and pred(event):
                 fut.set_result(event)
 
-    def of(self, kind) -> List[ev.Event]:
+    def of(self, kind: "type[E]") -> List[E]:
         return [e for e in self.events if isinstance(e, kind)]
 
-    async def wait(self, predicate: Callable[[ev.Event], bool], timeout: float = TIMEOUT, *, seen_ok: bool = False):
+    async def wait(
+        self, predicate: Callable[[Any], bool], timeout: float = TIMEOUT, *, seen_ok: bool = False
+    ) -> Any:
         """Waits for an event for which ``predicate`` holds; with ``seen_ok`` an event already
         recorded counts."""
         if seen_ok:
             for e in self.events:
                 if predicate(e):
                     return e
-        fut = asyncio.get_running_loop().create_future()
+        fut: "asyncio.Future[ev.Event]" = asyncio.get_running_loop().create_future()
         entry = (predicate, fut)
         self._waiters.append(entry)
         try:
@@ -287,10 +306,3 @@ class EventLog:
             self._waiters.remove(entry)
 
 
-@pytest.fixture
-def event_log() -> Callable[[], EventLog]:
-    return EventLog
-
-
-def python_executable() -> str:
-    return sys.executable
