@@ -92,7 +92,13 @@ async def main() -> int:
             server = await stack.enter_async_context(framelink.serve(echo, "127.0.0.1", 0))
             host, port = server.address
             print(f"[client] self-test: echo server on {host}:{port}", flush=True)
-        return await run(host, port, args.count, args.seed)
+        try:
+            return await run(host, port, args.count, args.seed)
+        except framelink.ConnectionClosed as exc:   # gave up (max_attempts), or closed
+            print(f"[client] FAIL: {type(exc).__name__}: {exc}", flush=True)
+        except asyncio.TimeoutError:
+            print("[client] FAIL: no echo within 30 s", flush=True)
+        return 1
 
 
 if __name__ == "__main__":
