@@ -93,7 +93,7 @@ use crate::wire::{
 /// separate [`Connection::poll_transmit`] results); shorter ones are copied into one buffer.
 pub const COPY_THRESHOLD: usize = 1024;
 /// Small messages are packed into one transmit chunk up to this size.
-const COALESCE: usize = 16 * 1024;
+pub(crate) const COALESCE: usize = 16 * 1024;
 
 /// Bytes of framing per DATA message: the 4-byte length and the type byte.
 pub(crate) const DATA_OVERHEAD: usize = 5;

@@ -116,7 +116,9 @@ use crate::codec::{
     DecodeError, DecodeErrorKind, EncodeError, FrameDecoder, FrameEncoder, FrameParts, Framing,
     MAX_FRAME_OVERHEAD,
 };
-use crate::connection::{ConnectionError, Event, SendError, State, Stats, COPY_THRESHOLD};
+use crate::connection::{
+    ConnectionError, Event, SendError, State, Stats, COALESCE, COPY_THRESHOLD,
+};
 use crate::liveness::{
     DeathCause, Liveness, LivenessConfig, LivenessConfigError, LivenessEvent, RttEstimate,
 };
@@ -772,12 +774,37 @@ impl RawConnection {
                     self.in_flight.extend(chunks);
                     first
                 } else {
-                    let mut buf = BytesMut::with_capacity(
-                        parts.head.len() + payload.len() + parts.tail.len(),
-                    );
+                    // Small frames go out together: the ones queued behind this one are glued
+                    // into the same chunk (one allocation, one slot of a vectored write), up to
+                    // COALESCE bytes, as protocol mode does.
+                    let len = parts.head.len() + payload.len() + parts.tail.len();
+                    let room = if self.data.is_empty() {
+                        len
+                    } else {
+                        COALESCE.max(len)
+                    };
+                    let mut buf = BytesMut::with_capacity(room);
                     buf.extend_from_slice(parts.head());
                     buf.extend_from_slice(&payload);
                     buf.extend_from_slice(parts.tail());
+                    while let Some(next) = self.data.front() {
+                        let len =
+                            next.parts.head.len() + next.payload.len() + next.parts.tail.len();
+                        if next.payload.len() > COPY_THRESHOLD || buf.len() + len > COALESCE {
+                            break;
+                        }
+                        let Some(Queued { parts, payload }) = self.data.pop_front() else {
+                            break;
+                        };
+                        self.queued_bytes = self
+                            .queued_bytes
+                            .saturating_sub(self.message_cost(payload.len()));
+                        self.stats.messages_out += 1;
+                        self.stats.data_out += 1;
+                        buf.extend_from_slice(parts.head());
+                        buf.extend_from_slice(&payload);
+                        buf.extend_from_slice(parts.tail());
+                    }
                     buf.freeze()
                 };
                 self.maybe_shutdown(now);
@@ -1612,6 +1639,37 @@ mod tests {
     }
 
     #[test]
+    fn small_frames_are_glued_into_chunks_of_at_most_coalesce_bytes() {
+        let t0 = Instant::now();
+        let mut c = conn(netty(), t0);
+        // 1,000 frames of 4 + 60 bytes, then a large one that goes out on its own.
+        for i in 0..1000u32 {
+            let mut payload = vec![0u8; 60];
+            payload[..4].copy_from_slice(&i.to_be_bytes());
+            c.send(Bytes::from(payload), t0).unwrap();
+        }
+        c.send(Bytes::from(vec![7u8; 4096]), t0).unwrap();
+        let mut wire = Vec::new();
+        let mut chunks = Vec::new();
+        while let Some(chunk) = c.poll_transmit(t0) {
+            chunks.push(chunk.len());
+            wire.extend_from_slice(&chunk);
+        }
+        assert!(chunks.iter().all(|&n| n <= COALESCE || n == 4096), "{chunks:?}");
+        // 64,000 bytes of small frames in 4 chunks of up to 16 KiB, then header and payload.
+        assert_eq!(chunks.len(), 4 + 2, "{chunks:?}");
+        assert_eq!(c.stats().messages_out, 1001);
+        assert_eq!(c.queued_bytes(), 0);
+        let mut decoder: Framing = "length:4".parse().unwrap();
+        let mut buf = BytesMut::from(&wire[..]);
+        for i in 0..1000u32 {
+            let frame = decoder.decode(&mut buf).unwrap().unwrap();
+            assert_eq!(frame[..4], i.to_be_bytes());
+        }
+        assert_eq!(decoder.decode(&mut buf).unwrap().unwrap().len(), 4096);
+    }
+
+    #[test]
     fn close_flushes_queued_frames_then_shuts_down_and_lingers() {
         let t0 = Instant::now();
         let mut c = conn(netty(), t0);
@@ -1632,9 +1690,11 @@ mod tests {
         assert_eq!(c.send(Bytes::from_static(b"c"), t0), Err(SendError::Closed));
         c.close(CloseCode::Normal, "again", t0);
         let t1 = t0 + ms(5);
-        assert_eq!(c.poll_transmit(t1).unwrap(), &b"\0\0\0\x01a"[..]);
-        assert_eq!(events(&mut c), vec![]);
-        assert_eq!(c.poll_transmit(t1).unwrap(), &b"\0\0\0\x01b"[..]);
+        // Both queued frames, glued into one chunk, then the write half is shut.
+        assert_eq!(
+            c.poll_transmit(t1).unwrap(),
+            &b"\0\0\0\x01a\0\0\0\x01b"[..]
+        );
         assert_eq!(events(&mut c), vec![Event::ShutdownWrite]);
         assert_eq!(c.poll_transmit(t1), None);
         assert!(c.is_drained());
