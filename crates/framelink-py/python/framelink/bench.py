@@ -19,6 +19,13 @@ What it does:
       an ``asyncio.Protocol``: ``data_received`` parses length:4 frames out of a ``bytearray``
       (``struct.unpack_from``, one copy per message through a ``memoryview``) and answers each
       batch with one ``transport.write(b"".join(frames))``.
+  ``decoder``
+      an ``asyncio.BufferedProtocol`` around framelink's sans-IO ``Decoder``: the socket reads
+      straight into the decoder's buffer (``get_buffer`` / ``buffer_updated``, one native call
+      per read returning every frame), each batch is answered with one
+      ``transport.write(encoder.encode_many(payloads))``. This is the data path of the other
+      design for the asyncio client (a ``BufferedProtocol`` driving the sans-IO machines in the
+      event loop, no I/O thread); ``docs/ARCHITECTURE.md`` says why we chose the I/O thread.
   ``framelink-raw``
       ``framelink.connect(..., framing="length:4")`` to the same raw-mode server:
       ``send_many`` per batch, ``recv_many``.
@@ -75,7 +82,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 KIB = 1024
 MIB = 1024 * 1024
 
-PY_VARIANTS = ("streams", "protocol", "framelink-raw", "framelink-proto")
+PY_VARIANTS = ("streams", "protocol", "decoder", "framelink-raw", "framelink-proto")
 
 # ---------------------------------------------------------------------------------------------
 # The load: payload pool, checks, meter
@@ -296,11 +303,61 @@ class _EchoProtocol(asyncio.Protocol):
             self.done.set_exception(exc or ConnectionError("connection closed during the run"))
 
 
-async def run_protocol(host: str, port: int, load: Load, meter_args: Tuple[float, float]) -> Meter:
+class _DecoderProtocol(asyncio.BufferedProtocol):
+    """framelink's sans-IO codecs in the event loop: reads land in the decoder's buffer."""
+
+    def __init__(self, load: Load, meter_args: Tuple[float, float]) -> None:
+        from framelink import Decoder, Encoder
+
+        self.load = load
+        self.meter_args = meter_args
+        self.meter: Optional[Meter] = None
+        self.decoder = Decoder("length:4,max=16MiB")
+        self.encode_many = Encoder("length:4").encode_many
+        self.done: "asyncio.Future[None]" = asyncio.get_running_loop().create_future()
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.meter = Meter(*self.meter_args)
+        transport.write(self.encode_many(self.load.next_payloads(self.load.window)))
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.decoder.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        messages = self.decoder.buffer_updated(nbytes)
+        if not messages:
+            return
+        try:
+            n = self.load.check(messages)
+        except BadEcho as exc:
+            if not self.done.done():
+                self.done.set_exception(exc)
+            self.transport.abort()
+            return
+        meter = self.meter
+        assert meter is not None
+        meter.add(n)
+        if meter.stop:
+            if self.load.in_flight == 0 and not self.done.done():
+                self.done.set_result(None)
+            return
+        self.transport.write(self.encode_many(self.load.next_payloads(n)))
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        if not self.done.done():
+            self.done.set_exception(exc or ConnectionError("connection closed during the run"))
+
+
+async def run_protocol(
+    host: str, port: int, load: Load, meter_args: Tuple[float, float], decoder: bool = False
+) -> Meter:
     loop = asyncio.get_running_loop()
-    transport, proto = await loop.create_connection(
-        lambda: _EchoProtocol(load, meter_args), host, port
-    )
+    factory: Callable[[], Any] = lambda: _EchoProtocol(load, meter_args)  # noqa: E731
+    if decoder:
+        factory = lambda: _DecoderProtocol(load, meter_args)  # noqa: E731
+    transport, proto = await loop.create_connection(factory, host, port)
     try:
         await proto.done
     finally:
@@ -361,6 +418,8 @@ def worker_throughput(args: argparse.Namespace) -> Dict[str, Any]:
             return await run_streams(host, port, load, meter_args)
         if base == "protocol":
             return await run_protocol(host, port, load, meter_args)
+        if base == "decoder":
+            return await run_protocol(host, port, load, meter_args, decoder=True)
         if base == "framelink-raw":
             return await run_framelink(host, port, load, meter_args, "length:4")
         if base == "framelink-proto":
@@ -574,7 +633,7 @@ def ratios_for(variants: List[str]) -> List[Tuple[str, str]]:
     """(numerator, denominator) pairs worth a ratio, among the variants measured."""
     pairs = []
     for suffix in ("", "-uvloop"):
-        for fl in ("framelink-raw", "framelink-proto"):
+        for fl in ("decoder", "framelink-raw", "framelink-proto"):
             for base in ("streams", "protocol"):
                 pairs.append((fl + suffix, base + suffix))
     for fl in ("framelink-raw", "framelink-proto", "framelink-raw-uvloop", "framelink-proto-uvloop"):
@@ -708,7 +767,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                     if v == "rust":
                         r = run_rust(binary, proto.addr, size, args)
                     else:
-                        addr = raw.addr if v.startswith(("streams", "protocol", "framelink-raw")) else proto.addr
+                        addr = raw.addr if v.startswith(("streams", "protocol", "decoder", "framelink-raw")) else proto.addr
                         r = run_worker(
                             ["--worker", v, "--addr", addr, "--size", str(size),
                              "--duration", str(args.duration), "--warmup", str(args.warmup),
