@@ -362,8 +362,9 @@ async def run_protocol(
         await proto.done
     finally:
         transport.close()
-    assert proto.meter is not None
-    return proto.meter
+    meter: Optional[Meter] = proto.meter
+    assert meter is not None
+    return meter
 
 
 async def run_framelink(
