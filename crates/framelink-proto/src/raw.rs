@@ -1655,7 +1655,10 @@ mod tests {
             chunks.push(chunk.len());
             wire.extend_from_slice(&chunk);
         }
-        assert!(chunks.iter().all(|&n| n <= COALESCE || n == 4096), "{chunks:?}");
+        assert!(
+            chunks.iter().all(|&n| n <= COALESCE || n == 4096),
+            "{chunks:?}"
+        );
         // 64,000 bytes of small frames in 4 chunks of up to 16 KiB, then header and payload.
         assert_eq!(chunks.len(), 4 + 2, "{chunks:?}");
         assert_eq!(c.stats().messages_out, 1001);
@@ -1691,10 +1694,7 @@ mod tests {
         c.close(CloseCode::Normal, "again", t0);
         let t1 = t0 + ms(5);
         // Both queued frames, glued into one chunk, then the write half is shut.
-        assert_eq!(
-            c.poll_transmit(t1).unwrap(),
-            &b"\0\0\0\x01a\0\0\0\x01b"[..]
-        );
+        assert_eq!(c.poll_transmit(t1).unwrap(), &b"\0\0\0\x01a\0\0\0\x01b"[..]);
         assert_eq!(events(&mut c), vec![Event::ShutdownWrite]);
         assert_eq!(c.poll_transmit(t1), None);
         assert!(c.is_drained());

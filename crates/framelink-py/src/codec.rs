@@ -58,7 +58,7 @@ pub fn with_bytes<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyR
 }
 
 /// Payloads at least this long are shared with Python instead of copied.
-const SHARE_FROM: usize = 4096;
+pub const SHARE_FROM: usize = 4096;
 
 /// A bytes-like object as `Bytes`: a large immutable `bytes` is shared (it keeps the Python
 /// object alive until written, with no copy); anything else is copied, since a mutable buffer

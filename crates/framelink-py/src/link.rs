@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use framelink::client::{ClientEvent, ClientSender};
 use framelink::connection::{CloseInfo, Event, IdleKind, ResumeStatus, SendError, Sender};
 use framelink::server::ShutdownReport;
@@ -24,7 +24,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 use tokio::sync::{mpsc, watch, Notify};
 
-use crate::codec::to_bytes;
+use crate::codec::{to_bytes, SHARE_FROM};
 use crate::errors;
 use crate::runtime::{runtime, Hub, HubInner};
 
@@ -469,7 +469,7 @@ fn from_connection_event(event: Event) -> Option<EventData> {
 
 /// Moves a connection's events into its link until the connection is over.
 pub async fn pump_connection(mut receiver: Receiver, shared: Arc<Shared>) {
-    let mut batch = Vec::with_capacity(64);
+    let mut batch = Vec::new(); // allocated by the first events: idle links keep none
     loop {
         shared.wait_room().await;
         if receiver.recv_many(&mut batch, PUMP_BATCH).await == 0 {
@@ -487,7 +487,7 @@ pub async fn pump_client(
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut batch = Vec::with_capacity(64);
+    let mut batch = Vec::new(); // allocated by the first events: idle links keep none
     let mut stopping = false;
     loop {
         shared.wait_room().await;
@@ -582,11 +582,26 @@ impl Link {
         self.next_op.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Converts a list of bytes-like objects.
+    /// Converts a list of bytes-like objects. Small payloads are copied into one shared
+    /// buffer (one allocation per batch, not per message); large `bytes` are shared with
+    /// Python (see [`to_bytes`]).
     fn batch(payloads: &Bound<'_, PyAny>) -> PyResult<Vec<Bytes>> {
-        let mut batch = Vec::new();
-        for payload in payloads.try_iter()? {
-            batch.push(to_bytes(&payload?)?);
+        let items = payloads
+            .try_iter()?
+            .collect::<PyResult<Vec<Bound<'_, PyAny>>>>()?;
+        let small = |item: &Bound<'_, PyAny>| match item.downcast::<PyBytes>() {
+            Ok(b) if b.as_bytes().len() < SHARE_FROM => b.as_bytes().len(),
+            _ => 0,
+        };
+        let mut arena = BytesMut::with_capacity(items.iter().map(small).sum());
+        let mut batch = Vec::with_capacity(items.len());
+        for item in &items {
+            if small(item) > 0 {
+                arena.extend_from_slice(item.downcast::<PyBytes>()?.as_bytes());
+                batch.push(arena.split().freeze());
+            } else {
+                batch.push(to_bytes(item)?);
+            }
         }
         Ok(batch)
     }

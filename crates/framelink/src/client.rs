@@ -553,7 +553,8 @@ impl Supervisor {
         let mut stopping = false;
         // Events are taken and forwarded a batch at a time: one wake-up of this task and one
         // reservation in the client's queue per batch, not per message.
-        let mut batch = Vec::with_capacity(64);
+        // Allocated by the first events: an idle connection keeps no batch.
+        let mut batch = Vec::new();
         let stop_signal = stop.wait_for(|stop| *stop);
         tokio::pin!(stop_signal);
         loop {
