@@ -1,6 +1,6 @@
 """What happens to a connection or a client, as plain typed objects.
 
-Read them with ``async for event in client.events()`` (asyncio), ``client.events(timeout)``
+Read them with ``async for event in client.events()`` (asyncio), ``client.take_events()``
 (blocking) or an ``on_event=`` callback. Messages are not events: they come from ``recv()``.
 
 >>> from framelink import events
@@ -124,7 +124,8 @@ class MessageDropped:
 class SessionStarted:
     """Sessions: the session runs on the new connection. ``status`` is ``"new"``,
     ``"resumed"`` (nothing lost: ``resending`` messages are sent again) or ``"unknown"`` (the
-    server no longer had it: a new one started, and :class:`SessionLost` came first)."""
+    server no longer had it: a new one started under the same id; messages it had not
+    acknowledged, if any, were handed back by a :class:`SessionLost` just before)."""
 
     session_id: bytes
     status: str
