@@ -2229,6 +2229,15 @@ mod tests {
             ("second hello", [&hello[..], &hello[..]].concat(), 2),
             ("oversized", [&hello[..], &[0, 0x10, 0, 1, 2]].concat(), 5),
             ("oversized first", vec![0xff, 0xff, 0xff, 0xff], 5),
+            // Before the peer's HELLO, 4096 is the limit whatever max_message_len we accept,
+            // and a wrong type is refused from the 5th byte, before the body arrives.
+            ("first over 4096", vec![0, 0, 0x10, 0x01], 5),
+            ("8 MiB first hello", vec![0, 0x80, 0, 0, 1], 5),
+            (
+                "first not hello, body missing",
+                vec![0, 0, 0x0f, 0xff, 2],
+                2,
+            ),
             ("version 0", hello_with(|h| h.version = 0), 6),
         ];
         for (name, input, code) in cases {

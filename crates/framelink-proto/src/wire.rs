@@ -450,7 +450,8 @@ pub enum Violation {
     MessageTooLong {
         /// The declared length.
         length: u64,
-        /// The receiver's `max_message_len`.
+        /// The limit in force: the receiver's `max_message_len`, or [`MIN_MAX_MESSAGE_LEN`]
+        /// before the peer's HELLO (section 10).
         max: u32,
     },
     /// A reserved type (`0x09..=0x7F`).
@@ -805,6 +806,7 @@ impl WireCodec {
     /// closed.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Message>, WireError> {
         let offset = self.framing.consumed();
+        self.check_before_hello(buf, offset)?;
         match self.framing.decode(buf) {
             Ok(Some(frame)) => self.message(frame, offset).map(Some),
             Ok(None) => Ok(None),
@@ -816,10 +818,35 @@ impl WireCodec {
     /// is an error instead of a wait.
     pub fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Message>, WireError> {
         let offset = self.framing.consumed();
+        self.check_before_hello(buf, offset)?;
         match self.framing.decode_eof(buf) {
             Ok(Some(frame)) => self.message(frame, offset).map(Some),
             Ok(None) => Ok(None),
             Err(e) => Err(self.framing_error(e)),
+        }
+    }
+
+    /// Before the peer's HELLO (section 10): the first message must be a HELLO of at most
+    /// [`MIN_MAX_MESSAGE_LEN`] bytes, and both are checked from its first 5 bytes, before any of
+    /// its body is buffered. A peer cannot make us hold more than 4 KiB before it has
+    /// identified itself, whatever `max_message_len` we announce.
+    fn check_before_hello(&self, buf: &BytesMut, offset: u64) -> Result<(), WireError> {
+        if self.handshake != Handshake::AwaitingHello || buf.len() < LENGTH_FIELD_LEN {
+            return Ok(());
+        }
+        let fail = |violation| Err(WireError::Protocol { violation, offset });
+        let length = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+        if length > MIN_MAX_MESSAGE_LEN {
+            return fail(Violation::MessageTooLong {
+                length: u64::from(length),
+                max: MIN_MAX_MESSAGE_LEN,
+            });
+        }
+        match buf.get(LENGTH_FIELD_LEN) {
+            Some(&ty) if length > 0 && ty != Message::HELLO => {
+                fail(Violation::HelloExpected { ty })
+            }
+            _ => Ok(()),
         }
     }
 
@@ -1158,6 +1185,68 @@ mod tests {
             violation,
             offset: 0,
         }
+    }
+
+    #[test]
+    fn before_hello_the_first_five_bytes_decide() {
+        // An 8 MiB first message is refused on its length field alone, although this side
+        // accepts 8 MiB messages once the handshake is done: nothing of it is buffered.
+        let mut codec = WireCodec::new(8 << 20).unwrap();
+        let mut buf = BytesMut::from(&hex("00800000")[..]);
+        let err = codec.decode(&mut buf).unwrap_err();
+        assert_eq!(
+            err,
+            proto(Violation::MessageTooLong {
+                length: 8 << 20,
+                max: MIN_MAX_MESSAGE_LEN
+            })
+        );
+        assert_eq!(err.close_code(), CloseCode::MessageTooBig);
+        // One byte over the limit, with a HELLO type: refused too.
+        let mut buf = BytesMut::from(&hex("00001001 01")[..]);
+        assert_eq!(
+            WireCodec::new(8 << 20)
+                .unwrap()
+                .decode(&mut buf)
+                .unwrap_err(),
+            proto(Violation::MessageTooLong {
+                length: 4097,
+                max: MIN_MAX_MESSAGE_LEN
+            })
+        );
+        // Another type than HELLO is refused from the type byte, before its body arrives.
+        let mut buf = BytesMut::from(&hex("00000fff 02")[..]);
+        let err = WireCodec::new(8 << 20)
+            .unwrap()
+            .decode(&mut buf)
+            .unwrap_err();
+        assert_eq!(err, proto(Violation::HelloExpected { ty: 0x02 }));
+        assert_eq!(err.close_code(), CloseCode::ProtocolError);
+        // A HELLO of exactly 4096 bytes waits for the rest of it; so does an incomplete header.
+        let mut buf = BytesMut::from(&hex("00001000 01 464c4e4b")[..]);
+        assert_eq!(WireCodec::new(8 << 20).unwrap().decode(&mut buf), Ok(None));
+        let mut buf = BytesMut::from(&hex("0000")[..]);
+        assert_eq!(WireCodec::new(8 << 20).unwrap().decode(&mut buf), Ok(None));
+        // The stream ending there is still reported as before.
+        let mut buf = BytesMut::from(&hex("00800000")[..]);
+        assert!(WireCodec::new(8 << 20)
+            .unwrap()
+            .decode_eof(&mut buf)
+            .is_err());
+    }
+
+    #[test]
+    fn after_hello_the_announced_limit_applies() {
+        let mut enc = WireCodec::new(8 << 20).unwrap();
+        enc.set_peer_max_message_len(8 << 20);
+        let mut wire = BytesMut::new();
+        enc.encode(&Message::Hello(Hello::default()), &mut wire)
+            .unwrap();
+        let big = Bytes::from(vec![7u8; 64 * 1024]);
+        enc.encode(&Message::Data(big.clone()), &mut wire).unwrap();
+        let mut dec = WireCodec::new(8 << 20).unwrap();
+        assert!(matches!(dec.decode(&mut wire), Ok(Some(Message::Hello(_)))));
+        assert_eq!(dec.decode(&mut wire), Ok(Some(Message::Data(big))));
     }
 
     const VECTORS: &str = include_str!("../tests/data/protocol-v1-vectors.tsv");
@@ -1640,7 +1729,9 @@ mod tests {
             })
         );
         assert_eq!(err.close_code(), CloseCode::MessageTooBig);
-        let mut c = WireCodec::new(u32::MAX).unwrap();
+        // (After the handshake: before it, such a length is refused on sight, see
+        // `before_hello_the_first_five_bytes_decide`.)
+        let mut c = WireCodec::new(u32::MAX).unwrap().without_handshake_check();
         let mut huge = BytesMut::from(&[0xff, 0xff, 0xff, 0xff, 0x02][..]);
         assert_eq!(c.decode(&mut huge).unwrap(), None);
         assert!(
