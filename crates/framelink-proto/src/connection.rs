@@ -1412,6 +1412,13 @@ impl Connection {
                 break;
             }
         }
+        // The session's high-water mark: the most the peer can ever claim to have delivered.
+        if let Some(link) = self.session.as_mut() {
+            let transmitted = link.transmitted;
+            if let Some(session) = link.state.as_mut() {
+                session.mark_transmitted(transmitted);
+            }
+        }
         self.data_sent(sent, now);
         self.out(buf)
     }
@@ -3026,6 +3033,116 @@ mod tests {
                 ..
             }
         )));
+    }
+
+    /// A session with `pushed` messages, `transmitted` of them put on the wire.
+    fn session_with(pushed: u8, transmitted: u64) -> Session {
+        let mut s = Session::new([0x42; 16]);
+        for i in 0..pushed {
+            s.push(Bytes::from(vec![i]), usize::MAX).unwrap();
+        }
+        s.mark_transmitted(transmitted);
+        s
+    }
+
+    #[test]
+    fn forged_resume_delivered_is_refused_and_nothing_is_skipped() {
+        let offer = ConnectionConfig {
+            sessions: Some(SessionConfig::default()),
+            ..cfg(5, 5)
+        };
+        let now = Instant::now();
+        let mut server = Connection::new(offer.clone(), now).unwrap();
+        let offer_hello = transmit_all(&mut server, now);
+        for (status, delivered) in [
+            // A session never confirmed: nothing was transmitted, nothing can be delivered.
+            (ResumeStatus::Resumed, 5),
+            (ResumeStatus::Resumed, 11),
+        ] {
+            // Ten messages queued in a brand-new session: SDATA waits for the RESUME.
+            let mut client =
+                Connection::with_session(offer.clone(), Session::new([0x42; 16]), now).unwrap();
+            for i in 0..10u8 {
+                client.send(Bytes::from(vec![i]), now).unwrap();
+            }
+            client.handle_input(&offer_hello, now);
+            client.handle_input(&encode(&Message::Resume { status, delivered }), now);
+            let ev = events(&mut client);
+            assert_eq!(
+                closed_code(&ev),
+                Some((CloseCode::ProtocolError, false)),
+                "{delivered}: {ev:?}"
+            );
+            let session = client.take_session().expect("kept for the next connection");
+            assert_eq!(
+                (session.acked(), session.unacked_len()),
+                (0, 10),
+                "{delivered}"
+            );
+        }
+    }
+
+    #[test]
+    fn forged_request_delivered_is_refused_and_nothing_is_skipped() {
+        let offer = ConnectionConfig {
+            sessions: Some(SessionConfig::default()),
+            ..cfg(5, 5)
+        };
+        let now = Instant::now();
+        // The client claims to have delivered 7 of our messages.
+        let mut peer_state = Session::new([0x42; 16]);
+        for seq in 1..=7 {
+            peer_state.receive(seq);
+        }
+        let mut client = Connection::with_session(offer.clone(), peer_state, now).unwrap();
+        let request = transmit_all(&mut client, now);
+        for (transmitted, ok) in [(3, false), (7, true), (10, true)] {
+            let mut server = Connection::new(offer.clone(), now).unwrap();
+            server.handle_input(&request, now);
+            let ev = events(&mut server);
+            assert!(ev.iter().any(|e| matches!(
+                e,
+                Event::SessionRequest {
+                    peer_delivered: 7,
+                    ..
+                }
+            )));
+            // The detached session holds 10 messages, `transmitted` of them sent before.
+            server.attach_session(Some(session_with(10, transmitted)), now);
+            let ev = events(&mut server);
+            if ok {
+                assert!(
+                    ev.iter().any(|e| matches!(
+                        e,
+                        Event::SessionStarted {
+                            status: ResumeStatus::Resumed,
+                            resending: 3,
+                            ..
+                        }
+                    )),
+                    "{ev:?}"
+                );
+                assert_eq!(server.session().unwrap().acked(), 7);
+            } else {
+                // Messages 4..=7 never went out: accepting "delivered 7" would lose them.
+                assert_eq!(closed_code(&ev), Some((CloseCode::ProtocolError, false)));
+                let session = server.take_session().expect("kept");
+                assert_eq!((session.acked(), session.unacked_len()), (0, 10));
+            }
+        }
+    }
+
+    #[test]
+    fn an_ack_below_what_was_acknowledged_is_refused() {
+        let mut sim = SessionSim::new(3);
+        sim.run(200, 0);
+        let acked = sim.client.session().unwrap().acked();
+        assert!(acked > 0);
+        sim.client
+            .handle_input(&encode(&Message::Ack(acked - 1)), sim.now);
+        let ev = events(&mut sim.client);
+        assert_eq!(closed_code(&ev), Some((CloseCode::ProtocolError, false)));
+        assert_eq!(sim.client.session().unwrap().acked(), acked);
     }
 
     #[test]

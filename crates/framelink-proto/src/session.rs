@@ -28,7 +28,9 @@
 //! assert_eq!(seq, 1);
 //! assert_eq!(bob.receive(1), Received::Deliver);
 //! assert_eq!(bob.receive(1), Received::Duplicate); // a resend after a reconnect
+//! alice.mark_transmitted(seq); // the connection does this as the SDATA goes out
 //! alice.ack(bob.delivered()).unwrap();
+//! assert!(alice.ack(0).is_err()); // below what was acknowledged: a forged or broken peer
 //! assert_eq!(alice.unacked_len(), 0);
 //! ```
 
@@ -90,15 +92,16 @@ pub enum SessionError {
         limit: usize,
     },
     /// The peer acknowledged (or claimed to have delivered) a sequence number outside
-    /// `acked..next_seq`.
-    #[error("peer acknowledged {got}, but only {acked}..={sent} is possible")]
+    /// `acked..=transmitted`: below what it acknowledged before (it cannot un-deliver), or
+    /// beyond what was ever put on the wire (accepting it would drop messages it never saw).
+    #[error("peer acknowledged {got}, but only {acked}..={transmitted} is possible")]
     BadAck {
         /// The number received.
         got: u64,
         /// What was already acknowledged.
         acked: u64,
-        /// The last sequence number sent.
-        sent: u64,
+        /// The highest sequence number transmitted in this session, on any connection.
+        transmitted: u64,
     },
 }
 
@@ -116,6 +119,9 @@ pub struct Session {
     delivered: u64,
     /// The peer confirmed this session at least once (a RESUME, either status).
     established: bool,
+    /// The highest sequence number put on the wire in this session, on any connection: the
+    /// most the peer can have delivered.
+    transmitted: u64,
 }
 
 impl Session {
@@ -128,6 +134,7 @@ impl Session {
             buffered_bytes: 0,
             delivered: 0,
             established: false,
+            transmitted: 0,
         }
     }
 
@@ -207,21 +214,33 @@ impl Session {
         Ok(seq)
     }
 
+    /// The highest sequence number transmitted in this session (on any connection).
+    pub fn transmitted(&self) -> u64 {
+        self.transmitted
+    }
+
+    /// Message `seq` was put on the wire (the connection calls this as SDATA goes out).
+    pub fn mark_transmitted(&mut self, seq: u64) {
+        self.transmitted = self.transmitted.max(seq.min(self.next_seq() - 1));
+    }
+
     /// The buffered message with sequence number `seq`, if not acknowledged yet.
     pub fn message(&self, seq: u64) -> Option<&Bytes> {
         let index = seq.checked_sub(self.base)?;
         self.buffer.get(usize::try_from(index).ok()?)
     }
 
-    /// The peer delivered everything up to `seq`: drop it from the buffer. Acknowledging less
-    /// than before is harmless; acknowledging what was never sent is an error.
+    /// The peer delivered everything up to `seq`: drop it from the buffer. Anything outside
+    /// `acked..=transmitted` is an error and changes nothing: acknowledging less than before
+    /// (the peer cannot un-deliver), or more than was ever transmitted (those messages never
+    /// reached it: treating them as delivered would lose them silently).
     pub fn ack(&mut self, seq: u64) -> Result<(), SessionError> {
-        let sent = self.next_seq() - 1;
-        if seq > sent {
+        let acked = self.acked();
+        if seq < acked || seq > self.transmitted {
             return Err(SessionError::BadAck {
                 got: seq,
-                acked: self.acked(),
-                sent,
+                acked,
+                transmitted: self.transmitted,
             });
         }
         while self.base <= seq {
@@ -254,6 +273,8 @@ impl Session {
     /// resent), as if acknowledged; numbering and `delivered` are kept.
     pub fn take_unacked(&mut self) -> Vec<Bytes> {
         self.base = self.next_seq();
+        // Counted as acknowledged, so as transmitted too (`acked <= transmitted` always).
+        self.transmitted = self.base - 1;
         self.buffered_bytes = 0;
         std::mem::take(&mut self.buffer).into()
     }
@@ -424,20 +445,38 @@ mod tests {
         assert_eq!(s.buffered_bytes(), 6 + 3 * SDATA_OVERHEAD);
         assert_eq!(s.message(2), Some(&b("bb")));
         assert_eq!(s.message(4), None);
+        // Nothing transmitted yet: no ack is possible, not even of what is queued.
+        assert_eq!(
+            s.ack(1),
+            Err(SessionError::BadAck {
+                got: 1,
+                acked: 0,
+                transmitted: 0
+            })
+        );
+        s.mark_transmitted(2);
         s.ack(2).unwrap();
         assert_eq!((s.acked(), s.unacked_len(), s.next_seq()), (2, 1, 4));
         assert_eq!(s.message(2), None);
         assert_eq!(s.buffered_bytes(), 3 + SDATA_OVERHEAD);
-        // Older acks are harmless; acks beyond what was sent are not.
-        s.ack(1).unwrap();
+        // Acks below what was acked, or beyond what was transmitted, change nothing.
+        let bad = |got| SessionError::BadAck {
+            got,
+            acked: 2,
+            transmitted: 2,
+        };
+        assert_eq!(s.ack(1), Err(bad(1)));
         assert_eq!(
-            s.ack(4),
-            Err(SessionError::BadAck {
-                got: 4,
-                acked: 2,
-                sent: 3
-            })
+            s.ack(3),
+            Err(bad(3)),
+            "3 is queued but was never transmitted"
         );
+        assert_eq!(s.ack(4), Err(bad(4)));
+        assert_eq!((s.acked(), s.unacked_len()), (2, 1));
+        s.ack(2).unwrap(); // the same value again: nothing new
+                           // Transmission is capped at what exists.
+        s.mark_transmitted(99);
+        assert_eq!(s.transmitted(), 3);
         s.ack(3).unwrap();
         assert_eq!(s.buffered_bytes(), 0);
     }
@@ -454,6 +493,7 @@ mod tests {
                 limit: 100
             })
         );
+        s.mark_transmitted(1);
         s.ack(1).unwrap();
         s.push(b("x"), 100).unwrap();
     }
@@ -475,9 +515,11 @@ mod tests {
         for m in ["a", "b", "c"] {
             s.push(b(m), 1000).unwrap();
         }
+        s.mark_transmitted(3);
         s.ack(1).unwrap();
         s.receive(1);
         assert_eq!(s.reset(), vec![b("b"), b("c")]);
+        assert_eq!(s.transmitted(), 0);
         assert!(s.is_fresh());
         assert_eq!(s.id(), [9; 16]);
     }
