@@ -598,6 +598,8 @@ impl InProcess {
                 Kind::Framelink | Kind::Sessions => {
                     let config = ServerConfig {
                         sessions: (kind == Kind::Sessions).then(ServerSessions::default),
+                        // All of the bench's connections come from one address.
+                        max_connections_per_ip: usize::MAX,
                         ..ServerConfig::default()
                     };
                     let mut server = Server::bind("127.0.0.1:0", config)

@@ -1112,6 +1112,8 @@ fn server_main(o: Options) -> Result<Report, String> {
             ServerConfig {
                 protocol: Protocol::Framelink(o.server_config()),
                 max_connections: n + o.breakdown + FD_MARGIN as usize,
+                // Every client connects from a few loopback addresses.
+                max_connections_per_ip: usize::MAX,
                 ..ServerConfig::default()
             },
         );

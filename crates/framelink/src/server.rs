@@ -1,5 +1,6 @@
-//! A TCP server: accept loop, one driver task per connection, a connection limit, eviction of
-//! dead and idle peers, and a graceful shutdown that tells every client before going away.
+//! A TCP server: accept loop, one driver task per connection, a connection limit (in all and
+//! per client address), eviction of dead and idle peers, and a graceful shutdown that tells
+//! every client before going away.
 //!
 //! ```no_run
 //! use framelink::server::{Server, ServerConfig};
@@ -38,6 +39,15 @@
 //!   refused: in protocol mode with a CLOSE `ServerFull` after our HELLO (so the client knows to
 //!   back off), in raw mode by closing the socket. At most [`MAX_REJECTING`] refusals are in
 //!   flight at once; beyond that sockets are dropped at once.
+//! - **Per-address limit**: a new connection from an IP address (any port; an IPv4-mapped
+//!   IPv6 address counts as its IPv4 address) that already has
+//!   [`ServerConfig::max_connections_per_ip`] live connections is refused the same way, with
+//!   the reason `too many connections from <ip>: limit <n>`, so that one host cannot take
+//!   every slot. A connection counts from its accept until its driver ends (however it ends:
+//!   closed, evicted, aborted at shutdown); an address's entry is dropped when its count
+//!   reaches 0, so the bookkeeping never outgrows the live connections.
+//!   [`ServerStats::refused`] counts every refusal, [`ServerStats::refused_per_ip`] those
+//!   over this limit.
 //! - **Shutdown** ([`ServerHandle::shutdown`]): stops accepting, closes every live connection
 //!   gracefully with `GoingAway` (queued messages are written first, then CLOSE) and waits, up
 //!   to a grace period, for all of them to finish; any still open then are aborted.
@@ -47,7 +57,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -84,6 +95,20 @@ pub struct ServerConfig {
     /// Live connections at most; more are refused (see the [module documentation](self)).
     /// Default 10 000.
     pub max_connections: usize,
+    /// Live connections from one IP address at most (any port; an IPv4-mapped IPv6 address
+    /// counts as its IPv4 address); more from that address are refused like connections over
+    /// [`max_connections`](Self::max_connections), with their own reason and counter
+    /// ([`ServerStats::refused_per_ip`]). At least 1.
+    ///
+    /// Default 64: a framelink client needs one connection (a few while reconnecting), so 64
+    /// leaves room for many clients behind one NAT, office gateway or carrier-grade NAT, while
+    /// a single host can no longer hold every slot: filling the default 10 000 takes 157
+    /// addresses. Raise it (or turn it off with `usize::MAX`, or any value of at least
+    /// `max_connections`) when clients legitimately share an address in large numbers: behind
+    /// a TCP load balancer or proxy that does not preserve client addresses, for load tests
+    /// from one machine. It limits addresses, not networks: an IPv6 attacker with a whole
+    /// prefix is held back only by `max_connections`.
+    pub max_connections_per_ip: usize,
     /// Socket options for accepted sockets. Default [`SocketOptions::default`].
     pub socket: SocketOptions,
     /// Buffering and backpressure of each connection's driver.
@@ -119,6 +144,7 @@ impl Default for ServerConfig {
         ServerConfig {
             protocol: Protocol::default(),
             max_connections: 10_000,
+            max_connections_per_ip: 64,
             socket: SocketOptions::default(),
             driver: DriverConfig::default(),
             sessions: None,
@@ -271,11 +297,108 @@ impl fmt::Display for SessionId<'_> {
 
 #[derive(Debug, Default)]
 struct Registry {
-    live: HashMap<u64, (Sender, AbortHandle)>,
+    live: HashMap<u64, Live>,
+    /// Live connections per client address (canonical: IPv4-mapped addresses as IPv4). Kept
+    /// in step with `live` by [`insert`](Self::insert) and [`remove`](Self::remove); no
+    /// address has an entry with a count of 0.
+    per_ip: HashMap<IpAddr, usize>,
     rejecting: usize,
     shutting_down: bool,
     accepted: u64,
     refused: u64,
+    refused_per_ip: u64,
+}
+
+/// A live connection in the registry.
+#[derive(Debug)]
+struct Live {
+    sender: Sender,
+    task: AbortHandle,
+    /// The client's address, canonical (as counted in `Registry::per_ip`).
+    ip: IpAddr,
+}
+
+impl Registry {
+    fn insert(&mut self, id: u64, live: Live) {
+        *self.per_ip.entry(live.ip).or_insert(0) += 1;
+        if let Some(old) = self.live.insert(id, live) {
+            // Ids are unique; should one ever be reused, its address stays counted right.
+            self.forget_ip(old.ip);
+        }
+    }
+
+    /// Takes connection `id` out (if it still is in), with its count for its address.
+    fn remove(&mut self, id: u64) -> Option<Live> {
+        let live = self.live.remove(&id)?;
+        self.forget_ip(live.ip);
+        Some(live)
+    }
+
+    fn forget_ip(&mut self, ip: IpAddr) {
+        if let std::collections::hash_map::Entry::Occupied(mut entry) = self.per_ip.entry(ip) {
+            *entry.get_mut() -= 1;
+            if *entry.get() == 0 {
+                entry.remove();
+            }
+        }
+    }
+
+    /// Live connections from `ip` (canonical).
+    fn live_from(&self, ip: IpAddr) -> usize {
+        self.per_ip.get(&ip).copied().unwrap_or(0)
+    }
+}
+
+/// Why a connection is refused.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    /// [`ServerConfig::max_connections`] live connections.
+    Full,
+    /// [`ServerConfig::max_connections_per_ip`] live connections from this address.
+    PerIp(IpAddr, usize),
+}
+
+impl Refusal {
+    /// The CLOSE reason.
+    fn reason(self) -> String {
+        match self {
+            Refusal::Full => "too many connections".to_owned(),
+            Refusal::PerIp(ip, limit) => format!("too many connections from {ip}: limit {limit}"),
+        }
+    }
+}
+
+/// Where a connection is in [`Leave`]'s hand-over with the accept loop.
+const PENDING: u8 = 0;
+/// In the registry: [`Leave`] takes it out.
+const REGISTERED: u8 = 1;
+/// Ended before being registered: the accept loop does not register it.
+const GONE: u8 = 2;
+
+/// Takes a connection out of the registry (and its address's count down) when its driver
+/// ends, however it ends: owned by the finish hook, it runs when the hook is called and also
+/// when the hook is dropped uncalled (the driver task aborted at shutdown, or panicking), so a
+/// slot is never leaked. A connection that ends before the accept loop registered it is not
+/// registered at all (no lock is taken here then, so dropping it under the registry lock is
+/// safe too).
+struct Leave {
+    shared: Arc<ServerShared>,
+    id: u64,
+    state: Arc<AtomicU8>,
+}
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        let ended_early = self
+            .state
+            .compare_exchange(PENDING, GONE, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if ended_early {
+            return;
+        }
+        self.shared.lock().remove(self.id);
+        self.shared.changed.notify_waiters();
+    }
 }
 
 /// What [`ServerHandle::shutdown`] did.
@@ -296,8 +419,12 @@ pub struct ServerStats {
     pub live: usize,
     /// Connections accepted so far (not counting refused ones).
     pub accepted: u64,
-    /// Connections refused for being over the limit.
+    /// Connections refused for being over a limit: [`ServerConfig::max_connections`] or
+    /// [`ServerConfig::max_connections_per_ip`].
     pub refused: u64,
+    /// Of those, the ones refused for being over [`ServerConfig::max_connections_per_ip`]
+    /// (their address had that many live connections).
+    pub refused_per_ip: u64,
 }
 
 impl Server {
@@ -315,6 +442,11 @@ impl Server {
         if config.max_connections == 0 {
             return Err(crate::Error::InvalidConfig(
                 "max_connections must be at least 1".into(),
+            ));
+        }
+        if config.max_connections_per_ip == 0 {
+            return Err(crate::Error::InvalidConfig(
+                "max_connections_per_ip must be at least 1".into(),
             ));
         }
         let listener = TcpListener::bind(addr).await?;
@@ -390,6 +522,7 @@ impl ServerHandle {
             live: registry.live.len(),
             accepted: registry.accepted,
             refused: registry.refused,
+            refused_per_ip: registry.refused_per_ip,
         }
     }
 
@@ -399,7 +532,7 @@ impl ServerHandle {
         let senders: Vec<Sender> = {
             let mut registry = self.shared.lock();
             registry.shutting_down = true;
-            registry.live.values().map(|(s, _)| s.clone()).collect()
+            registry.live.values().map(|l| l.sender.clone()).collect()
         };
         self.shared.changed.notify_waiters();
         let open = senders.len();
@@ -423,8 +556,17 @@ impl ServerHandle {
         };
         let mut aborted = 0;
         if tokio::time::timeout(grace, all_closed).await.is_err() {
-            let mut registry = self.shared.lock();
-            for (_, (_, task)) in registry.live.drain() {
+            // Out of the registry (and their addresses' counts) now; aborted below, out of the
+            // lock (an aborted driver's finish hook takes it, and finds them gone).
+            let tasks: Vec<AbortHandle> = {
+                let mut registry = self.shared.lock();
+                let ids: Vec<u64> = registry.live.keys().copied().collect();
+                ids.into_iter()
+                    .filter_map(|id| registry.remove(id))
+                    .map(|l| l.task)
+                    .collect()
+            };
+            for task in tasks {
                 task.abort();
                 aborted += 1;
             }
@@ -547,7 +689,7 @@ impl ServerHandle {
             // (A closing connection refuses the send with `Closed`: the session is moving.
             // Its state is not looked at here: no connection lock under the server's locks.)
             return Ok(match shared.lock().live.get(&conn) {
-                Some((sender, _)) => Located::Connection(sender.clone(), payload),
+                Some(live) => Located::Connection(live.sender.clone(), payload),
                 None => Located::Moving(payload),
             });
         }
@@ -682,7 +824,7 @@ impl SessionHost for Host {
                     let owner = sessions.attached.get(&id).copied();
                     let older = owner.filter(|&o| o != conn).and_then(|o| {
                         // Lock order: sessions, then registry (never the other way round).
-                        shared.lock().live.get(&o).map(|(sender, _)| sender.clone())
+                        shared.lock().live.get(&o).map(|l| l.sender.clone())
                     });
                     match older {
                         // The client came back before this side noticed the old connection
@@ -772,39 +914,56 @@ async fn accept_loop(
         }
         let id = next_id;
         next_id += 1;
-        let over_limit = {
+        let ip = peer.ip().to_canonical();
+        let refusal = {
             let mut registry = shared.lock();
-            let over = registry.live.len() >= config.max_connections;
-            if over {
+            let refusal = if registry.live.len() >= config.max_connections {
+                Some(Refusal::Full)
+            } else if registry.live_from(ip) >= config.max_connections_per_ip {
+                registry.refused_per_ip += 1;
+                Some(Refusal::PerIp(ip, config.max_connections_per_ip))
+            } else {
+                None
+            };
+            if refusal.is_some() {
                 registry.refused += 1;
             }
-            over
+            refusal
         };
-        if over_limit {
-            reject(stream, &config.protocol, &shared);
+        if let Some(refusal) = refusal {
+            tracing::debug!(%peer, ?refusal, "connection refused");
+            reject(stream, &config.protocol, &shared, refusal);
             continue;
         }
-        let hook_shared = shared.clone();
-        let on_finish: connection::FinishHook = Box::new(move || {
-            hook_shared.lock().live.remove(&id);
-            hook_shared.changed.notify_waiters();
-        });
-        // Spawn under the registry lock so that the finish hook (which takes the lock) cannot
-        // run before the connection is registered.
+        let state = Arc::new(AtomicU8::new(PENDING));
+        let leave = Leave {
+            shared: shared.clone(),
+            id,
+            state: state.clone(),
+        };
+        let on_finish: connection::FinishHook = Box::new(move || drop(leave));
+        let options = SpawnOptions {
+            driver: config.driver,
+            on_finish: Some(on_finish),
+            sessions: sessions.clone().map(|host| (host, id)),
+            ..SpawnOptions::default()
+        };
+        // Spawned under the registry lock, so that the driver is registered before it can do
+        // anything that looks for it there (such as attaching a session).
         let spawned = {
             let mut registry = shared.lock();
-            let options = SpawnOptions {
-                driver: config.driver,
-                on_finish: Some(on_finish),
-                sessions: sessions.clone().map(|host| (host, id)),
-                ..SpawnOptions::default()
-            };
             let spawned = connection::spawn_protocol(stream, &protocol, options, None);
             if let Ok((connection, task)) = &spawned {
                 registry.accepted += 1;
-                registry
-                    .live
-                    .insert(id, (connection.sender(), task.clone()));
+                // Unless its driver already ended (then `Leave` took nothing out, and no lock).
+                // A `Leave` that sees `REGISTERED` waits for this lock, so for the insert.
+                let fresh = state
+                    .compare_exchange(PENDING, REGISTERED, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok();
+                if fresh {
+                    let (sender, task) = (connection.sender(), task.clone());
+                    registry.insert(id, Live { sender, task, ip });
+                }
             }
             spawned
         };
@@ -827,8 +986,8 @@ async fn accept_loop(
     }
 }
 
-/// Refuses a connection over the limit, telling a protocol peer why.
-fn reject(stream: TcpStream, protocol: &Protocol, shared: &Arc<ServerShared>) {
+/// Refuses a connection over a limit, telling a protocol peer why.
+fn reject(stream: TcpStream, protocol: &Protocol, shared: &Arc<ServerShared>, refusal: Refusal) {
     let Protocol::Framelink(config) = protocol else {
         return; // Raw mode has no way to say why: dropping the socket closes it.
     };
@@ -855,10 +1014,43 @@ fn reject(stream: TcpStream, protocol: &Protocol, shared: &Arc<ServerShared>) {
         Ok((connection, _task)) => {
             tokio::spawn(async move {
                 connection
-                    .close(CloseCode::ServerFull, "too many connections")
+                    .close(CloseCode::ServerFull, &refusal.reason())
                     .await;
             });
         }
         Err(_) => shared.lock().rejecting -= 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A registry entry for a connection from `ip` (over an in-memory pipe).
+    fn live(ip: &str) -> Live {
+        let (ours, _theirs) = tokio::io::duplex(64);
+        let connection = connection::spawn(ours, connection::ConnectionConfig::default()).unwrap();
+        Live {
+            sender: connection.sender(),
+            task: tokio::spawn(async {}).abort_handle(),
+            ip: ip.parse::<IpAddr>().unwrap().to_canonical(),
+        }
+    }
+
+    #[tokio::test]
+    async fn per_address_counts_follow_the_registry_and_leave_no_empty_entries() {
+        let mut registry = Registry::default();
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "::1".parse().unwrap());
+        registry.insert(1, live("10.0.0.1"));
+        registry.insert(2, live("::ffff:10.0.0.1"));
+        registry.insert(3, live("::1"));
+        assert_eq!((registry.live_from(a), registry.live_from(b)), (2, 1));
+        assert!(registry.remove(1).is_some());
+        assert!(registry.remove(1).is_none(), "removed twice");
+        assert_eq!(registry.live_from(a), 1);
+        registry.remove(2);
+        registry.remove(3);
+        assert!(registry.live.is_empty());
+        assert!(registry.per_ip.is_empty(), "{:?}", registry.per_ip);
     }
 }
