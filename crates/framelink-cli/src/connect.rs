@@ -5,6 +5,11 @@
 //! At the end of standard input it waits until nothing has arrived for `--eof-wait` (replies to
 //! the last messages may still be on their way: framelink protocol v1 has no half-close, so a
 //! server stops sending once it receives our CLOSE), then closes gracefully and exits 0.
+//!
+//! With `--sessions` it uses an acknowledged session (the server must offer them, `serve
+//! --sessions`): after a reconnect the session is resumed and each side resends what the other
+//! had not delivered, so nothing sent is lost or duplicated by a broken link. What a session
+//! hands back (the server could not resume it) is reported on stderr.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -15,12 +20,15 @@ use anyhow::{Context, Result};
 use bytes::Bytes;
 use clap::Args;
 use framelink::client::{Client, ClientConfig, ClientEvent};
+use framelink::connection::ResumeStatus;
 use framelink::connection::SendError;
-use framelink::{BackoffConfig, Protocol};
+use framelink::{BackoffConfig, Protocol, SessionConfig};
 use tokio::io::AsyncBufReadExt;
 use tokio::time::Instant;
 
-use crate::link_args::{describe, parse_duration, show_duration, Interrupt, LinkArgs};
+use crate::link_args::{
+    describe, parse_duration, show_duration, unacked_messages, Interrupt, LinkArgs,
+};
 use crate::stream_tools::{escape_text, hex, parse_hex_line};
 use crate::{InputFormat, OutputFormat};
 
@@ -39,9 +47,14 @@ Examples:
   printf 'a\\nb\\n' | framelink connect 127.0.0.1:7000       # protocol v1; prints the echoes
   framelink connect 10.0.0.5:9000 --framing length:4 --ping PING --pong PONG --ping-interval 5s
   framelink connect 10.0.0.5:9000 -f line --ping hex:00 --pong-any --format hex -v
+  framelink connect 127.0.0.1:7000 --sessions           # with `serve --sessions`: resumes
+  framelink connect 127.0.0.1:7001 --sessions --backoff-max 1s   # through `framelink proxy`
 
 stderr: `[connect] connected to ADDR (attempt N)`, `disconnected: HOW`, `attempt N failed: ERROR`,
 `reconnecting: attempt N in MS ms`, `gave up after N attempts` (exit 1); `rtt` lines with -v.
+With --sessions: `session HEX new` or `session HEX resumed: resending N messages` after each
+connect, and `session HEX lost: N unacknowledged messages handed back` when the server could
+not resume it (the messages themselves with -v).
 Exit status: 0 after the end of input (or Ctrl-C), 1 when giving up (or, with --no-reconnect,
 when the connection is lost before the end of input).")]
 pub struct ConnectArgs {
@@ -51,6 +64,13 @@ pub struct ConnectArgs {
 
     #[command(flatten)]
     link: LinkArgs,
+
+    /// Protocol mode: use an acknowledged session (the server must offer them: `serve
+    /// --sessions`). Every message is kept until the server acknowledges it; after a reconnect
+    /// the session is resumed and each side resends what the other had not delivered, so each
+    /// message and each reply arrives exactly once, in order.
+    #[arg(long, conflicts_with = "framing")]
+    sessions: bool,
 
     /// Do not reconnect: exit with status 1 when the connection fails or is lost.
     #[arg(long, conflicts_with = "max_attempts")]
@@ -112,6 +132,7 @@ pub fn run(args: ConnectArgs) -> Result<ExitCode> {
         protocol,
         backoff,
         connect_timeout: args.connect_timeout,
+        sessions: args.sessions.then(SessionConfig::default),
         ..ClientConfig::default()
     };
     if let Err(e) = config
@@ -371,7 +392,14 @@ impl Session {
             ClientEvent::Disconnected(info) => {
                 self.connected = false;
                 self.info(format_args!("disconnected: {info}"));
-                if self.closing.is_none() && self.stdin_done && self.pending.is_empty() {
+                // With a session, only a CLOSE from the server ends the conversation: a broken
+                // link is resumed (what was sent may still have to be resent, and echoed).
+                let server_ended = !self.args.sessions || (info.by_peer && info.error.is_none());
+                if self.closing.is_none()
+                    && self.stdin_done
+                    && self.pending.is_empty()
+                    && server_ended
+                {
                     // Everything was sent and the server ended the conversation: done.
                     self.request_close(client, ExitCode::SUCCESS);
                 } else if self.closing.is_none() && self.args.no_reconnect {
@@ -403,6 +431,38 @@ impl Session {
                     eprintln!("[connect] gave up after {} attempts", attempts);
                 }
                 return Flow::Exit(ExitCode::FAILURE);
+            }
+            ClientEvent::Session {
+                id,
+                status,
+                resending,
+            } => {
+                let id = hex(&id);
+                match status {
+                    ResumeStatus::New => self.info(format_args!("session {id} new")),
+                    ResumeStatus::Resumed => self.info(format_args!(
+                        "session {id} resumed: resending {resending} message{}",
+                        if resending == 1 { "" } else { "s" }
+                    )),
+                    ResumeStatus::Unknown => self.info(format_args!(
+                        "session {id} unknown to the server (expired, or the server restarted): \
+                         started anew"
+                    )),
+                }
+            }
+            ClientEvent::SessionLost { id, unacked } => {
+                // Whatever -q says: these may never have reached the server.
+                eprintln!(
+                    "[connect] session {} lost: {} handed back (they may or may not have \
+                     reached the server)",
+                    hex(&id),
+                    unacked_messages(unacked.len())
+                );
+                if self.args.verbose {
+                    for (i, m) in unacked.iter().enumerate() {
+                        eprintln!("[connect]   unacked {}: {}", i + 1, escape_text(m));
+                    }
+                }
             }
             ClientEvent::Closed => {
                 self.info(format_args!("closed"));

@@ -235,6 +235,12 @@ pub fn describe(protocol: &Protocol) -> String {
     }
 }
 
+/// `1 unacknowledged message`, `3 unacknowledged messages`.
+pub fn unacked_messages(n: usize) -> String {
+    let s = if n == 1 { "" } else { "s" };
+    format!("{n} unacknowledged message{s}")
+}
+
 /// A duration for people: `250ms`, `1.5s`, `2m`.
 pub fn show_duration(d: Duration) -> String {
     let ms = d.as_secs_f64() * 1000.0;
@@ -283,7 +289,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(value * seconds_per_unit).map_err(|_| bad())
 }
 
-fn parse_nonzero_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_nonzero_duration(text: &str) -> Result<Duration, String> {
     match parse_duration(text)? {
         d if d.is_zero() => Err("must be greater than zero".into()),
         d => Ok(d),

@@ -1,19 +1,33 @@
 //! `framelink serve ADDR`: a server that echoes (or just counts) every message, in framelink
 //! protocol v1 or in raw mode with a framing spec, reporting connections on stderr. Ctrl-C (or
 //! `--max-duration`) shuts it down gracefully: every client is told `GoingAway`.
+//!
+//! With `--sessions` (protocol mode) it offers acknowledged sessions, and each echo is queued in
+//! the client's session (`ServerHandle::send_to_session`) rather than on one connection, so that
+//! it reaches the client exactly once, in order, across its reconnects. Sessions it lets go of
+//! (expired, evicted) are reported with the echoes their client never acknowledged.
 
+use std::collections::HashMap;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use clap::Args;
-use framelink::connection::{Event, Sender};
-use framelink::server::{Incoming, Server, ServerConfig, ServerHandle};
+use framelink::connection::{CloseCode, Event, ResumeStatus, Sender};
+use framelink::server::{
+    Incoming, LostReason, LostSession, Server, ServerConfig, ServerHandle, ServerSessions,
+};
 use framelink::Protocol;
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::link_args::{describe, parse_duration, show_duration, Interrupt, LinkArgs};
+use crate::link_args::{
+    describe, parse_duration, parse_nonzero_duration, show_duration, unacked_messages, Interrupt,
+    LinkArgs,
+};
+use crate::stream_tools::{escape_text, hex};
 
 /// Options of `framelink serve`.
 #[derive(Args, Debug)]
@@ -22,9 +36,14 @@ Examples:
   framelink serve 127.0.0.1:7000                       # protocol v1 echo server
   framelink serve 0.0.0.0:9000 --framing line --answer PING=PONG --sink
   framelink serve 127.0.0.1:0 --max-duration 10s       # any free port, stop after 10 s
+  framelink serve 127.0.0.1:7000 --sessions            # echoes survive reconnects (connect --sessions)
+  framelink serve 127.0.0.1:7000 --sessions --session-ttl 5m --max-detached 1000
 
 stderr: `[serve] listening on ADDR (...)` first (with the real port when ADDR ends in :0), then
-`+conn #ID PEER (live N)` and `-conn #ID closed: HOW` per connection; RTT samples with -v.")]
+`+conn #ID PEER (live N)` and `-conn #ID closed: HOW` per connection; RTT samples with -v.
+With --sessions: `#ID session HEX new` (or `resumed, resending N`, or `unknown: started anew`)
+per connection, and `lost session HEX: expired|evicted, N unacknowledged messages handed back`
+for each session whose client did not come back (the messages themselves with -v).")]
 pub struct ServeArgs {
     /// Address to listen on, e.g. `127.0.0.1:7000`; port 0 picks a free port (printed).
     #[arg(value_name = "ADDR")]
@@ -43,9 +62,33 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(1..))]
     max_connections: u64,
 
+    /// Refuse connections from an IP address that already has this many live ones (protocol
+    /// mode: with CLOSE `ServerFull`). Raise it for load tests from one machine.
+    #[arg(long, value_name = "N", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections_per_ip: u64,
+
     /// Do not echo: only count what arrives (shown when each connection closes).
     #[arg(long)]
     sink: bool,
+
+    /// Protocol mode: offer acknowledged sessions. A client that uses one (`connect
+    /// --sessions`) resumes it after a reconnect, and each side resends what the other had not
+    /// delivered; echoes are queued in the session, so each reaches the client exactly once, in
+    /// order, however often the link breaks.
+    #[arg(long, conflicts_with = "framing")]
+    sessions: bool,
+
+    /// With --sessions: keep the session of a client that went away this long for it to come
+    /// back; then it is reported lost with its unacknowledged echoes. [default: 60s]
+    #[arg(long, value_name = "DUR", requires = "sessions", value_parser = parse_nonzero_duration)]
+    session_ttl: Option<Duration>,
+
+    /// With --sessions: keep at most this many sessions of clients that went away (the oldest
+    /// are evicted first, and reported lost). [default: 10000]
+    #[arg(long, value_name = "N", requires = "sessions",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_detached: Option<u64>,
 
     /// Stop (gracefully, as on Ctrl-C) after this long.
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
@@ -86,6 +129,17 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     let config = ServerConfig {
         protocol,
         max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
+        max_connections_per_ip: usize::try_from(args.max_connections_per_ip).unwrap_or(usize::MAX),
+        sessions: args.sessions.then(|| {
+            let defaults = ServerSessions::default();
+            ServerSessions {
+                ttl: args.session_ttl.unwrap_or(defaults.ttl),
+                max_detached: args.max_detached.map_or(defaults.max_detached, |n| {
+                    usize::try_from(n).unwrap_or(usize::MAX)
+                }),
+                ..defaults
+            }
+        }),
         ..ServerConfig::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -105,15 +159,28 @@ async fn serve(args: ServeArgs, config: ServerConfig) -> Result<ExitCode> {
     };
     let mut interrupt = Interrupt::new();
     let mode = describe(&config.protocol);
+    let sessions = config.sessions.map(|s| {
+        format!(
+            ", sessions kept {} for their client, at most {} detached",
+            show_duration(s.ttl),
+            s.max_detached
+        )
+    });
     let mut server = Server::bind(args.addr.as_str(), config)
         .await
         .with_context(|| format!("cannot listen on {}", args.addr))?;
     let handle = server.handle();
     let action = if args.sink { "sink" } else { "echo" };
     eprintln!(
-        "[serve] listening on {} ({mode}, {action})",
-        server.local_addr()
+        "[serve] listening on {} ({mode}{}, {action})",
+        server.local_addr(),
+        sessions.as_deref().unwrap_or("")
     );
+    // Sessions: echoes go through each session's echo task; lost sessions are reported.
+    let echoes = sessions.is_some().then(|| Echoes::new(handle.clone()));
+    if let Some(echoes) = &echoes {
+        tokio::spawn(report_lost_sessions(echoes.clone(), out));
+    }
 
     let mut connections = JoinSet::new();
     // Accept until Ctrl-C or --max-duration (the `stop` future borrows `interrupt` in here).
@@ -133,7 +200,7 @@ async fn serve(args: ServeArgs, config: ServerConfig) -> Result<ExitCode> {
                                 handle.connections()
                             );
                         }
-                        connections.spawn(connection(incoming, args.sink, out));
+                        connections.spawn(connection(incoming, args.sink, echoes.clone(), out));
                     }
                     None => break "the server stopped accepting",
                 },
@@ -174,11 +241,15 @@ fn print_report(handle: &ServerHandle, report: framelink::server::ShutdownReport
 /// How many messages a connection's echo takes (and queues back) at a time.
 const ECHO_BATCH: usize = 1024;
 
-/// One connection: echo (or count) every message, report how it ended.
-async fn connection(incoming: Incoming, sink: bool, out: Output) {
+/// One connection: echo (or count) every message, report how it ended. With sessions, once
+/// the connection carries one, echoes are handed to the session's echo task instead.
+async fn connection(incoming: Incoming, sink: bool, sessions: Option<Echoes>, out: Output) {
     let id = incoming.id;
     let (sender, mut events) = incoming.connection.split();
     let mut tally = Tally::default();
+    // The session this connection carries, and (echoing) its feed, held while it does.
+    let mut session: Option<[u8; 16]> = None;
+    let mut feed: Option<(Feed, FeedGuard)> = None;
     // Events are taken, and echoes queued, a batch at a time (one wake-up per batch, not per
     // message).
     let (mut batch, mut echoes) = (Vec::new(), Vec::new());
@@ -188,8 +259,50 @@ async fn connection(incoming: Incoming, sink: bool, out: Output) {
                 Event::Message(m) => {
                     tally.messages += 1;
                     tally.bytes += m.len() as u64;
-                    if !sink {
-                        echoes.push(m);
+                    match &feed {
+                        _ if sink => {}
+                        // Unbounded: this task never waits while it holds the session's feed.
+                        Some((_, queue)) => {
+                            if queue.send(m).is_ok() {
+                                tally.echoed += 1;
+                            }
+                        }
+                        None => echoes.push(m),
+                    }
+                }
+                Event::Session {
+                    id: session_id,
+                    status,
+                    resending,
+                } => {
+                    if !out.quiet {
+                        eprintln!(
+                            "[serve] #{id} session {} {}",
+                            hex(&session_id),
+                            show_status(status, resending)
+                        );
+                    }
+                    session = Some(session_id);
+                    if let (Some(sessions), false) = (&sessions, sink) {
+                        // Echoes of what the session's previous connection delivered go first:
+                        // that connection has let go of the session, so its task, which holds
+                        // the feed, is only taking its last events.
+                        let shared = sessions.feed(session_id);
+                        let guard = shared.clone().lock_owned().await;
+                        feed = Some((shared, guard));
+                    }
+                }
+                Event::SessionLost {
+                    id: session_id,
+                    unacked,
+                } => {
+                    eprintln!(
+                        "[serve] #{id} session {} ended: {} handed back",
+                        hex(&session_id),
+                        unacked_messages(unacked.len())
+                    );
+                    if out.verbose {
+                        print_unacked(&unacked);
                     }
                 }
                 // Echoes taken before the end are queued (or refused) before it is reported.
@@ -206,11 +319,139 @@ async fn connection(incoming: Incoming, sink: bool, out: Output) {
                             tally.messages, tally.bytes
                         );
                     }
+                    // A CLOSE `Normal` (either way) ends the session: nothing will resume it.
+                    if let (Some(sessions), Some(session_id)) = (&sessions, session) {
+                        if info.code == CloseCode::Normal {
+                            sessions.forget(session_id, feed.as_ref().map(|(f, _)| f));
+                        }
+                    }
                 }
                 event => report(id, &event, out),
             }
         }
         tally.echo(&sender, &mut echoes).await;
+    }
+}
+
+/// `new`, `resumed, resending N`, ...
+fn show_status(status: ResumeStatus, resending: u64) -> String {
+    match status {
+        ResumeStatus::New if resending == 0 => "new".into(),
+        ResumeStatus::New => format!("new, resending {resending}"),
+        ResumeStatus::Resumed => format!("resumed, resending {resending}"),
+        ResumeStatus::Unknown => format!(
+            "unknown (expired, or from before a restart): started anew, resending {resending}"
+        ),
+    }
+}
+
+/// With -v: the messages a lost session handed back, one line each, escaped as `connect`
+/// prints messages.
+fn print_unacked(unacked: &[Bytes]) {
+    for (i, m) in unacked.iter().enumerate() {
+        eprintln!("[serve]   unacked {}: {}", i + 1, escape_text(m));
+    }
+}
+
+/// A session's echo queue; its lock is held by the connection carrying the session, so that
+/// the next connection's echoes queue after all of the previous one's.
+type Feed = Arc<tokio::sync::Mutex<mpsc::UnboundedSender<Bytes>>>;
+type FeedGuard = tokio::sync::OwnedMutexGuard<mpsc::UnboundedSender<Bytes>>;
+
+/// Sessions on: one echo task per session, fed by whichever connection carries the session
+/// now, queueing every echo in the session (`send_to_session`), wherever its client is.
+#[derive(Clone)]
+struct Echoes {
+    handle: ServerHandle,
+    feeds: Arc<Mutex<HashMap<[u8; 16], Feed>>>,
+}
+
+impl Echoes {
+    fn new(handle: ServerHandle) -> Self {
+        Echoes {
+            handle,
+            feeds: Arc::default(),
+        }
+    }
+
+    fn feeds(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 16], Feed>> {
+        self.feeds.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The feed of session `id`, starting its echo task the first time.
+    fn feed(&self, id: [u8; 16]) -> Feed {
+        self.feeds()
+            .entry(id)
+            .or_insert_with(|| {
+                let (queue, pending) = mpsc::unbounded_channel();
+                tokio::spawn(session_echo(self.handle.clone(), id, pending));
+                Arc::new(tokio::sync::Mutex::new(queue))
+            })
+            .clone()
+    }
+
+    /// Forgets the feed of session `id` (its echo task ends once it has queued what it was
+    /// given): only `feed` when given, else only one no connection holds.
+    fn forget(&self, id: [u8; 16], feed: Option<&Feed>) {
+        let mut feeds = self.feeds();
+        let Some(current) = feeds.get(&id) else {
+            return;
+        };
+        let forget = match feed {
+            Some(feed) => Arc::ptr_eq(current, feed),
+            // A held feed belongs to a new session under the same id.
+            None => current.try_lock().is_ok(),
+        };
+        if forget {
+            feeds.remove(&id);
+        }
+    }
+}
+
+/// The echo task of session `id`: queues each message back in the session, in order.
+async fn session_echo(
+    handle: ServerHandle,
+    id: [u8; 16],
+    mut pending: mpsc::UnboundedReceiver<Bytes>,
+) {
+    let mut failed = 0u64;
+    let mut last_error = None;
+    while let Some(m) = pending.recv().await {
+        if let Err(e) = handle.send_to_session(id, m).await {
+            failed += 1;
+            last_error = Some(e);
+        }
+    }
+    if let Some(e) = last_error {
+        eprintln!(
+            "[serve] session {}: {failed} echo(es) not queued: {e}",
+            hex(&id)
+        );
+    }
+}
+
+/// Reports every session the server lets go of without its client coming back (one line
+/// each, whatever -q says: what it hands back was never acknowledged).
+async fn report_lost_sessions(echoes: Echoes, out: Output) {
+    while let Some(LostSession {
+        id,
+        reason,
+        unacked,
+    }) = echoes.handle.next_lost_session().await
+    {
+        let why = match reason {
+            LostReason::Expired => "expired",
+            LostReason::Evicted => "evicted",
+        };
+        eprintln!(
+            "[serve] lost session {}: {why}, {} handed back",
+            hex(&id),
+            unacked_messages(unacked.len())
+        );
+        if out.verbose {
+            print_unacked(&unacked);
+        }
+        echoes.forget(id, None);
     }
 }
 

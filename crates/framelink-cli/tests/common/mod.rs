@@ -103,6 +103,24 @@ impl Proc {
         }
     }
 
+    /// Waits until stdout satisfies `done`; panics (killing the process) after `within`.
+    pub fn wait_stdout(&self, what: &str, within: Duration, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let out = self.stdout();
+            if done(&out) {
+                return out;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: no {what} on stdout within {within:?}:\nstdout:\n{out}\nstderr:\n{}",
+                self.name,
+                self.stderr()
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Waits for the process to exit (and its output to be collected); panics after `within`.
     pub fn wait(&mut self, within: Duration) -> ExitStatus {
         let deadline = Instant::now() + within;
