@@ -247,6 +247,15 @@ pub fn server(py: Python<'_>, dict: &Bound<'_, PyDict>) -> PyResult<ServerConfig
         }
         c.max_connections = n;
     }
+    if let Some(n) = o.int::<usize>("max_connections_per_ip")? {
+        if n == 0 {
+            return Err(config_error(
+                py,
+                "max_connections_per_ip must be at least 1",
+            ));
+        }
+        c.max_connections_per_ip = n;
+    }
     if o.has("nodelay") {
         c.socket.nodelay = o.flag("nodelay")?;
     }

@@ -168,10 +168,10 @@ impl Server {
         self.handle.connections()
     }
 
-    /// `(live, accepted, refused)` counters.
-    fn stats(&self) -> (usize, u64, u64) {
+    /// `(live, accepted, refused, refused_per_ip)` counters.
+    fn stats(&self) -> (usize, u64, u64, u64) {
         let s = self.handle.stats();
-        (s.live, s.accepted, s.refused)
+        (s.live, s.accepted, s.refused, s.refused_per_ip)
     }
 
     /// `(attached, detached)` sessions.

@@ -316,6 +316,32 @@ async def test_max_connections_refuses_second_client() -> None:
             assert await asyncio.wait_for(first.recv(), TIMEOUT) == b"2"
 
 
+async def test_max_connections_per_ip_refuses_one_address_over_its_limit() -> None:
+    async with framelink.serve(
+        echo_handler, "127.0.0.1", 0, max_connections_per_ip=1
+    ) as server:
+        async with framelink.connect("127.0.0.1", server.port) as first:
+            log = EventLog()
+            try:
+                second = await asyncio.wait_for(
+                    framelink.connect("127.0.0.1", server.port, max_attempts=1, on_event=log),
+                    TIMEOUT,
+                )
+            except framelink.ConnectionClosed:
+                second = None
+            d = await log.wait(lambda e: isinstance(e, ev.Disconnected), seen_ok=True)
+            assert d.code_name == "server_full"
+            assert "too many connections from 127.0.0.1" in d.reason
+            if second is not None:
+                await second.close()
+            stats = server.stats()
+            assert stats["refused_per_ip"] >= 1 and stats["live"] == 1
+            await first.send(b"still here")
+            assert await asyncio.wait_for(first.recv(), TIMEOUT) == b"still here"
+    with pytest.raises(framelink.ConfigError):
+        framelink.serve(echo_handler, "127.0.0.1", 0, max_connections_per_ip=0)
+
+
 def test_bad_options_raise_at_the_call() -> None:
     # No event loop is needed: the options are checked by connect()/serve() themselves.
     with pytest.raises(framelink.SpecError):

@@ -627,14 +627,16 @@ class Server:
         return n
 
     def stats(self) -> Dict[str, int]:
-        """``live``, ``accepted`` and ``refused`` (over ``max_connections``) counters, and the
-        sessions ``attached`` to a connection and ``detached`` (waiting for their client)."""
-        live, accepted, refused = self._native.stats()
+        """``live``, ``accepted`` and ``refused`` counters (``refused_per_ip``: the part of
+        ``refused`` over ``max_connections_per_ip``), and the sessions ``attached`` to a
+        connection and ``detached`` (waiting for their client)."""
+        live, accepted, refused, refused_per_ip = self._native.stats()
         attached, detached = self._native.session_counts()
         return {
             "live": live,
             "accepted": accepted,
             "refused": refused,
+            "refused_per_ip": refused_per_ip,
             "sessions_attached": attached,
             "sessions_detached": detached,
         }
@@ -742,6 +744,7 @@ def serve(
     max_queued_bytes: Optional[int] = None,
     handshake_timeout: Optional[float] = None,
     max_connections: int = 10_000,
+    max_connections_per_ip: int = 64,
     sessions: bool = False,
     session_ttl: float = 60.0,
     max_detached_sessions: int = 10_000,
@@ -753,7 +756,10 @@ def serve(
     ``await handler(conn)`` for each connection (a :class:`Connection`).
 
     Options are those of :func:`connect` (protocol or raw mode, heartbeats, idle eviction,
-    limits), plus ``max_connections`` (more are refused: ``server_full``), and
+    limits), plus ``max_connections`` (more are refused: ``server_full``),
+    ``max_connections_per_ip`` (live connections from one IP address; more from it are refused
+    the same way, so that one host cannot take every slot; raise it behind a proxy that hides
+    client addresses, and for load tests from one machine), and
     ``sessions=True`` to offer sessions: a client that reconnects resumes where it was;
     a detached session is kept ``session_ttl`` seconds (at most ``max_detached_sessions``),
     then handed back through ``on_lost_session`` or :meth:`Server.lost_sessions` with the
@@ -776,6 +782,7 @@ def serve(
         max_queued_bytes=max_queued_bytes,
         handshake_timeout=handshake_timeout,
         max_connections=max_connections,
+        max_connections_per_ip=max_connections_per_ip,
         sessions=sessions,
         session_ttl=session_ttl,
         max_detached_sessions=max_detached_sessions,
