@@ -756,8 +756,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not uv and not args.no_uvloop:
         print("uvloop is not installed: the uvloop variants are left out", file=log)
 
-    raw = EchoServer(binary, ["--framing", "length:4"])
-    proto = EchoServer(binary, [])
+    # The idle figures open --idle connections from this one address.
+    lift = ["--max-connections-per-ip", str(max(64, args.idle + 16))]
+    raw = EchoServer(binary, ["--framing", "length:4", *lift])
+    proto = EchoServer(binary, lift)
     runs: Dict[Tuple[int, str], List[Dict[str, Any]]] = {}
     try:
         print(f"servers: {raw.banner}\n         {proto.banner}", file=log)
