@@ -391,6 +391,102 @@ impl SessionStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// What a sender's session can be asked to do; `Ack` values come from a peer that may
+    /// forge them (any number near the live range).
+    #[derive(Debug, Clone)]
+    enum Op {
+        Push,
+        Transmit(u64),
+        Ack(u64),
+        /// A reconnect: the peer announces `delivered` (forged or not) in RESUME.
+        Resume(u64),
+        /// The session is lost (RESUME unknown): everything unacknowledged is handed back.
+        Lost,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => Just(Op::Push),
+            2 => (0u64..8).prop_map(Op::Transmit),
+            3 => (0u64..40).prop_map(Op::Ack),
+            1 => (0u64..40).prop_map(Op::Resume),
+            1 => Just(Op::Lost),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Whatever `delivered` and ACK values a peer sends, every message pushed is, at the
+        /// end, either acknowledged after it was transmitted, or handed back to its sender:
+        /// never dropped silently, never both.
+        #[test]
+        fn every_message_is_acknowledged_after_transmission_or_handed_back(
+            ops in proptest::collection::vec(op(), 1..200)
+        ) {
+            let mut s = Session::new([7; 16]);
+            // Per message (by push order): transmitted?, acknowledged?, handed back?
+            let mut pushed: Vec<(u64, bool, bool, bool)> = Vec::new();
+            let mut epoch_start = 0usize; // index of seq 1 in `pushed` (numbering restarts)
+            for op in ops {
+                match op {
+                    Op::Push => {
+                        let seq = s.push(Bytes::from(vec![pushed.len() as u8]), usize::MAX).unwrap();
+                        pushed.push((seq, false, false, false));
+                    }
+                    Op::Transmit(k) => {
+                        let upto = (s.transmitted() + k).min(s.next_seq() - 1);
+                        s.mark_transmitted(upto);
+                        for m in &mut pushed[epoch_start..] {
+                            if m.0 <= upto { m.1 = true; }
+                        }
+                    }
+                    Op::Ack(x) | Op::Resume(x) => {
+                        let before = s.acked();
+                        match s.ack(x) {
+                            Ok(()) => {
+                                prop_assert!(x >= before && x <= s.transmitted());
+                                for m in &mut pushed[epoch_start..] {
+                                    if m.0 <= x { m.2 = true; }
+                                }
+                            }
+                            Err(SessionError::BadAck { .. }) => {
+                                prop_assert!(x < before || x > s.transmitted());
+                                prop_assert_eq!(s.acked(), before, "a refused ack changes nothing");
+                            }
+                            Err(e) => prop_assert!(false, "{e}"),
+                        }
+                    }
+                    Op::Lost => {
+                        let back = s.reset();
+                        let open: Vec<usize> = (epoch_start..pushed.len())
+                            .filter(|&i| !pushed[i].2)
+                            .collect();
+                        prop_assert_eq!(back.len(), open.len());
+                        for (payload, i) in back.iter().zip(&open) {
+                            prop_assert_eq!(payload[0], *i as u8);
+                            pushed[*i].3 = true;
+                        }
+                        epoch_start = pushed.len();
+                    }
+                }
+                prop_assert!(s.acked() <= s.transmitted());
+            }
+            // The end of the session: what is left is handed back.
+            let back = s.take_unacked();
+            let open: Vec<usize> = (epoch_start..pushed.len()).filter(|&i| !pushed[i].2).collect();
+            prop_assert_eq!(back.len(), open.len());
+            for i in open {
+                pushed[i].3 = true;
+            }
+            for (i, (_, transmitted, acked, handed_back)) in pushed.iter().enumerate() {
+                prop_assert!(acked ^ handed_back, "message {i}: acked {acked}, handed back {handed_back}");
+                prop_assert!(!acked || *transmitted, "message {i} acknowledged but never transmitted");
+            }
+        }
+    }
 
     fn b(s: &str) -> Bytes {
         Bytes::copy_from_slice(s.as_bytes())
