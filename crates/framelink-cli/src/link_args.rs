@@ -40,8 +40,9 @@ pub struct LinkArgs {
     #[arg(long, value_name = "PAYLOAD", requires = "framing", value_parser = parse_payload)]
     pub ping: Option<Bytes>,
 
-    /// Raw mode: the peer's pong is a frame of exactly this payload. Pongs give RTT samples and
-    /// are not delivered as messages.
+    /// Raw mode: the peer's pong is a frame of exactly this payload. A pong answering our ping
+    /// gives an RTT sample and is not delivered; the same frame arriving while no ping is
+    /// outstanding is the peer's data and is delivered (see --pong-always).
     #[arg(
         long,
         value_name = "PAYLOAD",
@@ -64,6 +65,11 @@ pub struct LinkArgs {
     /// Raw mode: any frame after a ping answers it and is still delivered (the default).
     #[arg(long, requires = "framing", group = "pong_matcher")]
     pub pong_any: bool,
+
+    /// Raw mode: the peer sends pongs on its own too: swallow frames matching --pong or
+    /// --pong-prefix even when no ping of ours is outstanding.
+    #[arg(long, requires = "framing")]
+    pub pong_always: bool,
 
     /// Raw mode: answer the peer's own heartbeats: when a frame equal to MATCH arrives, send
     /// REPLY (e.g. `PING=PONG`; either side may be `hex:...`). Matched frames are not delivered.
@@ -166,6 +172,7 @@ impl LinkArgs {
                     (None, None) => FrameMatcher::Any,
                 };
                 config.answer = self.answer.clone();
+                config.pong_always = self.pong_always;
                 Protocol::Raw(Box::new(config))
             }
         }

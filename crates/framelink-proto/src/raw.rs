@@ -65,8 +65,11 @@
 //! - **Pong matching**: a frame matching [`pong`](RawConfig::pong) while our ping has been
 //!   written and not yet answered gives an [`Event::Rtt`] sample (first match only). Frames
 //!   matching a specific matcher ([`FrameMatcher::Exact`], [`Prefix`](FrameMatcher::Prefix),
-//!   [`Predicate`](FrameMatcher::Predicate)) are heartbeats: they are swallowed, whether or not a
-//!   ping was outstanding, unless [`deliver_heartbeats`](RawConfig::deliver_heartbeats) is set.
+//!   [`Predicate`](FrameMatcher::Predicate)) answering our outstanding ping are heartbeats: they
+//!   are swallowed unless [`deliver_heartbeats`](RawConfig::deliver_heartbeats) is set. A frame
+//!   that matches while no ping of ours is outstanding is the peer's data and is delivered
+//!   (raw mode never eats a message that merely looks like the pong), unless
+//!   [`pong_always`](RawConfig::pong_always) says the peer sends pongs on its own.
 //!   With [`FrameMatcher::Any`] (the default) the first frame of any kind after our ping answers
 //!   it, and it is still delivered as data: it is real data.
 //! - **Answering the peer's heartbeats** ([`answer`](RawConfig::answer)): a frame matching the
@@ -243,6 +246,12 @@ pub struct RawConfig {
     /// Deliver heartbeat frames (those matching a specific [`pong`](Self::pong) matcher or the
     /// [`answer`](Self::answer) rule) as [`Event::Data`] too, instead of swallowing them.
     pub deliver_heartbeats: bool,
+    /// Swallow frames matching a specific [`pong`](Self::pong) matcher even when no ping of
+    /// ours is outstanding (for peers that send pong-like keep-alives on their own). Off by
+    /// default: a frame equal to the pong that arrives while no ping waits for an answer is the
+    /// peer's data (an echo server echoing a message that happens to equal the ping's pong), and
+    /// is delivered.
+    pub pong_always: bool,
     /// [`Event::Idle`] after this long without receiving anything.
     pub reader_idle: Option<Duration>,
     /// [`Event::Idle`] after this long without sending anything.
@@ -274,6 +283,7 @@ impl RawConfig {
             pong: FrameMatcher::Any,
             answer: None,
             deliver_heartbeats: false,
+            pong_always: false,
             reader_idle: None,
             writer_idle: None,
             all_idle: None,
@@ -640,12 +650,16 @@ impl RawConnection {
         let mut heartbeat = false;
         let mut answered_our_ping = false;
         if self.config.pong.matches(&frame) {
-            heartbeat = !self.config.pong.is_any();
+            // A pong answers our outstanding ping; without one it is data, unless the user
+            // said the peer sends pongs on its own (`pong_always`).
             if let Some(context) = self.awaiting_pong.take() {
+                heartbeat = !self.config.pong.is_any();
                 answered_our_ping = true;
                 if let Some(sample) = self.liveness.on_pong(context, now) {
                     self.events.push_back(Event::Rtt(sample));
                 }
+            } else if self.config.pong_always {
+                heartbeat = !self.config.pong.is_any();
             }
         }
         if let Some(answer) = &self.config.answer {
@@ -1205,6 +1219,25 @@ mod tests {
     }
 
     #[test]
+    fn with_pong_always_unsolicited_pongs_are_swallowed_too() {
+        let t0 = Instant::now();
+        let mut c = conn(
+            RawConfig {
+                pong_always: true,
+                ..netty()
+            },
+            t0,
+        );
+        c.handle_input(b"\0\0\0\x04PONG\0\0\0\x02hi", t0 + secs(1));
+        assert_eq!(events(&mut c), vec![Event::Data(Bytes::from_static(b"hi"))]);
+        assert!(c.rtt().is_none(), "no ping was outstanding: no sample");
+        let (_, out) = run_until(&mut c, t0 + secs(16));
+        assert_eq!(out, b"\0\0\0\x04PING");
+        c.handle_input(b"\0\0\0\x04PONG", t0 + secs(16) + ms(20));
+        assert_eq!(events(&mut c), vec![Event::Rtt(ms(20))]);
+    }
+
+    #[test]
     fn matched_pong_gives_the_rtt_sample_and_is_swallowed() {
         let t0 = Instant::now();
         let mut c = conn(netty(), t0);
@@ -1214,9 +1247,13 @@ mod tests {
         assert_eq!(events(&mut c), vec![Event::Rtt(ms(40))]);
         assert_eq!(c.rtt().unwrap().latest, ms(40));
         assert_eq!(c.rtt().unwrap().samples, 1);
-        // A second, unsolicited pong: swallowed, no sample.
+        // A second pong, with no ping of ours outstanding: it is the peer's data (an echo
+        // server echoing a message equal to the pong), delivered, no sample.
         c.handle_input(b"\0\0\0\x04PONG", t0 + secs(16));
-        assert_eq!(events(&mut c), vec![]);
+        assert_eq!(
+            events(&mut c),
+            vec![Event::Data(Bytes::from_static(b"PONG"))]
+        );
         assert_eq!(c.rtt().unwrap().samples, 1);
         // A frame merely starting like the pong is data.
         c.handle_input(b"\0\0\0\x05PONGS", t0 + secs(16));
@@ -1227,7 +1264,8 @@ mod tests {
         // The next ping is due 15 s after the last inbound bytes.
         assert_eq!(c.poll_timeout(), Some(t0 + secs(31)));
         let s = c.stats();
-        assert_eq!((s.messages_in, s.data_in), (3, 1));
+        // Three frames in, two of them data (the unsolicited PONG and PONGS).
+        assert_eq!((s.messages_in, s.data_in), (3, 2));
     }
 
     #[test]
@@ -1966,8 +2004,9 @@ mod tests {
     }
 
     proptest! {
-        /// However the stream of data frames and pongs is cut, the same data comes out, the
-        /// pongs are swallowed, and the only RTT sample is the pong after our ping.
+        /// However the stream of data frames and pongs is cut, the same data comes out: the
+        /// first pong answers our ping (the only RTT sample) and is swallowed, later ones are
+        /// data.
         #[test]
         fn random_chunkings_give_the_same_data(
             spec in prop_oneof![Just("length:2"), Just("varint"), Just("netstring"), Just("magic:cafe")],
@@ -1989,7 +2028,11 @@ mod tests {
                 rest = tail;
             }
             let ev = events(&mut c);
-            let want: Vec<&[u8]> = payloads.iter().copied().filter(|p| *p != b"PONG").collect();
+            // The first pong answers our ping and is swallowed; later ones are the peer's data.
+            let mut want: Vec<&[u8]> = payloads.clone();
+            if let Some(first) = want.iter().position(|p| *p == b"PONG") {
+                want.remove(first);
+            }
             prop_assert_eq!(data(&ev), want);
             let rtts = ev.iter().filter(|e| matches!(e, Event::Rtt(_))).count();
             prop_assert_eq!(rtts, usize::from(payloads.contains(&&b"PONG"[..])));

@@ -124,6 +124,7 @@ pub fn protocol(py: Python<'_>, dict: &Bound<'_, PyDict>, server: bool) -> PyRes
                 });
             }
             c.deliver_heartbeats = o.flag("deliver_heartbeats")?;
+            c.pong_always = o.flag("pong_always")?;
             c.reader_idle = o.nonzero_duration("reader_idle")?;
             c.writer_idle = o.nonzero_duration("writer_idle")?;
             c.all_idle = o.nonzero_duration("all_idle")?;
@@ -144,6 +145,12 @@ pub fn protocol(py: Python<'_>, dict: &Bound<'_, PyDict>, server: bool) -> PyRes
             Protocol::Raw(Box::new(c))
         }
         None => {
+            if o.flag("pong_always")? {
+                return Err(config_error(
+                    py,
+                    "pong_always is for raw mode: give framing=... too",
+                ));
+            }
             for raw_only in ["ping", "pong", "pong_prefix", "answer"] {
                 if o.get(raw_only)?.is_some() {
                     return Err(config_error(

@@ -56,6 +56,28 @@ async def test_python_raw_client_against_cli_raw_server(cli_server: CliServerFn)
         assert got == payloads
 
 
+async def test_raw_mode_never_eats_a_message_equal_to_the_pong(cli_server: CliServerFn) -> None:
+    # An echo server echoes a message equal to the pong while no ping is outstanding: it is
+    # data and must be delivered (before, every frame equal to the pong was swallowed).
+    child, port = cli_server("--framing", "length:4")
+    async with framelink.connect(
+        "127.0.0.1", port, framing="length:4", ping=b"PONG", pong=b"PONG", ping_interval=30.0
+    ) as client:
+        payloads = [b"before", b"PONG", b"after", b"PONG"]
+        await client.send_many(payloads)
+        got: List[bytes] = []
+        while len(got) < len(payloads):
+            got += await asyncio.wait_for(client.recv_many(), TIMEOUT)
+        assert got == payloads
+    # With pong_always, the same frames are taken as the server's own keep-alives.
+    async with framelink.connect(
+        "127.0.0.1", port, framing="length:4", ping=b"PONG", pong=b"PONG",
+        ping_interval=30.0, pong_always=True,
+    ) as client:
+        await client.send_many([b"PONG", b"only this"])
+        assert await asyncio.wait_for(client.recv(), TIMEOUT) == b"only this"
+
+
 async def test_python_line_client_against_cli_line_server_with_answer(cli_server: CliServerFn) -> None:
     # The CLI answers PING with PONG and does not echo the PING; our client pings with PING.
     child, port = cli_server("--framing", "line", "--answer", "PING=PONG")

@@ -460,6 +460,7 @@ def connect(
     ping: Optional[bytes] = None,
     pong: Optional[bytes] = None,
     pong_prefix: Optional[bytes] = None,
+    pong_always: bool = False,
     answer: Optional[Tuple[bytes, bytes]] = None,
     idle_timeout: Optional[float] = None,
     reader_idle: Optional[float] = None,
@@ -487,7 +488,9 @@ def connect(
       ``magic:cafe,crc=crc32c`` ...) for servers that speak their own framing. Raw mode keeps
       the link alive with ``ping`` (a payload sent after ``ping_interval`` of silence) and
       recognises the answer with ``pong`` (exact payload) or ``pong_prefix``; without them
-      any frame counts as life. ``answer=(b"PING", b"PONG")`` replies to the server's own
+      any frame counts as life. A pong is swallowed only while our ping waits for it: the same
+      frame at another time is the server's data and is delivered, unless
+      ``pong_always=True`` (the server sends pongs on its own). ``answer=(b"PING", b"PONG")`` replies to the server's own
       heartbeats.
     - **Liveness**: after ``ping_interval`` seconds without receiving anything a ping goes out;
       if nothing arrives within ``ping_timeout`` more, the peer is dead (``PeerDead``) and the
@@ -511,6 +514,7 @@ def connect(
         ping=ping,
         pong=pong,
         pong_prefix=pong_prefix,
+        pong_always=pong_always,
         answer=answer,
         idle_timeout=idle_timeout,
         reader_idle=reader_idle,
@@ -735,6 +739,7 @@ def serve(
     ping: Optional[bytes] = None,
     pong: Optional[bytes] = None,
     pong_prefix: Optional[bytes] = None,
+    pong_always: bool = False,
     answer: Optional[Tuple[bytes, bytes]] = None,
     idle_timeout: Optional[float] = None,
     reader_idle: Optional[float] = None,
@@ -773,6 +778,7 @@ def serve(
         ping=ping,
         pong=pong,
         pong_prefix=pong_prefix,
+        pong_always=pong_always,
         answer=answer,
         idle_timeout=idle_timeout,
         reader_idle=reader_idle,
