@@ -319,26 +319,9 @@ impl ClientSender {
     pub async fn send(&self, payload: Bytes) -> Result<(), SendError> {
         let mut current = self.current.clone();
         loop {
-            let sender = {
-                let state = current
-                    .wait_for(|c| !matches!(c, Current::Connecting))
-                    .await
-                    .map_err(|_| SendError::Closed)?;
-                match &*state {
-                    Current::Connected(sender) => sender.clone(),
-                    _ => return Err(SendError::Closed),
-                }
-            };
-            match sender.send(payload.clone()).await {
+            match connected(&mut current).await?.send(payload.clone()).await {
                 // The connection closed before taking it: try the next one.
-                Err(SendError::Closed) => {
-                    let _ = current
-                        .wait_for(|c| match c {
-                            Current::Connected(s) => !s.is_closed(),
-                            _ => true,
-                        })
-                        .await;
-                }
+                Err(SendError::Closed) => next_connection(&mut current).await,
                 other => return other,
             }
         }
@@ -352,26 +335,9 @@ impl ClientSender {
     pub async fn send_batch(&self, batch: &mut Vec<Bytes>) -> Result<(), SendError> {
         let mut current = self.current.clone();
         while !batch.is_empty() {
-            let sender = {
-                let state = current
-                    .wait_for(|c| !matches!(c, Current::Connecting))
-                    .await
-                    .map_err(|_| SendError::Closed)?;
-                match &*state {
-                    Current::Connected(sender) => sender.clone(),
-                    _ => return Err(SendError::Closed),
-                }
-            };
-            match sender.send_batch(batch).await {
+            match connected(&mut current).await?.send_batch(batch).await {
                 // The connection closed before taking all of it: the rest goes on the next.
-                Err(SendError::Closed) => {
-                    let _ = current
-                        .wait_for(|c| match c {
-                            Current::Connected(s) => !s.is_closed(),
-                            _ => true,
-                        })
-                        .await;
-                }
+                Err(SendError::Closed) => next_connection(&mut current).await,
                 other => return other,
             }
         }
@@ -390,6 +356,30 @@ impl ClientSender {
     pub fn is_connected(&self) -> bool {
         matches!(&*self.current.borrow(), Current::Connected(s) if !s.is_closed())
     }
+}
+
+/// The current connection's sender, waiting while the client connects;
+/// [`SendError::Closed`] once it stopped.
+async fn connected(current: &mut watch::Receiver<Current>) -> Result<Sender, SendError> {
+    let state = current
+        .wait_for(|c| !matches!(c, Current::Connecting))
+        .await
+        .map_err(|_| SendError::Closed)?;
+    match &*state {
+        Current::Connected(sender) => Ok(sender.clone()),
+        _ => Err(SendError::Closed),
+    }
+}
+
+/// Waits until the connection that refused a send (it was closing) is replaced, or the client
+/// stopped.
+async fn next_connection(current: &mut watch::Receiver<Current>) {
+    let _ = current
+        .wait_for(|c| match c {
+            Current::Connected(s) => !s.is_closed(),
+            _ => true,
+        })
+        .await;
 }
 
 impl Drop for Client {

@@ -93,6 +93,25 @@ def _hub(loop: asyncio.AbstractEventLoop) -> _Hub:
     return hub
 
 
+def _release(waiters: List["asyncio.Future[None]"]) -> None:
+    """Wakes every task waiting in ``waiters``."""
+    for w in waiters:
+        if not w.done():
+            w.set_result(None)
+    waiters.clear()
+
+
+async def _wait(loop: asyncio.AbstractEventLoop, waiters: List["asyncio.Future[None]"]) -> None:
+    """Waits until ``_release(waiters)``; a cancelled wait leaves no future behind."""
+    fut = loop.create_future()
+    waiters.append(fut)
+    try:
+        await fut
+    finally:
+        if fut in waiters:
+            waiters.remove(fut)
+
+
 class _Link:
     """Messages, sends, events and closing of one native link on one event loop."""
 
@@ -120,30 +139,14 @@ class _Link:
                 fut.set_result(result)
         if new:
             self._on_events(new)
-            self._release(self._event_waiters)
+            _release(self._event_waiters)
         if self._state.over and not self._over.done():
             self._over.set_result(None)
-            self._release(self._event_waiters)
-        self._release(self._waiters)
+            _release(self._event_waiters)
+        _release(self._waiters)
 
     def _on_events(self, new: List[ev.Event]) -> None:
         """Subclasses react to events here."""
-
-    @staticmethod
-    def _release(waiters: List["asyncio.Future[None]"]) -> None:
-        for w in waiters:
-            if not w.done():
-                w.set_result(None)
-        waiters.clear()
-
-    async def _wait(self, waiters: List["asyncio.Future[None]"]) -> None:
-        fut = self._loop.create_future()
-        waiters.append(fut)
-        try:
-            await fut
-        finally:
-            if fut in waiters:
-                waiters.remove(fut)
 
     # -- receiving --------------------------------------------------------------------------
 
@@ -162,7 +165,7 @@ class _Link:
                 continue
             if self._check_over():
                 raise self._state.closed_error()
-            await self._wait(self._waiters)
+            await _wait(self._loop, self._waiters)
 
     async def recv_many(self, max_messages: int = RECV_BATCH) -> List[bytes]:
         """Every message that has arrived, up to ``max_messages`` (at least one: waits for it).
@@ -180,7 +183,7 @@ class _Link:
                 return messages
             if self._check_over():
                 raise self._state.closed_error()
-            await self._wait(self._waiters)
+            await _wait(self._loop, self._waiters)
 
     def _check_over(self) -> bool:
         """Over, with no message left and no exception to raise first."""
@@ -255,7 +258,7 @@ class _Link:
                 yield self._state.events.popleft()
             if self._state.over:
                 return
-            await self._wait(self._event_waiters)
+            await _wait(self._loop, self._event_waiters)
 
     async def wait_closed(self) -> None:
         """Waits until the link is over (closed by either side, or a client stopped)."""
@@ -417,10 +420,6 @@ class Client(_Link):
         return f"<framelink.Client {state}>"
 
 
-def _options(**options: Any) -> Dict[str, Any]:
-    return {k: v for k, v in options.items()}
-
-
 class _Connect:
     """``await connect(...)`` or ``async with connect(...) as client``."""
 
@@ -507,7 +506,7 @@ def connect(
       ``max_queued_bytes`` (send queue; ``send`` waits beyond it; default 8 MiB).
     - ``on_event`` is called (in the event loop) with every :mod:`framelink.events` object.
     """
-    options = _options(
+    options = dict(
         framing=framing,
         ping_interval=ping_interval,
         ping_timeout=ping_timeout,
@@ -583,7 +582,7 @@ class Server:
                         logger.exception("framelink: on_lost_session callback raised")
                 else:
                     self._lost.append(event)
-        _Link._release(self._lost_waiters)
+        _release(self._lost_waiters)
         for op, result in list(self._state.done.items()):
             fut = self._ops.pop(op, None)
             if fut is not None:
@@ -664,7 +663,7 @@ class Server:
                 yield self._lost.popleft()
             if self._closed.done():
                 return
-            await _Link._wait(self, self._lost_waiters)  # type: ignore[arg-type]
+            await _wait(self._loop, self._lost_waiters)
 
     async def close(self, grace: float = 5.0) -> Tuple[int, int, int]:
         """Stops accepting, closes every connection with ``going_away`` (queued messages are
@@ -680,7 +679,7 @@ class Server:
                 task.cancel()
         if not self._closed.done():
             self._closed.set_result(None)
-        _Link._release(self._lost_waiters)
+        _release(self._lost_waiters)
         return report
 
     async def wait_closed(self) -> None:
@@ -771,7 +770,7 @@ def serve(
     messages its client never acknowledged. ``on_event`` is called for every connection's
     events.
     """
-    options = _options(
+    options = dict(
         framing=framing,
         ping_interval=ping_interval,
         ping_timeout=ping_timeout,
