@@ -79,6 +79,7 @@ use crate::codec::{DecodeError, EncodeError};
 use bytes::{BufMut, Bytes, BytesMut};
 use thiserror::Error;
 
+use crate::auth::{random_bytes, random_nonce, resume_proof, ResumeProof, SessionSecret, PROOF_LEN};
 use crate::liveness::{
     DeathCause, IdleKind, Liveness, LivenessConfig, LivenessConfigError, LivenessEvent, PingAction,
     RttEstimate,
@@ -417,6 +418,12 @@ pub enum Event {
         id: [u8; 16],
         /// The peer's announced `delivered`.
         peer_delivered: u64,
+        /// The peer's proof that it holds the session's secret (it asks to resume), or `None`
+        /// (it holds no secret: a new session, or one whose RESUME never reached it). Hand over
+        /// a kept session only if the proof [verifies](ResumeProof::verify) against its
+        /// secret; without a proof, only a session that is [`Session::unproven`] may be
+        /// replaced by a new one; otherwise [`Connection::refuse_session`].
+        proof: Option<ResumeProof>,
     },
     /// The session is running on this connection (after the RESUME).
     SessionStarted {
@@ -498,10 +505,16 @@ struct SessionLink {
     state: Option<Session>,
     /// The peer's announced `delivered` (HELLO request, or RESUME).
     peer_delivered: u64,
+    /// Accepting side: the proof the peer's AUTH carried.
+    proof: Option<ResumeProof>,
     /// RESUME done: SDATA flows.
     active: bool,
-    /// Accepting side: the RESUME to transmit.
-    resume: Option<(ResumeStatus, u64)>,
+    /// Accepting side: the RESUME to transmit (with the secret of a new session).
+    resume: Option<(ResumeStatus, u64, Option<SessionSecret>)>,
+    /// Accepting side: the peer asked to resume (role 3); its AUTH has not arrived yet.
+    awaiting_proof: bool,
+    /// Requester: the AUTH to transmit, proving the session's secret.
+    auth: Option<[u8; PROOF_LEN]>,
     /// The last sequence number transmitted on this connection.
     transmitted: u64,
     /// The last delivered sequence number the peer knows about (ACKed or announced).
@@ -519,8 +532,11 @@ impl SessionLink {
             policy,
             state,
             peer_delivered: 0,
+            proof: None,
             active: false,
             resume: None,
+            awaiting_proof: false,
+            auth: None,
             transmitted: 0,
             ack_sent: 0,
             ack_due: None,
@@ -578,6 +594,9 @@ pub struct Connection {
     stats: Stats,
     /// Boxed: most connections have none, and this keeps their footprint small.
     session: Option<Box<SessionLink>>,
+    /// Accepting side with sessions: the nonce our offer carried, that a resume's proof must
+    /// be bound to.
+    offer_nonce: Option<[u8; 16]>,
 }
 
 impl Connection {
@@ -618,6 +637,7 @@ impl Connection {
             events: VecDeque::new(),
             stats: Stats::default(),
             session: None,
+            offer_nonce: None,
         })
     }
 
@@ -637,29 +657,47 @@ impl Connection {
     }
 
     /// Accepting side, after [`Event::SessionRequest`]: `found` is the detached session with
-    /// the requested id if one is kept (see [`crate::session::SessionStore`]), `None` to start
-    /// a new one. Sends RESUME, then resends what the peer has not delivered. Ignored when no
-    /// session was requested.
-    pub fn attach_session(&mut self, found: Option<Session>, _now: Instant) {
+    /// the requested id if one is kept and may be handed over (see
+    /// [`crate::session::SessionStore`] and the event's `proof`), `None` to start a new one.
+    /// Sends RESUME (with the new session's secret), then resends what the peer has not
+    /// delivered. Ignored when no session was requested.
+    ///
+    /// `found` is refused, and handed back as `Err`, unless the peer proved it holds its
+    /// secret on this connection: the connection then closes with
+    /// [`CloseCode::SessionRefused`] and the session is untouched.
+    pub fn attach_session(&mut self, found: Option<Session>, now: Instant) -> Result<(), Session> {
         let Some(link) = self.session.as_mut() else {
-            return;
+            return found.map_or(Ok(()), Err);
         };
-        if link.requester || link.state.is_some() {
-            return;
+        if link.requester || link.state.is_some() || link.awaiting_proof {
+            return found.map_or(Ok(()), Err);
         }
         let id = self.peer.as_ref().map_or([0; 16], |h| h.session_id);
         let peer_delivered = link.peer_delivered;
         let (mut session, status) = match found {
-            Some(session) if session.id() == id => (session, ResumeStatus::Resumed),
-            _ if peer_delivered == 0 => (Session::new(id), ResumeStatus::New),
-            _ => (Session::new(id), ResumeStatus::Unknown),
+            Some(session) => {
+                let proven = session.id() == id
+                    && matches!((&link.proof, session.secret()), (Some(proof), Some(secret)) if proof.verify(secret));
+                if !proven {
+                    self.refuse_session("no valid proof for this session", now);
+                    return Err(session);
+                }
+                (session, ResumeStatus::Resumed)
+            }
+            None if peer_delivered == 0 => (Session::new(id), ResumeStatus::New),
+            None => (Session::new(id), ResumeStatus::Unknown),
         };
+        let mut new_secret = None;
         if status == ResumeStatus::Resumed {
             if let Err(e) = session.ack(peer_delivered) {
                 link.state = Some(session);
                 self.session_violation("RESUME delivered", e.to_string(), peer_delivered);
-                return;
+                return Ok(());
             }
+        } else {
+            let secret = SessionSecret::random();
+            session.set_secret(secret.clone());
+            new_secret = Some(secret);
         }
         session.set_established();
         // Messages the application sent before the session was attached join it.
@@ -671,7 +709,7 @@ impl Connection {
         let resending = session.next_seq() - 1 - session.acked();
         link.transmitted = session.acked();
         link.ack_sent = delivered;
-        link.resume = Some((status, delivered));
+        link.resume = Some((status, delivered, new_secret));
         link.active = true;
         link.state = Some(session);
         self.events.push_back(Event::SessionStarted {
@@ -679,6 +717,18 @@ impl Connection {
             status,
             resending,
         });
+        Ok(())
+    }
+
+    /// Accepting side, after [`Event::SessionRequest`]: refuses the session asked for (its
+    /// proof is wrong, or it is in use and the request proved nothing): closes with
+    /// [`CloseCode::SessionRefused`] and `reason`. Whatever holds the session is not disturbed.
+    pub fn refuse_session(&mut self, reason: &str, now: Instant) {
+        if let Some(link) = self.session.as_mut().filter(|l| !l.requester) {
+            link.awaiting_proof = false;
+            link.ended = true;
+        }
+        self.close(CloseCode::SessionRefused, reason, now);
     }
 
     /// The session, once this connection is closed (to resume it on the next connection, or
@@ -866,7 +916,12 @@ impl Connection {
                 }
                 Message::SessionData { seq, payload } => self.on_session_data(seq, payload, now),
                 Message::Ack(seq) => self.on_ack(seq),
-                Message::Resume { status, delivered } => self.on_resume(status, delivered),
+                Message::Resume {
+                    status,
+                    delivered,
+                    secret,
+                } => self.on_resume(status, delivered, secret),
+                Message::Auth(mac) => self.on_auth(mac),
                 Message::Ping(context) => {
                     if let Some(lv) = &mut self.liveness {
                         if lv.on_ping(now) == PingAction::Pong {
@@ -939,30 +994,47 @@ impl Connection {
         });
         // Sessions (section 12): we asked and the peer must offer; or the peer asks.
         let peer_session = self.peer.as_ref().and_then(SessionHello::from_hello);
-        match &self.session {
+        match self.session.as_deref_mut() {
             Some(link) if link.requester => {
-                if peer_session != Some(SessionHello::Offer) {
+                let Some(SessionHello::Offer { nonce }) = peer_session else {
                     let e = ConnectionError::SessionUnavailable;
                     self.fail(CloseCode::UnsupportedVersion, e.to_string(), e, false);
                     self.input_done = true;
                     return;
+                };
+                // Holding the secret, prove it, bound to this connection's nonce. SDATA waits
+                // for the peer's RESUME.
+                if let Some(session) = &link.state {
+                    if let Some(secret) = session.secret() {
+                        let (id, delivered) = (session.id(), session.delivered());
+                        link.auth = Some(resume_proof(secret, &id, &nonce, delivered));
+                    }
                 }
-                // SDATA waits for the peer's RESUME.
             }
             _ => {
-                if let (Some(policy), Some(SessionHello::Request { delivered }), true) = (
+                let request = match peer_session {
+                    Some(SessionHello::Request { delivered }) => Some((delivered, false)),
+                    Some(SessionHello::Resume { delivered }) => Some((delivered, true)),
+                    _ => None,
+                };
+                if let (Some(policy), Some((delivered, resume)), true) = (
                     self.config.sessions,
-                    peer_session,
+                    request,
                     self.peer.as_ref().is_some_and(Hello::has_session),
                 ) {
                     let mut link = SessionLink::new(false, policy, None);
                     link.peer_delivered = delivered;
+                    // A resume is reported once its proof (AUTH) has arrived.
+                    link.awaiting_proof = resume;
                     self.session = Some(Box::new(link));
-                    let id = self.peer.as_ref().map_or([0; 16], |h| h.session_id);
-                    self.events.push_back(Event::SessionRequest {
-                        id,
-                        peer_delivered: delivered,
-                    });
+                    if !resume {
+                        let id = self.peer.as_ref().map_or([0; 16], |h| h.session_id);
+                        self.events.push_back(Event::SessionRequest {
+                            id,
+                            peer_delivered: delivered,
+                            proof: None,
+                        });
+                    }
                 }
             }
         }
@@ -1037,7 +1109,28 @@ impl Connection {
         }
     }
 
-    fn on_resume(&mut self, status: ResumeStatus, delivered: u64) {
+    /// Accepting side: the requester's proof for the resume it asked for.
+    fn on_auth(&mut self, mac: [u8; PROOF_LEN]) {
+        let Some(link) = self.session.as_mut().filter(|l| l.awaiting_proof) else {
+            return self.session_protocol_error("AUTH", "without a resume request, or a second one");
+        };
+        link.awaiting_proof = false;
+        let id = self.peer.as_ref().map_or([0; 16], |h| h.session_id);
+        let proof = ResumeProof {
+            id,
+            nonce: self.offer_nonce.unwrap_or_default(),
+            delivered: link.peer_delivered,
+            mac,
+        };
+        link.proof = Some(proof.clone());
+        self.events.push_back(Event::SessionRequest {
+            id,
+            peer_delivered: link.peer_delivered,
+            proof: Some(proof),
+        });
+    }
+
+    fn on_resume(&mut self, status: ResumeStatus, delivered: u64, secret: Option<SessionSecret>) {
         let Some(link) = self.session.as_mut().filter(|l| l.requester && !l.active) else {
             return self.session_protocol_error("RESUME", "not asked for, or a second one");
         };
@@ -1061,6 +1154,10 @@ impl Connection {
             }
         } else if let Err(e) = session.ack(delivered) {
             return self.session_violation("RESUME delivered", e.to_string(), delivered);
+        }
+        // The wire guarantees a secret exactly with `new` and `unknown`.
+        if let Some(secret) = secret {
+            session.set_secret(secret);
         }
         session.set_established();
         let resending = session.next_seq() - 1 - session.acked();
@@ -1106,6 +1203,22 @@ impl Connection {
 
     /// A CLOSE `Normal` (either way) ends the session: nothing to resume. Messages the peer
     /// did not acknowledge are handed back when the connection is closed.
+    /// Requester: the peer refused our session. It cannot go on under this id: the next
+    /// connection asks for a new one under a fresh id, and what the peer never acknowledged
+    /// comes back to the application.
+    fn session_refused(&mut self) {
+        let Some(link) = self.session.as_mut().filter(|l| l.requester && !l.ended) else {
+            return;
+        };
+        if let Some(session) = link.state.as_mut() {
+            let id = session.id();
+            let unacked = session.start_over(random_bytes());
+            if !unacked.is_empty() {
+                self.events.push_back(Event::SessionLost { id, unacked });
+            }
+        }
+    }
+
     fn end_session(&mut self) {
         if let Some(link) = self.session.as_mut() {
             link.ended = true;
@@ -1117,6 +1230,9 @@ impl Connection {
             // Our final ACK goes out with our CLOSE; what we sent and the peer did not ack
             // comes back to the application.
             self.end_session();
+        }
+        if code == CloseCode::SessionRefused {
+            self.session_refused();
         }
         self.input_done = true;
         self.report_closed(code, reason, true, None);
@@ -1238,15 +1354,20 @@ impl Connection {
                     ..
                 }) => {
                     hello.session_id = session.id();
-                    hello.extensions.push(
-                        SessionHello::Request {
-                            delivered: session.delivered(),
-                        }
-                        .to_extension(),
-                    );
+                    let delivered = session.delivered();
+                    // With the secret, ask to resume (AUTH follows); without, ask plainly.
+                    let request = match session.secret() {
+                        Some(_) => SessionHello::Resume { delivered },
+                        None => SessionHello::Request { delivered },
+                    };
+                    hello.extensions.push(request.to_extension());
                 }
                 _ if self.config.sessions.is_some() => {
-                    hello.extensions.push(SessionHello::Offer.to_extension());
+                    let nonce = random_nonce();
+                    self.offer_nonce = Some(nonce);
+                    hello
+                        .extensions
+                        .push(SessionHello::Offer { nonce }.to_extension());
                 }
                 _ => {}
             }
@@ -1279,8 +1400,19 @@ impl Connection {
             return self.out(buf);
         }
         if self.state == State::Open {
-            if let Some((status, delivered)) = self.session.as_mut().and_then(|l| l.resume.take()) {
-                self.encode(&Message::Resume { status, delivered }, &mut buf, now);
+            if let Some((status, delivered, secret)) =
+                self.session.as_mut().and_then(|l| l.resume.take())
+            {
+                let resume = Message::Resume {
+                    status,
+                    delivered,
+                    secret,
+                };
+                self.encode(&resume, &mut buf, now);
+                return self.out(buf);
+            }
+            if let Some(mac) = self.session.as_mut().and_then(|l| l.auth.take()) {
+                self.encode(&Message::Auth(mac), &mut buf, now);
                 return self.out(buf);
             }
             if let Some(context) = self.pong.take() {
@@ -1449,10 +1581,17 @@ impl Connection {
             State::Handshaking => Some(self.handshake_deadline),
             State::Open => {
                 let ack_due = self.session.as_ref().and_then(|l| l.ack_due);
+                // A resume's proof belongs to the handshake, and to its deadline.
+                let proof_due = self
+                    .session
+                    .as_ref()
+                    .filter(|l| l.awaiting_proof)
+                    .map(|_| self.handshake_deadline);
                 [
                     self.liveness.as_ref().and_then(Liveness::poll_timeout),
                     self.idle_deadline(),
                     ack_due,
+                    proof_due,
                 ]
                 .into_iter()
                 .flatten()
@@ -1474,6 +1613,16 @@ impl Connection {
                     timeout: self.config.handshake_timeout,
                 };
                 self.fail(CloseCode::PeerTimedOut, e.to_string(), e, false);
+                self.input_done = true;
+            }
+            State::Open
+                if now >= self.handshake_deadline
+                    && self.session.as_ref().is_some_and(|l| l.awaiting_proof) =>
+            {
+                let e = ConnectionError::HandshakeTimeout {
+                    timeout: self.config.handshake_timeout,
+                };
+                self.fail(CloseCode::PeerTimedOut, format!("{e} (AUTH)"), e, false);
                 self.input_done = true;
             }
             State::Open => {
@@ -2719,9 +2868,20 @@ mod tests {
             while let Some(e) = self.server.poll_event() {
                 match e {
                     Event::Data(p) => self.got_s.push(Self::number(&p)),
-                    Event::SessionRequest { id, .. } => {
-                        let found = self.store.take(&id, self.now);
-                        self.server.attach_session(found, self.now);
+                    Event::SessionRequest { id, proof, .. } => {
+                        use crate::session::Resolution;
+                        match self.store.resolve(&id, proof.as_ref(), self.now) {
+                            Resolution::Resume(found) => {
+                                self.server.attach_session(Some(found), self.now).unwrap()
+                            }
+                            Resolution::New => self.server.attach_session(None, self.now).unwrap(),
+                            Resolution::Replace(mut old) => {
+                                self.lost_s
+                                    .extend(old.take_unacked().iter().map(Self::number));
+                                self.server.attach_session(None, self.now).unwrap()
+                            }
+                            Resolution::Refuse(why) => panic!("session refused: {why}"),
+                        }
                     }
                     Event::SessionStarted { resending, .. } => self.resent += resending,
                     Event::SessionLost { unacked, .. } => {
@@ -2842,7 +3002,8 @@ mod tests {
         let mut sim = SessionSim::new(0xC0FFEE);
         sim.run(3_000, 40);
         assert_eq!(sim.cuts, 40);
-        assert!(sim.resumed >= 30, "only {} resumptions", sim.resumed);
+        // A resume takes two round trips (HELLOs, then AUTH and RESUME): cuts land in some.
+        assert!(sim.resumed >= 20, "only {} resumptions", sim.resumed);
         assert!(sim.resent > 100, "only {} messages resent", sim.resent);
         // Resends happened and duplicates were dropped rather than delivered.
         let c = sim.client.session().unwrap();
@@ -2993,6 +3154,8 @@ mod tests {
         sim.sent_c = 60;
         sim.cut();
         sim.store = crate::session::SessionStore::new(secs(60), 16); // restarted: empty
+        // HELLOs; AUTH; RESUME.
+        sim.pump(1 << 20);
         sim.pump(1 << 20);
         sim.pump(1 << 20);
         // The application gets the 10 messages back, the session goes on as a new one.
@@ -3066,7 +3229,12 @@ mod tests {
                 client.send(Bytes::from(vec![i]), now).unwrap();
             }
             client.handle_input(&offer_hello, now);
-            client.handle_input(&encode(&Message::Resume { status, delivered }), now);
+            let resume = Message::Resume {
+                status,
+                delivered,
+                secret: None,
+            };
+            client.handle_input(&encode(&resume), now);
             let ev = events(&mut client);
             assert_eq!(
                 closed_code(&ev),
@@ -3089,26 +3257,33 @@ mod tests {
             ..cfg(5, 5)
         };
         let now = Instant::now();
-        // The client claims to have delivered 7 of our messages.
-        let mut peer_state = Session::new([0x42; 16]);
-        for seq in 1..=7 {
-            peer_state.receive(seq);
-        }
-        let mut client = Connection::with_session(offer.clone(), peer_state, now).unwrap();
-        let request = transmit_all(&mut client, now);
+        let secret = SessionSecret::from_bytes([0x5a; 16]);
         for (transmitted, ok) in [(3, false), (7, true), (10, true)] {
+            // The client claims to have delivered 7 of our messages, and holds the secret.
+            let mut peer_state = Session::new([0x42; 16]);
+            peer_state.set_secret(secret.clone());
+            for seq in 1..=7 {
+                peer_state.receive(seq);
+            }
+            let mut client = Connection::with_session(offer.clone(), peer_state, now).unwrap();
             let mut server = Connection::new(offer.clone(), now).unwrap();
+            let request = transmit_all(&mut client, now);
+            client.handle_input(&transmit_all(&mut server, now), now);
             server.handle_input(&request, now);
+            server.handle_input(&transmit_all(&mut client, now), now); // AUTH
             let ev = events(&mut server);
             assert!(ev.iter().any(|e| matches!(
                 e,
                 Event::SessionRequest {
                     peer_delivered: 7,
+                    proof: Some(_),
                     ..
                 }
             )));
             // The detached session holds 10 messages, `transmitted` of them sent before.
-            server.attach_session(Some(session_with(10, transmitted)), now);
+            let mut kept = session_with(10, transmitted);
+            kept.set_secret(secret.clone());
+            server.attach_session(Some(kept), now).unwrap();
             let ev = events(&mut server);
             if ok {
                 assert!(
@@ -3156,7 +3331,9 @@ mod tests {
             Message::Resume {
                 status: ResumeStatus::New,
                 delivered: 0,
+                secret: Some(SessionSecret::from_bytes([1; 16])),
             },
+            Message::Auth([0; 32]),
             Message::SessionData {
                 seq: 1,
                 payload: Bytes::new(),

@@ -28,6 +28,7 @@
 
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod backoff;
 pub mod codec;
 pub mod connection;

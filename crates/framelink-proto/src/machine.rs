@@ -71,8 +71,14 @@ pub trait Machine {
     /// quiet. Changes nothing observable.
     fn shrink_buffers(&mut self) {}
     /// Accepting side: answers [`Event::SessionRequest`] (see
-    /// [`Connection::attach_session`]). Machines without sessions ignore it.
-    fn attach_session(&mut self, _found: Option<Session>, _now: Instant) {}
+    /// [`Connection::attach_session`]): a session it does not take is handed back as `Err`.
+    /// Machines without sessions take none.
+    fn attach_session(&mut self, found: Option<Session>, _now: Instant) -> Result<(), Session> {
+        found.map_or(Ok(()), Err)
+    }
+    /// Accepting side: refuses the session [`Event::SessionRequest`] asked for (see
+    /// [`Connection::refuse_session`]). Machines without sessions ignore it.
+    fn refuse_session(&mut self, _reason: &str, _now: Instant) {}
     /// The session to carry over once the connection is closed (see
     /// [`Connection::take_session`]). Machines without sessions have none.
     fn take_session(&mut self) -> Option<Session> {
@@ -145,8 +151,11 @@ impl Machine for Connection {
     fn shrink_buffers(&mut self) {
         Connection::shrink_buffers(self)
     }
-    fn attach_session(&mut self, found: Option<Session>, now: Instant) {
+    fn attach_session(&mut self, found: Option<Session>, now: Instant) -> Result<(), Session> {
         Connection::attach_session(self, found, now)
+    }
+    fn refuse_session(&mut self, reason: &str, now: Instant) {
+        Connection::refuse_session(self, reason, now)
     }
     fn take_session(&mut self) -> Option<Session> {
         Connection::take_session(self)

@@ -39,6 +39,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::auth::{ResumeProof, SessionSecret};
+
 /// Bytes each buffered message counts for on top of its payload (the SDATA header).
 pub const SDATA_OVERHEAD: usize = 13;
 
@@ -122,6 +124,9 @@ pub struct Session {
     /// The highest sequence number put on the wire in this session, on any connection: the
     /// most the peer can have delivered.
     transmitted: u64,
+    /// The secret the accepting side issued with the session (known once RESUME `new` or
+    /// `unknown` created it); a resume proves knowledge of it.
+    secret: Option<SessionSecret>,
 }
 
 impl Session {
@@ -135,6 +140,7 @@ impl Session {
             delivered: 0,
             established: false,
             transmitted: 0,
+            secret: None,
         }
     }
 
@@ -175,6 +181,37 @@ impl Session {
 
     pub(crate) fn set_established(&mut self) {
         self.established = true;
+    }
+
+    /// The session's secret, once the accepting side issued it (see [`crate::auth`]).
+    pub fn secret(&self) -> Option<&SessionSecret> {
+        self.secret.as_ref()
+    }
+
+    pub(crate) fn set_secret(&mut self, secret: SessionSecret) {
+        self.secret = Some(secret);
+    }
+
+    /// Accepting side: nothing shows that the requester ever received this session's RESUME
+    /// (it never sent an SDATA in it, nor acknowledged one). Such a session may be replaced by
+    /// a new one when a request without proof names it: nothing in it belongs to anyone else.
+    pub fn unproven(&self) -> bool {
+        self.delivered == 0 && self.acked() == 0
+    }
+
+    /// Requester: the accepting side refused this session (CLOSE `SessionRefused`), so it goes
+    /// on under `new_id`. Once established, its unacknowledged messages are taken (they may or
+    /// may not have arrived) and it starts over; before that nothing of it was ever sent, so
+    /// its messages stay, with their numbers.
+    pub fn start_over(&mut self, new_id: [u8; 16]) -> Vec<Bytes> {
+        let unacked = if self.established {
+            self.reset()
+        } else {
+            Vec::new()
+        };
+        self.id = new_id;
+        self.secret = None;
+        unacked
     }
 
     /// Nothing sent, nothing received: a session nobody has used yet.
@@ -288,6 +325,23 @@ impl Session {
     }
 }
 
+/// What [`SessionStore::resolve`] decided for a session request.
+#[derive(Debug)]
+pub enum Resolution {
+    /// The requester proved the session: attach it
+    /// ([`Connection::attach_session`](crate::connection::Connection::attach_session) with it).
+    Resume(Session),
+    /// No such session: attach a new one (`attach_session(None)`).
+    New,
+    /// A new session replaces this one, which the requester never showed it had received:
+    /// attach a new one, and report this one's unacknowledged messages as lost.
+    Replace(Session),
+    /// Refuse the request
+    /// ([`Connection::refuse_session`](crate::connection::Connection::refuse_session)) with
+    /// this reason; nothing changed.
+    Refuse(&'static str),
+}
+
 /// Detached sessions kept by the accepting side (a server) for a while, so that a client that
 /// lost its connection can resume. Bounded in count and in time.
 ///
@@ -375,6 +429,43 @@ impl SessionStore {
             .into_iter()
             .filter_map(|id| self.detached.remove(&id).map(|(s, _)| s))
             .collect()
+    }
+
+    /// Decides what a session request gets from the detached sessions (the rules of section
+    /// 12.3 of `docs/PROTOCOL.md`), given the requester's `proof` (see
+    /// [`Event::SessionRequest`](crate::connection::Event::SessionRequest)):
+    ///
+    /// - no session `id` is kept: [`Resolution::New`];
+    /// - the proof verifies against the kept session's secret: [`Resolution::Resume`], the
+    ///   session is taken out of the store;
+    /// - no proof, and the kept session is [unproven](Session::unproven) (its RESUME may never
+    ///   have reached the requester): [`Resolution::Replace`], the old session is taken out to
+    ///   be reported lost by the caller and a new one starts;
+    /// - otherwise [`Resolution::Refuse`]: the kept session stays exactly as it was.
+    ///
+    /// A session held by a live connection is not in the store: the caller checks the proof
+    /// against that session's secret itself ([`ResumeProof::verify`]).
+    pub fn resolve(
+        &mut self,
+        id: &[u8; 16],
+        proof: Option<&ResumeProof>,
+        now: Instant,
+    ) -> Resolution {
+        let Some(kept) = self.get_mut(id, now) else {
+            // Expired ones go: a new session takes the id.
+            self.detached.remove(id);
+            return Resolution::New;
+        };
+        match proof {
+            Some(proof) if kept.secret().is_some_and(|s| proof.verify(s)) => {
+                Resolution::Resume(self.detached.remove(id).expect("kept").0)
+            }
+            Some(_) => Resolution::Refuse("the resume's proof does not match the session"),
+            None if kept.unproven() => {
+                Resolution::Replace(self.detached.remove(id).expect("kept").0)
+            }
+            None => Resolution::Refuse("the session is in use: resuming it needs its proof"),
+        }
     }
 
     /// Sessions kept now.

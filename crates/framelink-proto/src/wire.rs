@@ -10,8 +10,8 @@
 //! ```
 //!
 //! with types `0x01 HELLO`, `0x02 DATA`, `0x03 PING`, `0x04 PONG`, `0x05 CLOSE`, the acknowledged
-//! session messages `0x06 ACK`, `0x07 RESUME` and `0x08 SDATA` (only after a session was
-//! negotiated through the HELLO extension [`SESSION_EXTENSION`]), `0x09..=0x7F` reserved, and
+//! session messages `0x06 ACK`, `0x07 RESUME`, `0x08 SDATA` and `0x09 AUTH` (only after a session
+//! was negotiated through the HELLO extension [`SESSION_EXTENSION`]), `0x0A..=0x7F` reserved, and
 //! `0x80..=0xFF` extension messages that a receiver ignores when it does not understand them.
 //!
 //! Framing is done by [`LengthFieldCodec`], so the receiver's `max_message_len` is enforced as soon
@@ -37,6 +37,8 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use thiserror::Error;
+
+use crate::auth::{SessionSecret, NONCE_LEN, PROOF_LEN, SECRET_LEN};
 
 use crate::codec::{
     ConfigError, DecodeError, DecodeErrorKind, FrameDecoder, LengthFieldCodec, LengthFieldConfig,
@@ -122,6 +124,9 @@ pub enum Message {
         /// The last sequence number of the requester's SDATA that the accepting side delivered
         /// in this session (0: none).
         delivered: u64,
+        /// The new session's secret: present exactly when `status` is `New` or `Unknown` (a
+        /// resumed session keeps the secret it has).
+        secret: Option<SessionSecret>,
     },
     /// `0x08` (sessions only): an application payload with its sequence number in the session.
     SessionData {
@@ -130,6 +135,9 @@ pub enum Message {
         /// The payload (may be empty).
         payload: Bytes,
     },
+    /// `0x09` (sessions only): the requester's proof that it holds the session's secret, bound
+    /// to this connection's nonce (see [`crate::auth`]).
+    Auth([u8; PROOF_LEN]),
     /// `0x80..=0xFF`: an extension message; ignore it unless its type was agreed on.
     Extension {
         /// The message type, `0x80..=0xFF`.
@@ -156,6 +164,8 @@ impl Message {
     pub const RESUME: u8 = 0x07;
     /// Type byte of SDATA, sequenced DATA (acknowledged sessions).
     pub const SDATA: u8 = 0x08;
+    /// Type byte of AUTH, the proof of a resume (acknowledged sessions).
+    pub const AUTH: u8 = 0x09;
     /// Lowest extension message type.
     pub const FIRST_EXTENSION: u8 = 0x80;
 
@@ -170,6 +180,7 @@ impl Message {
             Message::Ack(_) => Self::ACK,
             Message::Resume { .. } => Self::RESUME,
             Message::SessionData { .. } => Self::SDATA,
+            Message::Auth(_) => Self::AUTH,
             Message::Extension { ty, .. } => *ty,
         }
     }
@@ -181,7 +192,8 @@ impl Message {
             Message::Data(b) | Message::Ping(b) | Message::Pong(b) => b.len(),
             Message::Close { reason, .. } => 2 + reason.len(),
             Message::Ack(_) => 8,
-            Message::Resume { .. } => 9,
+            Message::Resume { secret, .. } => 9 + secret.as_ref().map_or(0, |_| SECRET_LEN),
+            Message::Auth(_) => PROOF_LEN,
             Message::SessionData { payload, .. } => 8 + payload.len(),
             Message::Extension { body, .. } => body.len(),
         }
@@ -287,30 +299,45 @@ impl ResumeStatus {
     }
 }
 
-/// The session extension of a HELLO ([`SESSION_EXTENSION`], 9 bytes of data).
+/// The session extension of a HELLO ([`SESSION_EXTENSION`]): `role: u8`, `delivered: u64`, and
+/// for an offer a 16-byte nonce (9 or 25 bytes of data).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SessionHello {
     /// `role = 1`: the sender (the connecting side) asks for the session named by the HELLO's
-    /// `session_id`, new or to resume, and has delivered the peer's SDATA up to `delivered`.
+    /// `session_id` without holding its secret: a new session, or one whose RESUME never
+    /// reached it. It has delivered the peer's SDATA up to `delivered`.
     Request {
         /// Last sequence number of the peer's SDATA delivered in this session (0: none).
         delivered: u64,
     },
+    /// `role = 3`: the sender asks to resume the session it holds the secret of, and proves it
+    /// with an AUTH message once it has the peer's nonce.
+    Resume {
+        /// Last sequence number of the peer's SDATA delivered in this session (0: none).
+        delivered: u64,
+    },
     /// `role = 2`: the sender (the accepting side) keeps sessions and will answer a request
-    /// with RESUME.
-    Offer,
+    /// with RESUME; a resume's proof must be bound to `nonce`, fresh for this connection.
+    Offer {
+        /// This connection's nonce.
+        nonce: [u8; NONCE_LEN],
+    },
 }
 
 impl SessionHello {
     /// The extension as it goes into [`Hello::extensions`].
     pub fn to_extension(self) -> HelloExtension {
-        let (role, delivered) = match self {
-            SessionHello::Request { delivered } => (1u8, delivered),
-            SessionHello::Offer => (2u8, 0),
+        let (role, delivered, nonce) = match self {
+            SessionHello::Request { delivered } => (1u8, delivered, None),
+            SessionHello::Offer { nonce } => (2u8, 0, Some(nonce)),
+            SessionHello::Resume { delivered } => (3u8, delivered, None),
         };
-        let mut data = BytesMut::with_capacity(9);
+        let mut data = BytesMut::with_capacity(9 + NONCE_LEN);
         data.put_u8(role);
         data.put_u64(delivered);
+        if let Some(nonce) = nonce {
+            data.put_slice(&nonce);
+        }
         HelloExtension {
             ty: SESSION_EXTENSION,
             data: data.freeze(),
@@ -324,13 +351,14 @@ impl SessionHello {
             .extensions
             .iter()
             .find(|e| e.ty == SESSION_EXTENSION)?;
-        if e.data.len() != 9 {
-            return None;
-        }
-        let delivered = u64::from_be_bytes(e.data[1..9].try_into().ok()?);
-        match e.data[0] {
-            1 => Some(SessionHello::Request { delivered }),
-            2 => Some(SessionHello::Offer),
+        let role = *e.data.first()?;
+        let delivered = u64::from_be_bytes(e.data.get(1..9)?.try_into().ok()?);
+        match (role, e.data.len()) {
+            (1, 9) => Some(SessionHello::Request { delivered }),
+            (3, 9) => Some(SessionHello::Resume { delivered }),
+            (2, 25) => Some(SessionHello::Offer {
+                nonce: e.data[9..25].try_into().ok()?,
+            }),
             _ => None,
         }
     }
@@ -377,9 +405,14 @@ pub enum CloseCode {
     ServerFull,
     /// 8: the connection was evicted for being idle.
     Idle,
+    /// 9: the accepting side refused the session asked for: the resume's proof is wrong, or the
+    /// session is in use and the request proved nothing. The session is left as it was.
+    SessionRefused,
+    /// 10: another connection proved it holds this connection's session and took it over.
+    SessionTakenOver,
     /// `0x1000..=0xFFFF`: defined by the application.
     Application(u16),
-    /// A code this version does not know (`9..=0x0FFF`); treated as abnormal.
+    /// A code this version does not know (`11..=0x0FFF`); treated as abnormal.
     Unknown(u16),
 }
 
@@ -399,6 +432,8 @@ impl CloseCode {
             6 => CloseCode::UnsupportedVersion,
             7 => CloseCode::ServerFull,
             8 => CloseCode::Idle,
+            9 => CloseCode::SessionRefused,
+            10 => CloseCode::SessionTakenOver,
             c if c >= Self::FIRST_APPLICATION => CloseCode::Application(c),
             c => CloseCode::Unknown(c),
         }
@@ -416,6 +451,8 @@ impl CloseCode {
             CloseCode::UnsupportedVersion => 6,
             CloseCode::ServerFull => 7,
             CloseCode::Idle => 8,
+            CloseCode::SessionRefused => 9,
+            CloseCode::SessionTakenOver => 10,
             CloseCode::Application(c) | CloseCode::Unknown(c) => c,
         }
     }
@@ -454,7 +491,7 @@ pub enum Violation {
         /// before the peer's HELLO (section 10).
         max: u32,
     },
-    /// A reserved type (`0x09..=0x7F`).
+    /// A reserved type (`0x0A..=0x7F`).
     #[error("reserved message type {ty:#04x}")]
     ReservedType {
         /// The type byte.
@@ -677,6 +714,13 @@ pub enum WireEncodeError {
     NotExtensionType {
         /// The type given.
         ty: u8,
+    },
+    /// A RESUME whose secret does not match its status: `New` and `Unknown` carry the new
+    /// session's secret, `Resumed` carries none.
+    #[error("RESUME {status:?} must carry a secret exactly when the session is new")]
+    ResumeSecret {
+        /// The status given.
+        status: ResumeStatus,
     },
     /// A HELLO duration that is not a whole number of milliseconds up to `u32::MAX`.
     #[error("HELLO {field} of {duration:?} is not a whole number of milliseconds up to u32::MAX")]
@@ -926,10 +970,18 @@ impl WireCodec {
                 dst.put_slice(reason.as_bytes());
             }
             Message::Ack(seq) => dst.put_u64(*seq),
-            Message::Resume { status, delivered } => {
+            Message::Resume {
+                status,
+                delivered,
+                secret,
+            } => {
                 dst.put_u8(status.as_u8());
                 dst.put_u64(*delivered);
+                if let Some(secret) = secret {
+                    dst.put_slice(secret.as_bytes());
+                }
             }
+            Message::Auth(mac) => dst.put_slice(mac),
             Message::SessionData { seq, payload } => {
                 dst.put_u64(*seq);
                 dst.put_slice(payload);
@@ -1008,6 +1060,11 @@ fn check_encodable(message: &Message) -> Result<(), WireEncodeError> {
         Message::Extension { ty, .. } if *ty < Message::FIRST_EXTENSION => {
             return Err(WireEncodeError::NotExtensionType { ty: *ty });
         }
+        Message::Resume { status, secret, .. }
+            if secret.is_some() == (*status == ResumeStatus::Resumed) =>
+        {
+            return Err(WireEncodeError::ResumeSecret { status: *status });
+        }
         _ => {}
     }
     Ok(())
@@ -1057,12 +1114,39 @@ fn parse_body(ty: u8, body: Bytes) -> Result<Message, Violation> {
             Ok(Message::Ack(u64::from_be_bytes(seq)))
         }
         Message::RESUME => {
-            let b = fixed_body::<9>("RESUME", &body)?;
-            let status =
-                ResumeStatus::from_u8(b[0]).ok_or(Violation::BadResumeStatus { status: b[0] })?;
-            let delivered = u64::from_be_bytes(b[1..].try_into().expect("8 bytes"));
-            Ok(Message::Resume { status, delivered })
+            let status = match body.first() {
+                Some(&b) => ResumeStatus::from_u8(b).ok_or(Violation::BadResumeStatus { status: b })?,
+                None => None.ok_or(Violation::BodyLength {
+                    what: "RESUME",
+                    expected: "9 (resumed) or 25 (new, unknown)",
+                    got: 0,
+                })?,
+            };
+            // A new session comes with its secret; a resumed one keeps the one it has.
+            let expected = if status == ResumeStatus::Resumed { 9 } else { 9 + SECRET_LEN };
+            if body.len() != expected {
+                return Err(Violation::BodyLength {
+                    what: "RESUME",
+                    expected: if expected == 9 {
+                        "9 (status resumed)"
+                    } else {
+                        "25 (status new or unknown: with the secret)"
+                    },
+                    got: body.len(),
+                });
+            }
+            let delivered = u64::from_be_bytes(body[1..9].try_into().expect("8 bytes"));
+            let secret = body
+                .get(9..)
+                .filter(|s| !s.is_empty())
+                .map(|s| SessionSecret::from_bytes(s.try_into().expect("16 bytes")));
+            Ok(Message::Resume {
+                status,
+                delivered,
+                secret,
+            })
         }
+        Message::AUTH => Ok(Message::Auth(fixed_body::<PROOF_LEN>("AUTH", &body)?)),
         Message::SDATA => {
             if body.len() < 8 {
                 return Err(Violation::BodyLength {
@@ -1087,6 +1171,7 @@ fn fixed_body<const N: usize>(what: &'static str, body: &[u8]) -> Result<[u8; N]
         expected: match N {
             8 => "8",
             9 => "9",
+            32 => "32",
             _ => "fixed",
         },
         got: body.len(),
@@ -1250,6 +1335,13 @@ mod tests {
     }
 
     const VECTORS: &str = include_str!("../tests/data/protocol-v1-vectors.tsv");
+    /// The session secret (`b0..bf`) and offer nonce (`a0..af`) of the session vectors.
+    const VECTOR_SECRET: [u8; 16] = [
+        0xb0, 0xb1, 0xb2, 0xb3, 0xb4, 0xb5, 0xb6, 0xb7, 0xb8, 0xb9, 0xba, 0xbb, 0xbc, 0xbd, 0xbe, 0xbf,
+    ];
+    const VECTOR_NONCE: [u8; 16] = [
+        0xa0, 0xa1, 0xa2, 0xa3, 0xa4, 0xa5, 0xa6, 0xa7, 0xa8, 0xa9, 0xaa, 0xab, 0xac, 0xad, 0xae, 0xaf,
+    ];
     const PROTOCOL_MD: &str = include_str!("../../../docs/PROTOCOL.md");
 
     /// (name, hex) of every TSV row.
@@ -1315,7 +1407,7 @@ mod tests {
                 reason: "bye".into(),
             },
             "close-unknown-code" => Message::Close {
-                code: CloseCode::Unknown(9),
+                code: CloseCode::Unknown(11),
                 reason: String::new(),
             },
             "extension" => Message::Extension {
@@ -1331,21 +1423,42 @@ mod tests {
                 extensions: vec![SessionHello::Request { delivered: 7 }.to_extension()],
                 ..Hello::default()
             }),
+            "hello-session-resume" => Message::Hello(Hello {
+                session_id: core::array::from_fn(|i| i as u8),
+                extensions: vec![SessionHello::Resume { delivered: 7 }.to_extension()],
+                ..Hello::default()
+            }),
             "hello-session-offer" => Message::Hello(Hello {
-                extensions: vec![SessionHello::Offer.to_extension()],
+                extensions: vec![SessionHello::Offer {
+                    nonce: VECTOR_NONCE,
+                }
+                .to_extension()],
                 ..Hello::default()
             }),
             "resume-new" => Message::Resume {
                 status: ResumeStatus::New,
                 delivered: 0,
+                secret: Some(SessionSecret::from_bytes(VECTOR_SECRET)),
             },
             "resume-resumed" => Message::Resume {
                 status: ResumeStatus::Resumed,
                 delivered: 16,
+                secret: None,
             },
             "resume-unknown" => Message::Resume {
                 status: ResumeStatus::Unknown,
                 delivered: 0,
+                secret: Some(SessionSecret::from_bytes(VECTOR_SECRET)),
+            },
+            "auth-resume" => Message::Auth(crate::auth::resume_proof(
+                &SessionSecret::from_bytes(VECTOR_SECRET),
+                &core::array::from_fn(|i| i as u8),
+                &VECTOR_NONCE,
+                7,
+            )),
+            "close-session-refused" => Message::Close {
+                code: CloseCode::SessionRefused,
+                reason: String::new(),
             },
             "ack-42" => Message::Ack(42),
             "sdata-hello" => Message::SessionData {
@@ -1365,6 +1478,20 @@ mod tests {
             }
             "error-resume-bad-status" => {
                 return Err(proto(Violation::BadResumeStatus { status: 3 }))
+            }
+            "error-resume-new-without-secret" => {
+                return Err(proto(Violation::BodyLength {
+                    what: "RESUME",
+                    expected: "25 (status new or unknown: with the secret)",
+                    got: 9,
+                }))
+            }
+            "error-auth-short" => {
+                return Err(proto(Violation::BodyLength {
+                    what: "AUTH",
+                    expected: "32",
+                    got: 16,
+                }))
             }
             "error-sdata-short" => {
                 return Err(proto(Violation::BodyLength {
@@ -1403,7 +1530,7 @@ mod tests {
     #[test]
     fn vectors_decode_and_encode_as_documented() {
         let rows = tsv_rows();
-        assert_eq!(rows.len(), 33);
+        assert_eq!(rows.len(), 38);
         for (name, hex_text) in rows {
             let wire = hex(hex_text);
             let want = expected(name);
@@ -1431,6 +1558,8 @@ mod tests {
             "error-ack",
             "error-resume",
             "error-reserved",
+            "auth",
+            "error-auth",
         ] {
             assert!(names.iter().any(|n| n.starts_with(prefix)), "{prefix}");
         }
