@@ -442,6 +442,7 @@ async fn report_lost_sessions(echoes: Echoes, out: Output) {
         let why = match reason {
             LostReason::Expired => "expired",
             LostReason::Evicted => "evicted",
+            LostReason::Replaced => "replaced by a new session under its id",
         };
         eprintln!(
             "[serve] lost session {}: {why}, {} handed back",

@@ -108,7 +108,12 @@ pub fn random_bytes() -> [u8; 16] {
     bytes
 }
 
-fn keyed(secret: &SessionSecret, id: &[u8; 16], nonce: &[u8; NONCE_LEN], delivered: u64) -> Hmac<Sha256> {
+fn keyed(
+    secret: &SessionSecret,
+    id: &[u8; 16],
+    nonce: &[u8; NONCE_LEN],
+    delivered: u64,
+) -> Hmac<Sha256> {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
     mac.update(PROOF_LABEL);
     mac.update(id);
@@ -125,7 +130,10 @@ pub fn resume_proof(
     nonce: &[u8; NONCE_LEN],
     delivered: u64,
 ) -> [u8; PROOF_LEN] {
-    keyed(secret, id, nonce, delivered).finalize().into_bytes().into()
+    keyed(secret, id, nonce, delivered)
+        .finalize()
+        .into_bytes()
+        .into()
 }
 
 /// What a requester presented to resume a session: reported by the accepting side's
@@ -168,9 +176,21 @@ mod tests {
         };
         assert!(good.verify(&secret));
         assert!(!good.verify(&SessionSecret::from_bytes([0x12; 16])));
-        assert!(!ResumeProof { id: [0x23; 16], ..good.clone() }.verify(&secret));
-        assert!(!ResumeProof { nonce: [0x34; 16], ..good.clone() }.verify(&secret));
-        assert!(!ResumeProof { delivered: 6, ..good.clone() }.verify(&secret));
+        assert!(!ResumeProof {
+            id: [0x23; 16],
+            ..good.clone()
+        }
+        .verify(&secret));
+        assert!(!ResumeProof {
+            nonce: [0x34; 16],
+            ..good.clone()
+        }
+        .verify(&secret));
+        assert!(!ResumeProof {
+            delivered: 6,
+            ..good.clone()
+        }
+        .verify(&secret));
         let mut mac = good.mac;
         mac[31] ^= 1;
         assert!(!ResumeProof { mac, ..good }.verify(&secret));
@@ -180,6 +200,9 @@ mod tests {
     fn secrets_and_nonces_differ_each_time_and_do_not_print() {
         assert_ne!(SessionSecret::random(), SessionSecret::random());
         assert_ne!(random_nonce(), random_nonce());
-        assert_eq!(format!("{:?}", SessionSecret::from_bytes([1; 16])), "SessionSecret(..)");
+        assert_eq!(
+            format!("{:?}", SessionSecret::from_bytes([1; 16])),
+            "SessionSecret(..)"
+        );
     }
 }

@@ -79,7 +79,9 @@ use crate::codec::{DecodeError, EncodeError};
 use bytes::{BufMut, Bytes, BytesMut};
 use thiserror::Error;
 
-use crate::auth::{random_bytes, random_nonce, resume_proof, ResumeProof, SessionSecret, PROOF_LEN};
+use crate::auth::{
+    random_bytes, random_nonce, resume_proof, ResumeProof, SessionSecret, PROOF_LEN,
+};
 use crate::liveness::{
     DeathCause, IdleKind, Liveness, LivenessConfig, LivenessConfigError, LivenessEvent, PingAction,
     RttEstimate,
@@ -1112,7 +1114,8 @@ impl Connection {
     /// Accepting side: the requester's proof for the resume it asked for.
     fn on_auth(&mut self, mac: [u8; PROOF_LEN]) {
         let Some(link) = self.session.as_mut().filter(|l| l.awaiting_proof) else {
-            return self.session_protocol_error("AUTH", "without a resume request, or a second one");
+            return self
+                .session_protocol_error("AUTH", "without a resume request, or a second one");
         };
         link.awaiting_proof = false;
         let id = self.peer.as_ref().map_or([0; 16], |h| h.session_id);
@@ -1138,6 +1141,10 @@ impl Connection {
             return self.session_protocol_error("RESUME", "without a session");
         };
         let id = session.id();
+        if status == ResumeStatus::Resumed && session.secret().is_none() {
+            // We asked without a secret: the peer cannot have a session we confirmed.
+            return self.session_protocol_error("RESUME", "resumed for a session never confirmed");
+        }
         let lost = match status {
             ResumeStatus::Resumed => false,
             // "New" for a session the peer had confirmed before: the peer lost it.
@@ -3154,7 +3161,7 @@ mod tests {
         sim.sent_c = 60;
         sim.cut();
         sim.store = crate::session::SessionStore::new(secs(60), 16); // restarted: empty
-        // HELLOs; AUTH; RESUME.
+                                                                     // HELLOs; AUTH; RESUME.
         sim.pump(1 << 20);
         sim.pump(1 << 20);
         sim.pump(1 << 20);

@@ -79,6 +79,10 @@ pub trait Machine {
     /// Accepting side: refuses the session [`Event::SessionRequest`] asked for (see
     /// [`Connection::refuse_session`]). Machines without sessions ignore it.
     fn refuse_session(&mut self, _reason: &str, _now: Instant) {}
+    /// The session while one is attached (see [`Connection::session`]).
+    fn session(&self) -> Option<&Session> {
+        None
+    }
     /// The session to carry over once the connection is closed (see
     /// [`Connection::take_session`]). Machines without sessions have none.
     fn take_session(&mut self) -> Option<Session> {
@@ -159,5 +163,8 @@ impl Machine for Connection {
     }
     fn take_session(&mut self) -> Option<Session> {
         Connection::take_session(self)
+    }
+    fn session(&self) -> Option<&Session> {
+        Connection::session(self)
     }
 }

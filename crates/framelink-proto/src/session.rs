@@ -188,7 +188,9 @@ impl Session {
         self.secret.as_ref()
     }
 
-    pub(crate) fn set_secret(&mut self, secret: SessionSecret) {
+    /// Sets the secret (the connection does this from RESUME; a requester restoring a session
+    /// it persisted sets it back).
+    pub fn set_secret(&mut self, secret: SessionSecret) {
         self.secret = Some(secret);
     }
 

@@ -1115,7 +1115,9 @@ fn parse_body(ty: u8, body: Bytes) -> Result<Message, Violation> {
         }
         Message::RESUME => {
             let status = match body.first() {
-                Some(&b) => ResumeStatus::from_u8(b).ok_or(Violation::BadResumeStatus { status: b })?,
+                Some(&b) => {
+                    ResumeStatus::from_u8(b).ok_or(Violation::BadResumeStatus { status: b })?
+                }
                 None => None.ok_or(Violation::BodyLength {
                     what: "RESUME",
                     expected: "9 (resumed) or 25 (new, unknown)",
@@ -1123,7 +1125,11 @@ fn parse_body(ty: u8, body: Bytes) -> Result<Message, Violation> {
                 })?,
             };
             // A new session comes with its secret; a resumed one keeps the one it has.
-            let expected = if status == ResumeStatus::Resumed { 9 } else { 9 + SECRET_LEN };
+            let expected = if status == ResumeStatus::Resumed {
+                9
+            } else {
+                9 + SECRET_LEN
+            };
             if body.len() != expected {
                 return Err(Violation::BodyLength {
                     what: "RESUME",
@@ -1337,10 +1343,12 @@ mod tests {
     const VECTORS: &str = include_str!("../tests/data/protocol-v1-vectors.tsv");
     /// The session secret (`b0..bf`) and offer nonce (`a0..af`) of the session vectors.
     const VECTOR_SECRET: [u8; 16] = [
-        0xb0, 0xb1, 0xb2, 0xb3, 0xb4, 0xb5, 0xb6, 0xb7, 0xb8, 0xb9, 0xba, 0xbb, 0xbc, 0xbd, 0xbe, 0xbf,
+        0xb0, 0xb1, 0xb2, 0xb3, 0xb4, 0xb5, 0xb6, 0xb7, 0xb8, 0xb9, 0xba, 0xbb, 0xbc, 0xbd, 0xbe,
+        0xbf,
     ];
     const VECTOR_NONCE: [u8; 16] = [
-        0xa0, 0xa1, 0xa2, 0xa3, 0xa4, 0xa5, 0xa6, 0xa7, 0xa8, 0xa9, 0xaa, 0xab, 0xac, 0xad, 0xae, 0xaf,
+        0xa0, 0xa1, 0xa2, 0xa3, 0xa4, 0xa5, 0xa6, 0xa7, 0xa8, 0xa9, 0xaa, 0xab, 0xac, 0xad, 0xae,
+        0xaf,
     ];
     const PROTOCOL_MD: &str = include_str!("../../../docs/PROTOCOL.md");
 

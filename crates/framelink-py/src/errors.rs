@@ -140,6 +140,8 @@ pub fn code_name(code: CloseCode) -> &'static str {
         CloseCode::UnsupportedVersion => "unsupported_version",
         CloseCode::ServerFull => "server_full",
         CloseCode::Idle => "idle",
+        CloseCode::SessionRefused => "session_refused",
+        CloseCode::SessionTakenOver => "session_taken_over",
         CloseCode::Application(_) => "application",
         _ => "unknown",
     }

@@ -76,7 +76,7 @@ pub enum EventData {
     /// A server let go of a session whose client never came back.
     LostSession {
         id: [u8; 16],
-        expired: bool,
+        reason: &'static str,
         unacked: Vec<Bytes>,
     },
 }
@@ -164,12 +164,12 @@ impl EventData {
             EventData::GaveUp { attempts } => ("gave_up", *attempts).into_pyobject(py),
             EventData::LostSession {
                 id,
-                expired,
+                reason,
                 unacked,
             } => (
                 "lost_session",
                 PyBytes::new(py, id),
-                if *expired { "expired" } else { "evicted" },
+                *reason,
                 list(unacked)?,
             )
                 .into_pyobject(py),

@@ -81,7 +81,11 @@ async fn lost_sessions(handle: ServerHandle, shared: Arc<Shared>) {
     while let Some(lost) = handle.next_lost_session().await {
         shared.push_event(EventData::LostSession {
             id: lost.id,
-            expired: lost.reason == LostReason::Expired,
+            reason: match lost.reason {
+                LostReason::Expired => "expired",
+                LostReason::Evicted => "evicted",
+                LostReason::Replaced => "replaced",
+            },
             unacked: lost.unacked,
         });
     }

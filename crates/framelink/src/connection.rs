@@ -77,6 +77,7 @@ use tokio::sync::{Notify, Semaphore, TryAcquireError};
 use tokio::time::Instant;
 use tokio_util::sync::ReusableBoxFuture;
 
+use framelink_proto::auth::{ResumeProof, SessionSecret};
 use framelink_proto::connection::{self as proto, State};
 use framelink_proto::machine::Machine;
 use framelink_proto::raw::{RawConfig, RawConfigError, RawConnection};
@@ -314,16 +315,30 @@ pub(crate) type FinishHook = Box<dyn FnOnce() + Send>;
 /// Where the accepting side's drivers get sessions from and give them back to (the server's
 /// store of detached sessions).
 pub(crate) trait SessionHost: Send + Sync {
-    /// The session `id` asked for by connection `conn`: the kept one, or `None` for a new
-    /// one. May wait, e.g. for an older connection of the same session to let go of it.
+    /// What connection `conn` gets for its request for session `id` with `proof`: the kept
+    /// session, a new one, or a refusal. May wait, e.g. for an older connection of the same
+    /// session to let go of it.
     fn resolve(
         &self,
         id: [u8; 16],
         conn: u64,
-    ) -> Pin<Box<dyn std::future::Future<Output = Option<Session>> + Send>>;
+        proof: Option<ResumeProof>,
+    ) -> Pin<Box<dyn std::future::Future<Output = Resolved> + Send>>;
+    /// Connection `conn` now carries session `id`, whose secret is `secret` (a resume proves
+    /// it to take the session over).
+    fn attached(&self, id: [u8; 16], conn: u64, secret: Option<SessionSecret>);
     /// Connection `conn` ended; `session` is what it leaves to resume (`None`: the session
     /// ended, or was never attached).
     fn release(&self, id: [u8; 16], conn: u64, session: Option<Session>);
+}
+
+/// A [`SessionHost`]'s answer to a session request.
+#[derive(Debug)]
+pub(crate) enum Resolved {
+    /// Attach this kept session (its proof was checked), or a new one.
+    Attach(Option<Session>),
+    /// Refuse the request (CLOSE `SessionRefused`) with this reason.
+    Refuse(&'static str),
 }
 
 /// How a driver is spawned, beyond its machine.
@@ -1266,7 +1281,7 @@ enum Wake {
     Handles,
     Timer,
     /// The session host answered a session request.
-    Resolved(Option<Box<Session>>),
+    Resolved(Box<Resolved>),
 }
 
 /// The background task's state.
@@ -1275,7 +1290,7 @@ struct Driver<M> {
     /// Accepting side: where sessions come from and go back to, and this connection's number.
     sessions: Option<(Arc<dyn SessionHost>, u64)>,
     /// A session lookup in progress.
-    resolving: Option<Pin<Box<dyn std::future::Future<Output = Option<Session>> + Send>>>,
+    resolving: Option<Pin<Box<dyn std::future::Future<Output = Resolved> + Send>>>,
     /// The session this connection asked for or serves.
     session_id: Option<[u8; 16]>,
     /// Another connection took the session over: end now.
@@ -1385,7 +1400,7 @@ impl<M: Machine> Driver<M> {
                 io = io, if can_read || can_write => Wake::Io(io),
                 () = shared.wake_driver.notified() => Wake::Handles,
                 () = &mut sleep, if armed.is_some() => Wake::Timer,
-                found = resolved, if resolving_active => Wake::Resolved(found.map(Box::new)),
+                resolution = resolved, if resolving_active => Wake::Resolved(Box::new(resolution)),
             };
             let now = Instant::now();
             match wake {
@@ -1403,17 +1418,20 @@ impl<M: Machine> Driver<M> {
                 Wake::Handles => {
                     self.handles(now.into_std());
                     if self.detach_now {
+                        // Tell the peer why if the socket takes it at once; never wait for it:
+                        // the session must reach the connection that took it over.
+                        self.step();
+                        let out = &mut self.out;
+                        let _ = std::future::poll_fn(|cx| {
+                            Poll::Ready(poll_write_out(&mut stream, cx, out, true))
+                        })
+                        .await;
                         break;
                     }
                 }
-                Wake::Resolved(found) => {
+                Wake::Resolved(resolution) => {
                     self.resolving = None;
-                    let before = self.machine.queued_bytes();
-                    self.machine
-                        .attach_session(found.map(|s| *s), now.into_std());
-                    // A resumed session brings its unacknowledged messages: they hold budget.
-                    let after = self.machine.queued_bytes();
-                    self.hold_budget(after.saturating_sub(before));
+                    self.on_resolved(*resolution, now.into_std());
                 }
                 Wake::Timer => {
                     armed = None;
@@ -1518,6 +1536,29 @@ impl<M: Machine> Driver<M> {
 
     /// Counts `n` more bytes as held by the machine's queue: takes what the budget has now and
     /// records the rest as debt, paid back before any budget is returned.
+    /// Answers the machine's session request with what the host decided.
+    fn on_resolved(&mut self, resolution: Resolved, now: std::time::Instant) {
+        let found = match resolution {
+            Resolved::Attach(found) => found,
+            Resolved::Refuse(why) => return self.machine.refuse_session(why, now),
+        };
+        let before = self.machine.queued_bytes();
+        let refused = self.machine.attach_session(found, now).err();
+        // A resumed session brings its unacknowledged messages: they hold budget.
+        let after = self.machine.queued_bytes();
+        self.hold_budget(after.saturating_sub(before));
+        if let (Some((host, conn)), Some(id)) = (&self.sessions, self.session_id) {
+            match refused {
+                // The machine found no valid proof for it: back to where it was kept.
+                Some(session) => host.release(id, *conn, Some(session)),
+                None => {
+                    let secret = self.machine.session().and_then(|s| s.secret().cloned());
+                    host.attached(id, *conn, secret);
+                }
+            }
+        }
+    }
+
     fn hold_budget(&mut self, n: usize) {
         if n == 0 {
             return;
@@ -1574,7 +1615,11 @@ impl<M: Machine> Driver<M> {
             match command {
                 Command::Send(payload) => self.send(payload, now),
                 Command::Close(code, reason) => self.machine.close(code, &reason, now),
-                Command::Detach => self.detach_now = true,
+                Command::Detach => {
+                    let reason = "session resumed by another connection";
+                    self.machine.close(CloseCode::SessionTakenOver, reason, now);
+                    self.detach_now = true;
+                }
             }
         }
         if all_gone && !self.handles_gone {
@@ -1708,11 +1753,11 @@ impl<M: Machine> Driver<M> {
                 by_peer,
                 error,
             }),
-            proto::Event::SessionRequest { id, .. } => {
+            proto::Event::SessionRequest { id, proof, .. } => {
                 self.session_id = Some(id);
                 match &self.sessions {
-                    Some((host, conn)) => self.resolving = Some(host.resolve(id, *conn)),
-                    None => self.machine.attach_session(None, Instant::now().into_std()),
+                    Some((host, conn)) => self.resolving = Some(host.resolve(id, *conn, proof)),
+                    None => self.on_resolved(Resolved::Attach(None), Instant::now().into_std()),
                 }
                 return None;
             }

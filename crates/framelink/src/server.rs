@@ -68,11 +68,12 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::AbortHandle;
 
 use crate::connection::{
-    self, CloseCode, Connection, DriverConfig, Protocol, SendError, Sender, SessionHost,
+    self, CloseCode, Connection, DriverConfig, Protocol, Resolved, SendError, Sender, SessionHost,
     SpawnOptions,
 };
 use crate::socket::SocketOptions;
-use framelink_proto::session::{Session, SessionConfig, SessionError, SessionStore};
+use framelink_proto::auth::{ResumeProof, SessionSecret};
+use framelink_proto::session::{Resolution, Session, SessionConfig, SessionError, SessionStore};
 
 #[cfg(doc)]
 use crate::connection::ConnectionConfig;
@@ -201,7 +202,16 @@ struct ServerShared {
 #[derive(Debug)]
 struct Sessions {
     store: SessionStore,
-    attached: HashMap<[u8; 16], u64>,
+    attached: HashMap<[u8; 16], Holder>,
+}
+
+/// The connection that carries a session, and the session's secret (to check a takeover's
+/// proof without touching that connection).
+#[derive(Debug)]
+struct Holder {
+    conn: u64,
+    /// `None` until the connection has attached the session and reported its secret.
+    secret: Option<SessionSecret>,
 }
 
 /// A session the server let go of without its client resuming it, with the messages the client
@@ -225,6 +235,9 @@ pub enum LostReason {
     /// Dropped to keep at most [`ServerSessions::max_detached`] sessions (the oldest go first),
     /// or replaced by a new session with the same id.
     Evicted,
+    /// A request without proof named it while nothing showed its client had ever received it
+    /// (see [`Session::unproven`]): a new session took its id.
+    Replaced,
 }
 
 /// Why [`ServerHandle::send_to_session`] did not queue a message.
@@ -685,7 +698,7 @@ impl ServerHandle {
             return Err(SessionSendError::Unknown { id, payload });
         }
         let mut sessions = shared.sessions();
-        if let Some(conn) = sessions.attached.get(&id).copied() {
+        if let Some(conn) = sessions.attached.get(&id).map(|h| h.conn) {
             // (A closing connection refuses the send with `Closed`: the session is moving.
             // Its state is not looked at here: no connection lock under the server's locks.)
             return Ok(match shared.lock().live.get(&conn) {
@@ -811,7 +824,8 @@ impl SessionHost for Host {
         &self,
         id: [u8; 16],
         conn: u64,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Session>> + Send>> {
+        proof: Option<ResumeProof>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Resolved> + Send>> {
         let shared = self.0.clone();
         Box::pin(async move {
             let deadline = tokio::time::Instant::now() + RESUME_WAIT;
@@ -821,44 +835,73 @@ impl SessionHost for Host {
                 released.as_mut().enable();
                 {
                     let mut sessions = shared.sessions();
-                    let owner = sessions.attached.get(&id).copied();
-                    let older = owner.filter(|&o| o != conn).and_then(|o| {
+                    let holder = sessions.attached.get(&id).filter(|h| h.conn != conn);
+                    if let Some(holder) = holder {
+                        // Held by another connection: only a valid proof takes it over; anything
+                        // else leaves that connection alone.
+                        let proven = matches!(
+                            (&proof, &holder.secret),
+                            (Some(proof), Some(secret)) if proof.verify(secret)
+                        );
+                        if !proven {
+                            return Resolved::Refuse(
+                                "the session is held by another connection and was not proved",
+                            );
+                        }
                         // Lock order: sessions, then registry (never the other way round).
-                        shared.lock().live.get(&o).map(|l| l.sender.clone())
-                    });
-                    match older {
+                        let older = shared
+                            .lock()
+                            .live
+                            .get(&holder.conn)
+                            .map(|l| l.sender.clone());
+                        drop(sessions);
                         // The client came back before this side noticed the old connection
-                        // died: end that one now (below, out of the server's locks: a
-                        // connection's lock is never taken under them); its session comes back
-                        // through `release`.
-                        Some(sender) => {
-                            drop(sessions);
+                        // died: end that one now with CLOSE `SessionTakenOver` (out of the
+                        // server's locks: a connection's lock is never taken under them); its
+                        // session comes back through `release`.
+                        if let Some(sender) = older {
                             sender.detach();
                         }
-                        None => {
-                            sessions.attached.insert(id, conn);
-                            let now = std::time::Instant::now();
-                            let found = sessions.store.take(&id, now);
-                            drop(sessions);
-                            // Sends waiting for a detached session's room go on the connection.
-                            shared.sessions_moved.notify_waiters();
-                            return found;
-                        }
+                    } else {
+                        let now = std::time::Instant::now();
+                        let resolution = sessions.store.resolve(&id, proof.as_ref(), now);
+                        let (found, replaced) = match resolution {
+                            Resolution::Refuse(why) => return Resolved::Refuse(why),
+                            Resolution::Resume(session) => (Some(session), None),
+                            Resolution::New => (None, None),
+                            Resolution::Replace(old) => (None, Some(old)),
+                        };
+                        let secret = found.as_ref().and_then(|s| s.secret().cloned());
+                        sessions.attached.insert(id, Holder { conn, secret });
+                        drop(sessions);
+                        shared.report_lost(replaced.into_iter().collect(), LostReason::Replaced);
+                        // Sends waiting for a detached session's room go on the connection.
+                        shared.sessions_moved.notify_waiters();
+                        return Resolved::Attach(found);
                     }
                 }
                 if tokio::time::timeout_at(deadline, released).await.is_err() {
                     tracing::warn!("session still held by an older connection: starting anew");
-                    shared.sessions().attached.insert(id, conn);
-                    return None;
+                    let holder = Holder { conn, secret: None };
+                    shared.sessions().attached.insert(id, holder);
+                    return Resolved::Attach(None);
                 }
             }
         })
     }
 
+    fn attached(&self, id: [u8; 16], conn: u64, secret: Option<SessionSecret>) {
+        if let Some(holder) = self.0.sessions().attached.get_mut(&id) {
+            if holder.conn == conn {
+                holder.secret = secret;
+            }
+        }
+    }
+
     fn release(&self, id: [u8; 16], conn: u64, session: Option<Session>) {
         let mut sessions = self.0.sessions();
         let (mut expired, mut evicted) = (Vec::new(), Vec::new());
-        if sessions.attached.get(&id) == Some(&conn) {
+        if sessions.attached.get(&id).is_some_and(|h| h.conn == conn) {
             sessions.attached.remove(&id);
             if let Some(session) = session {
                 let now = std::time::Instant::now();

@@ -145,8 +145,9 @@ class SessionLost:
 @dataclass(frozen=True)
 class LostSession:
     """Server: a session whose client never came back (``reason``: ``"expired"`` after the
-    session ttl, or ``"evicted"`` to stay within ``max_detached_sessions``), with the messages
-    queued for that client and not acknowledged."""
+    session ttl, ``"evicted"`` to stay within ``max_detached_sessions``, or ``"replaced"`` when
+    a request without proof took the id of a session its client never showed it had received),
+    with the messages queued for that client and not acknowledged."""
 
     session_id: bytes
     reason: str
