@@ -128,6 +128,16 @@ fn kind_name(kind: &DecodeErrorKind) -> &'static str {
     }
 }
 
+/// `ConnectionClosed.code_name` for a connection that ended as `info` says: the code's name, or
+/// `"end_of_stream"` when the stream ended without a CLOSE (no code was received).
+pub fn info_code_name(info: &CloseInfo) -> &'static str {
+    if info.without_close() {
+        "end_of_stream"
+    } else {
+        code_name(info.code)
+    }
+}
+
 /// The snake-case name of a close code, as Python's `ConnectionClosed.code_name`.
 pub fn code_name(code: CloseCode) -> &'static str {
     match code {
@@ -176,7 +186,7 @@ pub fn closed_error(py: Python<'_>, info: &CloseInfo) -> PyErr {
         (
             info.to_string(),
             info.code.as_u16(),
-            code_name(info.code),
+            info_code_name(info),
             info.reason.clone(),
             info.by_peer,
         ),

@@ -147,7 +147,7 @@ impl EventData {
             EventData::Disconnected(info) => (
                 "disconnected",
                 info.code.as_u16(),
-                errors::code_name(info.code),
+                errors::info_code_name(info),
                 info.reason.clone(),
                 info.by_peer,
                 info.error.as_ref().map(|e| e.to_string()),

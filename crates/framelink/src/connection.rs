@@ -217,7 +217,9 @@ pub enum Event {
 /// How a connection ended.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CloseInfo {
-    /// The close code (sent by us when `by_peer` is false, received otherwise).
+    /// The close code (sent by us when `by_peer` is false, received otherwise). When the
+    /// stream ended without a CLOSE ([`without_close`](Self::without_close)), none was
+    /// received and this only classifies the end.
     pub code: CloseCode,
     /// The reason text (untrusted when `by_peer`).
     pub reason: String,
@@ -227,8 +229,20 @@ pub struct CloseInfo {
     pub error: Option<ConnectionError>,
 }
 
+impl CloseInfo {
+    /// The stream ended without a CLOSE (no code was exchanged: `code` then only classifies
+    /// the end, `GoingAway` for a clean end and `ProtocolError` for one mid-message).
+    pub fn without_close(&self) -> bool {
+        matches!(self.error, Some(ConnectionError::EndOfStream { .. }))
+    }
+}
+
 impl fmt::Display for CloseInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let (true, Some(error)) = (self.without_close(), &self.error) {
+            // No CLOSE, so no code to report: "closed with GoingAway" would be made up.
+            return write!(f, "peer {error}");
+        }
         let who = if self.by_peer { "peer" } else { "we" };
         write!(f, "{who} closed with {:?}", self.code)?;
         let error = self.error.as_ref().map(ToString::to_string);

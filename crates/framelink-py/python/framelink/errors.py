@@ -143,8 +143,10 @@ class ConnectionClosed(FramelinkError):
 
     ``code`` is the close code as an :class:`int` (``0`` normal, ``1`` going away, ``2`` protocol
     error, ``3`` peer timed out, ``4`` too many pings, ``5`` message too big, ``6`` unsupported
-    version, ``7`` server full, ``8`` idle, ``0x1000`` and above: the application's) and
-    ``code_name`` its name; ``reason`` the text (the peer's, untrusted, when ``by_peer``);
+    version, ``7`` server full, ``8`` idle, ``9`` session refused, ``10`` session taken over,
+    ``0x1000`` and above: the application's) and ``code_name`` its name, or
+    ``"end_of_stream"`` when the stream ended without a CLOSE (no code was received; ``code``
+    is then ``1``, or ``2`` if it ended mid-message); ``reason`` the text (the peer's, untrusted, when ``by_peer``);
     ``by_peer`` whether the peer closed rather than us.
     """
 
