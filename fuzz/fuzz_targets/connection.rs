@@ -81,14 +81,16 @@ fuzz_target!(|data: &[u8]| {
             5 => c.close(CloseCode::Application(0x1000), "fuzz", now),
             6 => c.handle_eof(now),
             _ => {
-                // Accepting side: answer a pending request with a session that has some
-                // messages queued and transmitted (or none).
+                // Accepting side: answer a pending request with a new session, or with a kept
+                // one that has some messages queued and transmitted (refused unless the
+                // scripted peer's AUTH proves it, which a fuzzer cannot forge).
                 let mut s = Session::new([0x5a; 16]);
                 for i in 0..(step / 8) {
                     let _ = s.push(Bytes::from(vec![i]), usize::MAX);
                 }
                 s.mark_transmitted(u64::from(step / 16));
-                c.attach_session(Some(s), now);
+                let found = (step % 16 >= 8).then_some(s);
+                let _ = c.attach_session(found, now);
             }
         }
         if let Some(deadline) = c.poll_timeout() {
