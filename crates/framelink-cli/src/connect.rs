@@ -76,8 +76,10 @@ pub struct ConnectArgs {
     #[arg(long, conflicts_with = "max_attempts")]
     no_reconnect: bool,
 
-    /// Give up after N connection attempts in a row failed (the first connect counts; so does
-    /// a connection lost within 5 s of opening). Default: never.
+    /// Give up after N attempts in a row failed. An attempt fails when it cannot connect, or
+    /// when its connection is lost within 5 s of opening (a server that drops or evicts every
+    /// connection); a connection that lasts longer starts the count again. The first connect
+    /// counts. Default: never.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     max_attempts: Option<u32>,
 
@@ -421,14 +423,20 @@ impl Session {
                     delay.as_millis()
                 ));
             }
-            ClientEvent::GaveUp { attempts } => {
+            ClientEvent::GaveUp {
+                attempts,
+                connected,
+            } => {
                 if self.closing.is_some() {
                     return Flow::Exit(self.exit_code());
                 }
                 if self.args.no_reconnect {
                     eprintln!("[connect] gave up: could not connect (--no-reconnect)");
                 } else {
-                    eprintln!("[connect] gave up after {} attempts", attempts);
+                    eprintln!(
+                        "[connect] gave up after {}",
+                        attempts_summary(attempts, connected)
+                    );
                 }
                 return Flow::Exit(ExitCode::FAILURE);
             }
@@ -467,6 +475,19 @@ impl Session {
             ClientEvent::Closed => {
                 self.info(format_args!("closed"));
                 return Flow::Exit(self.exit_code());
+            }
+            ClientEvent::Unsent { messages } => {
+                // Whatever -q says: the peer never got these.
+                let n = messages.len();
+                eprintln!(
+                    "[connect] {n} message{} handed over but not written before the connection                      was lost: not sent (-v lists them)",
+                    if n == 1 { "" } else { "s" }
+                );
+                if self.args.verbose {
+                    for (i, m) in messages.iter().enumerate() {
+                        eprintln!("[connect]   unsent {}: {}", i + 1, escape_text(m));
+                    }
+                }
             }
             other => self.debug(format_args!("{other:?}")),
         }
@@ -513,4 +534,20 @@ async fn sleep_until(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
+}
+
+/// "3 attempts: 1 could not connect, 2 connected but were lost within 5 s", for `GaveUp`.
+fn attempts_summary(attempts: u32, connected: u32) -> String {
+    let failed = attempts.saturating_sub(connected);
+    let mut parts = Vec::new();
+    if failed > 0 {
+        parts.push(format!("{failed} could not connect"));
+    }
+    match connected {
+        0 => {}
+        1 => parts.push("1 connected but was lost within 5 s".to_owned()),
+        n => parts.push(format!("{n} connected but were lost within 5 s")),
+    }
+    let noun = if attempts == 1 { "attempt" } else { "attempts" };
+    format!("{attempts} {noun}: {}", parts.join(", "))
 }

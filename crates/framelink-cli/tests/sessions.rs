@@ -151,7 +151,7 @@ fn serve_reports_a_session_whose_client_never_comes_back() {
         "{err}"
     );
     assert!(
-        err.contains("-conn #0 closed: peer stream ended without CLOSE"),
+        err.contains("-conn #0 closed: peer ended the stream without CLOSE"),
         "{err}"
     );
 }

@@ -599,6 +599,8 @@ pub struct Connection {
     /// Accepting side with sessions: the nonce our offer carried, that a resume's proof must
     /// be bound to.
     offer_nonce: Option<[u8; 16]>,
+    /// DATA the application queued that was never written: the connection closed first.
+    unsent: Vec<Bytes>,
 }
 
 impl Connection {
@@ -640,6 +642,7 @@ impl Connection {
             stats: Stats::default(),
             session: None,
             offer_nonce: None,
+            unsent: Vec::new(),
         })
     }
 
@@ -742,6 +745,13 @@ impl Connection {
             return None;
         }
         link.state.take()
+    }
+
+    /// Messages the application queued that were never written because the connection closed
+    /// first (outside a session: a session keeps them for the next connection). They did not
+    /// reach the peer; taken once.
+    pub fn take_unsent(&mut self) -> Vec<Bytes> {
+        std::mem::take(&mut self.unsent)
     }
 
     /// The session's state, while one is attached.
@@ -1401,7 +1411,7 @@ impl Connection {
             };
             self.encode(&message, &mut buf, now);
             self.close_sent_at = Some(now);
-            self.data.clear();
+            self.unsent.extend(self.data.drain(..));
             self.queued_bytes = 0;
             self.events.push_back(Event::ShutdownWrite);
             return self.out(buf);
@@ -1706,7 +1716,7 @@ impl Connection {
     fn fail(&mut self, code: CloseCode, reason: String, error: ConnectionError, closed: bool) {
         let reason = truncate(&reason);
         self.report_closed(code, reason.clone(), false, Some(error));
-        self.data.clear();
+        self.unsent.extend(self.data.drain(..));
         self.queued_bytes = 0;
         self.pong = None;
         self.ping = None;
@@ -1757,7 +1767,7 @@ impl Connection {
                 }
             }
         }
-        self.data.clear();
+        self.unsent.extend(self.data.drain(..));
         self.queued_bytes = 0;
         self.pong = None;
         self.ping = None;

@@ -79,6 +79,11 @@ pub trait Machine {
     /// Accepting side: refuses the session [`Event::SessionRequest`] asked for (see
     /// [`Connection::refuse_session`]). Machines without sessions ignore it.
     fn refuse_session(&mut self, _reason: &str, _now: Instant) {}
+    /// Messages queued that were never written because the connection closed first (see
+    /// [`Connection::take_unsent`]); taken once.
+    fn take_unsent(&mut self) -> Vec<Bytes> {
+        Vec::new()
+    }
     /// The session while one is attached (see [`Connection::session`]).
     fn session(&self) -> Option<&Session> {
         None
@@ -166,5 +171,8 @@ impl Machine for Connection {
     }
     fn session(&self) -> Option<&Session> {
         Connection::session(self)
+    }
+    fn take_unsent(&mut self) -> Vec<Bytes> {
+        Connection::take_unsent(self)
     }
 }

@@ -453,6 +453,8 @@ pub struct RawConnection {
     stats: Stats,
     /// The last application message received or queued (for [`RawConfig::idle_timeout`]).
     last_data: Instant,
+    /// Messages queued that were never written: the connection closed first.
+    unsent: Vec<Bytes>,
 }
 
 impl RawConnection {
@@ -487,6 +489,7 @@ impl RawConnection {
             events: VecDeque::new(),
             stats: Stats::default(),
             last_data: now,
+            unsent: Vec::new(),
         })
     }
 
@@ -963,12 +966,18 @@ impl RawConnection {
         self.input_done = true;
         self.recv.clear();
         self.recv_seen = 0;
-        self.data.clear();
+        self.unsent.extend(self.data.drain(..).map(|q| q.payload));
         self.queued_bytes = 0;
         self.ping_pending = None;
         self.awaiting_pong = None;
         self.answer_pending = false;
         self.maybe_shutdown(now);
+    }
+
+    /// Messages queued that were never written because the connection closed first: raw mode
+    /// cannot resend them, so the application learns which. Taken once.
+    pub fn take_unsent(&mut self) -> Vec<Bytes> {
+        std::mem::take(&mut self.unsent)
     }
 
     /// The next event, if any. Call until `None` after every input.
@@ -980,6 +989,9 @@ impl RawConnection {
 impl Machine for RawConnection {
     fn recv_buf(&mut self) -> &mut BytesMut {
         RawConnection::recv_buf(self)
+    }
+    fn take_unsent(&mut self) -> Vec<Bytes> {
+        RawConnection::take_unsent(self)
     }
     fn process_input(&mut self, now: Instant) {
         RawConnection::process_input(self, now)
@@ -1071,6 +1083,24 @@ mod tests {
 
     fn conn(cfg: RawConfig, t0: Instant) -> RawConnection {
         RawConnection::new(cfg, t0).unwrap()
+    }
+
+    #[test]
+    fn messages_never_written_are_handed_back_once_closed() {
+        let t0 = Instant::now();
+        let mut c = conn(config("length:4"), t0);
+        c.send(Bytes::from_static(b"written"), t0).unwrap();
+        let wire = transmit_all(&mut c, t0);
+        assert_eq!(wire, encode("length:4", &[b"written"]));
+        c.send(Bytes::from_static(b"one"), t0).unwrap();
+        c.send(Bytes::from_static(b"two"), t0).unwrap();
+        assert!(c.take_unsent().is_empty(), "still queued, not lost");
+        c.handle_eof(t0);
+        assert_eq!(
+            c.take_unsent(),
+            vec![Bytes::from_static(b"one"), Bytes::from_static(b"two")]
+        );
+        assert!(c.take_unsent().is_empty(), "taken once");
     }
 
     fn encode(spec: &str, payloads: &[&[u8]]) -> Vec<u8> {

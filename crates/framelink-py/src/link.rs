@@ -61,6 +61,8 @@ pub enum EventData {
         id: [u8; 16],
         unacked: Vec<Bytes>,
     },
+    /// Handed to a lost connection and never written.
+    Unsent(Vec<Bytes>),
     Disconnected(CloseInfo),
     ConnectFailed {
         attempt: u32,
@@ -72,6 +74,7 @@ pub enum EventData {
     },
     GaveUp {
         attempts: u32,
+        connected: u32,
     },
     /// A server let go of a session whose client never came back.
     LostSession {
@@ -144,6 +147,7 @@ impl EventData {
             EventData::SessionLost { id, unacked } => {
                 ("session_lost", PyBytes::new(py, id), list(unacked)?).into_pyobject(py)
             }
+            EventData::Unsent(messages) => ("unsent", list(messages)?).into_pyobject(py),
             EventData::Disconnected(info) => (
                 "disconnected",
                 info.code.as_u16(),
@@ -161,7 +165,10 @@ impl EventData {
             EventData::Reconnecting { attempt, delay } => {
                 ("reconnecting", *attempt, secs(delay)).into_pyobject(py)
             }
-            EventData::GaveUp { attempts } => ("gave_up", *attempts).into_pyobject(py),
+            EventData::GaveUp {
+                attempts,
+                connected,
+            } => ("gave_up", *attempts, *connected).into_pyobject(py),
             EventData::LostSession {
                 id,
                 reason,
@@ -351,6 +358,7 @@ impl Shared {
                     resending,
                 },
                 ClientEvent::SessionLost { id, unacked } => EventData::SessionLost { id, unacked },
+                ClientEvent::Unsent { messages } => EventData::Unsent(messages),
                 ClientEvent::ConnectFailed { attempt, error } => EventData::ConnectFailed {
                     attempt,
                     error: error.to_string(),
@@ -358,7 +366,13 @@ impl Shared {
                 ClientEvent::Reconnecting { attempt, delay } => {
                     EventData::Reconnecting { attempt, delay }
                 }
-                ClientEvent::GaveUp { attempts } => EventData::GaveUp { attempts },
+                ClientEvent::GaveUp {
+                    attempts,
+                    connected,
+                } => EventData::GaveUp {
+                    attempts,
+                    connected,
+                },
                 ClientEvent::Closed => continue,
                 _ => continue,
             };

@@ -170,12 +170,28 @@ pub enum ClientEvent {
         delay: Duration,
     },
     /// [`BackoffConfig::max_attempts`] attempts in a row failed: the client stopped. Last event.
+    ///
+    /// An attempt fails when it cannot connect, or when the connection it made was lost
+    /// within [`ClientConfig::stable_after`] (a server that accepts and then drops, or evicts,
+    /// every connection); a connection that lasted longer starts a new series.
     GaveUp {
         /// Attempts made in the last series.
         attempts: u32,
+        /// Of those, how many connected (and were lost within `stable_after`); the others
+        /// could not connect at all.
+        connected: u32,
     },
     /// [`Client::close`] finished (or the client was dropped). Last event.
     Closed,
+    /// After [`Disconnected`](Self::Disconnected): messages that were handed to the lost
+    /// connection but never written, oldest first. Nothing resends them (raw mode cannot; in
+    /// protocol mode only sessions do), so they are handed back here rather than lost
+    /// without a word. Messages written before the loss may still have been lost in flight:
+    /// only sessions know.
+    Unsent {
+        /// The messages, oldest first.
+        messages: Vec<Bytes>,
+    },
 }
 
 /// A reconnecting client. See the [module documentation](self).
@@ -416,12 +432,18 @@ impl Supervisor {
         let mut backoff = Backoff::new(self.config.backoff.clone())
             .expect("backoff configuration validated in Client::connect");
         let mut attempt = 1u32;
+        // Attempts of the current series that connected, then were lost too soon.
+        let mut connected = 0u32;
         loop {
             let outcome = self.attempt(attempt).await;
             match outcome {
                 Outcome::Stop => break,
-                Outcome::WasUp(up) if up >= self.config.stable_after => backoff.reset(),
-                Outcome::WasUp(_) | Outcome::Failed => {}
+                Outcome::WasUp(up) if up >= self.config.stable_after => {
+                    backoff.reset();
+                    connected = 0;
+                }
+                Outcome::WasUp(_) => connected += 1,
+                Outcome::Failed => {}
             }
             // Attempts made in this series so far: the retries plus the first try.
             let made = backoff.attempt() + 1;
@@ -440,7 +462,10 @@ impl Supervisor {
                 self.current.send_replace(Current::Stopped);
                 let _ = self
                     .events
-                    .send(ClientEvent::GaveUp { attempts: made })
+                    .send(ClientEvent::GaveUp {
+                        attempts: made,
+                        connected,
+                    })
                     .await;
                 return;
             };
@@ -581,6 +606,10 @@ impl Supervisor {
         }
         // What the connection leaves of the session goes to the next one.
         self.session = receiver.take_session();
+        let unsent = receiver.take_unsent();
+        if !unsent.is_empty() {
+            self.emit(ClientEvent::Unsent { messages: unsent }).await;
+        }
         if stopping || *self.stop.borrow() {
             return Outcome::Stop;
         }

@@ -227,6 +227,12 @@ pub struct CloseInfo {
     pub by_peer: bool,
     /// What went wrong, if anything (a dead peer is [`ConnectionError::PeerDead`]).
     pub error: Option<ConnectionError>,
+    /// Raw mode: no CLOSE is ever exchanged with the peer; `code` only classifies the end
+    /// (ours: `Normal`, `Idle`, `PeerTimedOut` for an unanswered ping, `ProtocolError` for a
+    /// framing error).
+    pub raw: bool,
+    /// The socket error that ended the stream, if one did (e.g. `ConnectionReset`).
+    pub socket_error: Option<std::io::ErrorKind>,
 }
 
 impl CloseInfo {
@@ -239,9 +245,40 @@ impl CloseInfo {
 
 impl fmt::Display for CloseInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let (true, Some(error)) = (self.without_close(), &self.error) {
+        if let Some(kind) = self.socket_error {
+            return write!(f, "socket error: {kind}");
+        }
+        if let Some(ConnectionError::EndOfStream { mid_message }) = self.error {
             // No CLOSE, so no code to report: "closed with GoingAway" would be made up.
-            return write!(f, "peer {error}");
+            let mid = if !mid_message {
+                ""
+            } else if self.raw {
+                " in the middle of a frame"
+            } else {
+                " in the middle of a message"
+            };
+            return if self.raw {
+                // Raw peers never send a CLOSE: an end of stream is how they close.
+                write!(f, "peer closed the connection (end of stream{mid})")
+            } else {
+                write!(f, "peer ended the stream without CLOSE{mid}")
+            };
+        }
+        if self.raw {
+            // Raw peers know no CLOSE codes: say what happened.
+            let what = match (self.code, &self.error) {
+                (_, Some(error)) => return write!(f, "we closed the connection: {error}"),
+                (CloseCode::Idle, None) => "idle timeout",
+                (CloseCode::GoingAway, None) => "shutting down",
+                _ => "",
+            };
+            f.write_str("we closed the connection")?;
+            return match (what, self.reason.is_empty()) {
+                ("", true) => Ok(()),
+                ("", false) => write!(f, " ({:?})", self.reason),
+                (what, true) => write!(f, ": {what}"),
+                (what, false) => write!(f, ": {what} ({:?})", self.reason),
+            };
         }
         let who = if self.by_peer { "peer" } else { "we" };
         write!(f, "{who} closed with {:?}", self.code)?;
@@ -423,6 +460,7 @@ where
         handles_gone: false,
         closed_at: None,
         large_frame: 0,
+        socket_error: None,
     });
     let task = tokio::spawn(async move {
         driver.run(stream).await;
@@ -568,6 +606,9 @@ struct Inner {
     /// Connecting side: the session left by the finished driver, for the next connection
     /// (boxed: most connections never have one, and this lives as long as the connection).
     session: Option<Box<Session>>,
+    /// Messages handed over that were never written (no session to keep them): the
+    /// connection ended first. Left by the finished driver.
+    unsent: Vec<Bytes>,
 }
 
 impl Inner {
@@ -1070,6 +1111,17 @@ impl Receiver {
         self.shared.lock().closed.as_deref().cloned()
     }
 
+    /// Once the connection finished (the last event was taken): the messages that were
+    /// handed over but never written, oldest first. Outside a session nothing resends them
+    /// (raw mode cannot), so the application learns which they were. Taken once.
+    pub fn take_unsent(&self) -> Vec<Bytes> {
+        let mut inner = self.shared.lock();
+        if !inner.finished {
+            return Vec::new();
+        }
+        std::mem::take(&mut inner.unsent)
+    }
+
     /// Only the application messages, as a stream of [`Bytes`].
     pub fn into_messages(self) -> impl Stream<Item = Bytes> + Send + Unpin {
         futures::StreamExt::filter_map(self, |event| {
@@ -1330,6 +1382,8 @@ struct Driver<M> {
     closed_at: Option<Instant>,
     /// Length of the last large frame received (0: frames are small, or the link is quiet).
     large_frame: usize,
+    /// The read or write error that ended the stream, for the close report.
+    socket_error: Option<io::ErrorKind>,
 }
 
 impl<M: Machine> fmt::Debug for Driver<M> {
@@ -1424,8 +1478,9 @@ impl<M: Machine> Driver<M> {
                         self.shutdown_done = true;
                     }
                 }
-                Wake::Io(Io::Written(Err(_))) => {
+                Wake::Io(Io::Written(Err(e))) => {
                     self.write_dead = true;
+                    self.socket_error = Some(e.kind());
                     self.out.clear();
                     self.machine.handle_eof(now.into_std());
                 }
@@ -1488,13 +1543,20 @@ impl<M: Machine> Driver<M> {
         // The session outlives the connection: messages still in the command queue join it
         // (their senders were told "queued"), then it goes to the next connection.
         let mut session = self.machine.take_session();
+        let mut unsent = self.machine.take_unsent();
         let mut inner = self.shared.lock();
         inner.finished = true;
         for command in std::mem::take(&mut inner.commands) {
-            if let (Command::Send(payload), Some(session)) = (command, session.as_mut()) {
-                let _ = session.push(payload, usize::MAX);
+            match (command, session.as_mut()) {
+                (Command::Send(payload), Some(session)) => {
+                    let _ = session.push(payload, usize::MAX);
+                }
+                // Handed over, never written: the application learns which.
+                (Command::Send(payload), None) => unsent.push(payload),
+                _ => {}
             }
         }
+        inner.unsent = unsent;
         let release = match (&self.sessions, self.session_id) {
             (Some((host, conn)), Some(id)) => Some((host, *conn, id, session.take())),
             _ => {
@@ -1517,6 +1579,7 @@ impl<M: Machine> Driver<M> {
         match result {
             Ok(0) | Err(_) => {
                 self.reading = false;
+                self.socket_error = result.err().map(|e| e.kind());
                 self.machine.handle_eof(now.into_std());
             }
             Ok(n) => {
@@ -1762,10 +1825,14 @@ impl<M: Machine> Driver<M> {
                 by_peer,
                 error,
             } => Event::Closed(CloseInfo {
+                socket_error: self
+                    .socket_error
+                    .filter(|_| matches!(error, Some(ConnectionError::EndOfStream { .. }))),
                 code,
                 reason,
                 by_peer,
                 error,
+                raw: self.shared.framing.is_some(),
             }),
             proto::Event::SessionRequest { id, proof, .. } => {
                 self.session_id = Some(id);

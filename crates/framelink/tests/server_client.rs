@@ -438,7 +438,7 @@ async fn reconnect_backoff_follows_the_configured_bounds() {
                 delays.push((attempt, delay));
                 last_failure = Some((Instant::now(), delay));
             }
-            ClientEvent::GaveUp { attempts } => break attempts,
+            ClientEvent::GaveUp { attempts, .. } => break attempts,
             other => panic!("unexpected {other:?}"),
         }
     };
@@ -557,4 +557,85 @@ async fn raw_mode_keeps_a_connection_to_an_idle_closing_server_alive() {
         info.error,
         Some(ConnectionError::EndOfStream { .. })
     ));
+}
+
+/// A raw peer that takes the connection, never reads, and resets it once `after` has passed:
+/// what the client had queued but not written by then must come back, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_messages_never_written_when_the_link_dies_are_handed_back() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (socket, _) = listener.accept().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Unread data in the receive buffer: closing sends a reset.
+        drop(socket);
+        drop(listener);
+    });
+    let config = ClientConfig {
+        backoff: BackoffConfig {
+            max_attempts: Some(1),
+            ..fast_backoff()
+        },
+        ..client_config(Protocol::Raw(Box::new(RawConfig {
+            ping_interval: None,
+            ..raw_lines(None)
+        })))
+    };
+    let mut client = Client::connect(addr.to_string(), config).unwrap();
+    connected(&mut client).await;
+    // Far more than the socket buffers hold: the rest waits in the connection's queue.
+    let sender = client.sender();
+    let total = 4_000u32;
+    let pusher = tokio::spawn(async move {
+        let line = |i: u32| Bytes::from(format!("{i:08}{}", "x".repeat(16 * 1024)));
+        let mut accepted = 0;
+        for i in 0..total {
+            match timeout(Duration::from_secs(20), sender.send(line(i))).await {
+                Ok(Ok(())) => accepted += 1,
+                _ => break,
+            }
+        }
+        accepted
+    });
+    let info = disconnected(&mut client).await;
+    assert!(info.raw, "{info:?}");
+    assert!(info.by_peer, "{info:?}");
+    let text = info.to_string();
+    assert!(
+        !text.contains("GoingAway") && !text.contains("CLOSE code"),
+        "{text}"
+    );
+    let unsent = until(&mut client, |e| match e {
+        ClientEvent::Unsent { messages } => Some(messages.clone()),
+        _ => None,
+    })
+    .await;
+    let accepted = pusher.await.unwrap();
+    assert!(!unsent.is_empty() && unsent.len() as u32 <= accepted);
+    // The messages accepted last, in order: the unsent ones are a suffix of what was queued.
+    let first: u32 = std::str::from_utf8(&unsent[0][..8])
+        .unwrap()
+        .parse()
+        .unwrap();
+    for (k, m) in unsent.iter().enumerate() {
+        let n: u32 = std::str::from_utf8(&m[..8]).unwrap().parse().unwrap();
+        assert_eq!(n, first + k as u32);
+    }
+    assert_eq!(
+        first + unsent.len() as u32,
+        accepted,
+        "{first} + {}",
+        unsent.len()
+    );
+    // One attempt, which connected: the give-up says so.
+    let (attempts, connected) = until(&mut client, |e| match e {
+        ClientEvent::GaveUp {
+            attempts,
+            connected,
+        } => Some((*attempts, *connected)),
+        _ => None,
+    })
+    .await;
+    assert_eq!((attempts, connected), (1, 1));
 }

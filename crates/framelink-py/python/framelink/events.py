@@ -27,6 +27,7 @@ __all__ = [
     "MessageDropped",
     "SessionStarted",
     "SessionLost",
+    "Unsent",
     "LostSession",
 ]
 
@@ -78,9 +79,13 @@ class Reconnecting:
 
 @dataclass(frozen=True)
 class GaveUp:
-    """``max_attempts`` attempts in a row failed: the client stopped."""
+    """``max_attempts`` attempts in a row failed: the client stopped. An attempt fails when it
+    cannot connect, or when its connection is lost within ``stable_after`` of opening (a server
+    that drops or evicts every connection); ``connected`` says how many of the ``attempts`` did
+    connect."""
 
     attempts: int
+    connected: int = 0
 
 
 @dataclass(frozen=True)
@@ -143,6 +148,17 @@ class SessionLost:
 
 
 @dataclass(frozen=True)
+class Unsent:
+    """After a :class:`Disconnected` (no sessions): messages that were handed to the lost
+    connection but never written, oldest first. Nothing resends them (raw mode cannot; in the
+    framelink protocol only sessions do), so they are handed back here rather than dropped
+    without a word. Messages written before the loss may still have been lost in flight: only
+    sessions know."""
+
+    messages: List[bytes] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class LostSession:
     """Server: a session whose client never came back (``reason``: ``"expired"`` after the
     session ttl, ``"evicted"`` to stay within ``max_detached_sessions``, or ``"replaced"`` when
@@ -166,6 +182,7 @@ Event = Union[
     MessageDropped,
     SessionStarted,
     SessionLost,
+    Unsent,
     LostSession,
 ]
 
@@ -186,11 +203,13 @@ def from_native(raw: Tuple[Any, ...]) -> Event:
     if kind == "connect_failed":
         return ConnectFailed(raw[1], raw[2])
     if kind == "gave_up":
-        return GaveUp(raw[1])
+        return GaveUp(raw[1], raw[2])
     if kind == "session":
         return SessionStarted(raw[1], raw[2], raw[3])
     if kind == "session_lost":
         return SessionLost(raw[1], list(raw[2]))
+    if kind == "unsent":
+        return Unsent(list(raw[1]))
     if kind == "lost_session":
         return LostSession(raw[1], raw[2], list(raw[3]))
     if kind == "message_dropped":
