@@ -99,7 +99,8 @@ enum Command {
     Proxy(proxy::ProxyArgs),
     /// Measures throughput (msgs/s, MB/s) and latency percentiles of N connections sending
     /// fixed-size messages to an echo server (in-process, or `framelink serve ADDR`), at a rate
-    /// or flat out, for framelink and for a raw-TCP baseline without framing (`--mode both`).
+    /// or flat out, for framelink and for a plain-TCP baseline without framing (`--mode both`);
+    /// with `--framing SPEC`, against any echo server that speaks that framing.
     Bench(bench::BenchArgs),
 }
 
