@@ -58,6 +58,11 @@ pub use server::{
     LostReason, LostSession, Server, ServerConfig, ServerHandle, ServerSessions, SessionSendError,
 };
 
+/// The README's Rust examples, compiled by `cargo test --doc` so that they keep up with the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+mod readme {}
+
 /// Why a [`Server`] or [`Client`] could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
