@@ -1,12 +1,12 @@
 //! `framelink._native`: the Rust side of the Python package.
 //!
-//! - [`codec`]: `Decoder` / `Encoder`, the sans-IO framing codecs (any socket style).
-//! - [`link`]: `Link`, one connection or reconnecting client driven by the tokio layer, taken
+//! - `codec`: `Decoder` / `Encoder`, the sans-IO framing codecs (any socket style).
+//! - `link`: `Link`, one connection or reconnecting client driven by the tokio layer, taken
 //!   from Python in batches.
-//! - [`server`]: `Server`, the tokio layer's server.
-//! - [`runtime`]: the background I/O runtime and the `Hub` that wakes asyncio loops.
-//! - [`config`]: keyword options into the tokio layer's configuration.
-//! - [`errors`]: Rust errors as the exceptions of `framelink.errors`.
+//! - `server`: `Server`, the tokio layer's server.
+//! - `runtime`: the background I/O runtime and the `Hub` that wakes asyncio loops.
+//! - `config`: keyword options into the tokio layer's configuration.
+//! - `errors`: Rust errors as the exceptions of `framelink.errors`.
 //!
 //! The Python modules (`python/framelink/`) build the asyncio and blocking APIs on these.
 
