@@ -15,6 +15,7 @@
 //!
 //! Exit status 0 when both tallies are exact, 1 otherwise.
 
+use std::collections::HashMap;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -183,7 +184,7 @@ async fn run() -> Result<(), String> {
 /// session by one echo task per session (the connection's reader never waits for it).
 async fn serve(mut server: Server, received: Arc<Mutex<Vec<Option<u32>>>>) {
     let handle = server.handle();
-    let echoers: Arc<Mutex<Vec<([u8; 16], mpsc::UnboundedSender<Bytes>)>>> = Arc::default();
+    let echoers: Arc<Mutex<HashMap<[u8; 16], Echo>>> = Arc::default();
     while let Some(incoming) = server.accept().await {
         let (handle, echoers, received) = (handle.clone(), echoers.clone(), received.clone());
         tokio::spawn(async move {
@@ -193,15 +194,10 @@ async fn serve(mut server: Server, received: Arc<Mutex<Vec<Option<u32>>>>) {
                 match event {
                     Event::Session { id, .. } => {
                         let mut echoers = echoers.lock().unwrap();
-                        let known = echoers.iter().find(|(known, _)| *known == id);
-                        echo = Some(match known {
-                            Some((_, queue)) => queue.clone(),
-                            None => {
-                                let queue = echo_task(handle.clone(), id);
-                                echoers.push((id, queue.clone()));
-                                queue
-                            }
-                        });
+                        let queue = echoers
+                            .entry(id)
+                            .or_insert_with(|| echo_task(handle.clone(), id));
+                        echo = Some(queue.clone());
                     }
                     Event::Message(m) => {
                         received.lock().unwrap().push(number(&m));
@@ -216,8 +212,11 @@ async fn serve(mut server: Server, received: Arc<Mutex<Vec<Option<u32>>>>) {
     }
 }
 
+/// Where a session's echoes are handed to its echo task.
+type Echo = mpsc::UnboundedSender<Bytes>;
+
 /// Queues each message it is given in session `id`, wherever its client is connected now.
-fn echo_task(handle: ServerHandle, id: [u8; 16]) -> mpsc::UnboundedSender<Bytes> {
+fn echo_task(handle: ServerHandle, id: [u8; 16]) -> Echo {
     let (queue, mut pending) = mpsc::unbounded_channel::<Bytes>();
     tokio::spawn(async move {
         while let Some(m) = pending.recv().await {
