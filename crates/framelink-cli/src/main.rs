@@ -3,6 +3,8 @@
 //! with heartbeats (`serve`, `connect`), in framelink protocol v1 or raw mode; a chaos proxy
 //! for testing links (`proxy`).
 
+#![forbid(unsafe_code)]
+
 mod bench;
 mod connect;
 mod demo;

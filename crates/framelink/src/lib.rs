@@ -36,6 +36,7 @@
 //! coalescing and delaying writes and cutting links (FIN, RST, blackhole, stall).
 
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod chaos;
 pub mod client;
