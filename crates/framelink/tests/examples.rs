@@ -2,9 +2,10 @@
 //! server with its client, and checks what they print and their exit status.
 //!
 //! The example binaries are found next to this test's own (`target/<profile>/examples/`),
-//! where `cargo test` builds them. Each test first asks cargo to bring its example up to date
-//! (a no-op when `cargo test --workspace` has just built it; `cargo test -p framelink --test
-//! examples` builds it here), so a stale or missing binary is never run or skipped.
+//! where `cargo test` builds them (`cargo test --workspace` builds every example before it runs
+//! a test). A binary that is missing, or older than its source file (`cargo test -p framelink
+//! --test examples` builds no example), is built here with `cargo build --example`: no example
+//! is skipped.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
@@ -25,10 +26,26 @@ fn profile_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// Builds example `name` of `package` with the profile this test was built with, and returns
-/// the binary's path.
+/// The binary of example `name` of `package`, built first with the profile this test was
+/// built with if it is missing or older than its source.
 fn example(package: &str, name: &str) -> PathBuf {
     let dir = profile_dir();
+    let path = dir
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(package)
+        .join("examples")
+        .join(format!("{name}.rs"));
+    let modified = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let fresh = match (modified(&path), modified(&source)) {
+        (Some(built), Some(written)) => built >= written,
+        _ => false,
+    };
+    if fresh {
+        return path;
+    }
     let profile = dir.file_name().and_then(|p| p.to_str()).unwrap_or("debug");
     let mut cargo = Command::new(env!("CARGO"));
     cargo.current_dir(env!("CARGO_MANIFEST_DIR")).args([
@@ -56,9 +73,6 @@ fn example(package: &str, name: &str) -> PathBuf {
     }
     let status = cargo.status().expect("cargo runs");
     assert!(status.success(), "cargo build --example {name} failed");
-    let path = dir
-        .join("examples")
-        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     assert!(path.is_file(), "{} was not built", path.display());
     path
 }
