@@ -1,6 +1,6 @@
 //! framelink's protocol over a blocking `std::net::TcpStream`, with no async runtime: the
 //! sans-IO [`Connection`] does the protocol (handshake, heartbeats, dead-peer detection,
-//! close), and the ~60-line [`drive`] function below does the I/O. Both ends here run the same
+//! close), and the 50-line [`drive`] function below does the I/O. Both ends here run the same
 //! driver: the server on a thread, the client on the main thread.
 //!
 //! ```sh
