@@ -256,7 +256,7 @@ fn show_size(n: u64) -> String {
 }
 
 /// `100000`, `64KiB`, `1MiB`, `2G`: a byte count (`B`, `K`/`KiB`, `M`/`MiB`, `G`/`GiB`).
-fn parse_size(text: &str) -> Option<u64> {
+pub(crate) fn parse_size(text: &str) -> Option<u64> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
