@@ -12,6 +12,7 @@ mod pcap;
 mod proxy;
 mod serve;
 mod stream_tools;
+mod tap;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -42,6 +43,7 @@ Examples:
   printf 'hello\\nworld\\n' | framelink connect 127.0.0.1:7000
   framelink connect 10.0.0.5:9000 --framing length:4 --ping PING --pong PONG --ping-interval 5s
   framelink proxy 127.0.0.1:7001 127.0.0.1:7000 --split 1..16 --cut-every 64KiB --seed 42
+  framelink proxy 127.0.0.1:7001 127.0.0.1:7000 --show length:4 --split 1..16
   printf '\\x00\\x05hello' | framelink decode --framing length:2 --format text
   framelink decode --framing length:4 --format text --pcap capture.pcap --port 7000
 
@@ -114,7 +116,8 @@ enum Command {
     Connect(connect::ConnectArgs),
     /// A chaos proxy: forwards every connection to UPSTREAM while splitting, gluing and
     /// delaying the bytes and cutting the link (FIN, RST, blackhole, stall) at random or given
-    /// points; seeded, so a failure can be replayed. Reports connections and faults on stderr.
+    /// points; seeded, so a failure can be replayed. Reports connections and faults on stderr;
+    /// with `--show SPEC`, prints the frames passing both ways on stdout.
     Proxy(proxy::ProxyArgs),
     /// Measures throughput (msgs/s, MB/s) and latency percentiles of N connections sending
     /// fixed-size messages to an echo server (in-process, or `framelink serve ADDR`), at a rate
@@ -143,7 +146,7 @@ pub enum InputFormat {
     Hex,
 }
 
-fn parse_framing(text: &str) -> Result<Framing, String> {
+pub(crate) fn parse_framing(text: &str) -> Result<Framing, String> {
     text.parse()
         .map_err(|e: framelink::codec::ConfigError| e.to_string())
 }
