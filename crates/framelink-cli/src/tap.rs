@@ -73,11 +73,21 @@ impl Direction {
 impl FrameTap {
     /// A tap decoding each direction with a fresh copy of `framing`, printing in `format`.
     pub fn new(framing: Framing, format: OutputFormat) -> FrameTap {
+        FrameTap::with_output(
+            framing,
+            format,
+            Box::new(io::stdout()),
+            Box::new(io::stderr()),
+        )
+    }
+
+    /// Like [`new`](Self::new), printing frames to `out` and errors to `err`.
+    fn with_output(framing: Framing, format: OutputFormat, out: Output, err: Output) -> FrameTap {
         FrameTap {
             template: framing,
             format,
             conns: Mutex::new(HashMap::new()),
-            printer: Printer::start(),
+            printer: Printer::start(out, err),
         }
     }
 
@@ -107,6 +117,14 @@ impl FrameTap {
                 Err(e) if e.is_recoverable() => {
                     self.printer
                         .err(format!("[show] #{conn} {name}: warning: {e}"));
+                }
+                Err(e) if eof => {
+                    self.printer.err(format!(
+                        "[show] #{conn} {name}: connection closed after {} frames: {e}",
+                        d.frames
+                    ));
+                    d.stopped = true;
+                    d.buf = BytesMut::new();
                 }
                 Err(e) => {
                     self.printer.err(format!(
@@ -207,6 +225,9 @@ impl Line {
     }
 }
 
+/// Where the printing thread writes.
+type Output = Box<dyn Write + Send>;
+
 /// Prints lines on a thread of its own, from a bounded queue.
 struct Printer {
     tx: SyncSender<Line>,
@@ -216,7 +237,7 @@ struct Printer {
 }
 
 impl Printer {
-    fn start() -> Printer {
+    fn start(out: Output, err: Output) -> Printer {
         let (tx, rx) = mpsc::sync_channel(QUEUE_LINES);
         let queued = Arc::new(AtomicUsize::new(0));
         let dropped = Arc::new(AtomicU64::new(0));
@@ -224,7 +245,7 @@ impl Printer {
             let (queued, dropped) = (queued.clone(), dropped.clone());
             std::thread::Builder::new()
                 .name("show".into())
-                .spawn(move || print_lines(rx, &queued, &dropped))
+                .spawn(move || print_lines(rx, &queued, &dropped, out, err))
                 .ok()
         };
         Printer {
@@ -270,9 +291,13 @@ impl Printer {
     }
 }
 
-fn print_lines(rx: Receiver<Line>, queued: &AtomicUsize, dropped: &AtomicU64) {
-    let mut out = io::stdout();
-    let mut err = io::stderr();
+fn print_lines(
+    rx: Receiver<Line>,
+    queued: &AtomicUsize,
+    dropped: &AtomicU64,
+    mut out: Output,
+    mut err: Output,
+) {
     while let Ok(line) = rx.recv() {
         queued.fetch_sub(line.size(), Ordering::Relaxed);
         let missed = dropped.swap(0, Ordering::Relaxed);
@@ -305,13 +330,41 @@ fn print_lines(rx: Receiver<Line>, queued: &AtomicUsize, dropped: &AtomicU64) {
 mod tests {
     use super::*;
 
-    fn tap(spec: &str) -> FrameTap {
-        FrameTap::new(spec.parse().unwrap(), OutputFormat::Json)
+    /// A writer the test can read back.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Shared {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    /// A tap printing to buffers: (tap, stdout, stderr).
+    fn tap(spec: &str, format: OutputFormat) -> (FrameTap, Shared, Shared) {
+        let (out, err) = (Shared::default(), Shared::default());
+        let tap = FrameTap::with_output(
+            spec.parse().unwrap(),
+            format,
+            Box::new(out.clone()),
+            Box::new(err.clone()),
+        );
+        (tap, out, err)
     }
 
     #[test]
     fn directions_decode_apart_and_a_bad_one_stops_alone() {
-        let t = tap("line,max=8");
+        let (t, out, err) = tap("line,max=8", OutputFormat::Json);
         t.forwarded(0, true, b"hel");
         t.forwarded(0, false, b"this line is far too long\n");
         t.forwarded(0, true, b"lo\nwor");
@@ -328,11 +381,43 @@ mod tests {
         t.closed(0);
         assert!(t.conns().is_empty());
         t.finish();
+        let lines: Vec<serde_json::Value> = out
+            .text()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["text"], "hello");
+        assert_eq!(lines[1]["text"], "world");
+        assert_eq!(lines[1]["offset"], 6);
+        assert_eq!(lines[1]["direction"], "client->upstream");
+        assert_eq!(
+            err.text(),
+            "[show] #0 upstream->client: error after 0 frames: frame of 25 bytes exceeds the \
+             limit of 8 bytes (at stream offset 0); this direction is no longer shown \
+             (forwarding goes on)\n"
+        );
+    }
+
+    #[test]
+    fn a_connection_closed_inside_a_frame_says_so() {
+        let (t, out, err) = tap("length:2", OutputFormat::Hex);
+        t.forwarded(4, false, b"\x00\x02hi\x00\x09ab");
+        t.closed(4);
+        t.finish();
+        assert!(out
+            .text()
+            .ends_with(" #4 upstream->client frame=0 offset=2 len=2 6869\n"));
+        assert_eq!(
+            err.text(),
+            "[show] #4 upstream->client: connection closed after 1 frames: stream ended inside \
+             a frame: 4 bytes buffered of 11 expected (at stream offset 4)\n"
+        );
     }
 
     #[test]
     fn lines_carry_the_connection_direction_and_frame() {
-        let t = FrameTap::new("length:2".parse().unwrap(), OutputFormat::Text);
+        let (t, _, _) = tap("length:2", OutputFormat::Text);
         let line = t.line(3, "upstream->client", 1, 6, &Bytes::from_static(b"hi\n"));
         let (time, rest) = line.split_once(' ').unwrap();
         assert!(time.ends_with('Z') && time.len() == 27, "{time}");
