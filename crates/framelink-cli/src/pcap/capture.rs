@@ -245,7 +245,7 @@ fn ticks_to_time(ticks: u128, options: &[InterfaceDescriptionOption<'_>]) -> Dur
         if n <= 9 {
             ticks.saturating_mul(10u128.pow(9 - n))
         } else {
-            ticks / 10u128.saturating_pow(n - 9)
+            10u128.checked_pow(n - 9).map_or(0, |per_ns| ticks / per_ns)
         }
     } else {
         // 2^-n seconds per tick.
@@ -253,7 +253,9 @@ fn ticks_to_time(ticks: u128, options: &[InterfaceDescriptionOption<'_>]) -> Dur
         ticks.saturating_mul(1_000_000_000) >> n.min(127)
     };
     let nanos = u64::try_from(nanos).unwrap_or(u64::MAX);
-    Duration::from_nanos(nanos) + Duration::from_secs(offset)
+    Duration::from_nanos(nanos)
+        .checked_add(Duration::from_secs(offset))
+        .unwrap_or(Duration::MAX)
 }
 
 /// Linux cooked capture v2 header: protocol (2, big-endian), reserved (2), interface index
@@ -263,7 +265,13 @@ const SLL2_HEADER: usize = 20;
 const NULL_HEADER: usize = 4;
 
 /// Slices one packet down to its TCP segment.
-fn parse(link: DataLink, data: &[u8], truncated: bool, packet: u64, ts: Duration) -> Packet {
+pub(super) fn parse(
+    link: DataLink,
+    data: &[u8],
+    truncated: bool,
+    packet: u64,
+    ts: Duration,
+) -> Packet {
     let sliced = match link {
         DataLink::ETHERNET => SlicedPacket::from_ethernet(data),
         DataLink::LINUX_SLL => SlicedPacket::from_linux_sll(data),
@@ -344,6 +352,13 @@ mod tests {
             InterfaceDescriptionOption::IfTsOffset(100),
         ];
         assert_eq!(ticks_to_time(5, &offset), Duration::from_secs(105));
+        let absurd = [
+            InterfaceDescriptionOption::IfTsResol(0),
+            InterfaceDescriptionOption::IfTsOffset(u64::MAX),
+        ];
+        assert_eq!(ticks_to_time(u128::MAX, &absurd), Duration::MAX);
+        let tiny = [InterfaceDescriptionOption::IfTsResol(0x7f)];
+        assert_eq!(ticks_to_time(u128::MAX, &tiny), Duration::ZERO);
     }
 
     #[test]

@@ -752,7 +752,7 @@ impl StreamDecoder {
             }
             AnyCodec::Fixed(c) => {
                 let size = c.config().length as u64;
-                let next = resume.div_ceil(size) * size;
+                let next = resume.div_ceil(size).saturating_mul(size);
                 text += &format!("; resuming at the next frame boundary, stream offset {next}");
                 self.restart_at(next, State::SkipTo(next));
             }
