@@ -576,6 +576,36 @@ fn options_that_need_a_capture_are_refused_without_one() {
     );
 }
 
+#[test]
+fn a_capture_cut_short_keeps_the_frames_before_and_says_where() {
+    let real = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/loopback_length4.pcap"),
+    )
+    .unwrap();
+    let (_dir, path) = temp("cut.pcap");
+    // 24 bytes of file header, then records; cut inside the 16th packet.
+    std::fs::write(&path, &real[..3000]).unwrap();
+    let out = decode(&path, "length:4", &[]);
+    assert_eq!(out.code, Some(1));
+    assert_eq!(out.frames.len(), 8, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(
+            "the file ends inside packet 16 (cut short while it was written?); the 15 packets \
+             before it were read"
+        ),
+        "{}",
+        out.stderr
+    );
+    std::fs::write(&path, &real[..10]).unwrap();
+    let out = decode(&path, "length:4", &[]);
+    assert_eq!(out.code, Some(1));
+    assert!(
+        out.stderr.contains("the file ends inside its header"),
+        "{}",
+        out.stderr
+    );
+}
+
 /// What `tests/data/length4_exchange.py` sends (see `tests/data/README.md`).
 fn check_real_capture(name: &str) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))

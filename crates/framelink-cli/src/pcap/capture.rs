@@ -101,7 +101,20 @@ pub enum CaptureError {
     /// Neither pcap nor pcapng.
     #[error("not a pcap or pcapng file (it starts with {0})")]
     NotACapture(String),
-    /// The container is broken (truncated file, bad block) after `packets` packets.
+    /// The file ends inside its header.
+    #[error("the file ends inside its header")]
+    HeaderCutShort,
+    /// The file ends in the middle of a packet or block.
+    #[error(
+        "the file ends inside packet {} (cut short while it was written?); the {packets} \
+         packets before it were read",
+        packets + 1
+    )]
+    CutShort {
+        /// Packets read before.
+        packets: u64,
+    },
+    /// The container is broken (a bad header or block) after `packets` packets.
     #[error("bad capture file after {packets} packets: {source}")]
     Container {
         /// Packets read before.
@@ -114,6 +127,27 @@ pub enum CaptureError {
     Io(#[from] std::io::Error),
 }
 
+impl CaptureError {
+    /// What `pcap-file` said after `packets` packets, with the end of the file told apart.
+    fn container(packets: u64, source: pcap_file::PcapError) -> CaptureError {
+        match source {
+            pcap_file::PcapError::IncompleteBuffer => CaptureError::CutShort { packets },
+            pcap_file::PcapError::IoError(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                CaptureError::CutShort { packets }
+            }
+            pcap_file::PcapError::IoError(e) => CaptureError::Io(e),
+            source => CaptureError::Container { packets, source },
+        }
+    }
+}
+
+fn header_error(source: pcap_file::PcapError) -> CaptureError {
+    match CaptureError::container(0, source) {
+        CaptureError::CutShort { .. } => CaptureError::HeaderCutShort,
+        other => other,
+    }
+}
+
 /// pcapng section header block type, the first four bytes of a pcapng file.
 const PCAPNG_MAGIC: [u8; 4] = [0x0a, 0x0d, 0x0d, 0x0a];
 
@@ -124,8 +158,7 @@ impl<R: Read> CaptureReader<R> {
         let head = input.fill_buf()?;
         let magic: Vec<u8> = head.iter().take(4).copied().collect();
         if magic == PCAPNG_MAGIC {
-            let reader = PcapNgReader::new(input)
-                .map_err(|source| CaptureError::Container { packets: 0, source })?;
+            let reader = PcapNgReader::new(input).map_err(header_error)?;
             return Ok(CaptureReader::PcapNg {
                 reader: Box::new(reader),
                 count: 0,
@@ -146,8 +179,7 @@ impl<R: Read> CaptureReader<R> {
             };
             return Err(CaptureError::NotACapture(shown));
         }
-        let reader = PcapReader::new(input)
-            .map_err(|source| CaptureError::Container { packets: 0, source })?;
+        let reader = PcapReader::new(input).map_err(header_error)?;
         let link = reader.header().datalink;
         Ok(CaptureReader::Pcap {
             reader,
@@ -166,12 +198,7 @@ impl<R: Read> CaptureReader<R> {
             } => {
                 let packet = match reader.next_packet()? {
                     Ok(p) => p,
-                    Err(source) => {
-                        return Some(Err(CaptureError::Container {
-                            packets: *count,
-                            source,
-                        }))
-                    }
+                    Err(source) => return Some(Err(CaptureError::container(*count, source))),
                 };
                 *count += 1;
                 let truncated = (packet.data.len() as u64) < u64::from(packet.orig_len);
@@ -186,12 +213,7 @@ impl<R: Read> CaptureReader<R> {
             CaptureReader::PcapNg { reader, count } => loop {
                 let block = match reader.next_block()? {
                     Ok(b) => b,
-                    Err(source) => {
-                        return Some(Err(CaptureError::Container {
-                            packets: *count,
-                            source,
-                        }))
-                    }
+                    Err(source) => return Some(Err(CaptureError::container(*count, source))),
                 };
                 let (interface, ticks, data, orig_len) = match block {
                     Block::EnhancedPacket(epb) => (
