@@ -64,6 +64,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Reads a captured byte stream and prints its frames. Frames decoded before an error are
     /// printed; the error (what, and at which stream offset) goes to stderr with exit status 1.
+    /// With `--pcap FILE`, reads a packet capture instead and decodes every TCP connection in
+    /// it, both directions.
     Decode {
         /// Framing spec, e.g. `length:4,max=16MiB`, `line`, `varint`, `magic:cafe,crc=crc32c`.
         #[arg(short, long, value_parser = parse_framing)]
