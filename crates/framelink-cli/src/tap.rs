@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::SystemTime;
@@ -295,11 +295,13 @@ fn print_lines(
     rx: Receiver<Line>,
     queued: &AtomicUsize,
     dropped: &AtomicU64,
-    mut out: Output,
+    out: Output,
     mut err: Output,
 ) {
-    while let Ok(line) = rx.recv() {
-        queued.fetch_sub(line.size(), Ordering::Relaxed);
+    // Written in batches: flushed whenever the queue is empty, so a line waits only while
+    // more are coming.
+    let mut out = io::BufWriter::new(out);
+    let report_dropped = |err: &mut Output| {
         let missed = dropped.swap(0, Ordering::Relaxed);
         if missed > 0 {
             let _ = writeln!(
@@ -307,9 +309,26 @@ fn print_lines(
                 "[show] {missed} line(s) not shown: the output did not keep up"
             );
         }
+    };
+    loop {
+        let line = match rx.try_recv() {
+            Ok(line) => line,
+            Err(TryRecvError::Empty) => {
+                if out.flush().is_err() {
+                    break;
+                }
+                match rx.recv() {
+                    Ok(line) => line,
+                    Err(_) => break,
+                }
+            }
+            Err(TryRecvError::Disconnected) => break,
+        };
+        queued.fetch_sub(line.size(), Ordering::Relaxed);
+        report_dropped(&mut err);
         let written = match line {
-            Line::Out(s) => writeln!(out, "{s}").and_then(|()| out.flush()),
-            Line::Err(s) => writeln!(err, "{s}"),
+            Line::Out(s) => writeln!(out, "{s}"),
+            Line::Err(s) => out.flush().and_then(|()| writeln!(err, "{s}")),
             Line::Stop => break,
         };
         if written.is_err() {
@@ -317,13 +336,8 @@ fn print_lines(
             break;
         }
     }
-    let missed = dropped.swap(0, Ordering::Relaxed);
-    if missed > 0 {
-        let _ = writeln!(
-            err,
-            "[show] {missed} line(s) not shown: the output did not keep up"
-        );
-    }
+    let _ = out.flush();
+    report_dropped(&mut err);
 }
 
 #[cfg(test)]
