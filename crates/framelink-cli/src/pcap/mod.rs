@@ -192,7 +192,9 @@ struct Conn {
     stream: u64,
     client: SocketAddr,
     server: SocketAddr,
-    sides: [Side; 2],
+    /// The two directions, [`TO_SERVER`] and [`TO_CLIENT`]; empty once `done`, so that a
+    /// finished connection costs only its addresses.
+    sides: Vec<Side>,
     /// Closed by RST or both FINs, or replaced: later packets are ignored unless a new SYN
     /// starts a new connection on the same addresses.
     done: bool,
@@ -288,7 +290,7 @@ impl Engine {
                 stream: self.next_stream,
                 client,
                 server,
-                sides: [self.new_side(), self.new_side()],
+                sides: vec![self.new_side(), self.new_side()],
                 done: false,
                 last_ts: s.ts,
             };
@@ -339,12 +341,12 @@ impl Engine {
         }
     }
 
-    /// Nothing more is decoded on `conn`: its counters go to the totals, its buffers are freed.
+    /// Nothing more is decoded on `conn`: its counters go to the totals, its state is freed.
     fn retire(&mut self, conn: &mut Conn) {
         for side in &conn.sides {
             add_stats(&mut self.totals, side.reassembler.stats());
         }
-        conn.sides = [self.new_side(), self.new_side()];
+        conn.sides = Vec::new();
         conn.done = true;
     }
 
