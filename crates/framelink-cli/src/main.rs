@@ -10,10 +10,13 @@ mod connect;
 mod demo;
 mod demo_link;
 mod link_args;
+mod pcap;
 mod proxy;
 mod serve;
 mod stream_tools;
+mod tap;
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -42,7 +45,9 @@ Examples:
   printf 'hello\\nworld\\n' | framelink connect 127.0.0.1:7000
   framelink connect 10.0.0.5:9000 --framing length:4 --ping PING --pong PONG --ping-interval 5s
   framelink proxy 127.0.0.1:7001 127.0.0.1:7000 --split 1..16 --cut-every 64KiB --seed 42
+  framelink proxy 127.0.0.1:7001 127.0.0.1:7000 --show length:4 --split 1..16
   printf '\\x00\\x05hello' | framelink decode --framing length:2 --format text
+  framelink decode --framing length:4 --format text --pcap capture.pcap --port 7000
 
 Framing specs: length:4  length:2,le,offset=1,adjust=-3,strip=3  varint  line  delim:00
 fixed:64  netstring  magic:cafe,crc=crc32c; every spec takes max=SIZE and fail|discard.
@@ -61,6 +66,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Reads a captured byte stream and prints its frames. Frames decoded before an error are
     /// printed; the error (what, and at which stream offset) goes to stderr with exit status 1.
+    /// With `--pcap FILE`, reads a packet capture instead and decodes every TCP connection in
+    /// it, both directions.
     Decode {
         /// Framing spec, e.g. `length:4,max=16MiB`, `line`, `varint`, `magic:cafe,crc=crc32c`.
         #[arg(short, long, value_parser = parse_framing)]
@@ -68,6 +75,22 @@ enum Command {
         /// How to print each frame.
         #[arg(long, value_enum, default_value_t = OutputFormat::Hex)]
         format: OutputFormat,
+        /// Read a packet capture (pcap or pcapng, as tcpdump or Wireshark write it; `-` for
+        /// standard input) instead of a byte stream: every TCP connection in it is reassembled
+        /// and decoded in both directions. Each frame is printed with its connection, direction,
+        /// capture time, and how many segments it spanned and shared. Gaps go to stderr.
+        #[arg(long, value_name = "FILE", conflicts_with = "input")]
+        pcap: Option<PathBuf>,
+        /// With `--pcap`: only connections with this address on either side (repeat for more).
+        #[arg(long, value_name = "IP", requires = "pcap")]
+        host: Vec<IpAddr>,
+        /// With `--pcap`: only connections with this port on either side (repeat for more).
+        #[arg(long, value_name = "N", requires = "pcap")]
+        port: Vec<u16>,
+        /// With `--pcap`: out-of-order bytes each direction may hold while a missing segment
+        /// is awaited (default 4MiB); past it, the missing bytes are reported as a gap.
+        #[arg(long, value_name = "SIZE", requires = "pcap", value_parser = parse_buffer_size)]
+        reassembly_buffer: Option<usize>,
         /// Input file; `-` or nothing reads standard input.
         input: Option<PathBuf>,
     },
@@ -97,7 +120,8 @@ enum Command {
     Connect(connect::ConnectArgs),
     /// A chaos proxy: forwards every connection to UPSTREAM while splitting, gluing and
     /// delaying the bytes and cutting the link (FIN, RST, blackhole, stall) at random or given
-    /// points; seeded, so a failure can be replayed. Reports connections and faults on stderr.
+    /// points; seeded, so a failure can be replayed. Reports connections and faults on stderr;
+    /// with `--show SPEC`, prints the frames passing both ways on stdout.
     Proxy(proxy::ProxyArgs),
     /// Measures throughput (msgs/s, MB/s) and latency percentiles of N connections sending
     /// fixed-size messages to an echo server (in-process, or `framelink serve ADDR`), at a rate
@@ -127,9 +151,20 @@ pub enum InputFormat {
     Hex,
 }
 
-fn parse_framing(text: &str) -> Result<Framing, String> {
+pub(crate) fn parse_framing(text: &str) -> Result<Framing, String> {
     text.parse()
         .map_err(|e: framelink::codec::ConfigError| e.to_string())
+}
+
+/// `4MiB`, `65536`: at least 1 byte.
+fn parse_buffer_size(text: &str) -> Result<usize, String> {
+    match proxy::parse_size(text).map(usize::try_from) {
+        Some(Ok(0)) => Err("must be at least 1 byte".into()),
+        Some(Ok(n)) => Ok(n),
+        _ => Err(format!(
+            "bad size {text:?} (expected e.g. 65536, 64KiB, 4MiB)"
+        )),
+    }
 }
 
 fn main() -> ExitCode {
@@ -139,7 +174,24 @@ fn main() -> ExitCode {
         Command::Decode {
             framing,
             format,
+            pcap: Some(capture),
+            host,
+            port,
+            reassembly_buffer,
+            input: _,
+        } => {
+            let options = pcap::PcapOptions {
+                hosts: host,
+                ports: port,
+                reassembly_buffer: reassembly_buffer.unwrap_or(pcap::DEFAULT_REASSEMBLY_BUFFER),
+            };
+            pcap::decode(framing, format, &capture, &options)
+        }
+        Command::Decode {
+            framing,
+            format,
             input,
+            ..
         } => stream_tools::decode(framing, format, input.as_deref()),
         Command::Encode {
             framing,

@@ -2,10 +2,12 @@
 //! command line. It forwards every connection to UPSTREAM while splitting, gluing and delaying
 //! the bytes and cutting the link (FIN, RST, blackhole, stall) at random or given points;
 //! seeded, so a failure can be replayed. Connections and faults are reported on stderr, and
-//! the totals on Ctrl-C (or `--max-duration`).
+//! the totals on Ctrl-C (or `--max-duration`). With `--show SPEC`, the frames passing in both
+//! directions are printed on stdout as they are forwarded ([`crate::tap`]).
 
 use std::ops::RangeInclusive;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -14,7 +16,11 @@ use framelink::chaos::{
     ChaosConfig, ChaosEvent, ChaosProxy, Fault, FaultMix, FaultPlan, ScheduledFault, Trigger,
 };
 
+use framelink::Framing;
+
 use crate::link_args::{parse_duration, show_duration, Interrupt};
+use crate::tap::FrameTap;
+use crate::OutputFormat;
 
 /// Options of `framelink proxy`.
 #[derive(Args, Debug)]
@@ -24,6 +30,7 @@ Examples:
   framelink proxy 127.0.0.1:7001 127.0.0.1:7000 --cut-every 64KiB --fault mix --seed 42
   framelink proxy 127.0.0.1:7001 127.0.0.1:7000 --cut-at 10s --fault blackhole
   framelink proxy 127.0.0.1:7001 127.0.0.1:7000 --cut-every 2s --fault stall:500ms,rst
+  framelink proxy 127.0.0.1:7001 127.0.0.1:7000 --show length:4 --split 1..16
 
 Sizes: 100000, 64KiB, 1MiB (also K, M, G). Durations: 500us, 5ms, 1.5s, 1m (a minute).
 Byte counts are bytes forwarded on the connection, both directions together; the proxy stops
@@ -32,7 +39,12 @@ at exactly that count to inject the fault.
 stderr: `[proxy] listening on ADDR -> UPSTREAM (seed N)` first (with the real port when LISTEN
 ends in :0), then `+conn #ID from PEER`, `#ID fault: KIND after N bytes (T)` and
 `-conn #ID closed (...)` lines, and the totals when it stops. The same seed and the same
-traffic give the same pieces and the same faults.")]
+traffic give the same pieces and the same faults.
+
+stdout with --show: one line per frame as it is forwarded, `TIME #ID client->upstream
+frame=N offset=O len=L PAYLOAD` (or upstream->client; JSON with --show-format json). A
+direction that does not decode is reported on stderr (`[show] #ID DIRECTION: error ...`) and
+no longer shown; forwarding goes on.")]
 pub struct ProxyArgs {
     /// Address to listen on, e.g. `127.0.0.1:7001`; port 0 picks a free port (printed).
     #[arg(value_name = "LISTEN")]
@@ -83,6 +95,16 @@ pub struct ProxyArgs {
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     max_duration: Option<Duration>,
 
+    /// Print every frame passing through, both directions, decoded with this framing spec
+    /// (`length:4`, `line`, `magic:cafe`; as for `decode`), with its time, connection and
+    /// direction, on stdout. Each direction has its own decoder, bounded by the spec's `max`.
+    #[arg(long, value_name = "SPEC", value_parser = crate::parse_framing)]
+    show: Option<Framing>,
+
+    /// How `--show` prints each frame.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text, requires = "show")]
+    show_format: OutputFormat,
+
     /// Print only the listening line, faults and the totals.
     #[arg(short, long)]
     quiet: bool,
@@ -129,9 +151,18 @@ async fn proxy(args: ProxyArgs, config: ChaosConfig) -> Result<ExitCode> {
     let mut interrupt = Interrupt::new();
     let seed = config.seed;
     let chaos = describe(&config);
-    let proxy = ChaosProxy::start(args.listen.as_str(), &args.upstream, config)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let tap = args
+        .show
+        .clone()
+        .map(|framing| Arc::new(FrameTap::new(framing, args.show_format)));
+    let proxy = match &tap {
+        Some(tap) => {
+            ChaosProxy::start_with_tap(args.listen.as_str(), &args.upstream, config, tap.clone())
+                .await
+        }
+        None => ChaosProxy::start(args.listen.as_str(), &args.upstream, config).await,
+    }
+    .with_context(|| format!("cannot listen on {}", args.listen))?;
     let mut events = proxy.events();
     eprintln!(
         "[proxy] listening on {} -> {} (seed {seed})",
@@ -139,6 +170,9 @@ async fn proxy(args: ProxyArgs, config: ChaosConfig) -> Result<ExitCode> {
         args.upstream
     );
     eprintln!("[proxy] {chaos}");
+    if let Some(framing) = &args.show {
+        eprintln!("[proxy] showing frames as {framing}");
+    }
 
     let why = {
         let stop = interrupt.recv_or_after(args.max_duration);
@@ -192,6 +226,9 @@ async fn proxy(args: ProxyArgs, config: ChaosConfig) -> Result<ExitCode> {
         .is_err()
     {
         eprintln!("[proxy] connections still closing after 2s: exiting anyway");
+    }
+    if let Some(tap) = tap {
+        tap.finish();
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -256,7 +293,7 @@ fn show_size(n: u64) -> String {
 }
 
 /// `100000`, `64KiB`, `1MiB`, `2G`: a byte count (`B`, `K`/`KiB`, `M`/`MiB`, `G`/`GiB`).
-fn parse_size(text: &str) -> Option<u64> {
+pub(crate) fn parse_size(text: &str) -> Option<u64> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())

@@ -85,7 +85,7 @@ pub fn decode(
 /// Stream offset of a decoded frame's first payload byte. Frames share the read buffer, so the
 /// offset follows from where the frame points into it; `base` is (bytes consumed, buffer start,
 /// buffer length) before the decode call.
-fn payload_offset((consumed, start, len): (u64, usize, usize), frame: &Bytes) -> u64 {
+pub(crate) fn payload_offset((consumed, start, len): (u64, usize, usize), frame: &Bytes) -> u64 {
     let ptr = frame.as_ptr() as usize;
     if (start..=start + len).contains(&ptr) {
         consumed + (ptr - start) as u64

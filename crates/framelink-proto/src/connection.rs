@@ -371,8 +371,10 @@ pub enum ConnectionError {
 }
 
 /// What a [`Connection`] reports, drained with [`Connection::poll_event`].
+///
+/// Exhaustive on purpose: a driver matches every variant, so a new event is a compile error
+/// in each driver rather than something that silently vanishes.
 #[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
 pub enum Event {
     /// The peer's HELLO was accepted; the connection is open.
     Connected {

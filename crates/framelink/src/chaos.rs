@@ -77,6 +77,13 @@
 //! writes eventually block (a frozen process, a zero window); with a duration it then resumes
 //! with nothing lost, a latency spike.
 //!
+//! # Watching the traffic
+//!
+//! [`ChaosProxy::start_with_tap`] takes a [`ChaosTap`] that is handed every byte as it is
+//! forwarded (after splitting and delays, before the peer reads it; bytes a fault throws away
+//! are never shown), direction by direction, and told when a connection ends. `framelink proxy
+//! --show` decodes them into frames with it.
+//!
 //! # Resources
 //!
 //! One task per connection. Each direction buffers at most [`ChaosConfig::max_buffered`] bytes
@@ -296,6 +303,36 @@ pub enum FaultPlan {
     },
     /// Faults at these points of every connection.
     Scheduled(Vec<ScheduledFault>),
+}
+
+/// Sees the bytes a [`ChaosProxy`] forwards, as it writes them (set with
+/// [`ChaosProxy::start_with_tap`]).
+///
+/// The methods are called on the connection's task, in stream order within each direction: a
+/// slow tap holds up forwarding, so a tap that may block (printing to a pipe) should hand the
+/// work on to another thread.
+pub trait ChaosTap: Send + Sync + 'static {
+    /// `bytes` were just written on connection `conn`: to the upstream when `to_upstream`, to
+    /// the client otherwise. Bytes that a fault discards are never shown.
+    fn forwarded(&self, conn: u64, to_upstream: bool, bytes: &[u8]);
+
+    /// Connection `conn` is finished (both its sockets are closed): nothing more is forwarded
+    /// on it. Called just before [`ChaosEvent::Closed`] is sent.
+    fn closed(&self, conn: u64);
+}
+
+/// The proxy's tap, if any.
+#[derive(Clone, Default)]
+struct Tap(Option<Arc<dyn ChaosTap>>);
+
+impl fmt::Debug for Tap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Tap(set)"
+        } else {
+            "Tap(none)"
+        })
+    }
 }
 
 /// What the proxy does to the links it forwards. `ChaosConfig::default()` forwards faithfully.
@@ -573,6 +610,29 @@ impl ChaosProxy {
         upstream: impl fmt::Display,
         config: ChaosConfig,
     ) -> Result<ChaosProxy, crate::Error> {
+        ChaosProxy::start_tapped(listen, upstream, config, Tap(None)).await
+    }
+
+    /// Like [`start`](Self::start), with `tap` shown every byte forwarded (see [`ChaosTap`]).
+    ///
+    /// # Errors
+    ///
+    /// As for [`start`](Self::start).
+    pub async fn start_with_tap(
+        listen: impl ToSocketAddrs,
+        upstream: impl fmt::Display,
+        config: ChaosConfig,
+        tap: Arc<dyn ChaosTap>,
+    ) -> Result<ChaosProxy, crate::Error> {
+        ChaosProxy::start_tapped(listen, upstream, config, Tap(Some(tap))).await
+    }
+
+    async fn start_tapped(
+        listen: impl ToSocketAddrs,
+        upstream: impl fmt::Display,
+        config: ChaosConfig,
+        tap: Tap,
+    ) -> Result<ChaosProxy, crate::Error> {
         config.validate().map_err(crate::Error::InvalidConfig)?;
         let listener = TcpListener::bind(listen).await?;
         let local_addr = listener.local_addr()?;
@@ -584,6 +644,7 @@ impl ChaosProxy {
             registry: Mutex::new(Registry::default()),
             changed: Notify::new(),
             counters: Counters::default(),
+            tap,
         });
         tracing::debug!(%local_addr, upstream = %shared.upstream, seed = shared.config.seed, "chaos proxy listening");
         let accept = tokio::spawn(accept_loop(listener, shared.clone()));
@@ -702,6 +763,7 @@ struct Shared {
     /// Rung whenever a connection leaves the registry.
     changed: Notify,
     counters: Counters,
+    tap: Tap,
 }
 
 impl Shared {
@@ -792,6 +854,9 @@ impl Drop for Registered {
         self.shared.lock().conns.remove(&self.id);
         self.shared.counters.open.fetch_sub(1, Ordering::Relaxed);
         self.shared.changed.notify_waiters();
+        if let Some(tap) = &self.shared.tap.0 {
+            tap.closed(self.id);
+        }
         tracing::debug!(
             conn = self.id,
             to_upstream = self.to_upstream,
@@ -969,6 +1034,8 @@ struct Pipe {
     split_rng: Rng,
     delay_rng: Rng,
     to_upstream: bool,
+    /// The connection's index (for the tap).
+    conn: u64,
 }
 
 impl Pipe {
@@ -997,6 +1064,7 @@ impl Pipe {
             split_rng,
             delay_rng: Rng::derive(config.seed, conn, 2 + direction),
             to_upstream,
+            conn,
         }
     }
 
@@ -1082,7 +1150,7 @@ impl Pipe {
     }
 
     /// One write of released bytes to `dst`, at most `budget` bytes and not past the end of
-    /// the current piece. Returns the bytes written.
+    /// the current piece, shown to `tap`. Returns the bytes written.
     fn poll_write(
         &mut self,
         cx: &mut Context<'_>,
@@ -1090,6 +1158,7 @@ impl Pipe {
         now: Instant,
         budget: u64,
         counters: &Counters,
+        tap: &Tap,
     ) -> io::Result<u64> {
         self.release(now);
         let released = (self.released_end - self.written).min(self.buf.len() as u64);
@@ -1100,6 +1169,9 @@ impl Pipe {
         match Pin::new(dst).poll_write(cx, &self.buf[..n]) {
             Poll::Ready(Ok(0)) => Err(io::ErrorKind::WriteZero.into()),
             Poll::Ready(Ok(k)) => {
+                if let Some(tap) = &tap.0 {
+                    tap.forwarded(self.conn, self.to_upstream, &self.buf[..k]);
+                }
                 self.buf.advance(k);
                 self.written += k as u64;
                 add(&counters.writes, 1);
@@ -1269,10 +1341,13 @@ impl Conn {
         let config = &self.shared.config;
         let counters = &self.shared.counters;
         let budget = self.schedule.budget(self.forwarded);
-        let n = self.to_up.poll_write(cx, up, now, budget, counters)?;
+        let tap = &self.shared.tap;
+        let n = self.to_up.poll_write(cx, up, now, budget, counters, tap)?;
         self.forwarded += n;
         let budget = self.schedule.budget(self.forwarded);
-        let m = self.to_down.poll_write(cx, down, now, budget, counters)?;
+        let m = self
+            .to_down
+            .poll_write(cx, down, now, budget, counters, tap)?;
         self.forwarded += m;
         let mut progress = n > 0 || m > 0;
         progress |= self.to_up.poll_read(cx, down, now, config)?;

@@ -1852,10 +1852,6 @@ impl<M: Machine> Driver<M> {
                 resending,
             },
             proto::Event::SessionLost { id, unacked } => Event::SessionLost { id, unacked },
-            other => {
-                tracing::debug!(?other, "machine event not handled by this driver version");
-                return None;
-            }
         })
     }
 }

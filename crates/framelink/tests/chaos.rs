@@ -1,7 +1,7 @@
 //! The chaos proxy over real loopback TCP: faithful forwarding under splits and delays (and the
 //! same pieces for the same seed), FIN / RST / blackhole / stall at scheduled byte counts,
-//! random faults replayed from the seed, a framelink connection declared dead through a
-//! blackhole. Every wait is bounded; timing assertions are upper bounds with margins.
+//! random faults replayed from the seed, a tap shown every forwarded byte, a framelink
+//! connection declared dead through a blackhole. Every wait is bounded; timing assertions are upper bounds with margins.
 
 use std::io;
 use std::net::SocketAddr;
@@ -577,5 +577,83 @@ async fn framelink_connection_through_a_blackhole_is_declared_dead() {
         )),
         "{seen:?}"
     );
+    proxy.shutdown().await;
+}
+
+/// What a tap was shown.
+#[derive(Default)]
+struct Seen {
+    up: Vec<u8>,
+    down: Vec<u8>,
+    closed: Vec<u64>,
+    writes: usize,
+}
+
+/// Records what a tap is shown.
+#[derive(Default)]
+struct Recorder {
+    seen: std::sync::Mutex<Seen>,
+}
+
+impl framelink::chaos::ChaosTap for Recorder {
+    fn forwarded(&self, conn: u64, to_upstream: bool, bytes: &[u8]) {
+        assert_eq!(conn, 0);
+        let mut seen = self.seen.lock().unwrap();
+        if to_upstream {
+            seen.up.extend_from_slice(bytes);
+        } else {
+            seen.down.extend_from_slice(bytes);
+        }
+        seen.writes += 1;
+    }
+
+    fn closed(&self, conn: u64) {
+        self.seen.lock().unwrap().closed.push(conn);
+    }
+}
+
+#[tokio::test]
+async fn a_tap_sees_every_forwarded_byte_in_order_then_the_close() {
+    let (upstream, addr) = listener().await;
+    let recorder = std::sync::Arc::new(Recorder::default());
+    let config = ChaosConfig {
+        seed: 3,
+        split: Some(1..=7),
+        ..ChaosConfig::default()
+    };
+    let proxy = ChaosProxy::start_with_tap("127.0.0.1:0", addr, config, recorder.clone())
+        .await
+        .unwrap();
+    let mut events = proxy.events();
+    let up = random_bytes(5000, 1);
+    let down = random_bytes(3000, 2);
+    let server = {
+        let down = down.clone();
+        tokio::spawn(async move {
+            let (mut stream, _) = upstream.accept().await.unwrap();
+            stream.write_all(&down).await.unwrap();
+            stream.shutdown().await.unwrap();
+            let mut got = Vec::new();
+            stream.read_to_end(&mut got).await.unwrap();
+            got
+        })
+    };
+    let mut client = TcpStream::connect(proxy.local_addr()).await.unwrap();
+    client.write_all(&up).await.unwrap();
+    client.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    timeout(DEADLINE, client.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(got == down);
+    assert!(timeout(DEADLINE, server).await.unwrap().unwrap() == up);
+    until_closed(&mut events, 0).await;
+    let seen = std::mem::take(&mut *recorder.seen.lock().unwrap());
+    assert!(seen.up == up, "tap saw {} bytes up", seen.up.len());
+    assert!(seen.down == down, "tap saw {} bytes down", seen.down.len());
+    assert_eq!(seen.closed, [0]);
+    // Split into pieces of at most 7 bytes: each write is shown on its own.
+    assert!(seen.writes >= 8000 / 7, "{} writes shown", seen.writes);
     proxy.shutdown().await;
 }
