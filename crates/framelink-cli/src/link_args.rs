@@ -71,6 +71,12 @@ pub struct LinkArgs {
     #[arg(long, requires = "framing")]
     pub pong_always: bool,
 
+    /// Close a connection whose peer starts a message (raw mode: a frame) and has not sent all
+    /// of it this long after its first byte (CLOSE code 3 in protocol mode), however steadily
+    /// it trickles bytes (`off`: no bound). Default 30s.
+    #[arg(long, value_name = "DUR|off", value_parser = parse_interval)]
+    pub frame_timeout: Option<Interval>,
+
     /// Raw mode: answer the peer's own heartbeats: when a frame equal to MATCH arrives, send
     /// REPLY (e.g. `PING=PONG`; either side may be `hex:...`). Matched frames are not delivered.
     #[arg(
@@ -151,6 +157,9 @@ impl LinkArgs {
                 if let Some(timeout) = self.ping_timeout {
                     config.ping_timeout = timeout;
                 }
+                if let Some(Interval(bound)) = self.frame_timeout {
+                    config.frame_timeout = bound;
+                }
                 Protocol::Framelink(config)
             }
             Some(framing) => {
@@ -173,6 +182,9 @@ impl LinkArgs {
                 };
                 config.answer = self.answer.clone();
                 config.pong_always = self.pong_always;
+                if let Some(Interval(bound)) = self.frame_timeout {
+                    config.frame_timeout = bound;
+                }
                 Protocol::Raw(Box::new(config))
             }
         }
@@ -300,6 +312,35 @@ pub fn parse_nonzero_duration(text: &str) -> Result<Duration, String> {
     match parse_duration(text)? {
         d if d.is_zero() => Err("must be greater than zero".into()),
         d => Ok(d),
+    }
+}
+
+/// A size in bytes: `65536`, `64KiB`, `64K`, `1MiB`, `1GiB`, `100B` (binary units).
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let bad = || format!("bad size {text:?} (expected e.g. 64, 16KiB, 1MiB)");
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: usize = digits.parse().map_err(|_| bad())?;
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "K" | "k" | "KiB" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(1 << shift).ok_or_else(bad)
+}
+
+/// A size as [`parse_size`], with binary units when whole (`64 MiB`).
+pub fn show_size(bytes: usize) -> String {
+    match bytes {
+        b if b >= 1 << 30 && b % (1 << 30) == 0 => format!("{} GiB", b >> 30),
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{} KiB", b >> 10),
+        b => format!("{b} B"),
     }
 }
 
