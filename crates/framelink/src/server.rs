@@ -70,14 +70,20 @@
 //!   is left. Messages the application has taken are no longer counted, so a connection
 //!   whose application keeps up holds little and is evicted last.
 //!
-//!   **What can pass the budget** (a fixed overhead, not counted): per live connection its
-//!   fixed state (driver, queues' bookkeeping, a task: about 2 KiB) and per connection
-//!   blocked from reading nothing more; reservations are taken before the memory is, so the
-//!   counted part never exceeds the budget except by charges for memory already held that
-//!   cannot be refused: a resumed session's messages, a session moving between a connection
-//!   and the store, and each connection's first (stack) read of at most 8 KiB. Allocator
-//!   rounding and the kernel's socket buffers are outside any count. The receive buffer's
-//!   growth is bounded by doubling (`BytesMut`), so a reservation is up to the buffer's size.
+//!   **What can pass the budget.** Growth is reserved before it is allocated, so the count
+//!   passes the budget only by charges for memory that is already there: a read into an
+//!   *empty* receive buffer is not reserved (at most 8 KiB copied from the stack, and the
+//!   framing's room for the frame it starts, at most as much again: 16 KiB per connection,
+//!   so that idle connections reserve nothing), and memory moving between two counts (a
+//!   connection's session to the store and back, received bytes becoming events). Not counted
+//!   at all: each connection's fixed state (driver, handles, task: about 2 KiB), allocator
+//!   rounding and memory the allocator keeps after a free, the kernel's socket buffers, and,
+//!   for a received message the application keeps (or echoes), the rest of the read buffer
+//!   allocation its bytes are a slice of. Measured (`benches/memory_attack.rs`, see
+//!   `BENCHMARKS.md`): with a 64 MiB budget the count peaks within 1 MiB of it, the process's
+//!   peak RSS at 1.2 to 1.6 times it. A reservation covers the receive buffer's doubling, so
+//!   a single message needs up to twice its length of budget: keep the budget several times
+//!   `max_message_len`.
 //! - **Frame timeout** ([`ConnectionConfig::frame_timeout`], raw
 //!   [`RawConfig::frame_timeout`](crate::RawConfig::frame_timeout), default 30 s): a peer
 //!   that starts a message and trickles the rest is closed with code 3 when the message is not

@@ -475,3 +475,49 @@ async fn a_trickled_partial_frame_is_cut_by_the_frame_timeout() {
     );
     stats_until(&handle, "connection gone", |s| s.live == 0).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_connections_are_refused_while_the_budget_is_nearly_used() {
+    let (addr, handle, _filled) = session_server(ServerSessions::default(), 0).await;
+    // A detached session filled by the application to 16 KiB short of the budget.
+    let id = [0x77; 16];
+    drop(session_client(addr, id).await);
+    stats_until(&handle, "session detached", |_| {
+        handle.session_counts() == (0, 1)
+    })
+    .await;
+    loop {
+        let left = BUDGET - handle.memory_used() - 16 * 1024;
+        if left <= 13 {
+            break;
+        }
+        let len = (left - 13).min(MIB);
+        handle
+            .try_send_to_session(id, Bytes::from(vec![3u8; len]))
+            .expect("queued in the detached session");
+    }
+    assert_eq!(handle.memory_used(), BUDGET - 16 * 1024);
+    // Refused with a reason; nothing of the session is let go for it (it fits the budget).
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let mut refused = connection::spawn(stream, ConnectionConfig::default()).unwrap();
+    let info = loop {
+        match timeout(DEADLINE, refused.next_event()).await.unwrap() {
+            Some(Event::Closed(info)) => break info,
+            Some(_) => {}
+            None => panic!("events ended without Closed"),
+        }
+    };
+    assert_eq!(info.code, CloseCode::ServerFull);
+    assert!(info.by_peer);
+    assert_eq!(
+        info.reason,
+        format!(
+            "server memory budget exhausted: {} of {BUDGET} bytes in use",
+            BUDGET - 16 * 1024
+        )
+    );
+    let stats = handle.stats();
+    assert_eq!((stats.refused, stats.refused_memory), (1, 1));
+    assert_eq!((stats.sessions_shed, stats.evicted_memory), (0, 0));
+    assert_eq!(handle.session_counts(), (0, 1));
+}
