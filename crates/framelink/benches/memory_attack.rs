@@ -191,11 +191,8 @@ fn server_process(attack: &str, budget: usize) {
                     let (tx, mut rx) = incoming.connection.split();
                     while let Some(event) = rx.next_event().await {
                         match event {
-                            Event::Message(m) => {
-                                if tx.send(m).await.is_err() {
-                                    break;
-                                }
-                            }
+                            // (A `Bytes` clone is a reference count.)
+                            Event::Message(m) if tx.send(m.clone()).await.is_err() => break,
                             Event::Session { .. } => {
                                 for _ in 0..16 {
                                     if tx.send(Bytes::from(vec![1u8; 64 * 1024])).await.is_err() {

@@ -458,6 +458,9 @@ where
 /// What a connection speaks: framelink's protocol (with its handshake and heartbeats), or the
 /// peer's own framing in raw mode (kept alive with a ping frame of the user's choosing).
 #[derive(Debug, Clone)]
+// A configuration is built once and cloned per connection, never moved per message: boxing
+// `ConnectionConfig` would only change the public API.
+#[allow(clippy::large_enum_variant)]
 pub enum Protocol {
     /// framelink wire protocol v1 (`docs/PROTOCOL.md`).
     Framelink(ConnectionConfig),
