@@ -418,6 +418,47 @@ mod tests {
     }
 
     #[test]
+    fn sizes_and_the_frame_timeout_option() {
+        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert!(parse_size("1.5GiB").is_err());
+        assert_eq!(show_size(64 << 20), "64 MiB");
+        assert_eq!(show_size(1 << 30), "1 GiB");
+        assert_eq!(show_size(1000), "1000 B");
+        let args = |frame_timeout| LinkArgs {
+            framing: None,
+            ping_interval: None,
+            ping_timeout: None,
+            ping: None,
+            pong: None,
+            pong_prefix: None,
+            pong_any: false,
+            pong_always: false,
+            frame_timeout,
+            answer: None,
+        };
+        let timeout_of = |protocol: Protocol| match protocol {
+            Protocol::Framelink(c) => c.frame_timeout,
+            Protocol::Raw(c) => c.frame_timeout,
+        };
+        assert_eq!(
+            timeout_of(args(None).protocol()),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            timeout_of(args(Some(parse_interval("5s").unwrap())).protocol()),
+            Some(ms(5000))
+        );
+        assert_eq!(
+            timeout_of(args(Some(parse_interval("off").unwrap())).protocol()),
+            None
+        );
+        let mut raw = args(Some(Interval(Some(ms(700)))));
+        raw.framing = Some(crate::parse_framing("line").unwrap());
+        assert_eq!(timeout_of(raw.protocol()), Some(ms(700)));
+    }
+
+    #[test]
     fn shown_durations() {
         assert_eq!(show_duration(ms(150)), "150ms");
         assert_eq!(show_duration(ms(1500)), "1.5s");
