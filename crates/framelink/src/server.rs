@@ -479,8 +479,8 @@ struct Live {
     task: AbortHandle,
     /// The client's address, canonical (as counted in `Registry::per_ip`).
     ip: IpAddr,
-    /// The client's address as accepted.
-    peer: SocketAddr,
+    /// The client's port (with `ip`, its address, for the eviction log).
+    port: u16,
     /// Evicted to free memory: not chosen again while it closes.
     evicted: bool,
 }
@@ -1068,7 +1068,10 @@ impl ServerShared {
                 .live
                 .iter()
                 .filter(|(_, live)| !live.evicted)
-                .map(|(id, live)| (*id, live.sender.memory_held(), live.peer))
+                .map(|(id, live)| {
+                    let peer = SocketAddr::new(live.ip, live.port);
+                    (*id, live.sender.memory_held(), peer)
+                })
                 .max_by_key(|&(_, held, _)| held)
         };
         let biggest = victim.map_or(0, |(_, held, _)| held);
@@ -1356,7 +1359,7 @@ async fn accept_loop(
                             sender,
                             task,
                             ip,
-                            peer,
+                            port: peer.port(),
                             evicted: false,
                         },
                     );
@@ -1431,7 +1434,7 @@ mod tests {
             sender: connection.sender(),
             task: tokio::spawn(async {}).abort_handle(),
             ip: ip.parse::<IpAddr>().unwrap().to_canonical(),
-            peer: SocketAddr::from(([127, 0, 0, 1], 1)),
+            port: 1,
             evicted: false,
         }
     }
