@@ -1717,6 +1717,15 @@ impl<M: Machine> Driver<M> {
                     {
                         buf.reserve(self.large_frame + FRAME_SLACK);
                     }
+                    // A budgeted stack read came in full (a busy stream): the room for reading
+                    // straight in that `poll_read_into` leaves to us, reserved first.
+                    None if account.is_some()
+                        && n == STACK_READ
+                        && buf.capacity() < READ_SIZE
+                        && room(buf, READ_SIZE) =>
+                    {
+                        buf.reserve(READ_SIZE);
+                    }
                     None => {}
                 }
             }
