@@ -1761,14 +1761,13 @@ impl<M: Machine> Driver<M> {
             false
         };
         let blocked = reading && !ok;
-        if blocked != self.mem_waiting {
-            if blocked {
-                account.budget().start_waiting(need);
-            } else {
-                account.budget().stop_waiting();
-            }
-            self.mem_waiting = blocked;
+        match (blocked, self.mem_waiting) {
+            (true, false) => account.budget().start_waiting(need),
+            (true, true) => account.budget().want(need),
+            (false, true) => account.budget().stop_waiting(),
+            (false, false) => {}
         }
+        self.mem_waiting = blocked;
         self.mem_read_ok = reading && ok;
         reading && ok
     }

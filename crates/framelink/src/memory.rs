@@ -141,7 +141,7 @@ impl MemoryBudget {
             if self.try_reserve(n) {
                 return;
             }
-            self.pressure.notify_one();
+            self.want(n);
             freed.await;
         }
     }
@@ -157,8 +157,20 @@ impl MemoryBudget {
     /// once done.
     pub(crate) fn start_waiting(&self, n: usize) {
         self.waiting.fetch_add(1, Ordering::AcqRel);
+        self.want(n);
+    }
+
+    /// A waiting task still lacks room for `n` bytes: tells the enforcer (again). Requests are
+    /// forgotten by [`forget_wanted`](Self::forget_wanted) after each step of relief, so a
+    /// request that was met, or whose task gave up, does not make the enforcer free more.
+    pub(crate) fn want(&self, n: usize) {
         self.wanted.fetch_max(n, Ordering::AcqRel);
         self.pressure.notify_one();
+    }
+
+    /// The enforcer freed some memory: waiting tasks look again and say what they still lack.
+    pub(crate) fn forget_wanted(&self) {
+        self.wanted.store(0, Ordering::Release);
     }
 
     /// Ends a [`start_waiting`](Self::start_waiting).
@@ -371,6 +383,11 @@ mod tests {
         assert!(budget.needs_relief(), "900 + 200 > 1000");
         budget.credit(200);
         assert!(!budget.needs_relief(), "700 + 200 fits");
+        budget.want(400);
+        assert!(budget.needs_relief(), "700 + 400 > 1000");
+        // Relief forgets requests: only those still unmet are made again.
+        budget.forget_wanted();
+        assert!(!budget.needs_relief());
         drop(waiting);
         assert!(budget.try_reserve(300));
         assert!(!budget.needs_relief(), "nobody waits");

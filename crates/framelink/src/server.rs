@@ -1144,6 +1144,8 @@ async fn enforce_budget(shared: Weak<ServerShared>, memory: Arc<MemoryBudget>) {
             };
             let relief = strong.relieve();
             drop(strong);
+            // Waiting tasks say again what they still lack once they have looked.
+            memory.forget_wanted();
             match relief {
                 Relief::Freed => {}
                 Relief::Evicted(sender, held) => {

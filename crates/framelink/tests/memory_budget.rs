@@ -369,23 +369,29 @@ async fn detached_sessions_are_shed_oldest_first_into_a_bounded_lost_queue() {
     assert_eq!(lost[0].dropped_before, stats.lost_dropped);
     assert!(lost.iter().all(|l| l.reason == LostReason::Evicted));
     assert!(lost.iter().all(|l| l.unacked.len() == 4));
-    // Shed oldest first: the lost ones are older than every session still detached, and
-    // come in the order they were opened.
+    // Shed oldest first. "Oldest" is by detach time, which is the order the clients reset in
+    // up to neighbours swapping (the server notices one reset while the next client opens),
+    // hence one place of slack: the lost ones are among the first `shed` (+1) opened, and
+    // the most recently shed (the queue drops its oldest).
     let position = |id: &[u8; 16]| order.iter().position(|o| o == id).unwrap();
     let lost_positions: Vec<usize> = lost.iter().map(|l| position(&l.id)).collect();
+    let shed = stats.sessions_shed as usize;
+    assert_eq!(shed + detached, 48);
     assert!(
-        lost_positions.windows(2).all(|w| w[0] < w[1]),
-        "{lost_positions:?}"
+        lost_positions.iter().all(|&p| p <= shed),
+        "a younger session went first: {lost_positions:?}, {shed} shed"
     );
-    let shed_or_dropped = stats.sessions_shed as usize;
-    assert_eq!(shed_or_dropped + detached, 48);
     assert!(
-        *lost_positions.last().unwrap() < shed_or_dropped,
-        "a younger session went first: {lost_positions:?}, {shed_or_dropped} shed"
+        lost_positions.iter().all(|&p| p + 8 >= shed),
+        "the lost queue kept old sessions and dropped recent ones: {lost_positions:?}"
     );
-    // Taken by the application: their memory is given back.
-    let used = handle.memory_used();
-    assert!(used <= BUDGET, "{used}");
+    // Taken by the application: their memory is given back; what is left is the detached
+    // sessions' messages.
+    let kept = detached * 4 * (64 * 1024 + 13);
+    stats_until(&handle, "only detached sessions counted", |s| {
+        s.memory_used == kept && s.live == 0
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
