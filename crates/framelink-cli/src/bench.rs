@@ -285,24 +285,7 @@ fn parse_rate(text: &str) -> Result<Rate, String> {
     }
 }
 
-/// `65536`, `64KiB`, `64K`, `1MiB`, `100B` (binary units).
-fn parse_size(text: &str) -> Result<usize, String> {
-    let bad = || format!("bad size {text:?} (expected e.g. 64, 16KiB, 1MiB)");
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let n: usize = digits.parse().map_err(|_| bad())?;
-    let shift = match unit.trim() {
-        "" | "B" => 0,
-        "K" | "k" | "KiB" => 10,
-        "M" | "MiB" => 20,
-        "G" | "GiB" => 30,
-        _ => return Err(bad()),
-    };
-    n.checked_mul(1 << shift).ok_or_else(bad)
-}
+use crate::link_args::parse_size;
 
 fn check_message_size(n: usize) -> Result<usize, String> {
     if (MIN_SIZE..=MAX_SIZE).contains(&n) {

@@ -71,6 +71,12 @@ pub struct LinkArgs {
     #[arg(long, requires = "framing")]
     pub pong_always: bool,
 
+    /// Close a connection whose peer starts a message (raw mode: a frame) and has not sent all
+    /// of it this long after its first byte (CLOSE code 3 in protocol mode), however steadily
+    /// it trickles bytes (`off`: no bound). Default 30s.
+    #[arg(long, value_name = "DUR|off", value_parser = parse_interval)]
+    pub frame_timeout: Option<Interval>,
+
     /// Raw mode: answer the peer's own heartbeats: when a frame equal to MATCH arrives, send
     /// REPLY (e.g. `PING=PONG`; either side may be `hex:...`). Matched frames are not delivered.
     #[arg(
@@ -151,6 +157,9 @@ impl LinkArgs {
                 if let Some(timeout) = self.ping_timeout {
                     config.ping_timeout = timeout;
                 }
+                if let Some(Interval(bound)) = self.frame_timeout {
+                    config.frame_timeout = bound;
+                }
                 Protocol::Framelink(config)
             }
             Some(framing) => {
@@ -173,6 +182,9 @@ impl LinkArgs {
                 };
                 config.answer = self.answer.clone();
                 config.pong_always = self.pong_always;
+                if let Some(Interval(bound)) = self.frame_timeout {
+                    config.frame_timeout = bound;
+                }
                 Protocol::Raw(Box::new(config))
             }
         }
@@ -303,6 +315,35 @@ pub fn parse_nonzero_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// A size in bytes: `65536`, `64KiB`, `64K`, `1MiB`, `1GiB`, `100B` (binary units).
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let bad = || format!("bad size {text:?} (expected e.g. 64, 16KiB, 1MiB)");
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: usize = digits.parse().map_err(|_| bad())?;
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "K" | "k" | "KiB" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(1 << shift).ok_or_else(bad)
+}
+
+/// A size as [`parse_size`], with binary units when whole (`64 MiB`).
+pub fn show_size(bytes: usize) -> String {
+    match bytes {
+        b if b >= 1 << 30 && b % (1 << 30) == 0 => format!("{} GiB", b >> 30),
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{} KiB", b >> 10),
+        b => format!("{b} B"),
+    }
+}
+
 /// A duration, or `off` / `none` / `0` for none.
 fn parse_interval(text: &str) -> Result<Interval, String> {
     match text.trim() {
@@ -374,6 +415,47 @@ mod tests {
         assert_eq!(parse_interval("0"), Ok(Interval(None)));
         assert_eq!(parse_interval("100ms"), Ok(Interval(Some(ms(100)))));
         assert!(parse_nonzero_duration("0s").is_err());
+    }
+
+    #[test]
+    fn sizes_and_the_frame_timeout_option() {
+        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert!(parse_size("1.5GiB").is_err());
+        assert_eq!(show_size(64 << 20), "64 MiB");
+        assert_eq!(show_size(1 << 30), "1 GiB");
+        assert_eq!(show_size(1000), "1000 B");
+        let args = |frame_timeout| LinkArgs {
+            framing: None,
+            ping_interval: None,
+            ping_timeout: None,
+            ping: None,
+            pong: None,
+            pong_prefix: None,
+            pong_any: false,
+            pong_always: false,
+            frame_timeout,
+            answer: None,
+        };
+        let timeout_of = |protocol: Protocol| match protocol {
+            Protocol::Framelink(c) => c.frame_timeout,
+            Protocol::Raw(c) => c.frame_timeout,
+        };
+        assert_eq!(
+            timeout_of(args(None).protocol()),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            timeout_of(args(Some(parse_interval("5s").unwrap())).protocol()),
+            Some(ms(5000))
+        );
+        assert_eq!(
+            timeout_of(args(Some(parse_interval("off").unwrap())).protocol()),
+            None
+        );
+        let mut raw = args(Some(Interval(Some(ms(700)))));
+        raw.framing = Some(crate::parse_framing("line").unwrap());
+        assert_eq!(timeout_of(raw.protocol()), Some(ms(700)));
     }
 
     #[test]

@@ -24,9 +24,17 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::link_args::{
-    describe, parse_duration, parse_nonzero_duration, show_duration, unacked_messages, Interrupt,
-    LinkArgs,
+    describe, parse_duration, parse_nonzero_duration, parse_size, show_duration, show_size,
+    unacked_messages, Interrupt, LinkArgs,
 };
+
+/// `--memory-budget`: a size of at least 1 MiB.
+fn parse_memory_budget(text: &str) -> Result<usize, String> {
+    match parse_size(text)? {
+        n if n < 1 << 20 => Err("must be at least 1MiB".into()),
+        n => Ok(n),
+    }
+}
 use crate::stream_tools::{escape_text, hex};
 
 /// Options of `framelink serve`.
@@ -67,6 +75,14 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 64,
           value_parser = clap::value_parser!(u64).range(1..))]
     max_connections_per_ip: u64,
+
+    /// Bytes the server may hold for all connections and sessions together (receive buffers,
+    /// send queues, messages not yet handled, detached and lost sessions), e.g. `256MiB`,
+    /// `2GiB`. Beyond it new connections are refused, the oldest detached sessions are let go
+    /// and the connection holding the most is closed (CLOSE `ServerFull`). [default: 1GiB, or a
+    /// quarter of physical memory when less]
+    #[arg(long, value_name = "BYTES", value_parser = parse_memory_budget)]
+    memory_budget: Option<usize>,
 
     /// Do not echo: only count what arrives (shown when each connection closes).
     #[arg(long)]
@@ -140,6 +156,9 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
                 ..defaults
             }
         }),
+        memory_budget: args
+            .memory_budget
+            .unwrap_or_else(framelink::server::default_memory_budget),
         ..ServerConfig::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -158,7 +177,11 @@ async fn serve(args: ServeArgs, config: ServerConfig) -> Result<ExitCode> {
         verbose: args.verbose,
     };
     let mut interrupt = Interrupt::new();
-    let mode = describe(&config.protocol);
+    let mode = format!(
+        "{}, memory budget {}",
+        describe(&config.protocol),
+        show_size(config.memory_budget)
+    );
     let sessions = config.sessions.map(|s| {
         format!(
             ", sessions kept {} for their client, at most {} detached",
@@ -236,6 +259,18 @@ fn print_report(handle: &ServerHandle, report: framelink::server::ShutdownReport
         "[serve] shutdown: {} open, {} closed gracefully, {} aborted; {} accepted, {} refused in all",
         report.open, report.closed, report.aborted, stats.accepted, stats.refused
     );
+    if stats.refused_memory + stats.evicted_memory + stats.sessions_shed + stats.lost_dropped > 0 {
+        eprintln!(
+            "[serve] memory budget {}: peak {} bytes; {} connections refused, {} evicted, {} \
+             detached sessions let go, {} lost sessions dropped unseen",
+            show_size(stats.memory_budget),
+            stats.memory_peak,
+            stats.refused_memory,
+            stats.evicted_memory,
+            stats.sessions_shed,
+            stats.lost_dropped
+        );
+    }
 }
 
 /// How many messages a connection's echo takes (and queues back) at a time.
@@ -437,8 +472,13 @@ async fn report_lost_sessions(echoes: Echoes, out: Output) {
         id,
         reason,
         unacked,
+        dropped_before,
+        ..
     }) = echoes.handle.next_lost_session().await
     {
+        if dropped_before > 0 {
+            eprintln!("[serve] {dropped_before} lost sessions dropped before this one (not taken in time)");
+        }
         let why = match reason {
             LostReason::Expired => "expired",
             LostReason::Evicted => "evicted",

@@ -156,12 +156,19 @@ pub struct ConnectionConfig {
     /// session is asked for with [`Connection::with_session`], which uses these settings (or
     /// the defaults). `None` (the default): no sessions offered.
     pub sessions: Option<SessionConfig>,
+    /// A message must arrive whole within this long of its first byte: a peer that starts a
+    /// message and trickles the rest (any byte keeps the heartbeat happy) is closed with code 3
+    /// (`PeerTimedOut`) and [`ConnectionError::FrameTimeout`], which says how many of how many
+    /// bytes had arrived. Bounds how long a partial message holds receive memory. Raise it for
+    /// large messages over slow links (an 8 MiB message in 30 s needs about 280 KB/s).
+    /// `None`: no bound. Default 30 s.
+    pub frame_timeout: Option<Duration>,
 }
 
 impl Default for ConnectionConfig {
     /// The protocol's example values: ping after 15 s of quiet, dead 10 s after an unanswered
     /// ping, grace 1.5, 8 MiB messages, 10 s handshake, 8 MiB send queue, 2 s linger, no idle
-    /// events, ping rate enforced with 2 strikes, no session.
+    /// events, ping rate enforced with 2 strikes, no session, 30 s for a message to arrive whole.
     fn default() -> Self {
         ConnectionConfig {
             ping_interval: Some(Duration::from_secs(15)),
@@ -179,9 +186,13 @@ impl Default for ConnectionConfig {
             session_id: [0; 16],
             idle_timeout: None,
             sessions: None,
+            frame_timeout: Some(DEFAULT_FRAME_TIMEOUT),
         }
     }
 }
+
+/// Default [`ConnectionConfig::frame_timeout`] (and the raw mode's): 30 s.
+pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// An invalid [`ConnectionConfig`].
 #[derive(Debug, Clone, PartialEq, Error)]
@@ -248,6 +259,10 @@ impl ConnectionConfig {
             (
                 "idle_timeout",
                 self.idle_timeout.is_some_and(|d| d.is_zero()),
+            ),
+            (
+                "frame_timeout",
+                self.frame_timeout.is_some_and(|d| d.is_zero()),
             ),
         ] {
             if zero {
@@ -368,6 +383,27 @@ pub enum ConnectionError {
     /// Raw mode: the user's framing failed on the peer's bytes and cannot recover.
     #[error("framing: {0}")]
     Framing(DecodeError),
+    /// A message (raw mode: a frame) did not arrive whole within the frame timeout
+    /// ([`ConnectionConfig::frame_timeout`], `RawConfig::frame_timeout`) of its first byte.
+    #[error(
+        "frame incomplete after {timeout:?}: {received} of {} bytes arrived",
+        match expected { Some(n) => n.to_string(), None => "an unknown number of".to_owned() }
+    )]
+    FrameTimeout {
+        /// The frame timeout.
+        timeout: Duration,
+        /// Bytes of the frame (header included) that had arrived.
+        received: usize,
+        /// Its full length, when its header had arrived.
+        expected: Option<usize>,
+    },
+    /// Closed locally at once, without writing queued messages (e.g. a server evicting a
+    /// connection to stay within its memory budget).
+    #[error("aborted: {reason}")]
+    Aborted {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// What a [`Connection`] reports, drained with [`Connection::poll_event`].
@@ -578,6 +614,8 @@ pub struct Connection {
     recv: BytesMut,
     /// `recv.len()` after the last processing: anything beyond is new.
     recv_seen: usize,
+    /// When the first byte of the partial message at the front of `recv` arrived.
+    frame_started: Option<Instant>,
     /// Stop decoding input (after a protocol error, a CLOSE, or end of stream).
     input_done: bool,
     pong: Option<Bytes>,
@@ -629,6 +667,7 @@ impl Connection {
             liveness: None,
             recv: BytesMut::new(),
             recv_seen: 0,
+            frame_started: None,
             input_done: false,
             pong: None,
             ping: None,
@@ -867,9 +906,11 @@ impl Connection {
                 lv.on_receive(now);
             }
         }
+        let mut decoded = false;
         while !self.input_done {
             match self.codec.decode(&mut self.recv) {
                 Ok(Some(message)) => {
+                    decoded = true;
                     self.stats.messages_in += 1;
                     self.on_message(message, now);
                 }
@@ -884,8 +925,52 @@ impl Connection {
         if self.input_done {
             self.recv.clear();
         }
+        self.frame_started = frame_start(self.frame_started, &self.recv, decoded, now);
         self.recv_seen = self.recv.len();
         self.drain_liveness(now);
+    }
+
+    /// When the partial message at the front of the receive buffer times out, if one does.
+    fn frame_deadline(&self) -> Option<Instant> {
+        let started = self.frame_started?;
+        if self.input_done || !matches!(self.state, State::Handshaking | State::Open) {
+            return None;
+        }
+        started.checked_add(self.config.frame_timeout?)
+    }
+
+    /// The partial message took too long: close with code 3, saying how much of it arrived.
+    fn frame_timed_out(&mut self) {
+        let e = ConnectionError::FrameTimeout {
+            timeout: self.config.frame_timeout.unwrap_or_default(),
+            received: self.recv.len(),
+            expected: self.pending_frame_len(),
+        };
+        self.fail(CloseCode::PeerTimedOut, e.to_string(), e, false);
+        self.input_done = true;
+        // Its memory goes at once.
+        self.recv = BytesMut::new();
+        self.recv_seen = 0;
+        self.frame_started = None;
+    }
+
+    /// Closes at once: queued messages and buffered input are dropped, our CLOSE (`code`,
+    /// `reason`) is the next thing written, [`Event::Closed`] carries
+    /// [`ConnectionError::Aborted`]. For a runtime that must free the connection's memory now
+    /// (a server over its memory budget); [`close`](Self::close) is the graceful way. No-op once
+    /// closed.
+    pub fn abort(&mut self, code: CloseCode, reason: &str, _now: Instant) {
+        if self.state == State::Closed {
+            return;
+        }
+        let e = ConnectionError::Aborted {
+            reason: reason.to_owned(),
+        };
+        self.fail(code, reason.to_owned(), e, false);
+        self.input_done = true;
+        self.recv = BytesMut::new();
+        self.recv_seen = 0;
+        self.frame_started = None;
     }
 
     /// The peer ended its write half (TCP FIN) or the transport failed: the connection is closed.
@@ -897,6 +982,7 @@ impl Connection {
         self.input_done = true;
         self.recv.clear();
         self.recv_seen = 0;
+        self.frame_started = None;
         let code = if mid_message {
             CloseCode::ProtocolError
         } else {
@@ -1597,7 +1683,11 @@ impl Connection {
     /// When [`handle_timeout`](Self::handle_timeout) must next be called, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
-            State::Handshaking => Some(self.handshake_deadline),
+            State::Handshaking => {
+                Some(self.frame_deadline().map_or(self.handshake_deadline, |at| {
+                    at.min(self.handshake_deadline)
+                }))
+            }
             State::Open => {
                 let ack_due = self.session.as_ref().and_then(|l| l.ack_due);
                 // A resume's proof belongs to the handshake, and to its deadline.
@@ -1611,6 +1701,7 @@ impl Connection {
                     self.idle_deadline(),
                     ack_due,
                     proof_due,
+                    self.frame_deadline(),
                 ]
                 .into_iter()
                 .flatten()
@@ -1626,6 +1717,10 @@ impl Connection {
 
     /// Handles whatever timers are due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.frame_deadline().is_some_and(|at| now >= at) {
+            self.frame_timed_out();
+            return;
+        }
         match self.state {
             State::Handshaking if now >= self.handshake_deadline => {
                 let e = ConnectionError::HandshakeTimeout {
@@ -1781,6 +1876,24 @@ impl Connection {
     /// The next event, if any. Call until `None` after every input.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
+    }
+}
+
+/// When the partial frame left at the front of `recv` started: `now` for a new one (none was
+/// pending, or frames were `decoded` from this input, so what is left began in it), the old
+/// start while the same frame is still incomplete, `None` when nothing is left.
+pub(crate) fn frame_start(
+    started: Option<Instant>,
+    recv: &BytesMut,
+    decoded: bool,
+    now: Instant,
+) -> Option<Instant> {
+    if recv.is_empty() {
+        None
+    } else if decoded || started.is_none() {
+        Some(now)
+    } else {
+        started
     }
 }
 
@@ -2639,6 +2752,189 @@ mod tests {
             closes(&decode_all(&transmit_all(&mut c, t0 + secs(10)))),
             vec![3]
         );
+    }
+
+    /// Opens `c` with a default peer HELLO at `t`.
+    fn open(c: &mut Connection, t: Instant) {
+        c.handle_input(&hello_with(|_| {}), t);
+        let _ = transmit_all(c, t);
+        assert!(matches!(events(c)[..], [Event::Connected { .. }]));
+    }
+
+    #[test]
+    fn a_trickled_message_is_cut_by_the_frame_timeout_whatever_the_heartbeat_says() {
+        let t0 = Instant::now();
+        let mut c = Connection::new(
+            ConnectionConfig {
+                frame_timeout: Some(secs(30)),
+                ..cfg(5, 3)
+            },
+            t0,
+        )
+        .unwrap();
+        open(&mut c, t0);
+        // One whole message, then the start of a 100 000-byte one, trickled 1 byte / 2 s:
+        // enough for the heartbeat (any byte proves the peer alive), never enough to finish.
+        let whole = encode(&Message::Data(Bytes::from_static(b"ok")));
+        let big = encode(&Message::Data(Bytes::from(vec![7u8; 100_000])));
+        let t1 = t0 + secs(1);
+        c.handle_input(&[&whole[..], &big[..10]].concat(), t1);
+        assert_eq!(data_of(&events(&mut c)), vec![Bytes::from_static(b"ok")]);
+        assert_eq!(c.poll_timeout().map(|at| at <= t1 + secs(30)), Some(true));
+        let mut sent = 10;
+        let mut t = t1;
+        while t + secs(2) < t1 + secs(30) {
+            t += secs(2);
+            c.handle_input(&big[sent..sent + 1], t);
+            sent += 1;
+            let _ = transmit_all(&mut c, t);
+            c.handle_timeout(t);
+            assert_eq!(
+                c.state(),
+                State::Open,
+                "still within the bound at {:?}",
+                t - t0
+            );
+        }
+        // The deadline counts from the message's first byte, not from the last one.
+        assert_eq!(c.poll_timeout(), Some(t1 + secs(30)));
+        c.handle_timeout(t1 + secs(30) - ms(1));
+        assert_eq!(c.state(), State::Open);
+        c.handle_timeout(t1 + secs(30));
+        let ev = events(&mut c);
+        let expected = ConnectionError::FrameTimeout {
+            timeout: secs(30),
+            received: sent,
+            expected: Some(big.len()),
+        };
+        assert_eq!(
+            ev.last(),
+            Some(&Event::Closed {
+                code: CloseCode::PeerTimedOut,
+                reason: expected.to_string(),
+                by_peer: false,
+                error: Some(expected.clone()),
+            })
+        );
+        assert_eq!(
+            expected.to_string(),
+            format!("frame incomplete after 30s: {sent} of 100005 bytes arrived")
+        );
+        assert_eq!(
+            closes(&decode_all(&transmit_all(&mut c, t1 + secs(30)))),
+            vec![3]
+        );
+        assert_eq!(c.recv_buf().capacity(), 0, "the partial message is freed");
+    }
+
+    #[test]
+    fn the_frame_timeout_restarts_with_each_message_and_can_be_off() {
+        let t0 = Instant::now();
+        let config = ConnectionConfig {
+            frame_timeout: Some(secs(10)),
+            ..cfg(5, 3)
+        };
+        let mut c = Connection::new(config.clone(), t0).unwrap();
+        open(&mut c, t0);
+        let m = encode(&Message::Data(Bytes::from(vec![1u8; 1000])));
+        // Each message takes 8 s (under the bound), and the next one starts in the same input
+        // as the end of the previous: its own clock starts then.
+        c.handle_input(&m[..500], t0);
+        for i in 1..=5u64 {
+            let t = t0 + secs(8 * i);
+            c.handle_input(&[&m[500..], &m[..500]].concat(), t);
+            assert_eq!(c.poll_timeout().map(|at| at >= t + secs(5)), Some(true));
+            c.handle_timeout(t + secs(5));
+            assert_eq!(c.state(), State::Open);
+        }
+        assert_eq!(data_of(&events(&mut c)).len(), 5);
+        // Nothing pending: no frame deadline (only heartbeats).
+        c.handle_input(&m[500..], t0 + secs(41));
+        assert_eq!(c.frame_deadline(), None);
+        assert_eq!(data_of(&events(&mut c)).len(), 1);
+
+        // Off: a partial message may take any time (the heartbeat still runs).
+        let mut c = Connection::new(
+            ConnectionConfig {
+                frame_timeout: None,
+                ..cfg(5, 3)
+            },
+            t0,
+        )
+        .unwrap();
+        open(&mut c, t0);
+        c.handle_input(&m[..3], t0);
+        for i in 1..=100u64 {
+            c.handle_input(&m[2 + i as usize..3 + i as usize], t0 + secs(2 * i));
+            let _ = transmit_all(&mut c, t0 + secs(2 * i));
+            c.handle_timeout(t0 + secs(2 * i));
+        }
+        assert_eq!(c.state(), State::Open);
+        assert_eq!(
+            Connection::new(
+                ConnectionConfig {
+                    frame_timeout: Some(Duration::ZERO),
+                    ..config
+                },
+                t0
+            )
+            .unwrap_err(),
+            ConfigError::Zero {
+                name: "frame_timeout"
+            }
+        );
+    }
+
+    #[test]
+    fn a_partial_hello_is_bounded_by_the_frame_timeout_when_it_is_shorter() {
+        let t0 = Instant::now();
+        let mut c = Connection::new(
+            ConnectionConfig {
+                frame_timeout: Some(secs(2)),
+                ..cfg(5, 3)
+            },
+            t0,
+        )
+        .unwrap();
+        let _ = transmit_all(&mut c, t0);
+        c.handle_input(&hello_with(|_| {})[..5], t0 + secs(1));
+        assert_eq!(c.poll_timeout(), Some(t0 + secs(3)));
+        c.handle_timeout(t0 + secs(3));
+        assert!(events(&mut c).iter().any(|e| matches!(
+            e,
+            Event::Closed {
+                code: CloseCode::PeerTimedOut,
+                error: Some(ConnectionError::FrameTimeout { received: 5, .. }),
+                ..
+            }
+        )));
+    }
+
+    #[test]
+    fn abort_drops_queued_data_and_input_and_sends_close_at_once() {
+        let t0 = Instant::now();
+        let mut c = Connection::new(cfg(5, 3), t0).unwrap();
+        open(&mut c, t0);
+        c.send(Bytes::from(vec![1u8; 50_000]), t0).unwrap();
+        let big = encode(&Message::Data(Bytes::from(vec![7u8; 100_000])));
+        c.handle_input(&big[..60_000], t0);
+        c.abort(CloseCode::ServerFull, "memory budget", t0);
+        assert_eq!(c.queued_bytes(), 0);
+        assert_eq!(c.recv_buf().capacity(), 0);
+        let out = decode_all(&transmit_all(&mut c, t0));
+        assert!(
+            !out.iter().any(|m| matches!(m, Message::Data(_))),
+            "{out:?}"
+        );
+        assert_eq!(closes(&out), vec![7]);
+        assert!(events(&mut c).iter().any(|e| matches!(
+            e,
+            Event::Closed {
+                code: CloseCode::ServerFull,
+                error: Some(ConnectionError::Aborted { .. }),
+                ..
+            }
+        )));
     }
 
     #[test]

@@ -49,6 +49,10 @@ pub trait Machine {
     fn send(&mut self, payload: Bytes, now: Instant) -> Result<(), SendError>;
     /// Closes gracefully: queued messages first. No-op once closing.
     fn close(&mut self, code: CloseCode, reason: &str, now: Instant);
+    /// Closes at once: queued messages and buffered input are dropped (their memory freed),
+    /// the connection ends with [`ConnectionError::Aborted`](crate::connection::ConnectionError::Aborted)
+    /// (protocol mode: our CLOSE with `code` and `reason` is written first). No-op once closed.
+    fn abort(&mut self, code: CloseCode, reason: &str, now: Instant);
     /// Where the connection is in its lifecycle.
     fn state(&self) -> State;
     /// The connection is finished ([`State::Closed`]).
@@ -128,6 +132,9 @@ impl Machine for Connection {
     }
     fn close(&mut self, code: CloseCode, reason: &str, now: Instant) {
         Connection::close(self, code, reason, now)
+    }
+    fn abort(&mut self, code: CloseCode, reason: &str, now: Instant) {
+        Connection::abort(self, code, reason, now)
     }
     fn state(&self) -> State {
         Connection::state(self)

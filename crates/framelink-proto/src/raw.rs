@@ -268,12 +268,20 @@ pub struct RawConfig {
     /// After a local close has shut the write half down, wait this long for the peer's end of
     /// stream (reading and discarding) before the connection is [`State::Closed`].
     pub linger: Duration,
+    /// A frame must arrive whole within this long of its first byte, or the connection is
+    /// closed (code [`CloseCode::PeerTimedOut`], [`ConnectionError::FrameTimeout`] saying how
+    /// many bytes had arrived, and of how many when the framing knows the length): a peer that
+    /// trickles a frame byte by byte no longer holds its receive buffer for ever. `None`: no
+    /// bound. Default 30 s
+    /// ([`DEFAULT_FRAME_TIMEOUT`](crate::connection::DEFAULT_FRAME_TIMEOUT)).
+    pub frame_timeout: Option<Duration>,
 }
 
 impl RawConfig {
     /// Defaults around `framing`, like [`ConnectionConfig`](crate::connection::ConnectionConfig)'s:
     /// ping interval 15 s, timeout 10 s, no ping payload (idle-only), [`FrameMatcher::Any`], no
-    /// answer rule, heartbeats swallowed, no idle events, 8 MiB send queue, 2 s linger.
+    /// answer rule, heartbeats swallowed, no idle events, 8 MiB send queue, 2 s linger, 30 s for
+    /// a frame to arrive whole.
     pub fn new(framing: Framing) -> Self {
         RawConfig {
             framing,
@@ -290,6 +298,7 @@ impl RawConfig {
             idle_timeout: None,
             max_queued_bytes: 8 * 1024 * 1024,
             linger: Duration::from_secs(2),
+            frame_timeout: Some(crate::connection::DEFAULT_FRAME_TIMEOUT),
         }
     }
 
@@ -306,6 +315,10 @@ impl RawConfig {
             (
                 "idle_timeout",
                 self.idle_timeout.is_some_and(|d| d.is_zero()),
+            ),
+            (
+                "frame_timeout",
+                self.frame_timeout.is_some_and(|d| d.is_zero()),
             ),
         ] {
             if zero {
@@ -435,6 +448,8 @@ pub struct RawConnection {
     recv: BytesMut,
     /// `recv.len()` after the last processing: anything beyond is new.
     recv_seen: usize,
+    /// When the first byte of the partial frame at the front of `recv` arrived.
+    frame_started: Option<Instant>,
     /// Stop decoding input (closing, closed).
     input_done: bool,
     /// A ping to write (its liveness context).
@@ -477,6 +492,7 @@ impl RawConnection {
             state: State::Open,
             recv: BytesMut::new(),
             recv_seen: 0,
+            frame_started: None,
             input_done: false,
             ping_pending: None,
             awaiting_pong: None,
@@ -593,17 +609,26 @@ impl RawConnection {
         if self.state != State::Open {
             self.input_done = true;
         }
+        let mut decoded = false;
         while !self.input_done {
             match self.framing.decode(&mut self.recv) {
-                Ok(Some(frame)) => self.on_frame(frame, now),
+                Ok(Some(frame)) => {
+                    decoded = true;
+                    self.on_frame(frame, now);
+                }
                 Ok(None) => break,
-                Err(e) if e.is_recoverable() => self.events.push_back(Event::FrameDiscarded(e)),
+                Err(e) if e.is_recoverable() => {
+                    decoded = true;
+                    self.events.push_back(Event::FrameDiscarded(e));
+                }
                 Err(e) => self.framing_failed(e, now),
             }
         }
         if self.input_done {
             self.recv.clear();
         }
+        self.frame_started =
+            crate::connection::frame_start(self.frame_started, &self.recv, decoded, now);
         self.recv_seen = self.recv.len();
         self.drain_liveness(now);
     }
@@ -867,12 +892,43 @@ impl RawConnection {
             (State::Closing, Shutdown::Done(at)) => {
                 Some(at.checked_add(self.config.linger).unwrap_or(at))
             }
-            (State::Open, _) => match (self.liveness.poll_timeout(), self.idle_deadline()) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            },
+            (State::Open, _) => [
+                self.liveness.poll_timeout(),
+                self.idle_deadline(),
+                self.frame_deadline(),
+            ]
+            .into_iter()
+            .flatten()
+            .min(),
             _ => self.liveness.poll_timeout(),
         }
+    }
+
+    /// When the partial frame at the front of the receive buffer times out, if one does.
+    fn frame_deadline(&self) -> Option<Instant> {
+        let started = self.frame_started?;
+        if self.input_done || self.state != State::Open {
+            return None;
+        }
+        started.checked_add(self.config.frame_timeout?)
+    }
+
+    /// Closes at once: queued frames and buffered input are dropped, the frame in flight is
+    /// completed, then the write half is shut down; [`Event::Closed`] carries `code`, `reason`
+    /// and [`ConnectionError::Aborted`]. No-op once closed.
+    pub fn abort(&mut self, code: CloseCode, reason: &str, now: Instant) {
+        if self.state == State::Closed {
+            return;
+        }
+        let error = ConnectionError::Aborted {
+            reason: reason.to_owned(),
+        };
+        self.report_closed(code, reason.to_owned(), false, Some(error));
+        if !matches!(self.shutdown, Shutdown::Done(_)) {
+            self.shutdown = Shutdown::AfterFrame;
+        }
+        self.enter_closed(now);
+        self.recv = BytesMut::new();
     }
 
     /// When [`RawConfig::idle_timeout`] closes the connection, if it is set.
@@ -884,6 +940,17 @@ impl RawConnection {
 
     /// Handles whatever timers are due at `now` (early or spurious calls are harmless).
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.frame_deadline().is_some_and(|at| now >= at) {
+            let error = ConnectionError::FrameTimeout {
+                timeout: self.config.frame_timeout.unwrap_or_default(),
+                received: self.recv.len(),
+                expected: self.pending_frame_len(),
+            };
+            self.fail(CloseCode::PeerTimedOut, error, now);
+            // Its memory goes at once.
+            self.recv = BytesMut::new();
+            return;
+        }
         match (self.state, self.shutdown) {
             (State::Closed, _) => {}
             (State::Closing, Shutdown::Done(at)) => {
@@ -967,6 +1034,7 @@ impl RawConnection {
         self.recv.clear();
         self.recv_seen = 0;
         self.unsent.extend(self.data.drain(..).map(|q| q.payload));
+        self.frame_started = None;
         self.queued_bytes = 0;
         self.ping_pending = None;
         self.awaiting_pong = None;
@@ -1022,6 +1090,9 @@ impl Machine for RawConnection {
     }
     fn close(&mut self, code: CloseCode, reason: &str, now: Instant) {
         RawConnection::close(self, code, reason, now)
+    }
+    fn abort(&mut self, code: CloseCode, reason: &str, now: Instant) {
+        RawConnection::abort(self, code, reason, now)
     }
     fn state(&self) -> State {
         RawConnection::state(self)
@@ -1810,6 +1881,86 @@ mod tests {
         assert_eq!(events(&mut c), vec![Event::ShutdownWrite]);
         assert_eq!(c.poll_transmit(t0 + secs(25)), None);
         assert!(c.is_drained());
+    }
+
+    #[test]
+    fn a_trickled_frame_is_cut_by_the_frame_timeout() {
+        let t0 = Instant::now();
+        let mut cfg = config("length:4");
+        cfg.frame_timeout = Some(secs(20));
+        let mut c = conn(cfg, t0);
+        // Each byte keeps the silence rule happy; the frame never completes.
+        let frame = encode("length:4", &[&[9u8; 5000]]);
+        c.handle_input(
+            &[&encode("length:4", &[b"hi"])[..], &frame[..6]].concat(),
+            t0,
+        );
+        assert_eq!(data(&events(&mut c)), vec![&b"hi"[..]]);
+        for i in 1..=9u64 {
+            c.handle_input(&frame[5 + i as usize..6 + i as usize], t0 + secs(2 * i));
+            c.handle_timeout(t0 + secs(2 * i));
+            assert_eq!(c.state(), State::Open);
+        }
+        assert_eq!(c.poll_timeout(), Some(t0 + secs(20)));
+        c.handle_timeout(t0 + secs(20));
+        let expected = ConnectionError::FrameTimeout {
+            timeout: secs(20),
+            received: 15,
+            expected: Some(5004),
+        };
+        assert_eq!(
+            closed(&events(&mut c)),
+            vec![(CloseCode::PeerTimedOut, false, Some(expected))]
+        );
+        assert_eq!(c.state(), State::Closed);
+        assert_eq!(c.recv_buf().capacity(), 0);
+
+        // A line framing does not know the length: "an unknown number of" bytes.
+        let mut cfg = config("lines");
+        cfg.frame_timeout = Some(secs(5));
+        let mut c = conn(cfg, t0);
+        c.handle_input(b"one\ntw", t0);
+        c.handle_input(b"o", t0 + secs(4));
+        c.handle_timeout(t0 + secs(5));
+        let ev = events(&mut c);
+        assert_eq!(data(&ev), vec![&b"one"[..]]);
+        let error = closed(&ev)[0].2.clone().unwrap();
+        assert_eq!(
+            error.to_string(),
+            "frame incomplete after 5s: 3 of an unknown number of bytes arrived"
+        );
+
+        // Off: never cut.
+        let mut cfg = config("lines");
+        cfg.frame_timeout = None;
+        let mut c = conn(cfg, t0);
+        c.handle_input(b"tw", t0);
+        c.handle_input(b"o", t0 + secs(10));
+        c.handle_timeout(t0 + secs(11));
+        assert_eq!(c.state(), State::Open);
+    }
+
+    #[test]
+    fn abort_drops_queued_frames_and_closes_with_the_reason() {
+        let t0 = Instant::now();
+        let mut c = conn(config("lines"), t0);
+        c.send(Bytes::from_static(b"queued"), t0).unwrap();
+        c.handle_input(b"partial", t0);
+        c.abort(CloseCode::ServerFull, "over budget", t0);
+        let ev = events(&mut c);
+        assert_eq!(
+            closed(&ev),
+            vec![(
+                CloseCode::ServerFull,
+                false,
+                Some(ConnectionError::Aborted {
+                    reason: "over budget".into()
+                })
+            )]
+        );
+        assert_eq!(c.queued_bytes(), 0);
+        assert!(transmit_all(&mut c, t0).is_empty());
+        assert_eq!(c.state(), State::Closed);
     }
 
     #[test]

@@ -470,6 +470,22 @@ impl SessionStore {
         }
     }
 
+    /// The session `id` if it is kept, expired or not, left in place (to look at, e.g. to
+    /// count its buffered bytes before [`take`](Self::take)).
+    pub fn peek(&self, id: &[u8; 16]) -> Option<&Session> {
+        self.detached.get(id).map(|(session, _)| session)
+    }
+
+    /// Takes the session detached the longest ago, if any (a server shedding memory).
+    pub fn pop_oldest(&mut self) -> Option<Session> {
+        let oldest = self
+            .detached
+            .iter()
+            .min_by_key(|(_, (_, at))| *at)
+            .map(|(id, _)| *id)?;
+        self.detached.remove(&oldest).map(|(session, _)| session)
+    }
+
     /// Sessions kept now.
     pub fn len(&self) -> usize {
         self.detached.len()
@@ -711,6 +727,23 @@ mod tests {
         assert_eq!(s.transmitted(), 0);
         assert!(s.is_fresh());
         assert_eq!(s.id(), [9; 16]);
+    }
+
+    #[test]
+    fn store_peek_and_pop_oldest() {
+        let t0 = Instant::now();
+        let mut store = SessionStore::new(Duration::from_secs(10), 10);
+        for (i, at) in [(1u8, 5u64), (2, 1), (3, 3)] {
+            let mut s = Session::new([i; 16]);
+            s.push(b("x"), usize::MAX).unwrap();
+            store.detach(s, t0 + Duration::from_secs(at));
+        }
+        assert_eq!(store.peek(&[3; 16]).map(Session::buffered_bytes), Some(14));
+        // Expired sessions are still there to peek at.
+        assert!(store.peek(&[2; 16]).is_some());
+        let order: Vec<u8> = std::iter::from_fn(|| store.pop_oldest().map(|s| s.id()[0])).collect();
+        assert_eq!(order, vec![2, 3, 1]);
+        assert!(store.is_empty());
     }
 
     #[test]

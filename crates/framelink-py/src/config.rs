@@ -263,6 +263,15 @@ pub fn server(py: Python<'_>, dict: &Bound<'_, PyDict>) -> PyResult<ServerConfig
         }
         c.max_connections_per_ip = n;
     }
+    if let Some(n) = o.int::<usize>("memory_budget")? {
+        if n < 1 << 20 {
+            return Err(config_error(
+                py,
+                "memory_budget must be at least 1 MiB (1048576)",
+            ));
+        }
+        c.memory_budget = n;
+    }
     if o.has("nodelay") {
         c.socket.nodelay = o.flag("nodelay")?;
     }

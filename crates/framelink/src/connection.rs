@@ -78,6 +78,7 @@ use tokio::time::Instant;
 use tokio_util::sync::ReusableBoxFuture;
 
 use framelink_proto::auth::{ResumeProof, SessionSecret};
+use crate::memory::{Account, Hold, MemoryBudget};
 use framelink_proto::connection::{self as proto, State};
 use framelink_proto::machine::Machine;
 use framelink_proto::raw::{RawConfig, RawConfigError, RawConnection};
@@ -401,6 +402,8 @@ pub(crate) struct SpawnOptions {
     pub on_finish: Option<FinishHook>,
     /// Accepting side: the session host and this connection's number in it.
     pub sessions: Option<(Arc<dyn SessionHost>, u64)>,
+    /// A server's memory budget: the connection's buffers are charged to it.
+    pub memory: Option<Arc<MemoryBudget>>,
 }
 
 /// Spawns the driver for any [`Machine`]; returns the task's abort handle too.
@@ -418,6 +421,7 @@ where
         driver,
         on_finish,
         sessions,
+        memory,
     } = options;
     let limit = machine
         .max_queued_bytes()
@@ -425,7 +429,12 @@ where
         .min(Semaphore::MAX_PERMITS);
     // A resumed session may start with messages buffered: they hold their budget.
     let held = machine.queued_bytes().min(limit);
+    let memory = memory.map(Account::new);
+    if let Some(account) = &memory {
+        account.charge(held);
+    }
     let shared = Arc::new(Shared {
+        memory,
         budget: Semaphore::new(limit - held),
         limit,
         config: driver,
@@ -461,6 +470,9 @@ where
         closed_at: None,
         large_frame: 0,
         socket_error: None,
+        mem_counted: 0,
+        mem_read_ok: true,
+        mem_waiting: false,
     });
     let task = tokio::spawn(async move {
         driver.run(stream).await;
@@ -513,6 +525,9 @@ where
 /// What a connection speaks: framelink's protocol (with its handshake and heartbeats), or the
 /// peer's own framing in raw mode (kept alive with a ping frame of the user's choosing).
 #[derive(Debug, Clone)]
+// A configuration is built once and cloned per connection, never moved per message: boxing
+// `ConnectionConfig` would only change the public API.
+#[allow(clippy::large_enum_variant)]
 pub enum Protocol {
     /// framelink wire protocol v1 (`docs/PROTOCOL.md`).
     Framelink(ConnectionConfig),
@@ -548,6 +563,8 @@ impl Protocol {
 
 /// State shared by the handles and the driver: one allocation per connection.
 struct Shared {
+    /// This connection's share of a server's memory budget, if any.
+    memory: Option<Account>,
     /// Send budget in bytes (payload + overhead per message); closed when the connection closes.
     budget: Semaphore,
     /// The budget's size (the send high watermark).
@@ -617,14 +634,18 @@ impl Inner {
             || self.events.len() >= config.max_pending_events
     }
 
-    fn push_event(&mut self, event: Event) {
+    /// Queues `event` for the receiver; returns the payload bytes it adds.
+    fn push_event(&mut self, event: Event) -> usize {
         if !self.receiver_alive {
-            return;
+            return 0;
         }
-        if let Event::Message(payload) = &event {
-            self.event_bytes += payload.len();
-        }
+        let bytes = match &event {
+            Event::Message(payload) => payload.len(),
+            _ => 0,
+        };
+        self.event_bytes += bytes;
         self.events.push_back(event);
+        bytes
     }
 
     fn wake_receiver(&mut self) {
@@ -641,6 +662,9 @@ enum Command {
     /// Accepting side: another connection resumed this session; drop the socket now (no
     /// CLOSE, no linger) so that the session is released at once.
     Detach,
+    /// A server over its memory budget: close at once (CLOSE `ServerFull` with this reason),
+    /// dropping queued messages and buffered input.
+    Evict(String),
 }
 
 /// A running connection: a [`Stream`] of [`Event`]s and a [`Sink`] of messages. Use
@@ -788,7 +812,7 @@ impl Sender {
     pub fn try_send(&self, payload: Bytes) -> Result<(), SendError> {
         let cost = check(&self.shared, &payload)?;
         self.try_reserve(cost)?;
-        enqueue(&self.shared, Command::Send(payload))
+        enqueue_send(&self.shared, payload, cost)
     }
 
     /// Queues every message of `batch`, in order, waiting for budget as [`send`](Self::send)
@@ -836,7 +860,7 @@ impl Sender {
                                 .await
                                 .map_err(|_| SendError::Closed)?;
                             permit.forget();
-                            (count, reserved) = (1, true);
+                            (count, total, reserved) = (1, cost, true);
                         }
                         break;
                     }
@@ -857,11 +881,21 @@ impl Sender {
                     Err(TryAcquireError::NoPermits) => continue,
                 }
             }
+            let memory = self.shared.memory.as_ref();
+            if memory.is_some_and(|account| !account.try_reserve(total)) {
+                // The server's memory budget is used up: give the send budget back, wait for
+                // memory, then measure again.
+                self.shared.budget.add_permits(total);
+                wait_for_memory(&self.shared, total).await?;
+                continue;
+            }
+            let hold = Hold::new(memory, total);
             {
                 let mut inner = self.shared.lock();
                 if inner.finished {
                     return Err(SendError::Closed);
                 }
+                hold.keep();
                 inner
                     .commands
                     .extend(batch.drain(..count).map(Command::Send));
@@ -875,6 +909,17 @@ impl Sender {
     fn try_reserve(&self, cost: usize) -> Result<(), SendError> {
         match self.shared.budget.try_acquire_many(cost as u32) {
             Ok(permit) => {
+                if let Some(account) = &self.shared.memory {
+                    if !account.try_reserve_or_ask(cost) {
+                        drop(permit);
+                        let budget = account.budget();
+                        return Err(SendError::QueueFull {
+                            queued: budget.used(),
+                            len: cost,
+                            limit: budget.limit(),
+                        });
+                    }
+                }
                 permit.forget();
                 Ok(())
             }
@@ -898,6 +943,22 @@ impl Sender {
     /// Accepting side: ends the connection at once, leaving its session to another one.
     pub(crate) fn detach(&self) {
         let _ = enqueue(&self.shared, Command::Detach);
+    }
+
+    /// A server over its memory budget: closes at once with `ServerFull` and `reason`,
+    /// dropping queued messages and buffered input. `false` if the driver is already gone.
+    pub(crate) fn evict(&self, reason: String) -> bool {
+        enqueue(&self.shared, Command::Evict(reason)).is_ok()
+    }
+
+    /// The driver has finished (the socket is gone).
+    pub(crate) fn is_finished(&self) -> bool {
+        self.shared.lock().finished
+    }
+
+    /// Bytes of the server's memory budget this connection holds now (0 without a budget).
+    pub(crate) fn memory_held(&self) -> usize {
+        self.shared.memory.as_ref().map_or(0, Account::held)
     }
 
     /// Waits until the connection is closing or closed (without closing it) and says how.
@@ -941,7 +1002,7 @@ impl Sink<Bytes> for Sender {
         // Refuse what can never be sent now rather than at the next poll (checked once).
         let cost = check(&self.shared, &item)?;
         match self.try_reserve(cost) {
-            Ok(()) => enqueue(&self.shared, Command::Send(item)),
+            Ok(()) => enqueue_send(&self.shared, item, cost),
             Err(SendError::QueueFull { .. }) => {
                 // Waits in `poll_flush` / the next `poll_ready` for budget.
                 self.sink_item = Some(item);
@@ -1015,6 +1076,32 @@ fn enqueue(shared: &Shared, command: Command) -> Result<(), SendError> {
     Ok(())
 }
 
+/// Queues a message whose budget (and memory) is taken; gives the memory back if the driver
+/// is gone.
+fn enqueue_send(shared: &Shared, payload: Bytes, cost: usize) -> Result<(), SendError> {
+    let hold = Hold::new(shared.memory.as_ref(), cost);
+    enqueue(shared, Command::Send(payload))?;
+    hold.keep();
+    Ok(())
+}
+
+/// Waits until `n` bytes fit in the server's memory budget (reserving nothing), or the
+/// connection closes.
+async fn wait_for_memory(shared: &Shared, n: usize) -> Result<(), SendError> {
+    let Some(account) = &shared.memory else {
+        return Ok(());
+    };
+    tokio::select! {
+        () = account.reserve(n) => {
+            account.credit(n);
+            Ok(())
+        }
+        _ = wait_status(shared, |inner| inner.closed.is_some() || inner.finished) => {
+            Err(SendError::Closed)
+        }
+    }
+}
+
 async fn send_on(shared: &Shared, payload: Bytes) -> Result<(), SendError> {
     let cost = check(shared, &payload)?;
     let permit = shared
@@ -1022,8 +1109,19 @@ async fn send_on(shared: &Shared, payload: Bytes) -> Result<(), SendError> {
         .acquire_many(cost as u32)
         .await
         .map_err(|_| SendError::Closed)?;
+    if let Some(account) = &shared.memory {
+        // The server's memory budget: wait for room (a cancelled wait gives the permits back).
+        if !account.try_reserve_or_ask(cost) {
+            tokio::select! {
+                () = account.reserve(cost) => {}
+                _ = wait_status(shared, |inner| inner.closed.is_some() || inner.finished) => {
+                    return Err(SendError::Closed);
+                }
+            }
+        }
+    }
     permit.forget();
-    enqueue(shared, Command::Send(payload))
+    enqueue_send(shared, payload, cost)
 }
 
 async fn close_on(shared: Arc<Shared>, code: CloseCode, reason: String) -> Option<CloseInfo> {
@@ -1069,6 +1167,9 @@ impl Drop for Receiver {
         let mut inner = self.shared.lock();
         inner.receiver_alive = false;
         inner.events = VecDeque::new();
+        if let Some(account) = &self.shared.memory {
+            account.credit(inner.event_bytes);
+        }
         inner.event_bytes = 0;
         inner.reading_paused = false;
         drop(inner);
@@ -1153,6 +1254,10 @@ impl Receiver {
             }
             std::mem::swap(&mut self.local, &mut inner.events);
             self.local_bytes = std::mem::take(&mut inner.event_bytes);
+            // Taken by the application: no longer the server's to count.
+            if let Some(account) = &self.shared.memory {
+                account.credit(self.local_bytes);
+            }
             self.resume_pending |= inner.reading_paused;
         }
         let event = self.local.pop_front().expect("not empty");
@@ -1267,10 +1372,14 @@ enum Io {
 
 /// Reads into `buf`: straight into its spare room when there is enough of it, else through a
 /// stack buffer (so an idle connection needs no read buffer of its own).
+///
+/// `budgeted` (a memory budget counts this buffer): after a full stack read the buffer is not
+/// grown ahead of the next read, whose growth the driver reserves first.
 fn poll_read_into<S: AsyncRead + Unpin>(
     stream: &mut S,
     cx: &mut Context<'_>,
     buf: &mut BytesMut,
+    budgeted: bool,
 ) -> Poll<io::Result<usize>> {
     if buf.capacity() - buf.len() < MIN_DIRECT_READ && !buf.is_empty() {
         // Part of a message is buffered: the connection is busy. Grow once, read straight in
@@ -1284,12 +1393,49 @@ fn poll_read_into<S: AsyncRead + Unpin>(
     let mut read_buf = ReadBuf::uninit(&mut stack);
     ready!(Pin::new(stream).poll_read(cx, &mut read_buf))?;
     let filled = read_buf.filled();
-    if filled.len() == STACK_READ {
+    if filled.len() == STACK_READ && !budgeted {
         // A busy stream: read straight into the buffer from now on.
         buf.reserve(READ_SIZE.max(filled.len()));
     }
     buf.extend_from_slice(filled);
     Poll::Ready(Ok(filled.len()))
+}
+
+/// What `buf.reserve(additional)` may allocate at most: nothing when it has the room, else a
+/// new buffer of the larger of twice its capacity (growth by doubling) and what is asked for.
+fn growth_bound(buf: &BytesMut, additional: usize) -> usize {
+    let (len, cap) = (buf.len(), buf.capacity());
+    if cap - len >= additional {
+        0
+    } else {
+        cap.max((len + additional).saturating_sub(cap))
+    }
+}
+
+/// What the next read may allocate in `buf`, the partial frame at its front being `pending`
+/// bytes long (if known): [`poll_read_into`] grows a full buffer by [`READ_SIZE`] (nothing when
+/// it reads straight into spare room), then the machine's framing may grow it for the rest of
+/// the frame, by at most doubling it (nothing when the frame fits).
+///
+/// An empty buffer is not reserved for: a stack read copies at most [`STACK_READ`] bytes and
+/// the framing then grows that by at most as much, 16 KiB per connection counted once it is
+/// there (the budget's documented slack), so that idle connections reserve nothing.
+fn read_growth(buf: &BytesMut, pending: Option<usize>) -> usize {
+    if buf.is_empty() {
+        return 0;
+    }
+    let spare = buf.capacity() - buf.len();
+    let read = if spare >= MIN_DIRECT_READ {
+        0
+    } else {
+        growth_bound(buf, READ_SIZE)
+    };
+    let capacity = buf.capacity() + read;
+    let framing = match pending {
+        Some(total) if total <= capacity => 0,
+        _ => capacity,
+    };
+    read + framing
 }
 
 /// Makes room in `buf` for the rest of the partial frame of `total` bytes at its front, now,
@@ -1384,6 +1530,13 @@ struct Driver<M> {
     large_frame: usize,
     /// The read or write error that ended the stream, for the close report.
     socket_error: Option<io::ErrorKind>,
+    /// Memory budget: bytes counted for the receive buffer and the output queue, plus what is
+    /// reserved for the next read.
+    mem_counted: usize,
+    /// Memory budget: the next read is reserved (or there is no budget).
+    mem_read_ok: bool,
+    /// Memory budget: counted as waiting for room to read.
+    mem_waiting: bool,
 }
 
 impl<M: Machine> fmt::Debug for Driver<M> {
@@ -1400,6 +1553,7 @@ impl<M: Machine> Driver<M> {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let shared = self.shared.clone();
+        let budgeted = shared.memory.is_some();
         let sleep = tokio::time::sleep_until(Instant::now());
         tokio::pin!(sleep);
         let mut armed = None;
@@ -1439,6 +1593,18 @@ impl<M: Machine> Driver<M> {
                 !inner.reading_paused
                     || !matches!(self.machine.state(), State::Handshaking | State::Open)
             };
+            // The memory budget: a read that may grow the receive buffer is reserved first;
+            // without room the socket is left unread (TCP holds the peer back) until memory is
+            // freed (the server evicts, or others give back).
+            let freed_source = match &shared.memory {
+                Some(account) => account.budget().freed(),
+                None => &shared.status_changed,
+            };
+            let freed = freed_source.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            let can_read = self.account_memory(can_read);
+            let memory_blocked = self.mem_waiting;
             let can_write = !self.write_dead
                 && (!self.out.is_empty() || (self.shutdown_pending && !self.shutdown_done));
             let shutdown = self.shutdown_pending && !self.shutdown_done;
@@ -1451,7 +1617,8 @@ impl<M: Machine> Driver<M> {
                     }
                 }
                 if can_read {
-                    if let Poll::Ready(result) = poll_read_into(&mut stream, cx, machine.recv_buf())
+                    if let Poll::Ready(result) =
+                        poll_read_into(&mut stream, cx, machine.recv_buf(), budgeted)
                     {
                         return Poll::Ready(Io::Read(result));
                     }
@@ -1469,6 +1636,7 @@ impl<M: Machine> Driver<M> {
                 () = shared.wake_driver.notified() => Wake::Handles,
                 () = &mut sleep, if armed.is_some() => Wake::Timer,
                 resolution = resolved, if resolving_active => Wake::Resolved(Box::new(resolution)),
+                () = &mut freed, if memory_blocked => Wake::Handles,
             };
             let now = Instant::now();
             match wake {
@@ -1518,11 +1686,16 @@ impl<M: Machine> Driver<M> {
                         // Input that arrived with the timer goes first: a peer's PING already
                         // in the socket means no PING of ours is due (two pings crossing would
                         // double the heartbeat traffic).
-                        if self.reading && !shared.lock().reading_paused {
+                        if self.reading && self.mem_read_ok && !shared.lock().reading_paused {
                             let machine = &mut self.machine;
                             let ready = std::future::poll_fn(|cx| {
                                 Poll::Ready(
-                                    match poll_read_into(&mut stream, cx, machine.recv_buf()) {
+                                    match poll_read_into(
+                                        &mut stream,
+                                        cx,
+                                        machine.recv_buf(),
+                                        budgeted,
+                                    ) {
                                         Poll::Ready(result) => Some(result),
                                         Poll::Pending => None,
                                     },
@@ -1540,6 +1713,15 @@ impl<M: Machine> Driver<M> {
         }
         drop(stream);
         self.shared.budget.close();
+        if let Some(account) = &self.shared.memory {
+            // The buffers go with the driver; the send queue's messages with the machine (a
+            // session's are counted again by the server that keeps it).
+            account.settle(&mut self.mem_counted, 0);
+            account.credit(self.held);
+            if self.mem_waiting {
+                account.budget().stop_waiting();
+            }
+        }
         // The session outlives the connection: messages still in the command queue join it
         // (their senders were told "queued"), then it goes to the next connection.
         let mut session = self.machine.take_session();
@@ -1547,6 +1729,9 @@ impl<M: Machine> Driver<M> {
         let mut inner = self.shared.lock();
         inner.finished = true;
         for command in std::mem::take(&mut inner.commands) {
+            if let (Command::Send(payload), Some(account)) = (&command, &self.shared.memory) {
+                account.credit(payload.len().saturating_add(self.shared.overhead));
+            }
             match (command, session.as_mut()) {
                 (Command::Send(payload), Some(session)) => {
                     let _ = session.push(payload, usize::MAX);
@@ -1593,22 +1778,93 @@ impl<M: Machine> Driver<M> {
                     }
                     self.large_frame = 0;
                 }
+                // Growth ahead of the data is reserved in the memory budget first, and skipped
+                // without room (the next read then waits for memory).
+                let account = self.shared.memory.as_ref();
+                let mut room = |buf: &BytesMut, additional: usize| match account {
+                    None => true,
+                    Some(account) => {
+                        let growth = growth_bound(buf, additional);
+                        let ok = account.try_reserve(growth);
+                        if ok {
+                            self.mem_counted += growth;
+                        }
+                        ok
+                    }
+                };
                 match pending {
                     Some(total) => {
                         if total >= LARGE_FRAME {
                             self.large_frame = total.min(MAX_PREDICTED_FRAME);
                         }
-                        make_room_for_frame(buf, total);
+                        let missing = total.saturating_sub(buf.len());
+                        if missing > buf.capacity() - buf.len()
+                            && room(buf, missing.min(buf.len().max(READ_SIZE)))
+                        {
+                            make_room_for_frame(buf, total);
+                        }
                     }
                     // Between large frames: room for one more like the last, before its
                     // header is read (it would not fit in what is left of a read buffer).
-                    None if buf.is_empty() && self.large_frame > 0 => {
+                    None if buf.is_empty()
+                        && self.large_frame > 0
+                        && room(buf, self.large_frame + FRAME_SLACK) =>
+                    {
                         buf.reserve(self.large_frame + FRAME_SLACK);
+                    }
+                    // A budgeted stack read came in full (a busy stream): the room for reading
+                    // straight in that `poll_read_into` leaves to us, reserved first.
+                    None if account.is_some()
+                        && n == STACK_READ
+                        && buf.capacity() < READ_SIZE
+                        && room(buf, READ_SIZE) =>
+                    {
+                        buf.reserve(READ_SIZE);
                     }
                     None => {}
                 }
             }
         }
+    }
+
+    /// Brings the memory budget's count of the receive buffer and output queue up to date, and
+    /// reserves what the next read may allocate when `reading`. Returns whether to read: no
+    /// budget, or the read is reserved. Without room, the driver counts as waiting for memory
+    /// (the server's enforcer frees some) and does not read.
+    fn account_memory(&mut self, reading: bool) -> bool {
+        let Some(account) = self.shared.memory.as_ref() else {
+            return reading;
+        };
+        let pending = self.machine.pending_frame_len();
+        let buf = self.machine.recv_buf();
+        let actual = buf.capacity() + self.out.remaining;
+        let need = if reading {
+            read_growth(buf, pending)
+        } else {
+            0
+        };
+        let target = actual + need;
+        let ok = if target <= self.mem_counted {
+            account.settle(&mut self.mem_counted, target);
+            true
+        } else if account.try_reserve(target - self.mem_counted) {
+            self.mem_counted = target;
+            true
+        } else {
+            // What is allocated is counted whether it fits or not.
+            account.settle(&mut self.mem_counted, actual);
+            false
+        };
+        let blocked = reading && !ok;
+        match (blocked, self.mem_waiting) {
+            (true, false) => account.budget().start_waiting(need),
+            (true, true) => account.budget().want(need),
+            (false, true) => account.budget().stop_waiting(),
+            (false, false) => {}
+        }
+        self.mem_waiting = blocked;
+        self.mem_read_ok = reading && ok;
+        reading && ok
     }
 
     /// Counts `n` more bytes as held by the machine's queue: takes what the budget has now and
@@ -1648,6 +1904,9 @@ impl<M: Machine> Driver<M> {
         }
         self.held += n;
         self.debt += n - now;
+        if let Some(account) = &self.shared.memory {
+            account.charge(n);
+        }
     }
 
     /// Frees the memory of every empty queue: the machine's, the event queue, the output queue.
@@ -1697,6 +1956,10 @@ impl<M: Machine> Driver<M> {
                     self.machine.close(CloseCode::SessionTakenOver, reason, now);
                     self.detach_now = true;
                 }
+                Command::Evict(reason) => {
+                    self.machine.abort(CloseCode::ServerFull, &reason, now);
+                    self.large_frame = 0;
+                }
             }
         }
         if all_gone && !self.handles_gone {
@@ -1712,6 +1975,9 @@ impl<M: Machine> Driver<M> {
             Ok(()) => self.held += cost,
             Err(e) => {
                 self.shared.budget.add_permits(cost);
+                if let Some(account) = &self.shared.memory {
+                    account.credit(cost);
+                }
                 if matches!(e, SendError::QueueFull { .. }) {
                     // The budget mirrors the machine's limit, so this means the accounting is
                     // broken: say so loudly rather than lose the message quietly.
@@ -1746,6 +2012,7 @@ impl<M: Machine> Driver<M> {
             let shared = self.shared.clone();
             let mut inner = shared.lock();
             let mut next = Some(first);
+            let mut pushed = 0;
             while let Some(event) = next {
                 match self.machine_event(event) {
                     Some(Event::Closed(info)) => {
@@ -1756,10 +2023,14 @@ impl<M: Machine> Driver<M> {
                         inner.push_event(Event::Closed(info));
                         status_changed = true;
                     }
-                    Some(event) => inner.push_event(event),
+                    Some(event) => pushed += inner.push_event(event),
                     None => {}
                 }
                 next = self.machine.poll_event();
+            }
+            // Counted under the lock: the receiver credits them when it takes them.
+            if let Some(account) = &shared.memory {
+                account.charge(pushed);
             }
             delivered = true;
             drop(inner);
@@ -1781,6 +2052,9 @@ impl<M: Machine> Driver<M> {
                 self.debt -= repaid;
                 self.shared.budget.add_permits(freed - repaid);
                 self.held = queued;
+                if let Some(account) = &self.shared.memory {
+                    account.credit(freed);
+                }
             }
         }
         if !matches!(self.machine.state(), State::Handshaking | State::Open) {

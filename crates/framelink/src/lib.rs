@@ -42,6 +42,7 @@ pub mod chaos;
 pub mod client;
 pub mod connection;
 pub mod io;
+mod memory;
 pub mod server;
 pub mod socket;
 

@@ -51,6 +51,48 @@
 //! - **Shutdown** ([`ServerHandle::shutdown`]): stops accepting, closes every live connection
 //!   gracefully with `GoingAway` (queued messages are written first, then CLOSE) and waits, up
 //!   to a grace period, for all of them to finish; any still open then are aborted.
+//! - **Memory budget** ([`ServerConfig::memory_budget`], default 1 GiB or a quarter of physical
+//!   memory): one counter of the bytes held for all connections and sessions together:
+//!   receive buffers (capacity allocated for partial frames), send queues (from
+//!   [`Sender::send`] until written), received messages the application has not taken yet,
+//!   detached sessions' messages and lost sessions not yet taken. Drivers charge it per batch
+//!   (after a read, a step, a batch of events taken), not per message. A read that may grow a
+//!   receive buffer, and a message handed to a [`Sender`], are *reserved* first: without room
+//!   the read waits (TCP holds the peer back) and `send` waits (`try_send` fails with
+//!   `QueueFull` carrying the budget's numbers). Then the server frees memory, whichever
+//!   holds more first: the oldest detached sessions go to the lost queue
+//!   ([`LostReason::Evicted`], [`ServerStats::sessions_shed`]), or the connection holding the
+//!   most is **evicted** at once (CLOSE `ServerFull`, reason `server memory budget exceeded:
+//!   this connection held <n> bytes (...)`, queued messages dropped, a warning logged with
+//!   its id, address and bytes, [`ServerStats::evicted_memory`]), or the oldest lost session
+//!   is dropped ([`ServerStats::lost_dropped`]). New connections are **refused** (CLOSE
+//!   `ServerFull`, [`ServerStats::refused_memory`]) while less than [`NEW_CONNECTION_ROOM`]
+//!   is left. Messages the application has taken are no longer counted, so a connection
+//!   whose application keeps up holds little and is evicted last.
+//!
+//!   **What can pass the budget.** Growth is reserved before it is allocated, so the count
+//!   passes the budget only by charges for memory that is already there: a read into an
+//!   *empty* receive buffer is not reserved (at most 8 KiB copied from the stack, and the
+//!   framing's room for the frame it starts, at most as much again: 16 KiB per connection,
+//!   so that idle connections reserve nothing), and memory moving between two counts (a
+//!   connection's session to the store and back, received bytes becoming events). Not counted
+//!   at all: each connection's fixed state (driver, handles, task: about 2 KiB), allocator
+//!   rounding and memory the allocator keeps after a free, the kernel's socket buffers, and,
+//!   for a received message the application keeps (or echoes), the rest of the read buffer
+//!   allocation its bytes are a slice of. Measured (`benches/memory_attack.rs`, see
+//!   `BENCHMARKS.md`): with a 64 MiB budget the count peaks within 1 MiB of it, the process's
+//!   peak RSS at 1.2 to 1.6 times it. A reservation covers the receive buffer's doubling, so
+//!   a single message needs up to twice its length of budget: keep the budget several times
+//!   `max_message_len`.
+//! - **Frame timeout** ([`ConnectionConfig::frame_timeout`], raw
+//!   [`RawConfig::frame_timeout`](crate::RawConfig::frame_timeout), default 30 s): a peer
+//!   that starts a message and trickles the rest is closed with code 3 when the message is not
+//!   whole 30 s after its first byte, whatever the heartbeat says.
+//! - **Lost sessions** wait for [`ServerHandle::next_lost_session`] at most
+//!   [`ServerSessions::max_lost`] of them and [`ServerSessions::max_lost_bytes`] of messages;
+//!   beyond that the oldest are dropped, counted in [`ServerStats::lost_dropped`] and in the
+//!   next [`LostSession::dropped_before`]. Expired sessions move there within a quarter of
+//!   the ttl (at most 1 s), and their bytes move with them.
 //! - Socket options ([`ServerConfig::socket`]) are applied to every accepted socket; accept
 //!   errors (such as running out of file descriptors) are logged and retried after a short
 //!   pause instead of ending the server.
@@ -58,7 +100,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -71,9 +113,12 @@ use crate::connection::{
     self, CloseCode, Connection, DriverConfig, Protocol, Resolved, SendError, Sender, SessionHost,
     SpawnOptions,
 };
+use crate::memory::MemoryBudget;
 use crate::socket::SocketOptions;
 use framelink_proto::auth::{ResumeProof, SessionSecret};
-use framelink_proto::session::{Resolution, Session, SessionConfig, SessionError, SessionStore};
+use framelink_proto::session::{
+    Resolution, Session, SessionConfig, SessionError, SessionStore, SDATA_OVERHEAD,
+};
 
 #[cfg(doc)]
 use crate::connection::ConnectionConfig;
@@ -86,6 +131,27 @@ const REJECT_LINGER: Duration = Duration::from_secs(1);
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// Accepted connections waiting for [`Server::accept`].
 const ACCEPT_QUEUE: usize = 128;
+/// A new connection is refused when less than this is left of the memory budget.
+pub const NEW_CONNECTION_ROOM: usize = 64 * 1024;
+/// How long the memory enforcer waits for an evicted connection to give its memory back
+/// before looking again.
+const EVICTION_WAIT: Duration = Duration::from_millis(500);
+/// Pause of the memory enforcer when it finds nothing it may free.
+const NOTHING_TO_FREE_PAUSE: Duration = Duration::from_millis(50);
+
+/// The default [`ServerConfig::memory_budget`]: 1 GiB, or a quarter of the machine's
+/// physical memory when that is less (Linux: `MemTotal` in `/proc/meminfo`; elsewhere 1 GiB).
+pub fn default_memory_budget() -> usize {
+    const GIB: usize = 1 << 30;
+    let physical = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+            kib.checked_mul(1024)
+        });
+    physical.map_or(GIB, |bytes| GIB.min(bytes / 4).max(64 << 20))
+}
 
 /// Server settings.
 #[derive(Debug, Clone)]
@@ -117,6 +183,13 @@ pub struct ServerConfig {
     /// Acknowledged sessions (protocol mode): offered to clients, and kept detached for a
     /// while after a connection is lost so that the client can resume. `None` (default): off.
     pub sessions: Option<ServerSessions>,
+    /// Bytes the server may hold for all its connections and sessions together: receive
+    /// buffers (partial frames), send queues, received messages not yet taken by the
+    /// application, detached sessions' messages and lost sessions not yet taken. See
+    /// *Memory budget* in the [module documentation](self). `usize::MAX`: no limit (still
+    /// counted, see [`ServerStats::memory_used`]). Default [`default_memory_budget`]: 1 GiB, or
+    /// a quarter of physical memory when less. At least [`NEW_CONNECTION_ROOM`] × 16 (1 MiB).
+    pub memory_budget: usize,
 }
 
 /// How a [`Server`] keeps sessions.
@@ -128,6 +201,13 @@ pub struct ServerSessions {
     pub ttl: Duration,
     /// Detached sessions kept at most (the oldest go first). Default 10 000.
     pub max_detached: usize,
+    /// Lost sessions waiting for [`ServerHandle::next_lost_session`] at most; beyond it the
+    /// oldest are dropped, counted in [`ServerStats::lost_dropped`] and in the next
+    /// [`LostSession::dropped_before`]. At least 1. Default 10 000.
+    pub max_lost: usize,
+    /// ... and at most this many bytes of their messages (payload + 13 each) waiting, the
+    /// same way. Default 64 MiB.
+    pub max_lost_bytes: usize,
 }
 
 impl Default for ServerSessions {
@@ -136,6 +216,8 @@ impl Default for ServerSessions {
             policy: SessionConfig::default(),
             ttl: Duration::from_secs(60),
             max_detached: 10_000,
+            max_lost: 10_000,
+            max_lost_bytes: 64 << 20,
         }
     }
 }
@@ -149,6 +231,7 @@ impl Default for ServerConfig {
             socket: SocketOptions::default(),
             driver: DriverConfig::default(),
             sessions: None,
+            memory_budget: default_memory_budget(),
         }
     }
 }
@@ -188,7 +271,7 @@ struct ServerShared {
     /// Rung when a session moves: released by a connection, attached to one, or let go of.
     sessions_moved: Notify,
     /// Sessions let go of without being resumed, for [`ServerHandle::next_lost_session`].
-    lost: Mutex<VecDeque<LostSession>>,
+    lost: Mutex<Lost>,
     /// Rung when `lost` gets one.
     lost_ready: Notify,
     /// Sessions are offered (`ServerConfig::sessions` is set, protocol mode).
@@ -197,12 +280,41 @@ struct ServerShared {
     session_limit: usize,
     /// Lost sessions kept for the application at most (the oldest go first).
     max_lost: usize,
+    /// ... and bytes of their messages.
+    max_lost_bytes: usize,
+    /// The memory budget every connection and session is charged to.
+    memory: Arc<MemoryBudget>,
+    /// Connections evicted to stay within the memory budget.
+    evicted_memory: AtomicU64,
+    /// Detached sessions dropped into the lost queue to stay within the memory budget.
+    sessions_shed: AtomicU64,
+}
+
+/// Lost sessions waiting for the application.
+#[derive(Debug, Default)]
+struct Lost {
+    queue: VecDeque<LostSession>,
+    /// Their messages' bytes (payload + 13 each), charged to the memory budget.
+    bytes: usize,
+    /// Dropped since the application last took one.
+    dropped_since_taken: u64,
+    /// Dropped in all, and their messages.
+    dropped: u64,
+    dropped_messages: u64,
+}
+
+/// Bytes a lost session's messages count for.
+fn lost_bytes(unacked: &[Bytes]) -> usize {
+    unacked.iter().map(|p| p.len() + SDATA_OVERHEAD).sum()
 }
 
 #[derive(Debug)]
 struct Sessions {
     store: SessionStore,
     attached: HashMap<[u8; 16], Holder>,
+    /// Bytes buffered by the sessions in `store`, charged to the memory budget.
+    bytes: usize,
+    memory: Arc<MemoryBudget>,
 }
 
 /// The connection that carries a session, and the session's secret (to check a takeover's
@@ -212,6 +324,58 @@ struct Holder {
     conn: u64,
     /// `None` until the connection has attached the session and reported its secret.
     secret: Option<SessionSecret>,
+}
+
+impl Sessions {
+    /// [`SessionStore::detach`], counting the session in and the dropped ones out.
+    fn detach(&mut self, session: Session, now: std::time::Instant) -> Vec<Session> {
+        let held = session.buffered_bytes();
+        self.bytes += held;
+        self.memory.charge(held);
+        let dropped = self.store.detach(session, now);
+        self.uncount_all(&dropped);
+        dropped
+    }
+
+    /// [`SessionStore::expire`], counting the expired ones out.
+    fn expire(&mut self, now: std::time::Instant) -> Vec<Session> {
+        let expired = self.store.expire(now);
+        self.uncount_all(&expired);
+        expired
+    }
+
+    /// [`SessionStore::resolve`], counting out the session it takes (or an expired one it
+    /// drops).
+    fn resolve(
+        &mut self,
+        id: &[u8; 16],
+        proof: Option<&ResumeProof>,
+        now: std::time::Instant,
+    ) -> Resolution {
+        let before = self.store.peek(id).map_or(0, Session::buffered_bytes);
+        let resolution = self.store.resolve(id, proof, now);
+        let after = self.store.peek(id).map_or(0, Session::buffered_bytes);
+        self.uncount(before - after);
+        resolution
+    }
+
+    /// [`SessionStore::pop_oldest`], counting it out.
+    fn pop_oldest(&mut self) -> Option<Session> {
+        let session = self.store.pop_oldest()?;
+        self.uncount(session.buffered_bytes());
+        Some(session)
+    }
+
+    fn uncount_all(&mut self, sessions: &[Session]) {
+        let held = sessions.iter().map(Session::buffered_bytes).sum();
+        self.uncount(held);
+    }
+
+    fn uncount(&mut self, held: usize) {
+        let held = held.min(self.bytes);
+        self.bytes -= held;
+        self.memory.credit(held);
+    }
 }
 
 /// A session the server let go of without its client resuming it, with the messages the client
@@ -225,6 +389,11 @@ pub struct LostSession {
     /// Messages queued for the client and not acknowledged by it, in order: they may or may
     /// not have reached it.
     pub unacked: Vec<Bytes>,
+    /// Lost sessions dropped unseen (the queue was over [`ServerSessions::max_lost`] or
+    /// [`ServerSessions::max_lost_bytes`], or the memory budget was short) since the
+    /// application took the previous one: their messages are gone. Also counted in
+    /// [`ServerStats::lost_dropped`].
+    pub dropped_before: u64,
 }
 
 /// Why a detached session was let go.
@@ -233,7 +402,8 @@ pub enum LostReason {
     /// Its client did not come back within [`ServerSessions::ttl`].
     Expired,
     /// Dropped to keep at most [`ServerSessions::max_detached`] sessions (the oldest go first),
-    /// or replaced by a new session with the same id.
+    /// to stay within [`ServerConfig::memory_budget`] (the oldest go first), or replaced by a
+    /// new session with the same id.
     Evicted,
     /// A request without proof named it while nothing showed its client had ever received it
     /// (see [`Session::unproven`]): a new session took its id.
@@ -320,6 +490,7 @@ struct Registry {
     accepted: u64,
     refused: u64,
     refused_per_ip: u64,
+    refused_memory: u64,
 }
 
 /// A live connection in the registry.
@@ -329,6 +500,10 @@ struct Live {
     task: AbortHandle,
     /// The client's address, canonical (as counted in `Registry::per_ip`).
     ip: IpAddr,
+    /// The client's port (with `ip`, its address, for the eviction log).
+    port: u16,
+    /// Evicted to free memory: not chosen again while it closes.
+    evicted: bool,
 }
 
 impl Registry {
@@ -369,6 +544,13 @@ enum Refusal {
     Full,
     /// [`ServerConfig::max_connections_per_ip`] live connections from this address.
     PerIp(IpAddr, usize),
+    /// Less than [`NEW_CONNECTION_ROOM`] left of [`ServerConfig::memory_budget`].
+    Memory {
+        /// Bytes in use.
+        used: usize,
+        /// The budget.
+        limit: usize,
+    },
 }
 
 impl Refusal {
@@ -377,6 +559,9 @@ impl Refusal {
         match self {
             Refusal::Full => "too many connections".to_owned(),
             Refusal::PerIp(ip, limit) => format!("too many connections from {ip}: limit {limit}"),
+            Refusal::Memory { used, limit } => {
+                format!("server memory budget exhausted: {used} of {limit} bytes in use")
+            }
         }
     }
 }
@@ -438,6 +623,28 @@ pub struct ServerStats {
     /// Of those, the ones refused for being over [`ServerConfig::max_connections_per_ip`]
     /// (their address had that many live connections).
     pub refused_per_ip: u64,
+    /// Of those, the ones refused because less than [`NEW_CONNECTION_ROOM`] was left of
+    /// [`ServerConfig::memory_budget`] (CLOSE `ServerFull`, reason `server memory budget
+    /// exhausted: <used> of <budget> bytes in use`).
+    pub refused_memory: u64,
+    /// Connections evicted to stay within the memory budget: each the one holding the most
+    /// at the time (CLOSE `ServerFull` with a reason saying how many bytes it held; logged
+    /// with its id and address).
+    pub evicted_memory: u64,
+    /// Detached sessions dropped into the lost queue (reason
+    /// [`LostReason::Evicted`]) to stay within the memory budget, the oldest first.
+    pub sessions_shed: u64,
+    /// Lost sessions dropped before the application took them (see
+    /// [`LostSession::dropped_before`]), and their messages.
+    pub lost_dropped: u64,
+    /// The messages of those.
+    pub lost_dropped_messages: u64,
+    /// Bytes charged to the memory budget now.
+    pub memory_used: usize,
+    /// The most bytes charged at once so far.
+    pub memory_peak: usize,
+    /// [`ServerConfig::memory_budget`].
+    pub memory_budget: usize,
 }
 
 impl Server {
@@ -462,6 +669,18 @@ impl Server {
                 "max_connections_per_ip must be at least 1".into(),
             ));
         }
+        if config.memory_budget < 16 * NEW_CONNECTION_ROOM {
+            return Err(crate::Error::InvalidConfig(format!(
+                "memory_budget must be at least {} bytes, not {}",
+                16 * NEW_CONNECTION_ROOM,
+                config.memory_budget
+            )));
+        }
+        if config.sessions.is_some_and(|s| s.max_lost == 0) {
+            return Err(crate::Error::InvalidConfig(
+                "max_lost must be at least 1".into(),
+            ));
+        }
         let listener = TcpListener::bind(addr).await?;
         Ok(Server::from_listener(listener, config))
     }
@@ -477,20 +696,28 @@ impl Server {
             Protocol::Framelink(c) => (config.sessions.is_some(), c.max_queued_bytes),
             Protocol::Raw(_) => (false, 0),
         };
+        let memory = Arc::new(MemoryBudget::new(config.memory_budget));
         let shared = Arc::new(ServerShared {
             registry: Mutex::new(Registry::default()),
             changed: Notify::new(),
             sessions: Mutex::new(Sessions {
                 store: SessionStore::new(settings.ttl, settings.max_detached),
                 attached: HashMap::new(),
+                bytes: 0,
+                memory: memory.clone(),
             }),
             sessions_moved: Notify::new(),
-            lost: Mutex::new(VecDeque::new()),
+            lost: Mutex::new(Lost::default()),
             lost_ready: Notify::new(),
             sessions_on,
             session_limit,
-            max_lost: settings.max_detached.max(1),
+            max_lost: settings.max_lost.max(1),
+            max_lost_bytes: settings.max_lost_bytes,
+            memory: memory.clone(),
+            evicted_memory: AtomicU64::new(0),
+            sessions_shed: AtomicU64::new(0),
         });
+        tokio::spawn(enforce_budget(Arc::downgrade(&shared), memory));
         if sessions_on {
             // Expired sessions are reported within a quarter of the ttl (at most 1 s) of
             // expiring, not only when another session happens to detach.
@@ -530,13 +757,31 @@ impl ServerHandle {
 
     /// Counters.
     pub fn stats(&self) -> ServerStats {
+        let (lost_dropped, lost_dropped_messages) = {
+            let lost = self.shared.lost();
+            (lost.dropped, lost.dropped_messages)
+        };
+        let memory = &self.shared.memory;
         let registry = self.shared.lock();
         ServerStats {
             live: registry.live.len(),
             accepted: registry.accepted,
             refused: registry.refused,
             refused_per_ip: registry.refused_per_ip,
+            refused_memory: registry.refused_memory,
+            evicted_memory: self.shared.evicted_memory.load(Ordering::Relaxed),
+            sessions_shed: self.shared.sessions_shed.load(Ordering::Relaxed),
+            lost_dropped,
+            lost_dropped_messages,
+            memory_used: memory.used(),
+            memory_peak: memory.peak(),
+            memory_budget: memory.limit(),
         }
+    }
+
+    /// Bytes charged to [`ServerConfig::memory_budget`] now (see [`ServerStats::memory_used`]).
+    pub fn memory_used(&self) -> usize {
+        self.shared.memory.used()
     }
 
     /// Stops accepting, closes every connection with `GoingAway` (queued messages first) and
@@ -711,7 +956,12 @@ impl ServerHandle {
         };
         let limit = shared.session_limit;
         match session.push(payload.clone(), limit) {
-            Ok(_) => Ok(Located::Queued),
+            Ok(_) => {
+                let cost = payload.len() + SDATA_OVERHEAD;
+                sessions.bytes += cost;
+                shared.memory.charge(cost);
+                Ok(Located::Queued)
+            }
             Err(SessionError::BufferFull { buffered, len, .. }) => {
                 Ok(Located::Full(SessionSendError::Full {
                     id,
@@ -741,8 +991,16 @@ impl ServerHandle {
             let ready = self.shared.lost_ready.notified();
             tokio::pin!(ready);
             ready.as_mut().enable();
-            if let Some(lost) = self.shared.lost().pop_front() {
-                return Some(lost);
+            {
+                let mut lost = self.shared.lost();
+                if let Some(mut session) = lost.queue.pop_front() {
+                    let bytes = lost_bytes(&session.unacked);
+                    lost.bytes -= bytes.min(lost.bytes);
+                    session.dropped_before = std::mem::take(&mut lost.dropped_since_taken);
+                    drop(lost);
+                    self.shared.memory.credit(bytes);
+                    return Some(session);
+                }
             }
             ready.await;
         }
@@ -764,7 +1022,7 @@ impl ServerShared {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn lost(&self) -> std::sync::MutexGuard<'_, VecDeque<LostSession>> {
+    fn lost(&self) -> std::sync::MutexGuard<'_, Lost> {
         self.lost.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -777,24 +1035,160 @@ impl ServerShared {
         for mut session in sessions {
             let unacked = session.take_unacked();
             tracing::debug!(?reason, unacked = unacked.len(), "session lost");
-            lost.push_back(LostSession {
+            let bytes = lost_bytes(&unacked);
+            lost.bytes += bytes;
+            self.memory.charge(bytes);
+            lost.queue.push_back(LostSession {
                 id: session.id(),
                 reason,
                 unacked,
+                dropped_before: 0,
             });
         }
-        while lost.len() > self.max_lost {
-            if let Some(old) = lost.pop_front() {
-                tracing::warn!(
-                    unacked = old.unacked.len(),
-                    "lost session not taken by the application: dropped"
-                );
+        while lost.queue.len() > self.max_lost || lost.bytes > self.max_lost_bytes {
+            if !self.drop_oldest_lost(&mut lost) {
+                break;
             }
         }
         drop(lost);
         self.lost_ready.notify_waiters();
         // Sends waiting for these sessions' room find them gone.
         self.sessions_moved.notify_waiters();
+    }
+}
+
+impl ServerShared {
+    /// Drops the oldest lost session not taken by the application, counting it; `false` if
+    /// there is none.
+    fn drop_oldest_lost(&self, lost: &mut Lost) -> bool {
+        let Some(old) = lost.queue.pop_front() else {
+            return false;
+        };
+        let bytes = lost_bytes(&old.unacked);
+        lost.bytes -= bytes.min(lost.bytes);
+        lost.dropped += 1;
+        lost.dropped_since_taken += 1;
+        lost.dropped_messages += old.unacked.len() as u64;
+        self.memory.credit(bytes);
+        tracing::warn!(
+            unacked = old.unacked.len(),
+            bytes,
+            "lost session not taken by the application: dropped"
+        );
+        true
+    }
+
+    /// Frees some memory: sheds the oldest detached session into the lost queue, evicts the
+    /// connection holding the most, or drops the oldest lost session, whichever holds more.
+    fn relieve(&self) -> Relief {
+        let detached = self.sessions().bytes;
+        let lost = self.lost().bytes;
+        let victim = {
+            let registry = self.lock();
+            registry
+                .live
+                .iter()
+                .filter(|(_, live)| !live.evicted)
+                .map(|(id, live)| {
+                    let peer = SocketAddr::new(live.ip, live.port);
+                    (*id, live.sender.memory_held(), peer)
+                })
+                .max_by_key(|&(_, held, _)| held)
+        };
+        let biggest = victim.map_or(0, |(_, held, _)| held);
+        if detached > 0 && detached >= biggest {
+            let shed = self.sessions().pop_oldest();
+            if let Some(session) = shed {
+                self.sessions_shed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    bytes = session.buffered_bytes(),
+                    "memory budget: oldest detached session dropped into the lost queue"
+                );
+                self.report_lost(vec![session], LostReason::Evicted);
+                return Relief::Freed;
+            }
+        }
+        if let Some((id, held, peer)) = victim.filter(|&(_, held, _)| held > 0 && held >= lost) {
+            let sender = {
+                let mut registry = self.lock();
+                registry.live.get_mut(&id).map(|live| {
+                    live.evicted = true;
+                    live.sender.clone()
+                })
+            };
+            if let Some(sender) = sender {
+                let (used, limit) = (self.memory.used(), self.memory.limit());
+                tracing::warn!(
+                    id,
+                    %peer,
+                    held,
+                    used,
+                    limit,
+                    "memory budget exceeded: evicting the connection holding the most"
+                );
+                let reason = format!(
+                    "server memory budget exceeded: this connection held {held} bytes \
+                     ({used} of {limit} in use)"
+                );
+                if sender.evict(reason) {
+                    self.evicted_memory.fetch_add(1, Ordering::Relaxed);
+                }
+                return Relief::Evicted(sender, held);
+            }
+        }
+        if lost > 0 && self.drop_oldest_lost(&mut self.lost()) {
+            return Relief::Freed;
+        }
+        Relief::Nothing
+    }
+}
+
+/// What [`ServerShared::relieve`] did.
+enum Relief {
+    /// Memory was freed (or moved) at once.
+    Freed,
+    /// This connection, holding this much, was told to close at once.
+    Evicted(Sender, usize),
+    /// Nothing could be freed.
+    Nothing,
+}
+
+/// Keeps the server within its memory budget while the shared state lives: woken when a
+/// reservation fails or a charge passes the budget, frees memory until the budget fits again
+/// (see [`ServerShared::relieve`]).
+async fn enforce_budget(shared: Weak<ServerShared>, memory: Arc<MemoryBudget>) {
+    loop {
+        memory.pressure().notified().await;
+        while memory.needs_relief() {
+            let Some(strong) = shared.upgrade() else {
+                return;
+            };
+            let relief = strong.relieve();
+            drop(strong);
+            // Waiting tasks say again what they still lack once they have looked.
+            memory.forget_wanted();
+            match relief {
+                Relief::Freed => {}
+                Relief::Evicted(sender, held) => {
+                    // Until its driver has let go of its buffers (or a while), so that one
+                    // eviction is not followed by another for the same shortage.
+                    let deadline = tokio::time::Instant::now() + EVICTION_WAIT;
+                    while sender.memory_held() >= held
+                        && !sender.is_finished()
+                        && tokio::time::Instant::now() < deadline
+                    {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                }
+                Relief::Nothing => {
+                    tokio::time::sleep(NOTHING_TO_FREE_PAUSE).await;
+                    break;
+                }
+            }
+        }
+        if shared.strong_count() == 0 {
+            return;
+        }
     }
 }
 
@@ -807,7 +1201,7 @@ async fn expire_sessions(shared: Weak<ServerShared>, every: Duration) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        let expired = shared.sessions().store.expire(std::time::Instant::now());
+        let expired = shared.sessions().expire(std::time::Instant::now());
         shared.report_lost(expired, LostReason::Expired);
     }
 }
@@ -864,7 +1258,7 @@ impl SessionHost for Host {
                         }
                     } else {
                         let now = std::time::Instant::now();
-                        let resolution = sessions.store.resolve(&id, proof.as_ref(), now);
+                        let resolution = sessions.resolve(&id, proof.as_ref(), now);
                         let (found, replaced) = match resolution {
                             Resolution::Refuse(why) => return Resolved::Refuse(why),
                             Resolution::Resume(session) => (Some(session), None),
@@ -905,8 +1299,8 @@ impl SessionHost for Host {
             sessions.attached.remove(&id);
             if let Some(session) = session {
                 let now = std::time::Instant::now();
-                expired = sessions.store.expire(now);
-                evicted = sessions.store.detach(session, now);
+                expired = sessions.expire(now);
+                evicted = sessions.detach(session, now);
             }
         }
         drop(sessions);
@@ -960,11 +1354,17 @@ async fn accept_loop(
         let ip = peer.ip().to_canonical();
         let refusal = {
             let mut registry = shared.lock();
+            let (used, limit) = (shared.memory.used(), shared.memory.limit());
             let refusal = if registry.live.len() >= config.max_connections {
                 Some(Refusal::Full)
             } else if registry.live_from(ip) >= config.max_connections_per_ip {
                 registry.refused_per_ip += 1;
                 Some(Refusal::PerIp(ip, config.max_connections_per_ip))
+            } else if used.saturating_add(NEW_CONNECTION_ROOM) > limit {
+                registry.refused_memory += 1;
+                // And free some for the next ones.
+                shared.memory.pressure().notify_one();
+                Some(Refusal::Memory { used, limit })
             } else {
                 None
             };
@@ -989,6 +1389,7 @@ async fn accept_loop(
             driver: config.driver,
             on_finish: Some(on_finish),
             sessions: sessions.clone().map(|host| (host, id)),
+            memory: Some(shared.memory.clone()),
             ..SpawnOptions::default()
         };
         // Spawned under the registry lock, so that the driver is registered before it can do
@@ -1005,7 +1406,16 @@ async fn accept_loop(
                     .is_ok();
                 if fresh {
                     let (sender, task) = (connection.sender(), task.clone());
-                    registry.insert(id, Live { sender, task, ip });
+                    registry.insert(
+                        id,
+                        Live {
+                            sender,
+                            task,
+                            ip,
+                            port: peer.port(),
+                            evicted: false,
+                        },
+                    );
                 }
             }
             spawned
@@ -1077,6 +1487,8 @@ mod tests {
             sender: connection.sender(),
             task: tokio::spawn(async {}).abort_handle(),
             ip: ip.parse::<IpAddr>().unwrap().to_canonical(),
+            port: 1,
+            evicted: false,
         }
     }
 

@@ -115,6 +115,7 @@ async fn session_echo_server() -> (
                 policy: SessionConfig::default(),
                 ttl: Duration::from_secs(30),
                 max_detached: 100,
+                ..ServerSessions::default()
             }),
             ..ServerConfig::default()
         },

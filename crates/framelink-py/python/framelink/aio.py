@@ -752,6 +752,7 @@ def serve(
     sessions: bool = False,
     session_ttl: float = 60.0,
     max_detached_sessions: int = 10_000,
+    memory_budget: Optional[int] = None,
     nodelay: bool = True,
     on_event: Optional[EventCallback] = None,
     on_lost_session: Optional[Callable[[ev.LostSession], Any]] = None,
@@ -767,8 +768,10 @@ def serve(
     ``sessions=True`` to offer sessions: a client that reconnects resumes where it was;
     a detached session is kept ``session_ttl`` seconds (at most ``max_detached_sessions``),
     then handed back through ``on_lost_session`` or :meth:`Server.lost_sessions` with the
-    messages its client never acknowledged. ``on_event`` is called for every connection's
-    events.
+    messages its client never acknowledged. ``memory_budget`` (bytes; default 1 GiB, or a
+    quarter of physical memory when less) bounds what the server holds for all connections and
+    sessions together: beyond it new connections are refused and the connection holding the
+    most is closed (``server_full``). ``on_event`` is called for every connection's events.
     """
     options = dict(
         framing=framing,
@@ -791,6 +794,7 @@ def serve(
         sessions=sessions,
         session_ttl=session_ttl,
         max_detached_sessions=max_detached_sessions,
+        memory_budget=memory_budget,
         nodelay=nodelay,
     )
     _native.check_options(options, True)
