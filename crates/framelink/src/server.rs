@@ -81,7 +81,7 @@
 //!   for a received message the application keeps (or echoes), the rest of the read buffer
 //!   allocation its bytes are a slice of. Measured (`benches/memory_attack.rs`, see
 //!   `BENCHMARKS.md`): with a 64 MiB budget the count peaks within 1 MiB of it, the process's
-//!   peak RSS at 1.2 to 1.6 times it. A reservation covers the receive buffer's doubling, so
+//!   peak RSS at 1.2 to 1.7 times it. A reservation covers the receive buffer's doubling, so
 //!   a single message needs up to twice its length of budget: keep the budget several times
 //!   `max_message_len`.
 //! - **Frame timeout** ([`ConnectionConfig::frame_timeout`], raw
