@@ -345,7 +345,7 @@ pub fn show_size(bytes: usize) -> String {
 }
 
 /// A duration, or `off` / `none` / `0` for none.
-fn parse_interval(text: &str) -> Result<Interval, String> {
+pub fn parse_interval(text: &str) -> Result<Interval, String> {
     match text.trim() {
         "off" | "none" | "never" => Ok(Interval(None)),
         other => parse_duration(other).map(|d| Interval((!d.is_zero()).then_some(d))),

@@ -24,8 +24,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::link_args::{
-    describe, parse_duration, parse_nonzero_duration, parse_size, show_duration, show_size,
-    unacked_messages, Interrupt, LinkArgs,
+    describe, parse_duration, parse_interval, parse_nonzero_duration, parse_size, show_duration,
+    show_size, unacked_messages, Interrupt, Interval, LinkArgs,
 };
 
 /// `--memory-budget`: a size of at least 1 MiB.
@@ -83,6 +83,12 @@ pub struct ServeArgs {
     /// quarter of physical memory when less]
     #[arg(long, value_name = "BYTES", value_parser = parse_memory_budget)]
     memory_budget: Option<usize>,
+
+    /// When full (`--max-connections`), a newcomer evicts the connection that has carried no
+    /// message for the longest, if at least this long (CLOSE `Idle`), instead of being
+    /// refused; heartbeats do not count (`off`: refuse newcomers). [default: 60s]
+    #[arg(long, value_name = "DUR|off", value_parser = parse_interval)]
+    evict_idle_when_full: Option<Interval>,
 
     /// Do not echo: only count what arrives (shown when each connection closes).
     #[arg(long)]
@@ -159,6 +165,10 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         memory_budget: args
             .memory_budget
             .unwrap_or_else(framelink::server::default_memory_budget),
+        evict_idle_when_full: args.evict_idle_when_full.map_or(
+            ServerConfig::default().evict_idle_when_full,
+            |Interval(d)| d,
+        ),
         ..ServerConfig::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

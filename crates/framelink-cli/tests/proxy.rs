@@ -259,7 +259,8 @@ fn show_stops_showing_a_direction_that_does_not_decode_but_forwards_on() {
             "{err}"
         );
     }
-    let out = proxy.stdout();
+    // Frames are printed by the tap's own thread: wait for both rather than race it.
+    let out = proxy.wait_stdout("both frames", PATIENCE, |o| o.lines().count() >= 2);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 2, "{out}");
     assert!(

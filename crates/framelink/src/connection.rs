@@ -65,7 +65,7 @@ use std::fmt;
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
@@ -77,8 +77,8 @@ use tokio::sync::{Notify, Semaphore, TryAcquireError};
 use tokio::time::Instant;
 use tokio_util::sync::ReusableBoxFuture;
 
-use framelink_proto::auth::{ResumeProof, SessionSecret};
 use crate::memory::{Account, Hold, MemoryBudget};
+use framelink_proto::auth::{ResumeProof, SessionSecret};
 use framelink_proto::connection::{self as proto, State};
 use framelink_proto::machine::Machine;
 use framelink_proto::raw::{RawConfig, RawConfigError, RawConnection};
@@ -448,6 +448,7 @@ where
         }),
         wake_driver: Notify::new(),
         status_changed: Notify::new(),
+        last_message: AtomicU64::new(clock_ms()),
     });
     // Boxed: the task's future then holds a pointer, not (several copies of) the machine.
     let send_low = driver.send_low(limit);
@@ -470,6 +471,7 @@ where
         closed_at: None,
         large_frame: 0,
         socket_error: None,
+        message_seen: false,
         mem_counted: 0,
         mem_read_ok: true,
         mem_waiting: false,
@@ -581,6 +583,21 @@ struct Shared {
     wake_driver: Notify,
     /// Rung by the driver when the connection closes and when the socket is gone.
     status_changed: Notify,
+    /// When the last application message went either way ([`clock_ms`]), for
+    /// [`Sender::idle_for`].
+    last_message: AtomicU64,
+}
+
+/// Milliseconds on a process-wide monotonic clock (from its first use).
+fn clock_ms() -> u64 {
+    ms_at(std::time::Instant::now())
+}
+
+/// [`clock_ms`] at `at`, without reading the clock again.
+fn ms_at(at: std::time::Instant) -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(std::time::Instant::now);
+    u64::try_from(at.saturating_duration_since(start).as_millis()).unwrap_or(u64::MAX)
 }
 
 impl fmt::Debug for Shared {
@@ -790,6 +807,13 @@ impl Drop for Sender {
 }
 
 impl Sender {
+    /// How long the connection has carried no application message, either way (heartbeats do
+    /// not count): since the last one, or since it opened.
+    pub fn idle_for(&self) -> Duration {
+        let last = self.shared.last_message.load(Ordering::Relaxed);
+        Duration::from_millis(clock_ms().saturating_sub(last))
+    }
+
     /// The handle counted in `senders` already.
     fn new(shared: Arc<Shared>) -> Self {
         Sender {
@@ -1530,6 +1554,8 @@ struct Driver<M> {
     large_frame: usize,
     /// The read or write error that ended the stream, for the close report.
     socket_error: Option<io::ErrorKind>,
+    /// A message arrived since `Shared::last_message` was last set (set once per step).
+    message_seen: bool,
     /// Memory budget: bytes counted for the receive buffer and the output queue, plus what is
     /// reserved for the next read.
     mem_counted: usize,
@@ -1972,7 +1998,12 @@ impl<M: Machine> Driver<M> {
         let cost = self.machine.message_cost(payload.len());
         let len = payload.len();
         match self.machine.send(payload, now) {
-            Ok(()) => self.held += cost,
+            Ok(()) => {
+                self.held += cost;
+                self.shared
+                    .last_message
+                    .store(ms_at(now), Ordering::Relaxed);
+            }
             Err(e) => {
                 self.shared.budget.add_permits(cost);
                 if let Some(account) = &self.shared.memory {
@@ -2042,6 +2073,11 @@ impl<M: Machine> Driver<M> {
         if status_changed {
             self.shared.status_changed.notify_waiters();
         }
+        if std::mem::take(&mut self.message_seen) {
+            self.shared
+                .last_message
+                .store(ms_at(now), Ordering::Relaxed);
+        }
         // Give budget back in batches (hysteresis): once the queue is at or below the low
         // watermark, or once at least high − low bytes were freed.
         let queued = self.machine.queued_bytes();
@@ -2081,7 +2117,10 @@ impl<M: Machine> Driver<M> {
                     version,
                 }
             }
-            proto::Event::Data(payload) => Event::Message(payload),
+            proto::Event::Data(payload) => {
+                self.message_seen = true;
+                Event::Message(payload)
+            }
             // The machine's estimate already includes this sample.
             proto::Event::Rtt(sample) => Event::Rtt(
                 self.machine

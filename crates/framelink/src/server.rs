@@ -35,7 +35,10 @@
 //!   application message for [`ConnectionConfig::idle_timeout`] (raw mode:
 //!   [`RawConfig::idle_timeout`](crate::RawConfig::idle_timeout)) with code `Idle`.
 //!   Their slots are freed the moment their driver ends.
-//! - **Connection limit**: at [`ServerConfig::max_connections`] live connections, a new one is
+//! - **Connection limit**: at [`ServerConfig::max_connections`] live connections, a new one
+//!   first evicts the connection that has carried no application message for the longest, if
+//!   that is at least [`ServerConfig::evict_idle_when_full`] (default 60 s; CLOSE `Idle`), so
+//!   that connections which only answer heartbeats cannot hold every slot; otherwise it is
 //!   refused: in protocol mode with a CLOSE `ServerFull` after our HELLO (so the client knows to
 //!   back off), in raw mode by closing the socket. At most [`MAX_REJECTING`] refusals are in
 //!   flight at once; beyond that sockets are dropped at once.
@@ -190,6 +193,13 @@ pub struct ServerConfig {
     /// counted, see [`ServerStats::memory_used`]). Default [`default_memory_budget`]: 1 GiB, or
     /// a quarter of physical memory when less. At least [`NEW_CONNECTION_ROOM`] × 16 (1 MiB).
     pub memory_budget: usize,
+    /// At [`max_connections`](Self::max_connections), a new connection evicts the live one
+    /// that has carried no application message (either way; heartbeats do not count) for the
+    /// longest, if that is at least this long, instead of being refused: the evicted one gets
+    /// CLOSE `Idle` with a reason saying so ([`ServerStats::evicted_idle`]). This keeps
+    /// connections that only answer heartbeats from holding every slot against clients with
+    /// work to do. `None`: a full server refuses newcomers. Default 60 s.
+    pub evict_idle_when_full: Option<Duration>,
 }
 
 /// How a [`Server`] keeps sessions.
@@ -232,6 +242,7 @@ impl Default for ServerConfig {
             driver: DriverConfig::default(),
             sessions: None,
             memory_budget: default_memory_budget(),
+            evict_idle_when_full: Some(Duration::from_secs(60)),
         }
     }
 }
@@ -491,6 +502,7 @@ struct Registry {
     refused: u64,
     refused_per_ip: u64,
     refused_memory: u64,
+    evicted_idle: u64,
 }
 
 /// A live connection in the registry.
@@ -507,6 +519,36 @@ struct Live {
 }
 
 impl Registry {
+    /// Makes room at the connection limit: closes the live connection idle the longest (no
+    /// application message either way) if it has been idle for `min_idle` or more. True if
+    /// one was told to go.
+    fn evict_idlest(&mut self, min_idle: Option<Duration>) -> bool {
+        let Some(min_idle) = min_idle else {
+            return false;
+        };
+        let idlest = self
+            .live
+            .iter_mut()
+            .filter(|(_, live)| !live.evicted)
+            .map(|(_, live)| (live.sender.idle_for(), live))
+            .max_by_key(|(idle, _)| *idle);
+        let Some((idle, live)) = idlest.filter(|(idle, _)| *idle >= min_idle) else {
+            return false;
+        };
+        live.evicted = true;
+        self.evicted_idle += 1;
+        let sender = live.sender.clone();
+        let reason = format!(
+            "evicted to make room: no message for {}s while the server was full",
+            idle.as_secs()
+        );
+        tracing::info!(peer = %SocketAddr::new(live.ip, live.port), ?idle, "idle connection evicted to make room");
+        tokio::spawn(async move {
+            sender.close(CloseCode::Idle, &reason).await;
+        });
+        true
+    }
+
     fn insert(&mut self, id: u64, live: Live) {
         *self.per_ip.entry(live.ip).or_insert(0) += 1;
         if let Some(old) = self.live.insert(id, live) {
@@ -645,6 +687,9 @@ pub struct ServerStats {
     pub memory_peak: usize,
     /// [`ServerConfig::memory_budget`].
     pub memory_budget: usize,
+    /// Connections evicted to make room for a new one at `max_connections`, for carrying no
+    /// application message for [`ServerConfig::evict_idle_when_full`] or longer.
+    pub evicted_idle: u64,
 }
 
 impl Server {
@@ -776,6 +821,7 @@ impl ServerHandle {
             memory_used: memory.used(),
             memory_peak: memory.peak(),
             memory_budget: memory.limit(),
+            evicted_idle: registry.evicted_idle,
         }
     }
 
@@ -1355,7 +1401,8 @@ async fn accept_loop(
         let refusal = {
             let mut registry = shared.lock();
             let (used, limit) = (shared.memory.used(), shared.memory.limit());
-            let refusal = if registry.live.len() >= config.max_connections {
+            let full = registry.live.len() >= config.max_connections;
+            let refusal = if full && !registry.evict_idlest(config.evict_idle_when_full) {
                 Some(Refusal::Full)
             } else if registry.live_from(ip) >= config.max_connections_per_ip {
                 registry.refused_per_ip += 1;

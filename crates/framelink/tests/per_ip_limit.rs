@@ -351,3 +351,59 @@ async fn the_per_address_limit_cannot_be_zero() {
         Server::bind("127.0.0.1:0", config).await.unwrap();
     }
 }
+
+/// Slot exhaustion from many addresses: connections that only answer heartbeats hold every
+/// slot. A newcomer evicts the one idle the longest (CLOSE Idle), not a busy one; with the
+/// eviction off, it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_server_evicts_its_idlest_connection_for_a_newcomer() {
+    let config = ServerConfig {
+        max_connections: 3,
+        max_connections_per_ip: 3,
+        evict_idle_when_full: Some(Duration::from_millis(300)),
+        ..ServerConfig::default()
+    };
+    let (addr, handle) = echo_server("127.0.0.1:0", config.clone()).await;
+    let mut idle_a = handshaken_from(ATTACKER, addr).await;
+    let mut idle_b = handshaken_from(ATTACKER, addr).await;
+    let mut busy = handshaken_from(LEGITIMATE, addr).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    echoes(&mut busy, b"working").await;
+    // Full: the newcomer gets in and one of the two idle ones goes.
+    let mut newcomer = handshaken_from(LEGITIMATE, addr).await;
+    echoes(&mut newcomer, b"let in").await;
+    let evicted = tokio::select! {
+        info = closed(&mut idle_a) => info,
+        info = closed(&mut idle_b) => info,
+    };
+    assert_eq!(evicted.code, CloseCode::Idle, "{evicted}");
+    assert!(
+        evicted.reason.starts_with("evicted to make room"),
+        "{evicted}"
+    );
+    echoes(&mut busy, b"still working").await;
+    assert_eq!(handle.stats().evicted_idle, 1);
+
+    // Without eviction, a full server refuses.
+    let (addr, handle) = echo_server(
+        "127.0.0.1:0",
+        ServerConfig {
+            evict_idle_when_full: None,
+            ..config
+        },
+    )
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(handshaken_from(ATTACKER, addr).await);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut refused = connection::spawn(
+        connect_from(LEGITIMATE, addr).await,
+        ConnectionConfig::default(),
+    )
+    .unwrap();
+    assert_eq!(closed(&mut refused).await.code, CloseCode::ServerFull);
+    assert_eq!(handle.stats().evicted_idle, 0);
+    echoes(&mut held[0], b"kept").await;
+}
