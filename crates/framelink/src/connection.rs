@@ -227,6 +227,28 @@ pub struct CloseInfo {
     pub by_peer: bool,
     /// What went wrong, if anything (a dead peer is [`ConnectionError::PeerDead`]).
     pub error: Option<ConnectionError>,
+    /// The read or write error of the byte stream that ended the connection, if one did (a
+    /// reset, a TLS alert or certificate failure...). The protocol then sees an end of stream.
+    pub transport: Option<TransportError>,
+}
+
+/// A byte stream's read or write error, as [`CloseInfo::transport`] keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct TransportError {
+    /// The I/O error kind.
+    pub kind: io::ErrorKind,
+    /// The error's text (for TLS, the reason in plain words).
+    pub message: String,
+}
+
+impl From<&io::Error> for TransportError {
+    fn from(error: &io::Error) -> Self {
+        TransportError {
+            kind: error.kind(),
+            message: error.to_string(),
+        }
+    }
 }
 
 impl CloseInfo {
@@ -241,7 +263,11 @@ impl fmt::Display for CloseInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let (true, Some(error)) = (self.without_close(), &self.error) {
             // No CLOSE, so no code to report: "closed with GoingAway" would be made up.
-            return write!(f, "peer {error}");
+            write!(f, "peer {error}")?;
+            if let Some(transport) = &self.transport {
+                write!(f, " ({transport})")?;
+            }
+            return Ok(());
         }
         let who = if self.by_peer { "peer" } else { "we" };
         write!(f, "{who} closed with {:?}", self.code)?;
@@ -252,6 +278,9 @@ impl fmt::Display for CloseInfo {
         }
         if let Some(error) = error {
             write!(f, ": {error}")?;
+        }
+        if let Some(transport) = &self.transport {
+            write!(f, " ({transport})")?;
         }
         Ok(())
     }
@@ -423,6 +452,7 @@ where
         handles_gone: false,
         closed_at: None,
         large_frame: 0,
+        transport: None,
     });
     let task = tokio::spawn(async move {
         driver.run(stream).await;
@@ -1330,6 +1360,8 @@ struct Driver<M> {
     closed_at: Option<Instant>,
     /// Length of the last large frame received (0: frames are small, or the link is quiet).
     large_frame: usize,
+    /// The stream error that ended the connection (boxed: rarely there).
+    transport: Option<Box<TransportError>>,
 }
 
 impl<M: Machine> fmt::Debug for Driver<M> {
@@ -1424,7 +1456,9 @@ impl<M: Machine> Driver<M> {
                         self.shutdown_done = true;
                     }
                 }
-                Wake::Io(Io::Written(Err(_))) => {
+                Wake::Io(Io::Written(Err(e))) => {
+                    self.transport
+                        .get_or_insert_with(|| Box::new(TransportError::from(&e)));
                     self.write_dead = true;
                     self.out.clear();
                     self.machine.handle_eof(now.into_std());
@@ -1516,6 +1550,10 @@ impl<M: Machine> Driver<M> {
     fn on_read(&mut self, result: io::Result<usize>, now: Instant) {
         match result {
             Ok(0) | Err(_) => {
+                if let Err(e) = &result {
+                    self.transport
+                        .get_or_insert_with(|| Box::new(TransportError::from(e)));
+                }
                 self.reading = false;
                 self.machine.handle_eof(now.into_std());
             }
@@ -1766,6 +1804,7 @@ impl<M: Machine> Driver<M> {
                 reason,
                 by_peer,
                 error,
+                transport: self.transport.as_deref().cloned(),
             }),
             proto::Event::SessionRequest { id, proof, .. } => {
                 self.session_id = Some(id);

@@ -63,7 +63,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::sync::{mpsc, Notify};
 use tokio::task::AbortHandle;
 
@@ -72,6 +72,7 @@ use crate::connection::{
     SpawnOptions,
 };
 use crate::socket::SocketOptions;
+use crate::tls::{HandshakeDone, MaybeTls, TlsPeer, TlsServerConfig};
 use framelink_proto::auth::{ResumeProof, SessionSecret};
 use framelink_proto::session::{Resolution, Session, SessionConfig, SessionError, SessionStore};
 
@@ -117,6 +118,11 @@ pub struct ServerConfig {
     /// Acknowledged sessions (protocol mode): offered to clients, and kept detached for a
     /// while after a connection is lost so that the client can resume. `None` (default): off.
     pub sessions: Option<ServerSessions>,
+    /// TLS (and mutual TLS) on every connection: see [`crate::tls`]. Each handshake runs in
+    /// its connection's task, bounded by [`TlsServerConfig::handshake_timeout`]; only
+    /// connections whose handshake succeeded reach [`Server::accept`]. `None` (default): plain
+    /// TCP.
+    pub tls: Option<TlsServerConfig>,
 }
 
 /// How a [`Server`] keeps sessions.
@@ -149,6 +155,7 @@ impl Default for ServerConfig {
             socket: SocketOptions::default(),
             driver: DriverConfig::default(),
             sessions: None,
+            tls: None,
         }
     }
 }
@@ -162,6 +169,9 @@ pub struct Incoming {
     pub peer: SocketAddr,
     /// A number unique within this server, in accept order.
     pub id: u64,
+    /// With [`ServerConfig::tls`]: what the TLS handshake established, including the client's
+    /// verified certificate under mutual TLS.
+    pub tls: Option<TlsPeer>,
 }
 
 /// A listening server. See the [module documentation](self).
@@ -320,6 +330,7 @@ struct Registry {
     accepted: u64,
     refused: u64,
     refused_per_ip: u64,
+    tls_failures: u64,
 }
 
 /// A live connection in the registry.
@@ -438,6 +449,8 @@ pub struct ServerStats {
     /// Of those, the ones refused for being over [`ServerConfig::max_connections_per_ip`]
     /// (their address had that many live connections).
     pub refused_per_ip: u64,
+    /// TLS handshakes that failed or timed out (each is logged with its reason).
+    pub tls_failures: u64,
 }
 
 impl Server {
@@ -536,6 +549,7 @@ impl ServerHandle {
             accepted: registry.accepted,
             refused: registry.refused,
             refused_per_ip: registry.refused_per_ip,
+            tls_failures: registry.tls_failures,
         }
     }
 
@@ -955,6 +969,8 @@ async fn accept_loop(
         if let Err(error) = config.socket.apply(&stream) {
             tracing::warn!(%error, %peer, "socket options not applied");
         }
+        // TLS: the handshake runs lazily in the connection's own task, never here.
+        let (stream, handshake) = MaybeTls::accepted(stream, config.tls.as_ref(), peer);
         let id = next_id;
         next_id += 1;
         let ip = peer.ip().to_canonical();
@@ -1022,15 +1038,42 @@ async fn accept_loop(
             connection,
             peer,
             id,
+            tls: None,
         };
-        if incoming.send(incoming_connection).await.is_err() {
+        if let Some(done) = handshake {
+            deliver_after_handshake(done, incoming_connection, &incoming, &shared);
+        } else if incoming.send(incoming_connection).await.is_err() {
             break;
         }
     }
 }
 
+/// Hands a TLS connection to the application once its handshake succeeded, with what it
+/// established; logs and counts a failed one (its driver ends by itself).
+fn deliver_after_handshake(
+    done: HandshakeDone,
+    mut connection: Incoming,
+    incoming: &mpsc::Sender<Incoming>,
+    shared: &Arc<ServerShared>,
+) {
+    let (incoming, shared) = (incoming.clone(), shared.clone());
+    tokio::spawn(async move {
+        let reason = match done.await {
+            Ok(Ok(tls)) => {
+                connection.tls = Some(tls);
+                let _ = incoming.send(connection).await;
+                return;
+            }
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => "the connection ended during the TLS handshake".to_owned(),
+        };
+        shared.lock().tls_failures += 1;
+        tracing::warn!(peer = %connection.peer, id = connection.id, %reason, "TLS handshake failed");
+    });
+}
+
 /// Refuses a connection over a limit, telling a protocol peer why.
-fn reject(stream: TcpStream, protocol: &Protocol, shared: &Arc<ServerShared>, refusal: Refusal) {
+fn reject(stream: MaybeTls, protocol: &Protocol, shared: &Arc<ServerShared>, refusal: Refusal) {
     let Protocol::Framelink(config) = protocol else {
         return; // Raw mode has no way to say why: dropping the socket closes it.
     };
