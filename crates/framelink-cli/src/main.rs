@@ -1,9 +1,11 @@
 //! The `framelink` command-line tool: debugging framed byte streams (`decode`, `encode`), a
 //! demo of what framelink does over real TCP (`demo`), and a server and a reconnecting client
 //! with heartbeats (`serve`, `connect`), in framelink protocol v1 or raw mode; a chaos proxy
-//! for testing links (`proxy`).
+//! for testing links (`proxy`); TLS on `serve` and `connect`, and development certificates
+//! (`cert`).
 
 mod bench;
+mod cert;
 mod connect;
 mod demo;
 mod demo_link;
@@ -11,6 +13,7 @@ mod link_args;
 mod proxy;
 mod serve;
 mod stream_tools;
+mod tls_args;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +42,9 @@ Examples:
   framelink serve 127.0.0.1:7000 &
   printf 'hello\\nworld\\n' | framelink connect 127.0.0.1:7000
   framelink connect 10.0.0.5:9000 --framing length:4 --ping PING --pong PONG --ping-interval 5s
+  framelink cert --out certs
+  framelink serve 127.0.0.1:7443 --tls-cert certs/server.pem --tls-key certs/server.key &
+  framelink connect localhost:7443 --tls-ca certs/ca.pem
   framelink proxy 127.0.0.1:7001 127.0.0.1:7000 --split 1..16 --cut-every 64KiB --seed 42
   printf '\\x00\\x05hello' | framelink decode --framing length:2 --format text
 
@@ -101,6 +107,9 @@ enum Command {
     /// fixed-size messages to an echo server (in-process, or `framelink serve ADDR`), at a rate
     /// or flat out, for framelink and for a raw-TCP baseline without framing (`--mode both`).
     Bench(bench::BenchArgs),
+    /// Writes a self-signed development CA, a server certificate (localhost, 127.0.0.1, ::1)
+    /// and a client certificate, with their keys, as PEM files, for trying TLS and mutual TLS.
+    Cert(cert::CertArgs),
 }
 
 /// How `decode` and `connect` print a frame.
@@ -148,6 +157,7 @@ fn main() -> ExitCode {
         Command::Connect(args) => connect::run(args),
         Command::Proxy(args) => proxy::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Cert(args) => cert::run(args),
     };
     match result {
         Ok(code) => code,

@@ -72,7 +72,7 @@ use crate::connection::{
     SpawnOptions,
 };
 use crate::socket::SocketOptions;
-use crate::tls::{HandshakeDone, MaybeTls, TlsPeer, TlsServerConfig};
+use crate::tls::{HandshakeDone, MaybeTls, TlsError, TlsPeer, TlsServerConfig};
 use framelink_proto::auth::{ResumeProof, SessionSecret};
 use framelink_proto::session::{Resolution, Session, SessionConfig, SessionError, SessionStore};
 
@@ -1041,7 +1041,8 @@ async fn accept_loop(
             tls: None,
         };
         if let Some(done) = handshake {
-            deliver_after_handshake(done, incoming_connection, &incoming, &shared);
+            let tls = config.tls.clone();
+            deliver_after_handshake(done, tls, incoming_connection, &incoming, &shared);
         } else if incoming.send(incoming_connection).await.is_err() {
             break;
         }
@@ -1052,23 +1053,31 @@ async fn accept_loop(
 /// established; logs and counts a failed one (its driver ends by itself).
 fn deliver_after_handshake(
     done: HandshakeDone,
+    tls: Option<TlsServerConfig>,
     mut connection: Incoming,
     incoming: &mpsc::Sender<Incoming>,
     shared: &Arc<ServerShared>,
 ) {
     let (incoming, shared) = (incoming.clone(), shared.clone());
     tokio::spawn(async move {
-        let reason = match done.await {
-            Ok(Ok(tls)) => {
-                connection.tls = Some(tls);
+        let error = match done.await {
+            Ok(Ok(peer)) => {
+                connection.tls = Some(peer);
                 let _ = incoming.send(connection).await;
                 return;
             }
-            Ok(Err(error)) => error.to_string(),
-            Err(_) => "the connection ended during the TLS handshake".to_owned(),
+            Ok(Err(error)) => error,
+            Err(_) => TlsError::Io {
+                peer: format!("client {}", connection.peer),
+                kind: std::io::ErrorKind::ConnectionAborted,
+                message: "the connection ended during the TLS handshake".to_owned(),
+            },
         };
         shared.lock().tls_failures += 1;
-        tracing::warn!(peer = %connection.peer, id = connection.id, %reason, "TLS handshake failed");
+        tracing::warn!(peer = %connection.peer, id = connection.id, %error, "TLS handshake failed");
+        if let Some(tls) = tls {
+            tls.report_failure(connection.peer, &error);
+        }
     });
 }
 

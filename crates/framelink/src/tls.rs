@@ -237,6 +237,7 @@ impl TlsServerOptions {
         Ok(TlsServerConfig {
             rustls: Arc::new(config),
             handshake_timeout: self.handshake_timeout,
+            on_failure: None,
         })
     }
 }
@@ -248,7 +249,11 @@ pub struct TlsServerConfig {
     rustls: Arc<rustls::ServerConfig>,
     /// Bound on each handshake; a peer that has not completed it by then is disconnected.
     pub handshake_timeout: Duration,
+    on_failure: Option<FailureHook>,
 }
+
+/// Called with the client's address and the reason when a server's TLS handshake fails.
+pub type FailureHook = Arc<dyn Fn(std::net::SocketAddr, &TlsError) + Send + Sync>;
 
 impl fmt::Debug for TlsServerConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -266,6 +271,25 @@ impl TlsServerConfig {
         TlsServerConfig {
             rustls: config,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            on_failure: None,
+        }
+    }
+
+    /// Calls `hook` with the client's address and the reason whenever a [`Server`](crate::Server)
+    /// handshake fails or times out (besides logging it and counting it in
+    /// [`ServerStats::tls_failures`](crate::server::ServerStats::tls_failures)).
+    pub fn on_handshake_failure(
+        mut self,
+        hook: impl Fn(std::net::SocketAddr, &TlsError) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_failure = Some(Arc::new(hook));
+        self
+    }
+
+    /// Reports a failed server handshake to the hook, if any.
+    pub(crate) fn report_failure(&self, peer: std::net::SocketAddr, error: &TlsError) {
+        if let Some(hook) = &self.on_failure {
+            hook(peer, error);
         }
     }
 
