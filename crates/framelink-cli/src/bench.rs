@@ -56,6 +56,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::link_args::{parse_duration, show_duration, Interrupt};
 
+mod tls;
+
 /// Smallest message: the 8-byte timestamp.
 const MIN_SIZE: usize = 8;
 /// Messages of at least this size also carry a sequence number.
@@ -175,6 +177,11 @@ pub struct BenchArgs {
     /// `round`, and one `summary` object per mode follows.
     #[arg(long)]
     json: bool,
+
+    /// Also run framelink over TLS (in-process server, certificates made for the run), right
+    /// after each framelink run, and give its ratio to plain framelink.
+    #[arg(long, conflicts_with = "addr")]
+    tls: bool,
 }
 
 /// What `--mode` runs.
@@ -198,6 +205,8 @@ enum Kind {
     Raw,
     Framelink,
     Sessions,
+    /// framelink over TLS (`--tls`).
+    Tls,
 }
 
 impl Kind {
@@ -206,6 +215,15 @@ impl Kind {
             Kind::Raw => "raw",
             Kind::Framelink => "framelink",
             Kind::Sessions => "framelink+sessions",
+            Kind::Tls => "framelink+tls",
+        }
+    }
+
+    /// The run this one's ratios are taken to: plain framelink for TLS, raw for the others.
+    fn baseline(self) -> Kind {
+        match self {
+            Kind::Tls => Kind::Framelink,
+            _ => Kind::Raw,
         }
     }
 }
@@ -352,23 +370,27 @@ async fn bench(args: BenchArgs, settings: Settings) -> Result<ExitCode> {
             std::process::exit(130);
         })
     };
-    let runs: &[Kind] = match args.mode {
-        Mode::Framelink => &[Kind::Framelink],
-        Mode::Raw => &[Kind::Raw],
-        Mode::Both => &[Kind::Raw, Kind::Framelink],
-        Mode::Sessions => &[Kind::Sessions],
-        Mode::All => &[Kind::Raw, Kind::Framelink, Kind::Sessions],
+    let mut runs: Vec<Kind> = match args.mode {
+        Mode::Framelink => vec![Kind::Framelink],
+        Mode::Raw => vec![Kind::Raw],
+        Mode::Both => vec![Kind::Raw, Kind::Framelink],
+        Mode::Sessions => vec![Kind::Sessions],
+        Mode::All => vec![Kind::Raw, Kind::Framelink, Kind::Sessions],
     };
+    if args.tls {
+        let after = runs.iter().position(|&k| k == Kind::Framelink);
+        runs.insert(after.map_or(runs.len(), |i| i + 1), Kind::Tls);
+    }
     let rounds_asked = args.rounds as usize;
     let mut rounds: Vec<Vec<ModeResult>> = Vec::new();
     while rounds.len() < rounds_asked && !stop.is_cancelled() {
         let mut round = Vec::new();
-        for &kind in runs {
+        for &kind in &runs {
             if stop.is_cancelled() {
                 break;
             }
             let target = match kind {
-                Kind::Framelink | Kind::Sessions => args.addr.as_deref(),
+                Kind::Framelink | Kind::Sessions | Kind::Tls => args.addr.as_deref(),
                 Kind::Raw => args.raw_addr.as_deref().or(args.addr.as_deref()),
             };
             round.push(run_mode(kind, target, &settings, &stop).await?);
@@ -394,7 +416,7 @@ async fn bench(args: BenchArgs, settings: Settings) -> Result<ExitCode> {
             for result in round {
                 let mut value = result.to_json(&settings);
                 if let Some((_, ratio)) = ratios.iter().find(|(k, _)| *k == result.kind) {
-                    value["vs_raw"] = json!({
+                    value[format!("vs_{}", result.kind.baseline().name())] = json!({
                         "msgs_per_sec": ratio.msgs,
                         "mb_per_sec": ratio.mb,
                     });
@@ -427,16 +449,17 @@ async fn bench(args: BenchArgs, settings: Settings) -> Result<ExitCode> {
     })
 }
 
-/// Each framelink run against the raw baseline of the same round, if there is one.
+/// Each framelink run against its baseline ([`Kind::baseline`]: raw, or plain framelink for
+/// TLS) of the same round, if there is one.
 fn ratios_to_raw(round: &[ModeResult]) -> Vec<(Kind, Ratio)> {
-    match round.iter().find(|r| r.kind == Kind::Raw) {
-        Some(raw) => round
-            .iter()
-            .filter(|r| r.kind != Kind::Raw)
-            .map(|r| (r.kind, Ratio::of(r, raw)))
-            .collect(),
-        None => Vec::new(),
-    }
+    round
+        .iter()
+        .filter(|r| r.kind != Kind::Raw)
+        .filter_map(|r| {
+            let base = round.iter().find(|b| b.kind == r.kind.baseline())?;
+            Some((r.kind, Ratio::of(r, base)))
+        })
+        .collect()
 }
 
 /// framelink relative to raw.
@@ -560,7 +583,7 @@ impl Summary {
             "latency_us": { "p50": self.p50_ns / 1000.0, "p99": self.p99_ns / 1000.0 },
         });
         if let Some(vs_raw) = &self.vs_raw {
-            value["vs_raw"] = json!({
+            value[format!("vs_{}", self.kind.baseline().name())] = json!({
                 "msgs_per_sec": vs_raw.msgs.to_json(),
                 "mb_per_sec": vs_raw.mb.to_json(),
             });
@@ -595,9 +618,13 @@ impl InProcess {
             .context("cannot start the server's tokio runtime")?;
         let started = runtime.spawn(async move {
             match kind {
-                Kind::Framelink | Kind::Sessions => {
+                Kind::Framelink | Kind::Sessions | Kind::Tls => {
                     let config = ServerConfig {
                         sessions: (kind == Kind::Sessions).then(ServerSessions::default),
+                        tls: match kind {
+                            Kind::Tls => Some(tls::configs()?.server.clone()),
+                            _ => None,
+                        },
                         // All of the bench's connections come from one address.
                         max_connections_per_ip: usize::MAX,
                         ..ServerConfig::default()
@@ -691,8 +718,10 @@ async fn connect(kind: Kind, addr: &str) -> Result<Link> {
         .context("cannot set socket options")?;
     match kind {
         Kind::Raw => Ok(Link::Raw(stream)),
-        Kind::Framelink | Kind::Sessions => {
-            let connection = if kind == Kind::Sessions {
+        Kind::Framelink | Kind::Sessions | Kind::Tls => {
+            let connection = if kind == Kind::Tls {
+                connection::spawn(tls::connect(stream).await?, ConnectionConfig::default())?
+            } else if kind == Kind::Sessions {
                 let session = connection::Session::new(rand::random());
                 connection::spawn_session(stream, ConnectionConfig::default(), session)?
             } else {
@@ -1552,8 +1581,9 @@ fn table(settings: &Settings, results: &[ModeResult], ratios: &[(Kind, Ratio)]) 
     for (kind, ratio) in ratios {
         let _ = writeln!(
             s,
-            "{}/raw: {:.2}x msgs/s, {:.2}x MB/s",
+            "{}/{}: {:.2}x msgs/s, {:.2}x MB/s",
             kind.name(),
+            kind.baseline().name(),
             ratio.msgs,
             ratio.mb
         );
@@ -1599,8 +1629,9 @@ fn summary_table(summaries: &[Summary], rounds_asked: usize) -> String {
         if let Some(RatioSpread { msgs, mb }) = summary.vs_raw {
             let _ = writeln!(
                 s,
-                "{}/raw: {:.2}x [{:.2}x-{:.2}x] msgs/s, {:.2}x [{:.2}x-{:.2}x] MB/s",
+                "{}/{}: {:.2}x [{:.2}x-{:.2}x] msgs/s, {:.2}x [{:.2}x-{:.2}x] MB/s",
                 summary.kind.name(),
+                summary.kind.baseline().name(),
                 msgs.median,
                 msgs.min,
                 msgs.max,

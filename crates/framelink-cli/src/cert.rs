@@ -75,8 +75,9 @@ pub fn run(args: CertArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The six files' contents, in the order of [`FILES`].
-fn generate() -> Result<[String; 6]> {
+/// The six files' contents, in the order of [`FILES`]: CA certificate and key, server
+/// certificate and key, client certificate and key.
+pub(crate) fn generate() -> Result<[String; 6]> {
     let now = time::OffsetDateTime::now_utc();
     let validity = |params: &mut CertificateParams| {
         params.not_before = now - time::Duration::hours(1);
