@@ -784,6 +784,108 @@ impl TlsPeer {
     }
 }
 
+/// Size of a read-ahead fill (see [`ReadAhead`]).
+const READ_AHEAD: usize = 64 * 1024;
+
+/// The transport under rustls, reading ahead in large pieces once the connection is busy.
+///
+/// rustls asks its transport for 4 KiB at a time, so a busy TLS connection would make one
+/// system call per 4 KiB. While reads come back full, this fills a 64 KiB buffer with one
+/// system call and hands it to rustls piece by piece; the buffer is released as soon as it is
+/// empty after a fill that was not full, so an idle connection holds none.
+pub struct ReadAhead<IO> {
+    io: IO,
+    buf: Vec<u8>,
+    /// Unread bytes are `buf[start..end]`.
+    start: usize,
+    end: usize,
+    /// The last read filled what it was given: the peer is sending a lot.
+    busy: bool,
+}
+
+impl<IO> ReadAhead<IO> {
+    fn new(io: IO) -> Self {
+        ReadAhead {
+            io,
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+            busy: false,
+        }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for ReadAhead<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.start == this.end {
+            if !this.busy || out.remaining() >= READ_AHEAD {
+                // Straight into the caller's buffer; a full read means the peer is busy.
+                let before = out.filled().len();
+                ready!(Pin::new(&mut this.io).poll_read(cx, out))?;
+                let n = out.filled().len() - before;
+                this.busy = n > 0 && out.remaining() == 0;
+                return Poll::Ready(Ok(()));
+            }
+            if this.buf.len() < READ_AHEAD {
+                this.buf = vec![0; READ_AHEAD];
+            }
+            let mut fill = ReadBuf::new(&mut this.buf);
+            ready!(Pin::new(&mut this.io).poll_read(cx, &mut fill))?;
+            let n = fill.filled().len();
+            (this.start, this.end) = (0, n);
+            this.busy = n == READ_AHEAD;
+            if n == 0 {
+                this.buf = Vec::new();
+                return Poll::Ready(Ok(())); // end of stream
+            }
+        }
+        let n = out.remaining().min(this.end - this.start);
+        out.put_slice(&this.buf[this.start..this.start + n]);
+        this.start += n;
+        if this.start == this.end && !this.busy {
+            // The link went quiet: give the buffer back.
+            this.buf = Vec::new();
+            (this.start, this.end) = (0, 0);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for ReadAhead<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
 /// The outcome of a server-side handshake, for whoever waits to hand the connection on.
 pub(crate) type HandshakeDone = oneshot::Receiver<Result<TlsPeer, TlsError>>;
 
@@ -796,17 +898,19 @@ pub struct TlsStream<IO> {
     state: State<IO>,
     /// Who the peer is, for messages.
     peer: String,
+    /// An error that came after data a read returned: reported by the next read.
+    deferred: Option<io::Error>,
 }
 
 enum State<IO> {
     /// Server side, handshake under way in the driver's task.
     Accepting {
-        accept: tokio_rustls::Accept<IO>,
+        accept: tokio_rustls::Accept<ReadAhead<IO>>,
         deadline: Pin<Box<Sleep>>,
         timeout: Duration,
         done: Option<oneshot::Sender<Result<TlsPeer, TlsError>>>,
     },
-    Open(tokio_rustls::TlsStream<IO>),
+    Open(tokio_rustls::TlsStream<ReadAhead<IO>>),
     Failed(TlsError),
 }
 
@@ -836,8 +940,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
     /// The transport underneath.
     pub fn get_ref(&self) -> Option<&IO> {
         match &self.state {
-            State::Accepting { accept, .. } => accept.get_ref(),
-            State::Open(stream) => Some(stream.get_ref().0),
+            State::Accepting { accept, .. } => accept.get_ref().map(|r| &r.io),
+            State::Open(stream) => Some(&stream.get_ref().0.io),
             State::Failed(_) => None,
         }
     }
@@ -854,12 +958,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
         let timeout = config.handshake_timeout;
         let stream = TlsStream {
             state: State::Accepting {
-                accept: acceptor.accept(io),
+                accept: acceptor.accept(ReadAhead::new(io)),
                 deadline: Box::pin(tokio::time::sleep(timeout)),
                 timeout,
                 done: Some(tx),
             },
             peer,
+            deferred: None,
         };
         (stream, rx)
     }
@@ -918,7 +1023,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
         error
     }
 
-    fn open(&mut self) -> &mut tokio_rustls::TlsStream<IO> {
+    fn open(&mut self) -> &mut tokio_rustls::TlsStream<ReadAhead<IO>> {
         match &mut self.state {
             State::Open(stream) => stream,
             // `poll_handshake` returned Ready(Ok) only in the Open state.
@@ -943,9 +1048,34 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<IO> {
                 return Poll::Ready(Err(this.fail(e)));
             }
         }
-        match Pin::new(this.open()).poll_read(cx, buf) {
-            Poll::Ready(Err(e)) => Poll::Ready(Err(this.fail(e))),
-            other => other,
+        if let Some(error) = this.deferred.take() {
+            return Poll::Ready(Err(error));
+        }
+        // One record's plaintext per inner read: take what more is ready, so that the driver
+        // gets a large read (as from a plain socket) instead of one per 16 KiB record.
+        let mut got = false;
+        loop {
+            let before = buf.filled().len();
+            match Pin::new(this.open()).poll_read(cx, buf) {
+                Poll::Ready(Ok(())) => {
+                    let n = buf.filled().len() - before;
+                    if n == 0 || buf.remaining() == 0 {
+                        return Poll::Ready(Ok(()));
+                    }
+                    got = true;
+                }
+                Poll::Ready(Err(e)) => {
+                    let error = this.fail(e);
+                    if got {
+                        // Reported with the next read, after the data before it.
+                        this.deferred = Some(error);
+                        return Poll::Ready(Ok(()));
+                    }
+                    return Poll::Ready(Err(error));
+                }
+                Poll::Pending if got => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
         }
     }
 }
@@ -1022,10 +1152,12 @@ where
         server_name(&name).map_err(|_| TlsError::InvalidServerName { name: name.clone() })?;
     let peer = format!("server {name}");
     let connector = tokio_rustls::TlsConnector::from(config.rustls.clone());
+    let io = ReadAhead::new(io);
     match tokio::time::timeout(config.handshake_timeout, connector.connect(server, io)).await {
         Ok(Ok(stream)) => Ok(TlsStream {
             state: State::Open(tokio_rustls::TlsStream::Client(stream)),
             peer,
+            deferred: None,
         }),
         Ok(Err(error)) => Err(TlsError::from_io(&peer, &error)),
         Err(_) => Err(TlsError::HandshakeTimeout {
