@@ -792,7 +792,7 @@ const READ_AHEAD: usize = 64 * 1024;
 /// rustls asks its transport for 4 KiB at a time, so a busy TLS connection would make one
 /// system call per 4 KiB. While reads come back full, this fills a 64 KiB buffer with one
 /// system call and hands it to rustls piece by piece; the buffer is released as soon as it is
-/// empty after a fill that was not full, so an idle connection holds none.
+/// empty after a small fill (under 16 KiB), so an idle connection holds none.
 pub struct ReadAhead<IO> {
     io: IO,
     buf: Vec<u8>,
@@ -838,7 +838,9 @@ impl<IO: AsyncRead + Unpin> AsyncRead for ReadAhead<IO> {
             ready!(Pin::new(&mut this.io).poll_read(cx, &mut fill))?;
             let n = fill.filled().len();
             (this.start, this.end) = (0, n);
-            this.busy = n == READ_AHEAD;
+            // Still busy unless the fill was small: a quiet link releases the buffer, a busy one
+            // keeps it rather than allocating it again for the next fill.
+            this.busy = n >= READ_AHEAD / 4;
             if n == 0 {
                 this.buf = Vec::new();
                 return Poll::Ready(Ok(())); // end of stream
@@ -958,7 +960,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
         let timeout = config.handshake_timeout;
         let stream = TlsStream {
             state: State::Accepting {
-                accept: acceptor.accept(ReadAhead::new(io)),
+                accept: acceptor.accept_with(ReadAhead::new(io), |c| c.set_buffer_limit(None)),
                 deadline: Box::pin(tokio::time::sleep(timeout)),
                 timeout,
                 done: Some(tx),
@@ -1010,6 +1012,20 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
                     }
                 }
             }
+        }
+    }
+
+    /// Writes out the records an earlier write left in rustls (the socket was full then)
+    /// before taking more: rustls' own buffer limit is off (it would cut writes into pieces),
+    /// so this is what bounds what a connection holds to about one write.
+    fn poll_send_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let stream = self.open();
+        if !stream.get_ref().1.wants_write() {
+            return Poll::Ready(Ok(()));
+        }
+        match Pin::new(stream).poll_flush(cx) {
+            Poll::Ready(Err(e)) => Poll::Ready(Err(self.fail(e))),
+            other => other,
         }
     }
 
@@ -1088,6 +1104,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<IO> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         ready!(this.poll_handshake(cx))?;
+        ready!(this.poll_send_pending(cx))?;
         match Pin::new(this.open()).poll_write(cx, buf) {
             Poll::Ready(Err(e)) => Poll::Ready(Err(this.fail(e))),
             other => other,
@@ -1101,6 +1118,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<IO> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         ready!(this.poll_handshake(cx))?;
+        ready!(this.poll_send_pending(cx))?;
         match Pin::new(this.open()).poll_write_vectored(cx, bufs) {
             Poll::Ready(Err(e)) => Poll::Ready(Err(this.fail(e))),
             other => other,
@@ -1153,7 +1171,8 @@ where
     let peer = format!("server {name}");
     let connector = tokio_rustls::TlsConnector::from(config.rustls.clone());
     let io = ReadAhead::new(io);
-    match tokio::time::timeout(config.handshake_timeout, connector.connect(server, io)).await {
+    let connect = connector.connect_with(server, io, |c| c.set_buffer_limit(None));
+    match tokio::time::timeout(config.handshake_timeout, connect).await {
         Ok(Ok(stream)) => Ok(TlsStream {
             state: State::Open(tokio_rustls::TlsStream::Client(stream)),
             peer,
