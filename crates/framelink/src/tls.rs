@@ -793,7 +793,7 @@ const READ_AHEAD: usize = 64 * 1024;
 /// system call per 4 KiB. While reads come back full, this fills a 64 KiB buffer with one
 /// system call and hands it to rustls piece by piece; the buffer is released as soon as it is
 /// empty after a small fill (under 16 KiB), so an idle connection holds none.
-pub struct ReadAhead<IO> {
+pub(crate) struct ReadAhead<IO> {
     io: IO,
     buf: Vec<u8>,
     /// Unread bytes are `buf[start..end]`.
@@ -1019,7 +1019,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
     /// before taking more: rustls' own buffer limit is off (it would cut writes into pieces),
     /// so this is what bounds what a connection holds to about one write.
     fn poll_send_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let stream = self.open();
+        let stream = self.open()?;
         if !stream.get_ref().1.wants_write() {
             return Poll::Ready(Ok(()));
         }
@@ -1039,11 +1039,16 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
         error
     }
 
-    fn open(&mut self) -> &mut tokio_rustls::TlsStream<ReadAhead<IO>> {
+    /// The open stream; an error if the handshake is not done (callers drive it first) or
+    /// the connection failed.
+    fn open(&mut self) -> io::Result<&mut tokio_rustls::TlsStream<ReadAhead<IO>>> {
         match &mut self.state {
-            State::Open(stream) => stream,
-            // `poll_handshake` returned Ready(Ok) only in the Open state.
-            _ => unreachable!("TLS stream used before its handshake completed"),
+            State::Open(stream) => Ok(stream),
+            State::Failed(error) => Err(error.clone().into()),
+            State::Accepting { .. } => Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "TLS handshake not complete",
+            )),
         }
     }
 }
@@ -1056,7 +1061,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<IO> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         ready!(this.poll_handshake(cx))?;
-        let stream = this.open();
+        let stream = this.open()?;
         // Records accepted by an earlier write but not yet sent (the socket was full then) go
         // out whenever the connection is polled: the driver may have nothing more to write.
         if stream.get_ref().1.wants_write() {
@@ -1072,7 +1077,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<IO> {
         let mut got = false;
         loop {
             let before = buf.filled().len();
-            match Pin::new(this.open()).poll_read(cx, buf) {
+            match Pin::new(this.open()?).poll_read(cx, buf) {
                 Poll::Ready(Ok(())) => {
                     let n = buf.filled().len() - before;
                     if n == 0 || buf.remaining() == 0 {
@@ -1105,7 +1110,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<IO> {
         let this = self.get_mut();
         ready!(this.poll_handshake(cx))?;
         ready!(this.poll_send_pending(cx))?;
-        match Pin::new(this.open()).poll_write(cx, buf) {
+        match Pin::new(this.open()?).poll_write(cx, buf) {
             Poll::Ready(Err(e)) => Poll::Ready(Err(this.fail(e))),
             other => other,
         }
@@ -1119,7 +1124,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<IO> {
         let this = self.get_mut();
         ready!(this.poll_handshake(cx))?;
         ready!(this.poll_send_pending(cx))?;
-        match Pin::new(this.open()).poll_write_vectored(cx, bufs) {
+        match Pin::new(this.open()?).poll_write_vectored(cx, bufs) {
             Poll::Ready(Err(e)) => Poll::Ready(Err(this.fail(e))),
             other => other,
         }
@@ -1132,7 +1137,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<IO> {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         ready!(this.poll_handshake(cx))?;
-        match Pin::new(this.open()).poll_flush(cx) {
+        match Pin::new(this.open()?).poll_flush(cx) {
             Poll::Ready(Err(e)) => Poll::Ready(Err(this.fail(e))),
             other => other,
         }
