@@ -70,6 +70,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::link_args::{parse_duration, show_duration, Interrupt};
 
+mod tls;
+
 /// Smallest message: the 8-byte timestamp.
 const MIN_SIZE: usize = 8;
 /// Largest message (well under framelink's default `max_message_len` of 8 MiB).
@@ -218,6 +220,11 @@ pub struct BenchArgs {
     /// `round`, and one `summary` object per run follows.
     #[arg(long)]
     json: bool,
+
+    /// Also run framelink over TLS (in-process server, certificates made for the run), right
+    /// after the framelink run: with `--mode framelink`, the report gives TLS / plain.
+    #[arg(long, conflicts_with_all = ["addr", "framing"])]
+    tls: bool,
 }
 
 /// What `--mode` runs.
@@ -244,6 +251,8 @@ enum Kind {
     Sessions,
     /// `--framing`: the server's own framing, through framelink's codecs.
     Framed,
+    /// framelink over TLS (`--tls`).
+    Tls,
 }
 
 impl Kind {
@@ -253,6 +262,7 @@ impl Kind {
             Kind::Framelink => "framelink",
             Kind::Sessions => "framelink+sessions",
             Kind::Framed => "framing",
+            Kind::Tls => "framelink+tls",
         }
     }
 }
@@ -465,13 +475,18 @@ fn plan_runs(args: &BenchArgs) -> Result<Vec<RunSpec>, String> {
             args.size.unwrap_or(DEFAULT_SIZE)
         ));
     }
-    let kinds: &[Kind] = match args.mode {
-        Mode::Framelink => &[Kind::Framelink],
-        Mode::Tcp => &[Kind::Tcp],
-        Mode::Both => &[Kind::Tcp, Kind::Framelink],
-        Mode::Sessions => &[Kind::Sessions],
-        Mode::All => &[Kind::Tcp, Kind::Framelink, Kind::Sessions],
+    let mut kinds: Vec<Kind> = match args.mode {
+        Mode::Framelink => vec![Kind::Framelink],
+        Mode::Tcp => vec![Kind::Tcp],
+        Mode::Both => vec![Kind::Tcp, Kind::Framelink],
+        Mode::Sessions => vec![Kind::Sessions],
+        Mode::All => vec![Kind::Tcp, Kind::Framelink, Kind::Sessions],
     };
+    if args.tls {
+        // Right after plain framelink, so that the two run back to back in every round.
+        let after = kinds.iter().position(|&k| k == Kind::Framelink);
+        kinds.insert(after.map_or(kinds.len(), |i| i + 1), Kind::Tls);
+    }
     Ok(kinds
         .iter()
         .map(|&kind| RunSpec {
@@ -996,7 +1011,7 @@ impl InProcess {
             .context("cannot start the server's tokio runtime")?;
         let started = runtime.spawn(async move {
             match kind {
-                Kind::Framelink | Kind::Sessions | Kind::Framed => {
+                Kind::Framelink | Kind::Sessions | Kind::Framed | Kind::Tls => {
                     let protocol = match framing {
                         Some(framing) if kind == Kind::Framed => {
                             // What `framelink serve --framing SPEC` runs: no heartbeat.
@@ -1009,6 +1024,10 @@ impl InProcess {
                     let config = ServerConfig {
                         protocol,
                         sessions: (kind == Kind::Sessions).then(ServerSessions::default),
+                        tls: match kind {
+                            Kind::Tls => Some(tls::configs()?.server.clone()),
+                            _ => None,
+                        },
                         // All of the bench's connections come from one address.
                         max_connections_per_ip: usize::MAX,
                         ..ServerConfig::default()
@@ -1107,8 +1126,10 @@ async fn connect(kind: Kind, addr: &str, framing: Option<&Framing>) -> Result<Li
             let framing = framing.context("--framing runs have a framing")?;
             Ok(Link::Framed(stream, framing.reset()))
         }
-        Kind::Framelink | Kind::Sessions => {
-            let connection = if kind == Kind::Sessions {
+        Kind::Framelink | Kind::Sessions | Kind::Tls => {
+            let connection = if kind == Kind::Tls {
+                connection::spawn(tls::connect(stream).await?, ConnectionConfig::default())?
+            } else if kind == Kind::Sessions {
                 let session = connection::Session::new(rand::random());
                 connection::spawn_session(stream, ConnectionConfig::default(), session)?
             } else {

@@ -30,6 +30,7 @@ use crate::link_args::{
     describe, parse_duration, show_duration, unacked_messages, Interrupt, LinkArgs,
 };
 use crate::stream_tools::{escape_text, hex, parse_hex_line};
+use crate::tls_args::ConnectTlsArgs;
 use crate::{InputFormat, OutputFormat};
 
 /// Lines read ahead of the connection (while disconnected, or while its send queue is full).
@@ -64,6 +65,9 @@ pub struct ConnectArgs {
 
     #[command(flatten)]
     link: LinkArgs,
+
+    #[command(flatten)]
+    tls: ConnectTlsArgs,
 
     /// Protocol mode: use an acknowledged session (the server must offer them: `serve
     /// --sessions`). Every message is kept until the server acknowledges it; after a reconnect
@@ -130,7 +134,15 @@ pub fn run(args: ConnectArgs) -> Result<ExitCode> {
         ..BackoffConfig::default()
     };
     let linger = protocol.linger();
+    let tls = match args.tls.build() {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("framelink: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
     let config = ClientConfig {
+        tls,
         protocol,
         backoff,
         connect_timeout: args.connect_timeout,
@@ -219,7 +231,10 @@ impl Session {
 
     async fn run(mut self, config: ClientConfig) -> Result<ExitCode> {
         let mut interrupt = Interrupt::new();
-        let mode = describe(&config.protocol);
+        let mut mode = describe(&config.protocol);
+        if let Some(tls) = &config.tls {
+            mode += &format!(", TLS for {}", tls.name_for(&self.args.addr));
+        }
         let raw = matches!(config.protocol, Protocol::Raw(_));
         let mut client =
             Client::connect(self.args.addr.clone(), config).map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -1,11 +1,13 @@
 //! The `framelink` command-line tool: debugging framed byte streams (`decode`, `encode`), a
 //! demo of what framelink does over real TCP (`demo`), and a server and a reconnecting client
 //! with heartbeats (`serve`, `connect`), in framelink protocol v1 or raw mode; a chaos proxy
-//! for testing links (`proxy`).
+//! for testing links (`proxy`); TLS on `serve` and `connect`, and development certificates
+//! (`cert`).
 
 #![forbid(unsafe_code)]
 
 mod bench;
+mod cert;
 mod connect;
 mod demo;
 mod demo_link;
@@ -15,6 +17,7 @@ mod proxy;
 mod serve;
 mod stream_tools;
 mod tap;
+mod tls_args;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -44,6 +47,9 @@ Examples:
   framelink serve 127.0.0.1:7000 &
   printf 'hello\\nworld\\n' | framelink connect 127.0.0.1:7000
   framelink connect 10.0.0.5:9000 --framing length:4 --ping PING --pong PONG --ping-interval 5s
+  framelink cert --out certs
+  framelink serve 127.0.0.1:7443 --tls-cert certs/server.pem --tls-key certs/server.key &
+  framelink connect localhost:7443 --tls-ca certs/ca.pem
   framelink proxy 127.0.0.1:7001 127.0.0.1:7000 --split 1..16 --cut-every 64KiB --seed 42
   framelink proxy 127.0.0.1:7001 127.0.0.1:7000 --show length:4 --split 1..16
   printf '\\x00\\x05hello' | framelink decode --framing length:2 --format text
@@ -128,6 +134,9 @@ enum Command {
     /// or flat out, for framelink and for a plain-TCP baseline without framing (`--mode both`);
     /// with `--framing SPEC`, against any echo server that speaks that framing.
     Bench(bench::BenchArgs),
+    /// Writes a self-signed development CA, a server certificate (localhost, 127.0.0.1, ::1)
+    /// and a client certificate, with their keys, as PEM files, for trying TLS and mutual TLS.
+    Cert(cert::CertArgs),
 }
 
 /// How `decode` and `connect` print a frame.
@@ -203,6 +212,7 @@ fn main() -> ExitCode {
         Command::Connect(args) => connect::run(args),
         Command::Proxy(args) => proxy::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Cert(args) => cert::run(args),
     };
     match result {
         Ok(code) => code,

@@ -36,6 +36,7 @@ fn parse_memory_budget(text: &str) -> Result<usize, String> {
     }
 }
 use crate::stream_tools::{escape_text, hex};
+use crate::tls_args::ServeTlsArgs;
 
 /// Options of `framelink serve`.
 #[derive(Args, Debug)]
@@ -59,6 +60,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     link: LinkArgs,
+
+    #[command(flatten)]
+    tls: ServeTlsArgs,
 
     /// Close connections that exchange no message (either way; heartbeats do not count) for
     /// this long: with CLOSE `Idle` in protocol mode, by closing the socket in raw mode.
@@ -148,8 +152,23 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         eprintln!("framelink: {e}");
         return Ok(ExitCode::from(2));
     }
+    let quiet = args.quiet;
+    let tls = match args.tls.build() {
+        Ok(tls) => tls.map(|tls| {
+            tls.on_handshake_failure(move |_, error| {
+                if !quiet {
+                    eprintln!("[serve] {error}");
+                }
+            })
+        }),
+        Err(e) => {
+            eprintln!("framelink: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
     let config = ServerConfig {
         protocol,
+        tls,
         max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
         max_connections_per_ip: usize::try_from(args.max_connections_per_ip).unwrap_or(usize::MAX),
         sessions: args.sessions.then(|| {
@@ -188,8 +207,9 @@ async fn serve(args: ServeArgs, config: ServerConfig) -> Result<ExitCode> {
     };
     let mut interrupt = Interrupt::new();
     let mode = format!(
-        "{}, memory budget {}",
+        "{}{}, memory budget {}",
         describe(&config.protocol),
+        args.tls.describe(),
         show_size(config.memory_budget)
     );
     let sessions = config.sessions.map(|s| {
@@ -226,8 +246,14 @@ async fn serve(args: ServeArgs, config: ServerConfig) -> Result<ExitCode> {
                 incoming = server.accept() => match incoming {
                     Some(incoming) => {
                         if !out.quiet {
+                            let client = incoming
+                                .tls
+                                .as_ref()
+                                .and_then(|t| t.certificate.as_ref())
+                                .map(|c| format!(" client {}", c.subject))
+                                .unwrap_or_default();
                             eprintln!(
-                                "[serve] +conn #{} {} (live {})",
+                                "[serve] +conn #{} {} (live {}){client}",
                                 incoming.id,
                                 incoming.peer,
                                 handle.connections()
@@ -269,6 +295,9 @@ fn print_report(handle: &ServerHandle, report: framelink::server::ShutdownReport
         "[serve] shutdown: {} open, {} closed gracefully, {} aborted; {} accepted, {} refused in all",
         report.open, report.closed, report.aborted, stats.accepted, stats.refused
     );
+    if stats.tls_failures > 0 {
+        eprintln!("[serve] {} TLS handshakes failed", stats.tls_failures);
+    }
     if stats.refused_memory + stats.evicted_memory + stats.sessions_shed + stats.lost_dropped > 0 {
         eprintln!(
             "[serve] memory budget {}: peak {} bytes; {} connections refused, {} evicted, {} \

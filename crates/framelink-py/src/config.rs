@@ -2,11 +2,13 @@
 //! into the tokio layer's configuration types. Missing or `None` values keep the Rust defaults,
 //! so both languages share one set of defaults.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
 use framelink::connection::ConnectionConfig;
 use framelink::proto::raw::Answer;
+use framelink::tls::{ClientAuth, TlsClientOptions, TlsServerOptions, TrustRoots};
 use framelink::{
     BackoffConfig, ClientConfig, FrameMatcher, Protocol, RawConfig, ServerConfig, SessionConfig,
 };
@@ -75,6 +77,30 @@ impl<'py> Options<'_, 'py> {
             Some(v) => v.is_truthy()?,
             None => false,
         })
+    }
+
+    /// A file path (`str` or `os.PathLike`).
+    fn path(&self, key: &str) -> PyResult<Option<PathBuf>> {
+        self.get(key)?
+            .map(|v| {
+                v.extract::<PathBuf>().map_err(|_| {
+                    config_error(
+                        self.dict.py(),
+                        format!("{key} must be a path (str or os.PathLike), not {v}"),
+                    )
+                })
+            })
+            .transpose()
+    }
+
+    /// `tls_cert` and `tls_key`: both or neither.
+    fn cert_and_key(&self) -> PyResult<Option<(PathBuf, PathBuf)>> {
+        match (self.path("tls_cert")?, self.path("tls_key")?) {
+            (Some(cert), Some(key)) => Ok(Some((cert, key))),
+            (None, None) => Ok(None),
+            (Some(_), None) => Err(config_error(self.dict.py(), "tls_cert needs tls_key")),
+            (None, Some(_)) => Err(config_error(self.dict.py(), "tls_key needs tls_cert")),
+        }
     }
 
     /// `ping_interval`: given as `None` turns heartbeats off; absent keeps the default.
@@ -238,7 +264,34 @@ pub fn client(py: Python<'_>, dict: &Bound<'_, PyDict>) -> PyResult<ClientConfig
     if o.flag("sessions")? {
         c.sessions = Some(session_policy(&o)?);
     }
+    c.tls = client_tls(&o)?;
     Ok(c)
+}
+
+/// A client's TLS settings: `tls=True`, or any of `tls_ca`, `tls_server_name`, `tls_cert`
+/// (with `tls_key`). Without `tls_ca` the platform's trusted roots are used.
+fn client_tls(o: &Options<'_, '_>) -> PyResult<Option<framelink::tls::TlsClientConfig>> {
+    let py = o.dict.py();
+    let ca = o.path("tls_ca")?;
+    let server_name = match o.get("tls_server_name")? {
+        Some(v) => Some(
+            v.extract::<String>()
+                .map_err(|_| config_error(py, format!("tls_server_name must be a str, not {v}")))?,
+        ),
+        None => None,
+    };
+    let client_cert = o.cert_and_key()?;
+    let wanted = o.flag("tls")? || ca.is_some() || server_name.is_some() || client_cert.is_some();
+    if !wanted {
+        return Ok(None);
+    }
+    let options = TlsClientOptions {
+        roots: ca.map_or(TrustRoots::Native, TrustRoots::CaFile),
+        client_cert,
+        server_name,
+        ..TlsClientOptions::default()
+    };
+    options.build().map(Some).map_err(|e| config_error(py, e))
 }
 
 /// A server's settings.
@@ -287,6 +340,20 @@ pub fn server(py: Python<'_>, dict: &Bound<'_, PyDict>) -> PyResult<ServerConfig
             s.max_detached = n.max(1);
         }
         c.sessions = Some(s);
+    }
+    let client_ca = o.path("tls_client_ca")?;
+    match o.cert_and_key()? {
+        Some((cert, key)) => {
+            let options = TlsServerOptions {
+                client_auth: client_ca.map_or(ClientAuth::Off, ClientAuth::Required),
+                ..TlsServerOptions::new(cert, key)
+            };
+            c.tls = Some(options.build().map_err(|e| config_error(py, e))?);
+        }
+        None if client_ca.is_some() => {
+            return Err(config_error(py, "tls_client_ca needs tls_cert and tls_key"));
+        }
+        None => {}
     }
     Ok(c)
 }

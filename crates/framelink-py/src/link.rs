@@ -566,7 +566,12 @@ async fn send_worker(
 /// What differs between a server's connection and a client.
 pub enum Kind {
     /// Accepted by a server: `close` sends CLOSE.
-    Accepted { peer: SocketAddr, id: u64 },
+    Accepted {
+        peer: SocketAddr,
+        id: u64,
+        /// Mutual TLS: the client's verified certificate.
+        client_certificate: Option<Box<framelink::tls::PeerCertificate>>,
+    },
     /// A reconnecting client: `close` stops it.
     Client { stop: watch::Sender<bool> },
 }
@@ -851,6 +856,23 @@ impl Link {
         match &self.kind {
             Kind::Accepted { peer, .. } => Some((peer.ip().to_string(), peer.port())),
             Kind::Client { .. } => None,
+        }
+    }
+
+    /// Mutual TLS (accepted connections): the client's verified certificate as
+    /// `(subject, dns_names, der)`, e.g. `("CN=client-1", ["client-1.example"], b"0...")`.
+    #[getter]
+    fn peer_certificate(&self) -> Option<(String, Vec<String>, Vec<u8>)> {
+        match &self.kind {
+            Kind::Accepted {
+                client_certificate: Some(cert),
+                ..
+            } => Some((
+                cert.subject.clone(),
+                cert.dns_names.clone(),
+                cert.der().to_vec(),
+            )),
+            _ => None,
         }
     }
 

@@ -65,6 +65,7 @@ async fn accept_loop(mut server: framelink::Server, shared: Arc<Shared>, queue: 
             Kind::Accepted {
                 peer: incoming.peer,
                 id: incoming.id,
+                client_certificate: incoming.tls.and_then(|tls| tls.certificate).map(Box::new),
             },
         );
         queue

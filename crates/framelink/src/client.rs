@@ -59,6 +59,7 @@ use crate::connection::{
     ResumeStatus, SendError, Sender, SpawnOptions,
 };
 use crate::socket::SocketOptions;
+use crate::tls::{MaybeTls, TlsClientConfig};
 
 /// Events between the supervisor and the [`Client`].
 const EVENT_QUEUE: usize = 256;
@@ -86,6 +87,12 @@ pub struct ClientConfig {
     /// resend what the other has not delivered, so nothing is lost or duplicated. `None`
     /// (default): off, messages in flight when a connection dies are lost.
     pub sessions: Option<SessionConfig>,
+    /// TLS (and mutual TLS with a client certificate) on every connection, protocol or raw
+    /// mode: see [`crate::tls`]. The handshake follows each TCP connect; its failure is a
+    /// [`ClientEvent::ConnectFailed`] that says why (unknown CA, name mismatch, expired
+    /// certificate...). The one rustls configuration serves every reconnect, so TLS sessions
+    /// are resumed. `None` (default): plain TCP.
+    pub tls: Option<TlsClientConfig>,
 }
 
 impl Default for ClientConfig {
@@ -98,6 +105,7 @@ impl Default for ClientConfig {
             socket: SocketOptions::default(),
             driver: DriverConfig::default(),
             sessions: None,
+            tls: None,
         }
     }
 }
@@ -511,6 +519,14 @@ impl Supervisor {
             if let Err(error) = self.config.socket.apply(&stream) {
                 tracing::warn!(%error, "socket options not applied");
             }
+            let stream = match &self.config.tls {
+                None => MaybeTls::Plain(stream),
+                Some(tls) => {
+                    let name = tls.name_for(&self.addr);
+                    let stream = crate::tls::connect(stream, tls, &name).await?;
+                    MaybeTls::Tls(Box::new(stream))
+                }
+            };
             Ok::<_, std::io::Error>((stream, addr))
         };
         let mut stop = self.stop.clone();

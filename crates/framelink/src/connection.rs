@@ -232,8 +232,28 @@ pub struct CloseInfo {
     /// (ours: `Normal`, `Idle`, `PeerTimedOut` for an unanswered ping, `ProtocolError` for a
     /// framing error).
     pub raw: bool,
-    /// The socket error that ended the stream, if one did (e.g. `ConnectionReset`).
-    pub socket_error: Option<std::io::ErrorKind>,
+    /// The read or write error of the byte stream that ended the connection, if one did (a
+    /// reset, a TLS alert or certificate failure...). The protocol then sees an end of stream.
+    pub transport: Option<TransportError>,
+}
+
+/// A byte stream's read or write error, as [`CloseInfo::transport`] keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct TransportError {
+    /// The I/O error kind.
+    pub kind: io::ErrorKind,
+    /// The error's text (for TLS, the reason in plain words).
+    pub message: String,
+}
+
+impl From<&io::Error> for TransportError {
+    fn from(error: &io::Error) -> Self {
+        TransportError {
+            kind: error.kind(),
+            message: error.to_string(),
+        }
+    }
 }
 
 impl CloseInfo {
@@ -246,8 +266,9 @@ impl CloseInfo {
 
 impl fmt::Display for CloseInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(kind) = self.socket_error {
-            return write!(f, "socket error: {kind}");
+        if let (Some(transport), true) = (&self.transport, self.without_close()) {
+            // The stream failed (a reset, a TLS alert): that is what happened.
+            return write!(f, "connection failed: {transport}");
         }
         if let Some(ConnectionError::EndOfStream { mid_message }) = self.error {
             // No CLOSE, so no code to report: "closed with GoingAway" would be made up.
@@ -290,6 +311,9 @@ impl fmt::Display for CloseInfo {
         }
         if let Some(error) = error {
             write!(f, ": {error}")?;
+        }
+        if let Some(transport) = &self.transport {
+            write!(f, " ({transport})")?;
         }
         Ok(())
     }
@@ -470,11 +494,11 @@ where
         handles_gone: false,
         closed_at: None,
         large_frame: 0,
-        socket_error: None,
         message_seen: false,
         mem_counted: 0,
         mem_read_ok: true,
         mem_waiting: false,
+        transport: None,
     });
     let task = tokio::spawn(async move {
         driver.run(stream).await;
@@ -1552,8 +1576,6 @@ struct Driver<M> {
     closed_at: Option<Instant>,
     /// Length of the last large frame received (0: frames are small, or the link is quiet).
     large_frame: usize,
-    /// The read or write error that ended the stream, for the close report.
-    socket_error: Option<io::ErrorKind>,
     /// A message arrived since `Shared::last_message` was last set (set once per step).
     message_seen: bool,
     /// Memory budget: bytes counted for the receive buffer and the output queue, plus what is
@@ -1563,6 +1585,8 @@ struct Driver<M> {
     mem_read_ok: bool,
     /// Memory budget: counted as waiting for room to read.
     mem_waiting: bool,
+    /// The stream error that ended the connection (boxed: rarely there).
+    transport: Option<Box<TransportError>>,
 }
 
 impl<M: Machine> fmt::Debug for Driver<M> {
@@ -1673,8 +1697,9 @@ impl<M: Machine> Driver<M> {
                     }
                 }
                 Wake::Io(Io::Written(Err(e))) => {
+                    self.transport
+                        .get_or_insert_with(|| Box::new(TransportError::from(&e)));
                     self.write_dead = true;
-                    self.socket_error = Some(e.kind());
                     self.out.clear();
                     self.machine.handle_eof(now.into_std());
                 }
@@ -1789,8 +1814,11 @@ impl<M: Machine> Driver<M> {
     fn on_read(&mut self, result: io::Result<usize>, now: Instant) {
         match result {
             Ok(0) | Err(_) => {
+                if let Err(e) = &result {
+                    self.transport
+                        .get_or_insert_with(|| Box::new(TransportError::from(e)));
+                }
                 self.reading = false;
-                self.socket_error = result.err().map(|e| e.kind());
                 self.machine.handle_eof(now.into_std());
             }
             Ok(n) => {
@@ -2138,14 +2166,12 @@ impl<M: Machine> Driver<M> {
                 by_peer,
                 error,
             } => Event::Closed(CloseInfo {
-                socket_error: self
-                    .socket_error
-                    .filter(|_| matches!(error, Some(ConnectionError::EndOfStream { .. }))),
                 code,
                 reason,
                 by_peer,
                 error,
                 raw: self.shared.framing.is_some(),
+                transport: self.transport.as_deref().cloned(),
             }),
             proto::Event::SessionRequest { id, proof, .. } => {
                 self.session_id = Some(id);

@@ -32,6 +32,8 @@
 //! [`socket::SocketOptions`] sets `TCP_NODELAY`, keepalive probes and `TCP_USER_TIMEOUT` on a
 //! connected stream, so that half-open connections are noticed.
 //!
+//! [`tls`] adds TLS and mutual TLS (rustls) to servers, clients and raw mode.
+//!
 //! [`chaos::ChaosProxy`] is a seeded chaos proxy for tests: it forwards TCP while splitting,
 //! coalescing and delaying writes and cutting links (FIN, RST, blackhole, stall).
 
@@ -45,6 +47,7 @@ pub mod io;
 mod memory;
 pub mod server;
 pub mod socket;
+pub mod tls;
 
 pub use client::{Client, ClientConfig, ClientEvent, ClientSender};
 pub use connection::{CloseInfo, Connection, Event, Protocol, Receiver, Sender};
@@ -78,6 +81,9 @@ pub enum Error {
     /// The backoff settings are invalid.
     #[error("invalid backoff configuration: {0}")]
     Backoff(#[from] framelink_proto::backoff::BackoffConfigError),
+    /// A TLS certificate, key or trust-root file is unusable.
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] tls::TlsConfigError),
     /// Another setting is invalid.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),

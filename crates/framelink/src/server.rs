@@ -108,7 +108,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::sync::{mpsc, Notify};
 use tokio::task::AbortHandle;
 
@@ -118,6 +118,7 @@ use crate::connection::{
 };
 use crate::memory::MemoryBudget;
 use crate::socket::SocketOptions;
+use crate::tls::{HandshakeDone, MaybeTls, TlsError, TlsPeer, TlsServerConfig};
 use framelink_proto::auth::{ResumeProof, SessionSecret};
 use framelink_proto::session::{
     Resolution, Session, SessionConfig, SessionError, SessionStore, SDATA_OVERHEAD,
@@ -200,6 +201,11 @@ pub struct ServerConfig {
     /// connections that only answer heartbeats from holding every slot against clients with
     /// work to do. `None`: a full server refuses newcomers. Default 60 s.
     pub evict_idle_when_full: Option<Duration>,
+    /// TLS (and mutual TLS) on every connection: see [`crate::tls`]. Each handshake runs in
+    /// its connection's task, bounded by [`TlsServerConfig::handshake_timeout`]; only
+    /// connections whose handshake succeeded reach [`Server::accept`]. `None` (default): plain
+    /// TCP.
+    pub tls: Option<TlsServerConfig>,
 }
 
 /// How a [`Server`] keeps sessions.
@@ -243,6 +249,7 @@ impl Default for ServerConfig {
             sessions: None,
             memory_budget: default_memory_budget(),
             evict_idle_when_full: Some(Duration::from_secs(60)),
+            tls: None,
         }
     }
 }
@@ -256,6 +263,9 @@ pub struct Incoming {
     pub peer: SocketAddr,
     /// A number unique within this server, in accept order.
     pub id: u64,
+    /// With [`ServerConfig::tls`]: what the TLS handshake established, including the client's
+    /// verified certificate under mutual TLS.
+    pub tls: Option<TlsPeer>,
 }
 
 /// A listening server. See the [module documentation](self).
@@ -503,6 +513,7 @@ struct Registry {
     refused_per_ip: u64,
     refused_memory: u64,
     evicted_idle: u64,
+    tls_failures: u64,
 }
 
 /// A live connection in the registry.
@@ -690,6 +701,8 @@ pub struct ServerStats {
     /// Connections evicted to make room for a new one at `max_connections`, for carrying no
     /// application message for [`ServerConfig::evict_idle_when_full`] or longer.
     pub evicted_idle: u64,
+    /// TLS handshakes that failed or timed out (each is logged with its reason).
+    pub tls_failures: u64,
 }
 
 impl Server {
@@ -822,6 +835,7 @@ impl ServerHandle {
             memory_peak: memory.peak(),
             memory_budget: memory.limit(),
             evicted_idle: registry.evicted_idle,
+            tls_failures: registry.tls_failures,
         }
     }
 
@@ -1395,6 +1409,8 @@ async fn accept_loop(
         if let Err(error) = config.socket.apply(&stream) {
             tracing::warn!(%error, %peer, "socket options not applied");
         }
+        // TLS: the handshake runs lazily in the connection's own task, never here.
+        let (stream, handshake) = MaybeTls::accepted(stream, config.tls.as_ref(), peer);
         let id = next_id;
         next_id += 1;
         let ip = peer.ip().to_canonical();
@@ -1479,15 +1495,51 @@ async fn accept_loop(
             connection,
             peer,
             id,
+            tls: None,
         };
-        if incoming.send(incoming_connection).await.is_err() {
+        if let Some(done) = handshake {
+            let tls = config.tls.clone();
+            deliver_after_handshake(done, tls, incoming_connection, &incoming, &shared);
+        } else if incoming.send(incoming_connection).await.is_err() {
             break;
         }
     }
 }
 
+/// Hands a TLS connection to the application once its handshake succeeded, with what it
+/// established; logs and counts a failed one (its driver ends by itself).
+fn deliver_after_handshake(
+    done: HandshakeDone,
+    tls: Option<TlsServerConfig>,
+    mut connection: Incoming,
+    incoming: &mpsc::Sender<Incoming>,
+    shared: &Arc<ServerShared>,
+) {
+    let (incoming, shared) = (incoming.clone(), shared.clone());
+    tokio::spawn(async move {
+        let error = match done.await {
+            Ok(Ok(peer)) => {
+                connection.tls = Some(peer);
+                let _ = incoming.send(connection).await;
+                return;
+            }
+            Ok(Err(error)) => error,
+            Err(_) => TlsError::Io {
+                peer: format!("client {}", connection.peer),
+                kind: std::io::ErrorKind::ConnectionAborted,
+                message: "the connection ended during the TLS handshake".to_owned(),
+            },
+        };
+        shared.lock().tls_failures += 1;
+        tracing::warn!(peer = %connection.peer, id = connection.id, %error, "TLS handshake failed");
+        if let Some(tls) = tls {
+            tls.report_failure(connection.peer, &error);
+        }
+    });
+}
+
 /// Refuses a connection over a limit, telling a protocol peer why.
-fn reject(stream: TcpStream, protocol: &Protocol, shared: &Arc<ServerShared>, refusal: Refusal) {
+fn reject(stream: MaybeTls, protocol: &Protocol, shared: &Arc<ServerShared>, refusal: Refusal) {
     let Protocol::Framelink(config) = protocol else {
         return; // Raw mode has no way to say why: dropping the socket closes it.
     };

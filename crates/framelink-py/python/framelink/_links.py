@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 from typing import Any, Callable, Deque, Dict, List, Optional, Union
 
 from . import events as ev
 from .errors import ConnectionClosed, PeerDead, ProtocolError, SessionLost
+
+#: A file path option (TLS certificate, key and CA files): ``str`` or ``os.PathLike``.
+PathLike = Union[str, "os.PathLike[str]"]
 
 logger = logging.getLogger("framelink")
 

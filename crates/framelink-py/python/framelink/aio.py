@@ -51,7 +51,7 @@ from typing import (
 
 from . import _native
 from . import events as ev
-from ._links import RECV_BATCH, EventCallback, LinkState
+from ._links import RECV_BATCH, EventCallback, LinkState, PathLike
 from .errors import ConnectionClosed
 
 __all__ = ["connect", "serve", "Client", "Connection", "Server"]
@@ -356,6 +356,13 @@ class Connection(_Link):
         return peer
 
     @property
+    def peer_certificate(self) -> Optional[Tuple[str, List[str], bytes]]:
+        """Mutual TLS: the client's verified certificate as ``(subject, dns_names, der)``, e.g.
+        ``("CN=client-1", ["client-1.example"], b"0...")``; ``None`` without one."""
+        cert: Optional[Tuple[str, List[str], bytes]] = self._native.peer_certificate
+        return cert
+
+    @property
     def id(self) -> int:
         """The server's number for this connection, in accept order."""
         ident: int = self._native.id
@@ -477,6 +484,11 @@ def connect(
     connect_timeout: float = 10.0,
     stable_after: float = 5.0,
     nodelay: bool = True,
+    tls: bool = False,
+    tls_ca: Optional[PathLike] = None,
+    tls_server_name: Optional[str] = None,
+    tls_cert: Optional[PathLike] = None,
+    tls_key: Optional[PathLike] = None,
     on_event: Optional[EventCallback] = None,
 ) -> _Connect:
     """Connects to ``host:port`` and stays connected. ``await`` it (or ``async with``) to get a
@@ -504,6 +516,11 @@ def connect(
       reported with ``SessionLost`` and its unacknowledged messages.
     - **Limits**: ``max_message_size`` (bytes we accept; default 8 MiB),
       ``max_queued_bytes`` (send queue; ``send`` waits beyond it; default 8 MiB).
+    - **TLS** (``tls=True``, or any ``tls_*`` option): the server's certificate is verified
+      against the CA certificates in the PEM file ``tls_ca`` (default: the platform's trusted
+      roots) for ``host`` (or ``tls_server_name``); ``tls_cert`` and ``tls_key`` (PEM files)
+      present a client certificate for mutual TLS. A failed handshake is reported with its
+      reason (unknown CA, name mismatch, expired certificate, client certificate required).
     - ``on_event`` is called (in the event loop) with every :mod:`framelink.events` object.
     """
     options = dict(
@@ -531,6 +548,11 @@ def connect(
         connect_timeout=connect_timeout,
         stable_after=stable_after,
         nodelay=nodelay,
+        tls=tls,
+        tls_ca=tls_ca,
+        tls_server_name=tls_server_name,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
     )
     # Check now, so that a bad option raises at the call, not at the await.
     _native.check_options(options, False)
@@ -754,6 +776,9 @@ def serve(
     max_detached_sessions: int = 10_000,
     memory_budget: Optional[int] = None,
     nodelay: bool = True,
+    tls_cert: Optional[PathLike] = None,
+    tls_key: Optional[PathLike] = None,
+    tls_client_ca: Optional[PathLike] = None,
     on_event: Optional[EventCallback] = None,
     on_lost_session: Optional[Callable[[ev.LostSession], Any]] = None,
 ) -> _Serve:
@@ -772,6 +797,11 @@ def serve(
     quarter of physical memory when less) bounds what the server holds for all connections and
     sessions together: beyond it new connections are refused and the connection holding the
     most is closed (``server_full``). ``on_event`` is called for every connection's events.
+
+    TLS: ``tls_cert`` and ``tls_key`` (PEM files: certificate chain, private key) serve TLS;
+    ``tls_client_ca`` (PEM) requires every client to present a certificate issued by that CA
+    (mutual TLS), whose verified identity is :attr:`Connection.peer_certificate`. Only
+    connections whose handshake succeeded reach the handler.
     """
     options = dict(
         framing=framing,
@@ -796,6 +826,9 @@ def serve(
         max_detached_sessions=max_detached_sessions,
         memory_budget=memory_budget,
         nodelay=nodelay,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_client_ca=tls_client_ca,
     )
     _native.check_options(options, True)
 

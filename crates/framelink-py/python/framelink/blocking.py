@@ -22,7 +22,7 @@ from typing import Any, Callable, Deque, Iterable, Iterator, List, Optional, Tup
 
 from . import _native
 from . import events as ev
-from ._links import RECV_BATCH, EventCallback, LinkState
+from ._links import RECV_BATCH, EventCallback, LinkState, PathLike
 from .errors import ConnectionClosed
 
 __all__ = ["connect", "Client"]
@@ -200,6 +200,11 @@ def connect(
     backoff_initial: float = 0.1,
     backoff_max: float = 30.0,
     connect_timeout: float = 10.0,
+    tls: bool = False,
+    tls_ca: Optional[PathLike] = None,
+    tls_server_name: Optional[str] = None,
+    tls_cert: Optional[PathLike] = None,
+    tls_key: Optional[PathLike] = None,
     on_event: Optional[Callable[[ev.Event], Any]] = None,
     wait: bool = True,
 ) -> Client:
@@ -225,6 +230,11 @@ def connect(
         backoff_initial=backoff_initial,
         backoff_max=backoff_max,
         connect_timeout=connect_timeout,
+        tls=tls,
+        tls_ca=tls_ca,
+        tls_server_name=tls_server_name,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
     )
     client = Client(_native.connect(host, port, options), on_event)
     if wait:
