@@ -155,6 +155,9 @@ pub fn protocol(py: Python<'_>, dict: &Bound<'_, PyDict>, server: bool) -> PyRes
             c.writer_idle = o.nonzero_duration("writer_idle")?;
             c.all_idle = o.nonzero_duration("all_idle")?;
             c.idle_timeout = o.nonzero_duration("idle_timeout")?;
+            if let Some(d) = o.duration("frame_timeout")? {
+                c.frame_timeout = (!d.is_zero()).then_some(d);
+            }
             if let Some(n) = o.int("max_queued_bytes")? {
                 c.max_queued_bytes = n;
             }
@@ -207,6 +210,9 @@ pub fn protocol(py: Python<'_>, dict: &Bound<'_, PyDict>, server: bool) -> PyRes
             c.writer_idle = o.nonzero_duration("writer_idle")?;
             c.all_idle = o.nonzero_duration("all_idle")?;
             c.idle_timeout = o.nonzero_duration("idle_timeout")?;
+            if let Some(d) = o.duration("frame_timeout")? {
+                c.frame_timeout = (!d.is_zero()).then_some(d);
+            }
             if server && o.flag("sessions")? {
                 c.sessions = Some(session_policy(&o)?);
             }
@@ -324,6 +330,9 @@ pub fn server(py: Python<'_>, dict: &Bound<'_, PyDict>) -> PyResult<ServerConfig
             ));
         }
         c.memory_budget = n;
+    }
+    if let Some(d) = o.duration("evict_idle_when_full")? {
+        c.evict_idle_when_full = (!d.is_zero()).then_some(d);
     }
     if o.has("nodelay") {
         c.socket.nodelay = o.flag("nodelay")?;

@@ -224,3 +224,39 @@ async def test_idle_timeout_closes_quiet_connection() -> None:
 async def _drain(conn: framelink.Connection) -> None:
     async for _ in conn:
         pass
+
+
+async def test_a_frame_that_never_completes_is_cut_by_frame_timeout() -> None:
+    # The server announces a 100-byte frame, sends 10 bytes of it, then trickles nothing.
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"\x00\x00\x00\x64" + b"x" * 10)
+        await writer.drain()
+        await reader.read()  # until the client goes
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    log = EventLog()
+    loop = asyncio.get_running_loop()
+    try:
+        t0 = loop.time()
+        client = await framelink.connect(
+            "127.0.0.1", port, framing="length:4", ping_interval=None, frame_timeout=0.5,
+            max_attempts=1, on_event=log,
+        )
+        try:
+            d = await log.wait(lambda e: isinstance(e, ev.Disconnected), TIMEOUT, seen_ok=True)
+            assert d.code_name == "peer_timed_out", d
+            # The 4-byte header and 10 of the 100 body bytes.
+            assert "14 of 104 bytes arrived" in str(d.error), d
+            assert 0.4 <= loop.time() - t0 <= 0.5 + SLACK
+        finally:
+            await client.close()
+    finally:
+        server.close()
+
+
+
+async def test_frame_timeout_must_be_a_duration() -> None:
+    with pytest.raises(framelink.ConfigError, match="frame_timeout"):
+        await framelink.connect("127.0.0.1", 1, frame_timeout=-1.0, max_attempts=1)

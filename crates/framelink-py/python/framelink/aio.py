@@ -469,6 +469,7 @@ def connect(
     pong_always: bool = False,
     answer: Optional[Tuple[bytes, bytes]] = None,
     idle_timeout: Optional[float] = None,
+    frame_timeout: Optional[float] = None,
     reader_idle: Optional[float] = None,
     writer_idle: Optional[float] = None,
     all_idle: Optional[float] = None,
@@ -506,7 +507,9 @@ def connect(
     - **Liveness**: after ``ping_interval`` seconds without receiving anything a ping goes out;
       if nothing arrives within ``ping_timeout`` more, the peer is dead (``PeerDead``) and the
       client reconnects. ``ping_interval=None`` turns heartbeats off. ``idle_timeout`` closes
-      a connection that carries no message either way for that long.
+      a connection that carries no message either way for that long. A message whose first
+      bytes arrived must be complete within ``frame_timeout`` seconds (default 30; ``0``: no
+      bound), so a peer that trickles bytes is cut (``peer_timed_out``).
     - **Reconnect**: exponential backoff from ``backoff_initial`` up to ``backoff_max`` seconds
       with full jitter; ``max_attempts`` failed attempts in a row end the client
       (``None``: forever); ``reconnect=False`` makes one attempt and never reconnects.
@@ -533,6 +536,7 @@ def connect(
         pong_always=pong_always,
         answer=answer,
         idle_timeout=idle_timeout,
+        frame_timeout=frame_timeout,
         reader_idle=reader_idle,
         writer_idle=writer_idle,
         all_idle=all_idle,
@@ -763,6 +767,7 @@ def serve(
     pong_always: bool = False,
     answer: Optional[Tuple[bytes, bytes]] = None,
     idle_timeout: Optional[float] = None,
+    frame_timeout: Optional[float] = None,
     reader_idle: Optional[float] = None,
     writer_idle: Optional[float] = None,
     all_idle: Optional[float] = None,
@@ -775,6 +780,7 @@ def serve(
     session_ttl: float = 60.0,
     max_detached_sessions: int = 10_000,
     memory_budget: Optional[int] = None,
+    evict_idle_when_full: Optional[float] = None,
     nodelay: bool = True,
     tls_cert: Optional[PathLike] = None,
     tls_key: Optional[PathLike] = None,
@@ -796,7 +802,10 @@ def serve(
     messages its client never acknowledged. ``memory_budget`` (bytes; default 1 GiB, or a
     quarter of physical memory when less) bounds what the server holds for all connections and
     sessions together: beyond it new connections are refused and the connection holding the
-    most is closed (``server_full``). ``on_event`` is called for every connection's events.
+    most is closed (``server_full``). At ``max_connections``, a newcomer evicts the connection
+    that has carried no message for the longest, if at least ``evict_idle_when_full`` seconds
+    (default 60; ``0``: refuse newcomers instead), closed with ``idle``.
+    ``on_event`` is called for every connection's events.
 
     TLS: ``tls_cert`` and ``tls_key`` (PEM files: certificate chain, private key) serve TLS;
     ``tls_client_ca`` (PEM) requires every client to present a certificate issued by that CA
@@ -813,6 +822,7 @@ def serve(
         pong_always=pong_always,
         answer=answer,
         idle_timeout=idle_timeout,
+        frame_timeout=frame_timeout,
         reader_idle=reader_idle,
         writer_idle=writer_idle,
         all_idle=all_idle,
@@ -825,6 +835,7 @@ def serve(
         session_ttl=session_ttl,
         max_detached_sessions=max_detached_sessions,
         memory_budget=memory_budget,
+        evict_idle_when_full=evict_idle_when_full,
         nodelay=nodelay,
         tls_cert=tls_cert,
         tls_key=tls_key,
