@@ -27,6 +27,7 @@ mod error;
 mod fixed;
 mod framing;
 mod length_field;
+mod lines;
 mod magic;
 mod netstring;
 pub mod spec;
@@ -38,11 +39,12 @@ mod varint;
 
 use bytes::{Buf, Bytes, BytesMut};
 
-pub use delimiter::{DelimiterCodec, DelimiterConfig, LinesCodec, LinesConfig};
+pub use delimiter::{DelimiterCodec, DelimiterConfig};
 pub use error::{ConfigError, DecodeError, DecodeErrorKind, EncodeError};
 pub use fixed::{FixedLengthCodec, FixedLengthConfig};
 pub use framing::{AnyCodec, Framing, RecoveredErrors};
 pub use length_field::{LengthFieldCodec, LengthFieldConfig};
+pub use lines::{LinesCodec, LinesConfig};
 pub use magic::{Checksum, MagicCodec, MagicConfig, ResyncPolicy};
 pub use netstring::{NetstringCodec, NetstringConfig};
 #[cfg(feature = "tokio-codec")]

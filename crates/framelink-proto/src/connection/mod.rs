@@ -1,0 +1,1145 @@
+//! The framelink protocol v1 connection state machine (sans-IO).
+//!
+//! A [`Connection`] implements `docs/PROTOCOL.md` for one byte stream, in the style of
+//! quinn-proto's `Connection`: it owns no socket and reads no clock. The driver (the tokio layer,
+//! a test, a simulator) feeds it
+//!
+//! - received bytes: read into [`Connection::recv_buf`] then call [`Connection::process_input`]
+//!   (or hand a slice to [`Connection::handle_input`]); end of stream with
+//!   [`Connection::handle_eof`];
+//! - timer expiries: keep **one** timer at [`Connection::poll_timeout`] and call
+//!   [`Connection::handle_timeout`] when it fires (early or spurious calls are harmless);
+//!
+//! and takes out
+//!
+//! - bytes to write: call [`Connection::poll_transmit`] until it returns `None`;
+//! - events: call [`Connection::poll_event`] until it returns `None`.
+//!
+//! After every input (bytes, timeout, [`send`](Connection::send), [`close`](Connection::close)),
+//! drain both and re-arm the timer. When [`Event::ShutdownWrite`] comes out, our CLOSE has been
+//! handed over by `poll_transmit`: write it, then shut down the write half (TCP FIN) and keep
+//! reading. Drop the socket once [`Connection::is_closed`] and [`Connection::is_drained`] both
+//! hold.
+//!
+//! ```
+//! use std::time::Instant;
+//! use bytes::Bytes;
+//! use framelink_proto::connection::{Connection, ConnectionConfig, Event};
+//!
+//! let t0 = Instant::now();
+//! let mut a = Connection::new(ConnectionConfig::default(), t0).unwrap();
+//! let mut b = Connection::new(ConnectionConfig::default(), t0).unwrap();
+//! a.send(Bytes::from_static(b"hi"), t0).unwrap(); // queued until the handshake is done
+//! // A toy "network": move everything both ways until quiet.
+//! for _ in 0..4 {
+//!     while let Some(bytes) = a.poll_transmit(t0) { b.handle_input(&bytes, t0); }
+//!     while let Some(bytes) = b.poll_transmit(t0) { a.handle_input(&bytes, t0); }
+//! }
+//! assert!(matches!(b.poll_event(), Some(Event::Connected { .. })));
+//! assert_eq!(b.poll_event(), Some(Event::Data(Bytes::from_static(b"hi"))));
+//! ```
+//!
+//! # Decisions where the protocol leaves room
+//!
+//! - **Keep-alive** uses [`Liveness`]: our own `ping_interval` / `ping_timeout` (announced in our
+//!   HELLO) drive the active check; the peer's announced interval, times
+//!   [`grace`](ConnectionConfig::grace), drives the passive check (section 4.4). The machine is
+//!   built when the peer's HELLO arrives, so keep-alive timing starts then (section 8); before
+//!   that only the [handshake timeout](ConnectionConfig::handshake_timeout) runs. Any received
+//!   bytes, even part of a message, count as traffic.
+//! - **Ping rate** (section 6.1) is enforced when
+//!   [`enforce_peer_ping_rate`](ConnectionConfig::enforce_peer_ping_rate) is set: a PING less than
+//!   `I_p / 2` after the previous one is a strike, more than
+//!   [`max_ping_strikes`](ConnectionConfig::max_ping_strikes) strikes close with code 4. If the
+//!   peer announced `I_p = 0`, every PING but the first is a strike. Sending DATA resets the
+//!   strikes (as gRPC does).
+//! - **PONGs** are written before queued DATA (but never inside a DATA message already started),
+//!   and at most one is pending: a newer PING replaces an unwritten PONG (section 10).
+//! - **Sending before the handshake** is allowed: DATA is queued and written once the peer's
+//!   HELLO has been accepted (section 4.3). If the peer's `max_message_len` then turns out too
+//!   small for a queued message, that message is dropped with [`Event::MessageDropped`].
+//! - **Local [`close`](Connection::close)** is graceful: DATA queued before it is still written,
+//!   then CLOSE. Every other close (errors, timeouts, peer CLOSE) discards queued DATA.
+//! - **Peer CLOSE**: we answer with a CLOSE carrying the same code (unless we had sent one).
+//! - **After our CLOSE** we keep reading and discard everything but CLOSE, until the peer's
+//!   CLOSE, end of stream or [`linger`](ConnectionConfig::linger) after our CLOSE went out.
+//! - **Timeouts**: a dead peer and a handshake timeout are closed with code 3 (peer timed out).
+//!   A dead peer goes straight to [`State::Closed`] (the CLOSE is still offered, best effort).
+//! - **End of stream without CLOSE** reports [`Event::Closed`] with `by_peer: true` and the code
+//!   [`CloseCode::GoingAway`] (clean message boundary) or [`CloseCode::ProtocolError`] (in the
+//!   middle of a message); the `error` field says which.
+//! - **Large DATA is not copied**: payloads over [`COPY_THRESHOLD`] bytes are returned by
+//!   `poll_transmit` as their 5-byte header followed by the payload `Bytes` itself; received
+//!   DATA bodies are slices of the receive buffer.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::auth::{
+    random_bytes, random_nonce, resume_proof, ResumeProof, SessionSecret, PROOF_LEN,
+};
+use crate::liveness::{Liveness, LivenessEvent, PingAction, RttEstimate};
+use crate::session::{Received, Session, SessionConfig, SDATA_OVERHEAD};
+use crate::wire::{
+    negotiate_version, CloseCode, Hello, Message, ResumeStatus, SessionHello, Violation, WireCodec,
+    WireError, MAX_CLOSE_REASON, MIN_MAX_MESSAGE_LEN, PROTOCOL_VERSION,
+};
+
+mod config;
+mod event;
+mod session_link;
+#[cfg(test)]
+mod tests;
+
+pub use config::{ConfigError, ConnectionConfig, DEFAULT_FRAME_TIMEOUT};
+pub use event::{ConnectionError, Event, SendError, State, Stats};
+use session_link::SessionLink;
+
+/// DATA payloads longer than this are written without copying (header and payload as two
+/// separate [`Connection::poll_transmit`] results); shorter ones are copied into one buffer.
+pub const COPY_THRESHOLD: usize = 1024;
+/// Small messages are packed into one transmit chunk up to this size.
+pub(crate) const COALESCE: usize = 16 * 1024;
+
+/// Bytes of framing per DATA message: the 4-byte length and the type byte.
+pub(crate) const DATA_OVERHEAD: usize = 5;
+
+/// The lowest protocol version this implementation speaks.
+const LOWEST_VERSION: u8 = 1;
+
+/// Our pending CLOSE.
+#[derive(Debug, Clone)]
+struct PendingClose {
+    code: CloseCode,
+    reason: String,
+    /// Write queued DATA first (local graceful close).
+    after_data: bool,
+}
+
+/// One protocol v1 connection. See the [module documentation](self).
+#[derive(Debug)]
+pub struct Connection {
+    config: ConnectionConfig,
+    codec: WireCodec,
+    state: State,
+    hello_sent: bool,
+    handshake_deadline: Instant,
+    peer: Option<Hello>,
+    liveness: Option<Liveness>,
+    recv: BytesMut,
+    /// `recv.len()` after the last processing: anything beyond is new.
+    recv_seen: usize,
+    /// When the first byte of the partial message at the front of `recv` arrived.
+    frame_started: Option<Instant>,
+    /// Stop decoding input (after a protocol error, a CLOSE, or end of stream).
+    input_done: bool,
+    pong: Option<Bytes>,
+    ping: Option<[u8; 8]>,
+    data: VecDeque<Bytes>,
+    queued_bytes: usize,
+    /// The payload of a DATA message whose header was already transmitted.
+    partial: Option<Bytes>,
+    close: Option<PendingClose>,
+    /// A local close asked for during the handshake with DATA queued: carried out once the
+    /// peer's HELLO is accepted, so that the queued DATA goes out before our CLOSE.
+    deferred_close: Option<(CloseCode, String)>,
+    close_sent_at: Option<Instant>,
+    /// The last DATA in either direction (or the handshake): the idle timeout counts from it.
+    last_data: Instant,
+    closed_reported: bool,
+    events: VecDeque<Event>,
+    stats: Stats,
+    /// Boxed: most connections have none, and this keeps their footprint small.
+    session: Option<Box<SessionLink>>,
+    /// Accepting side with sessions: the nonce our offer carried, that a resume's proof must
+    /// be bound to.
+    offer_nonce: Option<[u8; 16]>,
+    /// DATA the application queued that was never written: the connection closed first.
+    unsent: Vec<Bytes>,
+}
+
+impl Connection {
+    /// A connection established at `now`; our HELLO is queued immediately.
+    pub fn new(config: ConnectionConfig, now: Instant) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let codec = WireCodec::new(config.max_message_len).map_err(|_| {
+            ConfigError::MaxMessageLenTooSmall {
+                value: config.max_message_len,
+                min: MIN_MAX_MESSAGE_LEN,
+            }
+        })?;
+        let handshake_deadline = now
+            .checked_add(config.handshake_timeout)
+            .or_else(|| now.checked_add(Duration::from_secs(86_400)))
+            .unwrap_or(now);
+        Ok(Connection {
+            config,
+            codec,
+            state: State::Handshaking,
+            hello_sent: false,
+            handshake_deadline,
+            peer: None,
+            liveness: None,
+            recv: BytesMut::new(),
+            recv_seen: 0,
+            frame_started: None,
+            input_done: false,
+            pong: None,
+            ping: None,
+            data: VecDeque::new(),
+            queued_bytes: 0,
+            partial: None,
+            close: None,
+            deferred_close: None,
+            close_sent_at: None,
+            last_data: now,
+            closed_reported: false,
+            events: VecDeque::new(),
+            stats: Stats::default(),
+            session: None,
+            offer_nonce: None,
+            unsent: Vec::new(),
+        })
+    }
+
+    /// A connection (connecting side) that asks the peer for `session`: a fresh one
+    /// ([`Session::new`] with a random id), or the one a previous connection gave back with
+    /// [`take_session`](Self::take_session). Messages sent on it are numbered, kept until the
+    /// peer acknowledges them, and resent after a reconnect; see [`crate::session`].
+    pub fn with_session(
+        config: ConnectionConfig,
+        session: Session,
+        now: Instant,
+    ) -> Result<Self, ConfigError> {
+        let policy = config.sessions.unwrap_or_default();
+        let mut connection = Connection::new(config, now)?;
+        connection.session = Some(Box::new(SessionLink::new(true, policy, Some(session))));
+        Ok(connection)
+    }
+
+    /// Messages the application queued that were never written because the connection closed
+    /// first (outside a session: a session keeps them for the next connection). They did not
+    /// reach the peer; taken once.
+    pub fn take_unsent(&mut self) -> Vec<Bytes> {
+        std::mem::take(&mut self.unsent)
+    }
+
+    /// The session's state, while one is attached.
+    pub fn session(&self) -> Option<&Session> {
+        self.session.as_ref()?.state.as_ref()
+    }
+
+    // ---- accessors ----
+
+    /// The current state.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ConnectionConfig {
+        &self.config
+    }
+
+    /// The peer's HELLO, once received.
+    pub fn peer_hello(&self) -> Option<&Hello> {
+        self.peer.as_ref()
+    }
+
+    /// Round-trip-time estimate from PING / PONG pairs.
+    pub fn rtt(&self) -> Option<RttEstimate> {
+        self.liveness.as_ref().and_then(Liveness::rtt)
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Bytes of DATA queued (payload + 5 per message), counting against
+    /// [`ConnectionConfig::max_queued_bytes`].
+    pub fn queued_bytes(&self) -> usize {
+        let session = self
+            .session
+            .as_ref()
+            .and_then(|l| l.state.as_ref())
+            .map_or(0, Session::buffered_bytes);
+        self.queued_bytes + session
+    }
+
+    /// What a message of `len` payload bytes counts against
+    /// [`ConnectionConfig::max_queued_bytes`]: its framing, plus its sequence number when
+    /// sessions are (or may be) in use.
+    pub fn message_cost(&self, len: usize) -> usize {
+        if self.session.is_some() || self.config.sessions.is_some() {
+            len.saturating_add(SDATA_OVERHEAD)
+        } else {
+            len.saturating_add(DATA_OVERHEAD)
+        }
+    }
+
+    /// The protocol is finished ([`State::Closed`]).
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    /// Frees the memory of empty internal queues (events, outgoing DATA, keep-alive events).
+    /// Nothing observable changes; a driver of many mostly idle connections calls it when the
+    /// connection has been quiet (e.g. when its timer fires) to keep their footprint small.
+    pub fn shrink_buffers(&mut self) {
+        if self.events.is_empty() {
+            self.events = VecDeque::new();
+        }
+        if self.data.is_empty() {
+            self.data = VecDeque::new();
+        }
+        if let Some(lv) = &mut self.liveness {
+            lv.shrink_buffers();
+        }
+    }
+
+    /// Nothing will ever come out of [`poll_transmit`](Self::poll_transmit) again: our CLOSE was
+    /// transmitted, or the connection closed without one to send.
+    pub fn is_drained(&self) -> bool {
+        self.close_sent_at.is_some()
+            || (self.state == State::Closed && self.close.is_none() && self.partial.is_none())
+    }
+
+    // ---- input ----
+
+    /// The receive buffer: read socket bytes into it (e.g. with `BufMut`), then call
+    /// [`process_input`](Self::process_input). Don't remove bytes from it.
+    pub fn recv_buf(&mut self) -> &mut BytesMut {
+        &mut self.recv
+    }
+
+    /// Full length of the partial message at the front of the receive buffer, once its length
+    /// field is in (see [`Machine::pending_frame_len`](crate::machine::Machine::pending_frame_len)).
+    pub fn pending_frame_len(&self) -> Option<usize> {
+        let len = self.codec.pending_frame_length(&self.recv)?;
+        usize::try_from(len).ok()
+    }
+
+    /// Copies `data` into the receive buffer and processes it.
+    pub fn handle_input(&mut self, data: &[u8], now: Instant) {
+        self.recv.extend_from_slice(data);
+        self.process_input(now);
+    }
+
+    /// Handles the bytes added to [`recv_buf`](Self::recv_buf) since the last call.
+    pub fn process_input(&mut self, now: Instant) {
+        let new = self.recv.len().saturating_sub(self.recv_seen);
+        if new > 0 {
+            self.stats.bytes_in = self.stats.bytes_in.saturating_add(new as u64);
+            if let Some(lv) = &mut self.liveness {
+                lv.on_receive(now);
+            }
+        }
+        let mut decoded = false;
+        while !self.input_done {
+            match self.codec.decode(&mut self.recv) {
+                Ok(Some(message)) => {
+                    decoded = true;
+                    self.stats.messages_in += 1;
+                    self.on_message(message, now);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let code = e.close_code();
+                    self.fail(code, e.to_string(), ConnectionError::Wire(e), false);
+                    self.input_done = true;
+                }
+            }
+        }
+        if self.input_done {
+            self.recv.clear();
+        }
+        self.frame_started = frame_start(self.frame_started, &self.recv, decoded, now);
+        self.recv_seen = self.recv.len();
+        self.drain_liveness(now);
+    }
+
+    /// When the partial message at the front of the receive buffer times out, if one does.
+    fn frame_deadline(&self) -> Option<Instant> {
+        let started = self.frame_started?;
+        if self.input_done || !matches!(self.state, State::Handshaking | State::Open) {
+            return None;
+        }
+        started.checked_add(self.config.frame_timeout?)
+    }
+
+    /// The partial message took too long: close with code 3, saying how much of it arrived.
+    fn frame_timed_out(&mut self) {
+        let e = ConnectionError::FrameTimeout {
+            timeout: self.config.frame_timeout.unwrap_or_default(),
+            received: self.recv.len(),
+            expected: self.pending_frame_len(),
+        };
+        self.fail(CloseCode::PeerTimedOut, e.to_string(), e, false);
+        self.input_done = true;
+        // Its memory goes at once.
+        self.recv = BytesMut::new();
+        self.recv_seen = 0;
+        self.frame_started = None;
+    }
+
+    /// Closes at once: queued messages and buffered input are dropped, our CLOSE (`code`,
+    /// `reason`) is the next thing written, [`Event::Closed`] carries
+    /// [`ConnectionError::Aborted`]. For a runtime that must free the connection's memory now
+    /// (a server over its memory budget); [`close`](Self::close) is the graceful way. No-op once
+    /// closed.
+    pub fn abort(&mut self, code: CloseCode, reason: &str, _now: Instant) {
+        if self.state == State::Closed {
+            return;
+        }
+        let e = ConnectionError::Aborted {
+            reason: reason.to_owned(),
+        };
+        self.fail(code, reason.to_owned(), e, false);
+        self.input_done = true;
+        self.recv = BytesMut::new();
+        self.recv_seen = 0;
+        self.frame_started = None;
+    }
+
+    /// The peer ended its write half (TCP FIN) or the transport failed: the connection is closed.
+    pub fn handle_eof(&mut self, now: Instant) {
+        if self.recv.len() > self.recv_seen {
+            self.process_input(now);
+        }
+        let mid_message = !self.input_done && !self.recv.is_empty();
+        self.input_done = true;
+        self.recv.clear();
+        self.recv_seen = 0;
+        self.frame_started = None;
+        let code = if mid_message {
+            CloseCode::ProtocolError
+        } else {
+            CloseCode::GoingAway
+        };
+        self.report_closed(
+            code,
+            String::new(),
+            true,
+            Some(ConnectionError::EndOfStream { mid_message }),
+        );
+        self.enter_closed();
+    }
+
+    fn on_message(&mut self, message: Message, now: Instant) {
+        match self.state {
+            State::Handshaking => match message {
+                Message::Hello(hello) => self.on_hello(hello, now),
+                // The codec only lets HELLO through first; be safe anyway.
+                Message::Close { code, reason } => self.on_peer_close(code, reason),
+                _ => {}
+            },
+            State::Open => match message {
+                Message::Data(_) if self.session.is_some() => {
+                    self.session_protocol_error("DATA", "inside a session (use SDATA)");
+                }
+                Message::Data(body) => {
+                    self.stats.data_in += 1;
+                    self.last_data = self.last_data.max(now);
+                    self.events.push_back(Event::Data(body));
+                }
+                Message::SessionData { seq, payload } => self.on_session_data(seq, payload, now),
+                Message::Ack(seq) => self.on_ack(seq),
+                Message::Resume {
+                    status,
+                    delivered,
+                    secret,
+                } => self.on_resume(status, delivered, secret),
+                Message::Auth(mac) => self.on_auth(mac),
+                Message::Ping(context) => {
+                    if let Some(lv) = &mut self.liveness {
+                        if lv.on_ping(now) == PingAction::Pong {
+                            // At most one pending PONG: the newest PING wins.
+                            self.pong = Some(context);
+                        }
+                    }
+                }
+                Message::Pong(context) => {
+                    if let (Some(lv), Ok(ctx)) =
+                        (&mut self.liveness, <[u8; 8]>::try_from(&context[..]))
+                    {
+                        if let Some(sample) = lv.on_pong(ctx, now) {
+                            self.events.push_back(Event::Rtt(sample));
+                        }
+                    }
+                }
+                Message::Close { code, reason } => self.on_peer_close(code, reason),
+                // The codec rejects a second HELLO; extension messages are ignored.
+                Message::Hello(_) | Message::Extension { .. } => {}
+            },
+            State::Closing => match message {
+                Message::Close { code, .. } => {
+                    if code == CloseCode::Normal {
+                        self.end_session();
+                    }
+                    self.input_done = true;
+                    self.enter_closed();
+                }
+                // The peer's final ACK before its CLOSE releases what it delivered.
+                Message::Ack(seq) => {
+                    if let Some(session) = self.session.as_mut().and_then(|l| l.state.as_mut()) {
+                        let _ = session.ack(seq);
+                    }
+                }
+                _ => {}
+            },
+            State::Closed => self.input_done = true,
+        }
+    }
+
+    fn on_hello(&mut self, hello: Hello, now: Instant) {
+        let Some(version) = negotiate_version(LOWEST_VERSION, PROTOCOL_VERSION, hello.version)
+        else {
+            let e = ConnectionError::UnsupportedVersion {
+                peer_version: hello.version,
+                lowest: LOWEST_VERSION,
+            };
+            self.fail(CloseCode::UnsupportedVersion, e.to_string(), e, false);
+            self.input_done = true;
+            return;
+        };
+        let liveness = match Liveness::new(self.config.liveness_config(Some(&hello)), now) {
+            Ok(lv) => lv,
+            Err(e) => {
+                let e = ConnectionError::Liveness(e);
+                self.fail(CloseCode::ProtocolError, e.to_string(), e, false);
+                self.input_done = true;
+                return;
+            }
+        };
+        self.liveness = Some(liveness);
+        self.state = State::Open;
+        self.last_data = self.last_data.max(now);
+        let peer_max = hello.max_message_len;
+        self.peer = Some(hello.clone());
+        self.events.push_back(Event::Connected {
+            peer: hello,
+            version,
+        });
+        // Sessions (section 12): we asked and the peer must offer; or the peer asks.
+        let peer_session = self.peer.as_ref().and_then(SessionHello::from_hello);
+        match self.session.as_deref_mut() {
+            Some(link) if link.requester => {
+                let Some(SessionHello::Offer { nonce }) = peer_session else {
+                    let e = ConnectionError::SessionUnavailable;
+                    self.fail(CloseCode::UnsupportedVersion, e.to_string(), e, false);
+                    self.input_done = true;
+                    return;
+                };
+                // Holding the secret, prove it, bound to this connection's nonce. SDATA waits
+                // for the peer's RESUME.
+                if let Some(session) = &link.state {
+                    if let Some(secret) = session.secret() {
+                        let (id, delivered) = (session.id(), session.delivered());
+                        link.auth = Some(resume_proof(secret, &id, &nonce, delivered));
+                    }
+                }
+            }
+            _ => {
+                let request = match peer_session {
+                    Some(SessionHello::Request { delivered }) => Some((delivered, false)),
+                    Some(SessionHello::Resume { delivered }) => Some((delivered, true)),
+                    _ => None,
+                };
+                if let (Some(policy), Some((delivered, resume)), true) = (
+                    self.config.sessions,
+                    request,
+                    self.peer.as_ref().is_some_and(Hello::has_session),
+                ) {
+                    let mut link = SessionLink::new(false, policy, None);
+                    link.peer_delivered = delivered;
+                    // A resume is reported once its proof (AUTH) has arrived.
+                    link.awaiting_proof = resume;
+                    self.session = Some(Box::new(link));
+                    if !resume {
+                        let id = self.peer.as_ref().map_or([0; 16], |h| h.session_id);
+                        self.events.push_back(Event::SessionRequest {
+                            id,
+                            peer_delivered: delivered,
+                            proof: None,
+                        });
+                    }
+                }
+            }
+        }
+        // Messages queued before we knew the peer's limit.
+        let mut kept = VecDeque::with_capacity(self.data.len());
+        for payload in self.data.drain(..) {
+            if payload.len() as u64 + 1 > u64::from(peer_max) {
+                self.queued_bytes -= payload.len() + DATA_OVERHEAD;
+                self.events.push_back(Event::MessageDropped {
+                    len: payload.len(),
+                    peer_max,
+                });
+            } else {
+                kept.push_back(payload);
+            }
+        }
+        self.data = kept;
+        // The same for a session's messages, as long as none of them was ever sent (their
+        // numbers are still ours to change); afterwards `send` checks the known limit.
+        if let Some(session) = self.session.as_mut().and_then(|l| l.state.as_mut()) {
+            let fits = |p: &Bytes| p.len() as u64 + 1 + 8 <= u64::from(peer_max);
+            for payload in session.remove_unsendable(fits) {
+                self.events.push_back(Event::MessageDropped {
+                    len: payload.len(),
+                    peer_max,
+                });
+            }
+        }
+        if let Some((code, reason)) = self.deferred_close.take() {
+            self.close(code, &reason, now);
+        }
+    }
+
+    /// Closes with code 2 for `violation` at the current stream offset; input stops.
+    fn protocol_violation(&mut self, violation: Violation) {
+        let e = WireError::Protocol {
+            violation,
+            offset: self.codec.consumed(),
+        };
+        self.fail(
+            CloseCode::ProtocolError,
+            e.to_string(),
+            ConnectionError::Wire(e),
+            false,
+        );
+        self.input_done = true;
+    }
+
+    fn on_peer_close(&mut self, code: CloseCode, reason: String) {
+        if code == CloseCode::Normal {
+            // Our final ACK goes out with our CLOSE; what we sent and the peer did not ack
+            // comes back to the application.
+            self.end_session();
+        }
+        if code == CloseCode::SessionRefused {
+            self.session_refused();
+        }
+        self.input_done = true;
+        self.report_closed(code, reason, true, None);
+        if self.close.is_none() && self.close_sent_at.is_none() {
+            self.close = Some(PendingClose {
+                code,
+                reason: String::new(),
+                after_data: false,
+            });
+        }
+        self.enter_closed();
+    }
+
+    // ---- output ----
+
+    /// Queues an application message. Allowed while handshaking (written once the handshake is
+    /// done); refused once closing, except with a session that did not end: the message then
+    /// stays in the session and goes out on the next connection.
+    pub fn send(&mut self, payload: Bytes, _now: Instant) -> Result<(), SendError> {
+        if !matches!(self.state, State::Handshaking | State::Open) {
+            // A session outlives its connection: the message waits for the next one (the
+            // runtime bounds what it hands over; nothing it was told is queued gets lost).
+            if let Some(session) = self
+                .session
+                .as_mut()
+                .filter(|l| !l.ended)
+                .and_then(|l| l.state.as_mut())
+            {
+                let _ = session.push(payload, usize::MAX);
+                return Ok(());
+            }
+            return Err(SendError::Closed);
+        }
+        let max = self.peer.as_ref().map_or(u32::MAX, |h| h.max_message_len);
+        let session_header = if self.session.is_some() { 8 } else { 0 };
+        if payload.len() as u64 + 1 + session_header > u64::from(max) {
+            return Err(SendError::TooBig {
+                len: payload.len(),
+                max,
+            });
+        }
+        if let Some(session) = self.session.as_mut().and_then(|l| l.state.as_mut()) {
+            // Numbered and kept until acknowledged: the queue limit bounds the retransmit
+            // buffer.
+            let limit = self
+                .config
+                .max_queued_bytes
+                .saturating_sub(self.queued_bytes);
+            return match session.push(payload, limit) {
+                Ok(_) => Ok(()),
+                Err(crate::session::SessionError::BufferFull { len, .. }) => {
+                    Err(SendError::QueueFull {
+                        queued: self.queued_bytes(),
+                        len,
+                        limit: self.config.max_queued_bytes,
+                    })
+                }
+                Err(_) => Err(SendError::Closed),
+            };
+        }
+        let len = payload.len() + DATA_OVERHEAD;
+        if self.queued_bytes.saturating_add(len) > self.config.max_queued_bytes {
+            return Err(SendError::QueueFull {
+                queued: self.queued_bytes,
+                len,
+                limit: self.config.max_queued_bytes,
+            });
+        }
+        self.queued_bytes += len;
+        self.data.push_back(payload);
+        Ok(())
+    }
+
+    /// Closes the connection gracefully: queued DATA is written, then CLOSE with `code` and
+    /// `reason` (truncated to 1024 bytes at a character boundary). No-op once closing.
+    pub fn close(&mut self, code: CloseCode, reason: &str, _now: Instant) {
+        if !matches!(self.state, State::Handshaking | State::Open) {
+            return;
+        }
+        if self.state == State::Handshaking && !self.data.is_empty() {
+            // DATA may only go out once the peer's HELLO is accepted: close after that.
+            self.deferred_close
+                .get_or_insert_with(|| (code, reason.to_string()));
+            return;
+        }
+        let code = CloseCode::from_u16(code.as_u16());
+        if code == CloseCode::Normal {
+            self.end_session();
+        }
+        let reason = truncate(reason);
+        self.report_closed(code, reason.clone(), false, None);
+        self.close = Some(PendingClose {
+            code,
+            reason,
+            after_data: true,
+        });
+        self.state = State::Closing;
+        self.pong = None;
+        self.ping = None;
+    }
+
+    /// The next bytes to write, if any. Call until `None` after every input.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Bytes> {
+        if self.close_sent_at.is_some() {
+            return None;
+        }
+        if let Some(payload) = self.partial.take() {
+            self.stats.bytes_out += payload.len() as u64;
+            return Some(payload);
+        }
+        let mut buf = BytesMut::new();
+        if !self.hello_sent {
+            self.hello_sent = true;
+            let mut hello = self.config.hello();
+            match self.session.as_deref() {
+                Some(SessionLink {
+                    requester: true,
+                    state: Some(session),
+                    ..
+                }) => {
+                    hello.session_id = session.id();
+                    let delivered = session.delivered();
+                    // With the secret, ask to resume (AUTH follows); without, ask plainly.
+                    let request = match session.secret() {
+                        Some(_) => SessionHello::Resume { delivered },
+                        None => SessionHello::Request { delivered },
+                    };
+                    hello.extensions.push(request.to_extension());
+                }
+                _ if self.config.sessions.is_some() => {
+                    let nonce = random_nonce();
+                    self.offer_nonce = Some(nonce);
+                    hello
+                        .extensions
+                        .push(SessionHello::Offer { nonce }.to_extension());
+                }
+                _ => {}
+            }
+            self.encode(&Message::Hello(hello), &mut buf, now);
+            return self.out(buf);
+        }
+        let handshake_done = self.peer.is_some();
+        let data_allowed = handshake_done
+            && match (&self.close, self.state) {
+                (None, State::Open) => true,
+                (Some(c), State::Closing) => c.after_data,
+                _ => false,
+            };
+        if self.close.is_some() && (!data_allowed || !self.has_pending_data()) {
+            // Let the peer release what we delivered before the session pauses or ends.
+            if let Some(ack) = self.take_ack(now, true) {
+                self.encode(&ack, &mut buf, now);
+                return self.out(buf);
+            }
+            let close = self.close.take().expect("checked above");
+            let message = Message::Close {
+                code: close.code,
+                reason: close.reason,
+            };
+            self.encode(&message, &mut buf, now);
+            self.close_sent_at = Some(now);
+            self.unsent.extend(self.data.drain(..));
+            self.queued_bytes = 0;
+            self.events.push_back(Event::ShutdownWrite);
+            return self.out(buf);
+        }
+        if self.state == State::Open {
+            if let Some((status, delivered, secret)) =
+                self.session.as_mut().and_then(|l| l.resume.take())
+            {
+                let resume = Message::Resume {
+                    status,
+                    delivered,
+                    secret,
+                };
+                self.encode(&resume, &mut buf, now);
+                return self.out(buf);
+            }
+            if let Some(mac) = self.session.as_mut().and_then(|l| l.auth.take()) {
+                self.encode(&Message::Auth(mac), &mut buf, now);
+                return self.out(buf);
+            }
+            if let Some(context) = self.pong.take() {
+                self.encode(&Message::Pong(context), &mut buf, now);
+                return self.out(buf);
+            }
+            if let Some(context) = self.ping.take() {
+                let context = Bytes::copy_from_slice(&context);
+                self.encode(&Message::Ping(context), &mut buf, now);
+                return self.out(buf);
+            }
+        }
+        if self.state == State::Open {
+            if let Some(ack) = self.take_ack(now, false) {
+                self.encode(&ack, &mut buf, now);
+                return self.out(buf);
+            }
+        }
+        if data_allowed && self.session.is_some() {
+            return self.transmit_session_data(now);
+        }
+        if data_allowed && !self.data.is_empty() {
+            let mut sent = 0;
+            while let Some(payload) = self.data.front() {
+                // Checked against the peer's limit in `send` / `on_hello`.
+                let mut header = [0; DATA_OVERHEAD];
+                header[..4].copy_from_slice(&((payload.len() + 1) as u32).to_be_bytes());
+                header[4] = Message::DATA;
+                let Some(copied) = pack_message(&mut buf, &header, payload) else {
+                    break;
+                };
+                let payload = self.data.pop_front().expect("front exists");
+                self.queued_bytes -= payload.len() + DATA_OVERHEAD;
+                sent += 1;
+                if !copied {
+                    self.partial = Some(payload);
+                    break;
+                }
+            }
+            self.data_sent(sent, now);
+            return self.out(buf);
+        }
+        None
+    }
+
+    /// Counts `n` DATA / SDATA messages just transmitted at `now`.
+    fn data_sent(&mut self, n: u64, now: Instant) {
+        if n == 0 {
+            return;
+        }
+        self.stats.messages_out += n;
+        self.stats.data_out += n;
+        self.last_data = self.last_data.max(now);
+        if let Some(lv) = &mut self.liveness {
+            lv.on_send_data(now);
+        }
+    }
+
+    /// DATA is waiting to be written (queued, or in the session and not transmitted yet).
+    fn has_pending_data(&self) -> bool {
+        if !self.data.is_empty() {
+            return true;
+        }
+        match self.session.as_deref() {
+            Some(SessionLink {
+                active: true,
+                state: Some(session),
+                transmitted,
+                ..
+            }) => *transmitted + 1 < session.next_seq(),
+            _ => false,
+        }
+    }
+
+    fn out(&mut self, buf: BytesMut) -> Option<Bytes> {
+        if buf.is_empty() {
+            return None;
+        }
+        self.stats.bytes_out += buf.len() as u64;
+        Some(buf.freeze())
+    }
+
+    /// Encodes a control message (our own, always valid) and records the send.
+    fn encode(&mut self, message: &Message, buf: &mut BytesMut, now: Instant) {
+        if self.codec.encode(message, buf).is_ok() {
+            self.stats.messages_out += 1;
+            if let Some(lv) = &mut self.liveness {
+                lv.on_send(now);
+            }
+        }
+    }
+
+    // ---- timers ----
+
+    /// When [`handle_timeout`](Self::handle_timeout) must next be called, if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.state {
+            State::Handshaking => {
+                Some(self.frame_deadline().map_or(self.handshake_deadline, |at| {
+                    at.min(self.handshake_deadline)
+                }))
+            }
+            State::Open => {
+                let ack_due = self.session.as_ref().and_then(|l| l.ack_due);
+                // A resume's proof belongs to the handshake, and to its deadline.
+                let proof_due = self
+                    .session
+                    .as_ref()
+                    .filter(|l| l.awaiting_proof)
+                    .map(|_| self.handshake_deadline);
+                [
+                    self.liveness.as_ref().and_then(Liveness::poll_timeout),
+                    self.idle_deadline(),
+                    ack_due,
+                    proof_due,
+                    self.frame_deadline(),
+                ]
+                .into_iter()
+                .flatten()
+                .min()
+            }
+            State::Closing => match self.close_sent_at {
+                Some(at) => Some(at.checked_add(self.config.linger).unwrap_or(at)),
+                None => self.liveness.as_ref().and_then(Liveness::poll_timeout),
+            },
+            State::Closed => None,
+        }
+    }
+
+    /// Handles whatever timers are due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.frame_deadline().is_some_and(|at| now >= at) {
+            self.frame_timed_out();
+            return;
+        }
+        match self.state {
+            State::Handshaking if now >= self.handshake_deadline => {
+                let e = ConnectionError::HandshakeTimeout {
+                    timeout: self.config.handshake_timeout,
+                };
+                self.fail(CloseCode::PeerTimedOut, e.to_string(), e, false);
+                self.input_done = true;
+            }
+            State::Open
+                if now >= self.handshake_deadline
+                    && self.session.as_ref().is_some_and(|l| l.awaiting_proof) =>
+            {
+                let e = ConnectionError::HandshakeTimeout {
+                    timeout: self.config.handshake_timeout,
+                };
+                self.fail(CloseCode::PeerTimedOut, format!("{e} (AUTH)"), e, false);
+                self.input_done = true;
+            }
+            State::Open => {
+                if let Some(lv) = &mut self.liveness {
+                    lv.handle_timeout(now);
+                }
+                self.drain_liveness(now);
+                if self.state == State::Open && self.idle_deadline().is_some_and(|at| now >= at) {
+                    let idle = self.config.idle_timeout.unwrap_or_default();
+                    self.close(CloseCode::Idle, &format!("no messages for {idle:?}"), now);
+                }
+            }
+            State::Closing => match self.close_sent_at {
+                Some(at) if now >= at.checked_add(self.config.linger).unwrap_or(at) => {
+                    self.input_done = true;
+                    self.enter_closed();
+                }
+                Some(_) => {}
+                None => {
+                    if let Some(lv) = &mut self.liveness {
+                        lv.handle_timeout(now);
+                    }
+                    self.drain_liveness(now);
+                }
+            },
+            _ => {}
+        }
+    }
+
+    /// When the idle timeout evicts the connection, if it is on.
+    fn idle_deadline(&self) -> Option<Instant> {
+        self.config
+            .idle_timeout
+            .and_then(|d| self.last_data.checked_add(d))
+    }
+
+    fn drain_liveness(&mut self, _now: Instant) {
+        while let Some(event) = self.liveness.as_mut().and_then(Liveness::poll_event) {
+            match event {
+                LivenessEvent::SendPing { context } => {
+                    if self.state == State::Open {
+                        self.ping = Some(context);
+                    }
+                }
+                LivenessEvent::Idle(kind) => self.events.push_back(Event::Idle(kind)),
+                LivenessEvent::PeerDead {
+                    silent_for, cause, ..
+                } => {
+                    let e = ConnectionError::PeerDead { silent_for, cause };
+                    self.fail(CloseCode::PeerTimedOut, e.to_string(), e, true);
+                    self.input_done = true;
+                }
+                LivenessEvent::TooManyPings {
+                    strikes,
+                    min_interval,
+                    last_gap,
+                } => {
+                    let e = ConnectionError::TooManyPings {
+                        strikes,
+                        min_interval,
+                        last_gap,
+                    };
+                    self.fail(CloseCode::TooManyPings, "too many pings".into(), e, false);
+                    self.input_done = true;
+                }
+            }
+        }
+    }
+
+    // ---- closing ----
+
+    /// We close because something went wrong: queued DATA is discarded, CLOSE is queued (unless
+    /// one is already pending or sent), the [`Event::Closed`] is reported once.
+    fn fail(&mut self, code: CloseCode, reason: String, error: ConnectionError, closed: bool) {
+        let reason = truncate(&reason);
+        self.report_closed(code, reason.clone(), false, Some(error));
+        self.unsent.extend(self.data.drain(..));
+        self.queued_bytes = 0;
+        self.pong = None;
+        self.ping = None;
+        match &mut self.close {
+            Some(pending) => pending.after_data = false,
+            None if self.close_sent_at.is_none() => {
+                self.close = Some(PendingClose {
+                    code,
+                    reason,
+                    after_data: false,
+                })
+            }
+            None => {}
+        }
+        match self.state {
+            State::Handshaking | State::Open if !closed => self.state = State::Closing,
+            State::Closed => {}
+            _ => self.enter_closed(),
+        }
+    }
+
+    fn report_closed(
+        &mut self,
+        code: CloseCode,
+        reason: String,
+        by_peer: bool,
+        error: Option<ConnectionError>,
+    ) {
+        if !self.closed_reported {
+            self.closed_reported = true;
+            self.events.push_back(Event::Closed {
+                code,
+                reason,
+                by_peer,
+                error,
+            });
+        }
+    }
+
+    fn enter_closed(&mut self) {
+        self.state = State::Closed;
+        if let Some(link) = self.session.as_mut().filter(|l| l.ended) {
+            if let Some(session) = link.state.as_mut() {
+                let unacked = session.take_unacked();
+                if !unacked.is_empty() {
+                    let id = session.id();
+                    self.events.push_back(Event::SessionLost { id, unacked });
+                }
+            }
+        }
+        self.unsent.extend(self.data.drain(..));
+        self.queued_bytes = 0;
+        self.pong = None;
+        self.ping = None;
+        if let Some(close) = &mut self.close {
+            close.after_data = false;
+        }
+    }
+
+    /// The next event, if any. Call until `None` after every input.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+}
+
+/// When the partial frame left at the front of `recv` started: `now` for a new one (none was
+/// pending, or frames were `decoded` from this input, so what is left began in it), the old
+/// start while the same frame is still incomplete, `None` when nothing is left.
+pub(crate) fn frame_start(
+    started: Option<Instant>,
+    recv: &BytesMut,
+    decoded: bool,
+    now: Instant,
+) -> Option<Instant> {
+    if recv.is_empty() {
+        None
+    } else if decoded || started.is_none() {
+        Some(now)
+    } else {
+        started
+    }
+}
+
+/// Appends a data message to the chunk being built: small messages go out together in one
+/// chunk (one allocation, one slot of a vectored write), a large payload (over
+/// [`COPY_THRESHOLD`]) is its own chunk after its header, shared rather than copied. Returns
+/// `None` when the message must start the next chunk, `Some(true)` when header and payload were
+/// appended, `Some(false)` when only the header was (the caller sends the payload next).
+fn pack_message(buf: &mut BytesMut, header: &[u8], payload: &[u8]) -> Option<bool> {
+    let large = payload.len() > COPY_THRESHOLD;
+    if !buf.is_empty() && (large || buf.len() + header.len() + payload.len() > COALESCE) {
+        return None;
+    }
+    let needed = header.len() + payload.len().min(COPY_THRESHOLD);
+    if buf.capacity() - buf.len() < needed {
+        buf.reserve(COALESCE.min(header.len() + payload.len()).max(256));
+    }
+    buf.put_slice(header);
+    if large {
+        return Some(false);
+    }
+    buf.put_slice(payload);
+    Some(true)
+}
+
+/// `reason` cut to at most [`MAX_CLOSE_REASON`] bytes at a character boundary.
+fn truncate(reason: &str) -> String {
+    let mut end = reason.len().min(MAX_CLOSE_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].to_owned()
+}
