@@ -3,6 +3,8 @@
 //! [`DelimiterCodec`](super::DelimiterCodec) for those two terminators and shares its scan state
 //! and frame-length limit (in `delimiter.rs`).
 
+#[cfg(doc)]
+use super::DelimiterCodec;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::delimiter::ScanState;

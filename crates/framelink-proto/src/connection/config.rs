@@ -1,5 +1,7 @@
 //! [`ConnectionConfig`], its validation and [`ConfigError`].
 
+#[cfg(doc)]
+use super::{Connection, ConnectionError, Event};
 use std::time::Duration;
 
 use thiserror::Error;

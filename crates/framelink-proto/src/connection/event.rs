@@ -1,6 +1,10 @@
 //! What a [`Connection`](super::Connection) reports: [`Event`], [`State`], [`ConnectionError`],
 //! [`SendError`] and [`Stats`].
 
+#[cfg(doc)]
+use super::{Connection, ConnectionConfig};
+#[cfg(doc)]
+use crate::session::Session;
 use std::time::Duration;
 
 use bytes::Bytes;

@@ -1,6 +1,8 @@
 //! The application's handles: [`Connection`], [`Sender`], [`Receiver`], the [`Event`]s they
 //! yield, [`CloseInfo`] and [`TransportError`], and the state they share with the driver.
 
+#[cfg(doc)]
+use framelink_proto::codec::DelimiterCodec;
 use super::*;
 
 /// What the driver reports to the [`Receiver`], in order.
@@ -419,7 +421,7 @@ impl Sender {
     }
 
     /// Queues a message, waiting while the send budget is used up (see the
-    /// [module documentation](self)). Fails with [`SendError::Closed`] once the connection is
+    /// [module documentation](super)). Fails with [`SendError::Closed`] once the connection is
     /// closing, [`SendError::TooBig`] over the peer's `max_message_len`,
     /// [`SendError::Unencodable`] when a raw framing cannot carry it, and
     /// [`SendError::QueueFull`] if the message alone is larger than the whole budget.
