@@ -1,9 +1,9 @@
 //! The application's handles: [`Connection`], [`Sender`], [`Receiver`], the [`Event`]s they
 //! yield, [`CloseInfo`] and [`TransportError`], and the state they share with the driver.
 
+use super::*;
 #[cfg(doc)]
 use framelink_proto::codec::DelimiterCodec;
-use super::*;
 
 /// What the driver reports to the [`Receiver`], in order.
 #[derive(Debug, Clone, PartialEq)]
