@@ -1,4 +1,4 @@
-//! `framelink proxy LISTEN UPSTREAM`: the library's chaos proxy ([`framelink::chaos`]) from the
+//! `framelink proxy LISTEN UPSTREAM`: the library's chaos proxy ([`framelink_chaos`]) from the
 //! command line. It forwards every connection to UPSTREAM while splitting, gluing and delaying
 //! the bytes and cutting the link (FIN, RST, blackhole, stall) at random or given points;
 //! seeded, so a failure can be replayed. Connections and faults are reported on stderr, and
@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use framelink::chaos::{
+use framelink_chaos::{
     ChaosConfig, ChaosEvent, ChaosProxy, Fault, FaultMix, FaultPlan, ScheduledFault, Trigger,
 };
 

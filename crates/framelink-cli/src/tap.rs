@@ -19,8 +19,8 @@ use std::thread::JoinHandle;
 use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
-use framelink::chaos::ChaosTap;
 use framelink::{FrameDecoder, Framing};
+use framelink_chaos::ChaosTap;
 
 use crate::pcap::format_time;
 use crate::stream_tools::{escape_text, hex, payload_offset};

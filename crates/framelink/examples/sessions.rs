@@ -21,10 +21,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use framelink::chaos::{ChaosConfig, ChaosProxy, Fault, FaultMix, FaultPlan, Trigger};
 use framelink::connection::{ConnectionConfig, Event, Protocol, ResumeStatus};
 use framelink::server::{Server, ServerConfig, ServerHandle, ServerSessions};
 use framelink::{BackoffConfig, Client, ClientConfig, ClientEvent, SessionConfig};
+use framelink_chaos::{ChaosConfig, ChaosProxy, Fault, FaultMix, FaultPlan, Trigger};
 use tokio::sync::mpsc;
 
 /// Messages sent by the client (and echoed by the server).

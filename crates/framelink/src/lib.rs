@@ -34,13 +34,13 @@
 //!
 //! [`tls`] adds TLS and mutual TLS (rustls) to servers, clients and raw mode.
 //!
-//! [`chaos::ChaosProxy`] is a seeded chaos proxy for tests: it forwards TCP while splitting,
-//! coalescing and delaying writes and cutting links (FIN, RST, blackhole, stall).
+//! The seeded chaos proxy used to test all this (it forwards TCP while splitting, coalescing
+//! and delaying writes and cutting links: FIN, RST, blackhole, stall) is its own crate,
+//! `framelink-chaos`.
 
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
-pub mod chaos;
 pub mod client;
 pub mod connection;
 pub mod io;

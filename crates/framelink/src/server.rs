@@ -82,7 +82,7 @@
 //!   at all: each connection's fixed state (driver, handles, task: about 2 KiB), allocator
 //!   rounding and memory the allocator keeps after a free, the kernel's socket buffers, and,
 //!   for a received message the application keeps (or echoes), the rest of the read buffer
-//!   allocation its bytes are a slice of. Measured (`benches/memory_attack.rs`, see
+//!   allocation its bytes are a slice of. Measured (`framelink-perf`'s `memory_attack`, see
 //!   `BENCHMARKS.md`): with a 64 MiB budget the count peaks within 1 MiB of it, the process's
 //!   peak RSS at 1.2 to 1.7 times it. A reservation covers the receive buffer's doubling, so
 //!   a single message needs up to twice its length of budget: keep the budget several times

@@ -5,10 +5,10 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use framelink::chaos::{ChaosConfig, ChaosProxy, Fault};
 use framelink::connection::{
     self, CloseCode, CloseInfo, ConnectionConfig, ConnectionError, Event, SendError,
 };
+use framelink_chaos::{ChaosConfig, ChaosProxy, Fault};
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

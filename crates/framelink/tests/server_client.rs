@@ -9,11 +9,11 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use framelink::chaos::{ChaosConfig, ChaosProxy, Fault};
 use framelink::client::{Client, ClientConfig, ClientEvent};
 use framelink::connection::{self, CloseCode, ConnectionConfig, ConnectionError, Event, Protocol};
 use framelink::server::{Server, ServerConfig};
 use framelink::{BackoffConfig, FrameMatcher, Framing, Jitter, RawConfig};
+use framelink_chaos::{ChaosConfig, ChaosProxy, Fault};
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};

@@ -268,7 +268,7 @@ async fn hundred_thousand_messages_exactly_once_through_a_link_cut_dozens_of_tim
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_thousand_messages_exactly_once_through_the_chaos_proxy() {
-    use framelink::chaos::{ChaosConfig, ChaosProxy, Fault, FaultMix, FaultPlan, Trigger};
+    use framelink_chaos::{ChaosConfig, ChaosProxy, Fault, FaultMix, FaultPlan, Trigger};
     const N: u32 = 100_000;
     let (server_addr, received) = session_echo_server().await;
     // Pieces of 1 to 512 bytes; a fault every ~400 KiB: resets, closes, and now and then a

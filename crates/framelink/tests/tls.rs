@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use framelink::chaos::{ChaosConfig, ChaosProxy, Fault};
 use framelink::client::{Client, ClientConfig, ClientEvent};
 use framelink::connection::{ConnectionConfig, ConnectionError, DeathCause, Event, Protocol};
 use framelink::server::{Incoming, Server, ServerConfig, ServerHandle, ServerSessions};
@@ -21,6 +20,7 @@ use framelink::tls::{
     TlsServerOptions,
 };
 use framelink::{BackoffConfig, Framing, RawConfig, SessionConfig};
+use framelink_chaos::{ChaosConfig, ChaosProxy, Fault};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose,

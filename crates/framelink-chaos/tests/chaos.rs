@@ -8,11 +8,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use framelink::chaos::{
+use framelink::connection::{self, CloseCode, ConnectionConfig, Event};
+use framelink_chaos::{
     ChaosConfig, ChaosEvent, ChaosEvents, ChaosProxy, ChaosStats, Fault, FaultMix, FaultPlan,
     ScheduledFault, Trigger,
 };
-use framelink::connection::{self, CloseCode, ConnectionConfig, Event};
 use rand::{rngs::StdRng, RngCore, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -595,7 +595,7 @@ struct Recorder {
     seen: std::sync::Mutex<Seen>,
 }
 
-impl framelink::chaos::ChaosTap for Recorder {
+impl framelink_chaos::ChaosTap for Recorder {
     fn forwarded(&self, conn: u64, to_upstream: bool, bytes: &[u8]) {
         assert_eq!(conn, 0);
         let mut seen = self.seen.lock().unwrap();

@@ -14,12 +14,12 @@
 //!   0).
 //!
 //! ```text
-//! cargo bench -p framelink --bench idle_connections                      # N = 10 000, ~30 s
-//! cargo bench -p framelink --bench idle_connections -- --connections 1000 --json
-//! cargo bench -p framelink --bench idle_connections -- --connections 1000 --breakdown 100
+//! cargo run --release -p framelink-perf --bin idle_connections                    # N = 10 000, ~30 s
+//! cargo run --release -p framelink-perf --bin idle_connections -- --connections 1000 --json
+//! cargo run --release -p framelink-perf --bin idle_connections -- --connections 1000 --breakdown 100
 //! ```
 //!
-//! Options (after `--`): `--connections N` (10000), `--interval-ms MS` (1000, the heartbeat
+//! Options (after `--`; `--help` lists them): `--connections N` (10000), `--interval-ms MS` (1000, the heartbeat
 //! interval), `--ping-timeout-ms MS` (5000), `--measure-secs S` (20), `--settle-intervals K` (2),
 //! `--drain task|select` (`task`), `--runtime current|multi` (`current`), `--per-source-ip M`
 //! (2500), `--connect-concurrency C` (500), `--spread-ms MS` (the interval), `--breakdown K`
@@ -75,12 +75,11 @@
 //!    N. Build with `RUSTFLAGS="-C symbol-mangling-version=v0"` (and a separate
 //!    `CARGO_TARGET_DIR`) to see the concrete generic types in the sites (`Arc<Shared>::new`,
 //!    `Box<Cell<{driver future}>>::new`, ...). The layout of the private driver future itself:
-//!    `cargo +nightly rustc -p framelink --profile bench --bench idle_connections --
+//!    `cargo +nightly rustc -p framelink-perf --release --bin idle_connections --
 //!    -Zprint-type-sizes`.
 //!
-//! Under `cargo test --benches` (no `--bench` argument) a small smoke run (64 connections,
-//! 200 ms heartbeats, 1 s) checks that the harness still works; plain `cargo test` does not build
-//! or run benches.
+//! `--smoke` makes a small run (64 connections, 200 ms heartbeats, 1 s) with checks; the
+//! crate's test (`cargo test -p framelink-perf`) runs it, so that the harness keeps working.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::backtrace::Backtrace;
@@ -93,6 +92,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use clap::builder::TypedValueParser;
 use framelink::connection::{self, Connection, ConnectionConfig, Event, Receiver, Sender};
 use framelink::server::{Server, ServerConfig};
 use framelink::Protocol;
@@ -422,133 +422,86 @@ fn raise_fd_limit() -> Result<(u64, u64, u64), String> {
 // Options
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, clap::ValueEnum)]
 enum Drain {
+    /// One tokio task per connection owning the `Connection`.
     Task,
+    /// One task polls all `Receiver`s through `SelectAll`; the `Sender`s in a `Vec`.
     Select,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy, PartialEq, clap::ValueEnum)]
+enum Runtime {
+    /// A current-thread tokio runtime.
+    Current,
+    /// A multi-thread runtime with 2 workers.
+    Multi,
+}
+
+/// N idle framelink connections with heartbeats on loopback, server and client in two
+/// processes: memory per connection and CPU of the heartbeats.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "idle_connections")]
 struct Options {
+    /// Connections to open.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..).map(|n| n as usize))]
     connections: usize,
+    /// Heartbeat interval (ms).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     interval_ms: u64,
+    /// Ping timeout (ms).
+    #[arg(long, default_value_t = 5000)]
     ping_timeout_ms: u64,
-    /// The server's own ping interval; `Some(0)` = passive (it never pings and relies on the
-    /// clients' announced interval × grace, as MQTT brokers do); `None` = same as the clients.
+    /// The server's own ping interval (ms); 0 = passive (it never pings and relies on the
+    /// clients' announced interval × grace, as MQTT brokers do); default: same as the clients.
+    #[arg(long)]
     server_interval_ms: Option<u64>,
+    /// Seconds of steady state measured.
+    #[arg(long, default_value_t = 20.0)]
     measure_secs: f64,
+    /// Heartbeat intervals waited after the last connect before the "after" snapshot.
+    #[arg(long, default_value_t = 2)]
     settle_intervals: u32,
+    /// How each process drains its connections' events.
+    #[arg(long, value_enum, default_value_t = Drain::Task)]
     drain: Drain,
-    multi_thread: bool,
+    /// The tokio runtime of both processes.
+    #[arg(long, value_enum, default_value_t = Runtime::Current)]
+    runtime: Runtime,
+    /// Connections per client source address (127.0.0.2, 127.0.0.3, ...).
+    #[arg(long, default_value_t = 2500, value_parser = clap::value_parser!(u64).range(1..).map(|n| n as usize))]
     per_source_ip: usize,
+    /// At most this many connections between `connect` and the handshake's end.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).map(|n| (n as usize).max(1)))]
     connect_concurrency: usize,
+    /// Connects spread over this many ms (default: one heartbeat interval; 0: all at once).
+    #[arg(long)]
     spread_ms: Option<u64>,
+    /// Where the heap of K more connections goes, by allocation site (0: off).
+    #[arg(long, default_value_t = 0)]
     breakdown: usize,
+    /// Also print the report as one JSON object.
+    #[arg(long)]
     json: bool,
-    /// Run by `cargo test --benches`: small smoke run with checks.
+    /// A small run with checks (64 connections, 200 ms heartbeats, 1 s measured), as run by the
+    /// crate's tests; exits 1 if the harness does not work.
+    #[arg(long)]
     smoke: bool,
 }
 
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            connections: 10_000,
-            interval_ms: 1000,
-            ping_timeout_ms: 5000,
-            server_interval_ms: None,
-            measure_secs: 20.0,
-            settle_intervals: 2,
-            drain: Drain::Task,
-            multi_thread: false,
-            per_source_ip: 2500,
-            connect_concurrency: 500,
-            spread_ms: None,
-            breakdown: 0,
-            json: false,
-            smoke: false,
-        }
-    }
-}
-
-const USAGE: &str = "usage: idle_connections [--connections N] [--interval-ms MS] \
-[--ping-timeout-ms MS] [--server-interval-ms MS|0] [--measure-secs S] [--settle-intervals K] [--drain task|select] \
-[--runtime current|multi] [--per-source-ip M] [--connect-concurrency C] [--spread-ms MS] \
-[--breakdown K] [--json]";
-
 impl Options {
-    /// Parses the arguments; `None` when a filter argument excludes this benchmark.
-    fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Options>, String> {
-        let mut o = Options::default();
-        let mut bench_flag = false;
-        let mut filters = Vec::new();
-        let mut it = args.into_iter();
-        while let Some(arg) = it.next() {
-            let mut value = |name: &str| {
-                it.next()
-                    .ok_or_else(|| format!("{name} needs a value\n{USAGE}"))
-            };
-            fn num<T: std::str::FromStr>(name: &str, v: String) -> Result<T, String> {
-                v.parse()
-                    .map_err(|_| format!("{name}: not a valid number: {v:?}"))
-            }
-            match arg.as_str() {
-                "--bench" => bench_flag = true,
-                "--connections" => o.connections = num(&arg, value(&arg)?)?,
-                "--interval-ms" => o.interval_ms = num(&arg, value(&arg)?)?,
-                "--ping-timeout-ms" => o.ping_timeout_ms = num(&arg, value(&arg)?)?,
-                "--server-interval-ms" => {
-                    o.server_interval_ms = Some(num(&arg, value(&arg)?)?);
-                }
-                "--measure-secs" => o.measure_secs = num(&arg, value(&arg)?)?,
-                "--settle-intervals" => o.settle_intervals = num(&arg, value(&arg)?)?,
-                "--per-source-ip" => o.per_source_ip = num(&arg, value(&arg)?)?,
-                "--connect-concurrency" => o.connect_concurrency = num(&arg, value(&arg)?)?,
-                "--spread-ms" => o.spread_ms = Some(num(&arg, value(&arg)?)?),
-                "--breakdown" => o.breakdown = num(&arg, value(&arg)?)?,
-                "--json" => o.json = true,
-                "--drain" => {
-                    o.drain = match value(&arg)?.as_str() {
-                        "task" => Drain::Task,
-                        "select" => Drain::Select,
-                        other => return Err(format!("--drain: task or select, not {other:?}")),
-                    }
-                }
-                "--runtime" => {
-                    o.multi_thread = match value(&arg)?.as_str() {
-                        "current" => false,
-                        "multi" => true,
-                        other => return Err(format!("--runtime: current or multi, not {other:?}")),
-                    }
-                }
-                "-h" | "--help" => return Err(USAGE.to_owned()),
-                flag if flag.starts_with('-') => {
-                    return Err(format!("unknown option {flag:?}\n{USAGE}"))
-                }
-                filter => filters.push(filter.to_owned()),
-            }
-        }
-        if !filters.is_empty()
-            && !filters
-                .iter()
-                .any(|f| "idle_connections".contains(f.as_str()))
-        {
-            return Ok(None);
-        }
-        if !bench_flag && std::env::var_os(CLIENT_ENV).is_none() {
-            // `cargo test --benches` runs bench targets without `--bench`: smoke run.
+    /// Parses the arguments (exits with clap's message on an error or `--help`).
+    fn parse_args() -> Options {
+        let mut o = <Options as clap::Parser>::parse();
+        if o.smoke && std::env::var_os(CLIENT_ENV).is_none() {
             o = Options {
                 connections: 64,
                 interval_ms: 200,
                 measure_secs: 1.0,
-                smoke: true,
                 ..o
             };
         }
-        if o.connections == 0 || o.interval_ms == 0 || o.per_source_ip == 0 {
-            return Err("--connections, --interval-ms and --per-source-ip must be > 0".into());
-        }
-        o.connect_concurrency = o.connect_concurrency.max(1);
-        Ok(Some(o))
+        o
     }
 
     /// Arguments for the client process.
@@ -567,7 +520,7 @@ impl Options {
             }
             .into(),
             "--runtime".into(),
-            if self.multi_thread {
+            if self.runtime == Runtime::Multi {
                 "multi"
             } else {
                 "current"
@@ -613,7 +566,7 @@ impl Options {
     }
 
     fn runtime(&self) -> tokio::runtime::Runtime {
-        let mut b = if self.multi_thread {
+        let mut b = if self.runtime == Runtime::Multi {
             let mut b = tokio::runtime::Builder::new_multi_thread();
             b.worker_threads(2);
             b
@@ -624,7 +577,7 @@ impl Options {
     }
 
     fn runtime_name(&self) -> &'static str {
-        if self.multi_thread {
+        if self.runtime == Runtime::Multi {
             "multi_thread (2 workers)"
         } else {
             "current_thread"
@@ -1671,7 +1624,7 @@ fn report_json(r: &Report) -> serde_json::Value {
         "interval_ms": o.interval_ms,
         "ping_timeout_ms": o.ping_timeout_ms,
         "server_interval_ms": o.server_config().ping_interval.map(|d| d.as_millis() as u64),
-        "runtime": if o.multi_thread { "multi_thread" } else { "current_thread" },
+        "runtime": if o.runtime == Runtime::Multi { "multi_thread" } else { "current_thread" },
         "drain": match o.drain { Drain::Task => "task", Drain::Select => "select" },
         "spread_ms": o.spread().as_millis() as u64,
         "fd_limit": {"server": {"old_soft": r.fd.0, "soft": r.fd.1, "hard": r.fd.2},
@@ -1712,7 +1665,7 @@ fn report_json(r: &Report) -> serde_json::Value {
     })
 }
 
-/// `cargo test --benches`: the harness works and heartbeats flow.
+/// `--smoke`: the harness works and heartbeats flow.
 fn smoke_check(r: &Report) -> Result<(), String> {
     let n = r.o.connections as f64;
     if r.server.closed + r.client.closed + r.closed_total.0 + r.closed_total.1 > 0 {
@@ -1729,14 +1682,7 @@ fn smoke_check(r: &Report) -> Result<(), String> {
 }
 
 fn main() {
-    let opts = match Options::parse(std::env::args().skip(1)) {
-        Ok(Some(o)) => o,
-        Ok(None) => return,
-        Err(e) => {
-            eprintln!("idle_connections: {e}");
-            std::process::exit(2);
-        }
-    };
+    let opts = Options::parse_args();
     if let Some(addr) = std::env::var_os(CLIENT_ENV) {
         let addr = addr
             .to_str()

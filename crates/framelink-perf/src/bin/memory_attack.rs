@@ -3,9 +3,9 @@
 //! budget.
 //!
 //! ```text
-//! cargo bench -p framelink --bench memory_attack                        # budget 64 MiB
-//! cargo bench -p framelink --bench memory_attack -- --budget-mib 32 --attack partial
-//! cargo bench -p framelink --bench memory_attack -- --no-budget         # the same, unbounded
+//! cargo run --release -p framelink-perf --bin memory_attack                     # budget 64 MiB
+//! cargo run --release -p framelink-perf --bin memory_attack -- --budget-mib 32 --attack partial
+//! cargo run --release -p framelink-perf --bin memory_attack -- --no-budget      # the same, unbounded
 //! ```
 //!
 //! Attacks (`--attack NAME`, default all), scaled to several times the budget `B`:
@@ -47,6 +47,22 @@ const ATTACKS: [&str; 4] = ["partial", "no-read", "sessions", "trickle"];
 /// Bound on one attack.
 const ATTACK_TIME: Duration = Duration::from_secs(50);
 
+/// Runs memory attacks against a framelink echo server in a child process and reports its peak
+/// resident memory next to its memory budget.
+#[derive(clap::Parser)]
+#[command(name = "memory_attack")]
+struct Args {
+    /// The server's memory budget, in MiB.
+    #[arg(long, default_value_t = 64)]
+    budget_mib: usize,
+    /// Run only this attack (default: all).
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(ATTACKS))]
+    attack: Option<String>,
+    /// The same attacks against a server without a memory budget.
+    #[arg(long)]
+    no_budget: bool,
+}
+
 fn main() {
     if let Ok(attack) = std::env::var("FRAMELINK_MEMORY_BENCH_SERVER") {
         let budget: usize = std::env::var("FRAMELINK_MEMORY_BENCH_BUDGET")
@@ -55,17 +71,11 @@ fn main() {
             .unwrap_or(usize::MAX);
         return server_process(&attack, budget);
     }
-    let mut args = std::env::args().skip(1);
-    let (mut budget_mib, mut only, mut no_budget) = (64usize, None, false);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--budget-mib" => budget_mib = args.next().and_then(|v| v.parse().ok()).unwrap_or(64),
-            "--attack" => only = args.next(),
-            "--no-budget" => no_budget = true,
-            "--bench" => {}
-            other => panic!("unknown option {other}"),
-        }
-    }
+    let Args {
+        budget_mib,
+        attack: only,
+        no_budget,
+    } = clap::Parser::parse();
     let budget = budget_mib * MIB;
     println!(
         "| attack | budget | sent to be held | server VmHWM (peak RSS) | baseline VmHWM | budget count peak | evicted / refused / shed / lost dropped | time |"

@@ -17,7 +17,7 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use framelink::chaos::{ChaosConfig, ChaosProxy, FaultMix, FaultPlan, Trigger};
+//! use framelink_chaos::{ChaosConfig, ChaosProxy, FaultMix, FaultPlan, Trigger};
 //!
 //! # async fn run() -> Result<(), framelink::Error> {
 //! let config = ChaosConfig {
@@ -92,6 +92,9 @@
 //! go through a bounded broadcast channel: a subscriber that falls behind misses events (and
 //! is told how many), it never slows the proxy down. Logging goes through `tracing` (at
 //! `debug`; `warn` for accept errors).
+
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -609,7 +612,7 @@ impl ChaosProxy {
         listen: impl ToSocketAddrs,
         upstream: impl fmt::Display,
         config: ChaosConfig,
-    ) -> Result<ChaosProxy, crate::Error> {
+    ) -> Result<ChaosProxy, framelink::Error> {
         ChaosProxy::start_tapped(listen, upstream, config, Tap(None)).await
     }
 
@@ -623,7 +626,7 @@ impl ChaosProxy {
         upstream: impl fmt::Display,
         config: ChaosConfig,
         tap: Arc<dyn ChaosTap>,
-    ) -> Result<ChaosProxy, crate::Error> {
+    ) -> Result<ChaosProxy, framelink::Error> {
         ChaosProxy::start_tapped(listen, upstream, config, Tap(Some(tap))).await
     }
 
@@ -632,8 +635,8 @@ impl ChaosProxy {
         upstream: impl fmt::Display,
         config: ChaosConfig,
         tap: Tap,
-    ) -> Result<ChaosProxy, crate::Error> {
-        config.validate().map_err(crate::Error::InvalidConfig)?;
+    ) -> Result<ChaosProxy, framelink::Error> {
+        config.validate().map_err(framelink::Error::InvalidConfig)?;
         let listener = TcpListener::bind(listen).await?;
         let local_addr = listener.local_addr()?;
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
