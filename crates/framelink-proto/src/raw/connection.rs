@@ -1,0 +1,726 @@
+//! [`RawConnection`], the raw-mode machine: the user's framing in both directions, heartbeats
+//! matched and answered with the [`FrameMatcher`](super::FrameMatcher) rules, keep-alive from the
+//! shared [`Liveness`] machine. The rules it follows are in the [module docs](super).
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use super::{RawConfig, RawConfigError, FRAME_OVERHEAD};
+use crate::codec::{DecodeError, DecodeErrorKind, FrameDecoder, FrameEncoder, FrameParts, Framing};
+use crate::connection::{
+    ConnectionError, Event, SendError, State, Stats, COALESCE, COPY_THRESHOLD,
+};
+use crate::liveness::{DeathCause, Liveness, LivenessEvent, RttEstimate};
+use crate::machine::Machine;
+use crate::wire::CloseCode;
+
+/// A message waiting to be written: its framing computed at [`RawConnection::send`].
+#[derive(Debug)]
+struct Queued {
+    parts: FrameParts,
+    payload: Bytes,
+}
+
+/// How the write half is being closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shutdown {
+    /// Not closing output.
+    No,
+    /// Local close: write the queued frames, then shut down.
+    AfterQueue,
+    /// Failure: complete the frame in flight, then shut down.
+    AfterFrame,
+    /// [`Event::ShutdownWrite`] was emitted at this instant.
+    Done(Instant),
+}
+
+/// One raw connection: the user's framing with keep-alive. See the [module documentation](self).
+#[derive(Debug)]
+pub struct RawConnection {
+    config: RawConfig,
+    /// A fresh copy of the framing: decodes input, encodes output.
+    framing: Framing,
+    /// The encoded ping frame, if pings are sent.
+    ping_frame: Option<Bytes>,
+    /// The encoded answer reply frame, if there is an answer rule.
+    reply_frame: Option<Bytes>,
+    /// In idle-only mode, the dead-peer rule reported as [`DeathCause::PeerSilent`].
+    silence_limit: Option<Duration>,
+    liveness: Liveness,
+    state: State,
+    recv: BytesMut,
+    /// `recv.len()` after the last processing: anything beyond is new.
+    recv_seen: usize,
+    /// When the first byte of the partial frame at the front of `recv` arrived.
+    frame_started: Option<Instant>,
+    /// Stop decoding input (closing, closed).
+    input_done: bool,
+    /// A ping to write (its liveness context).
+    ping_pending: Option<[u8; 8]>,
+    /// Our ping was written and no pong has matched it yet.
+    awaiting_pong: Option<[u8; 8]>,
+    /// A reply to the peer's heartbeat is to be written.
+    answer_pending: bool,
+    data: VecDeque<Queued>,
+    queued_bytes: usize,
+    /// The rest of a frame partly handed out by `poll_transmit` (payload, trailer).
+    in_flight: VecDeque<Bytes>,
+    shutdown: Shutdown,
+    closed_reported: bool,
+    events: VecDeque<Event>,
+    stats: Stats,
+    /// The last application message received or queued (for [`RawConfig::idle_timeout`]).
+    last_data: Instant,
+    /// Messages queued that were never written: the connection closed first.
+    unsent: Vec<Bytes>,
+}
+
+impl RawConnection {
+    /// A connection established at `now`: [`State::Open`] at once, the first ping (if any) due
+    /// at `now + ping_interval`.
+    pub fn new(config: RawConfig, now: Instant) -> Result<Self, RawConfigError> {
+        let (ping_frame, reply_frame) = config.control_frames()?;
+        let liveness = Liveness::new(config.liveness_config(), now)?;
+        let silence_limit = match (&config.ping, config.ping_interval) {
+            (None, Some(interval)) => Some(interval.saturating_add(config.ping_timeout)),
+            _ => None,
+        };
+        Ok(RawConnection {
+            framing: config.framing.reset(),
+            config,
+            ping_frame,
+            reply_frame,
+            silence_limit,
+            liveness,
+            state: State::Open,
+            recv: BytesMut::new(),
+            recv_seen: 0,
+            frame_started: None,
+            input_done: false,
+            ping_pending: None,
+            awaiting_pong: None,
+            answer_pending: false,
+            data: VecDeque::new(),
+            queued_bytes: 0,
+            in_flight: VecDeque::new(),
+            shutdown: Shutdown::No,
+            closed_reported: false,
+            events: VecDeque::new(),
+            stats: Stats::default(),
+            last_data: now,
+            unsent: Vec::new(),
+        })
+    }
+
+    // ---- accessors ----
+
+    /// The current state: [`State::Open`], [`State::Closing`] (local close in progress) or
+    /// [`State::Closed`]; never `Handshaking`.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RawConfig {
+        &self.config
+    }
+
+    /// Round-trip-time estimate from ping / matched pong pairs.
+    pub fn rtt(&self) -> Option<RttEstimate> {
+        self.liveness.rtt()
+    }
+
+    /// Counters: `messages_*` count every frame (pings, pongs and replies too), `data_*` the
+    /// application's.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Bytes of queued messages (payload + [`FRAME_OVERHEAD`] each), counted against
+    /// [`RawConfig::max_queued_bytes`].
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
+    /// What a message of `len` payload bytes counts against the queue limit.
+    pub fn message_cost(&self, len: usize) -> usize {
+        len.saturating_add(FRAME_OVERHEAD)
+    }
+
+    /// The connection is finished ([`State::Closed`]).
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    /// Frees the memory of empty internal queues. Nothing observable changes; drivers of many
+    /// mostly idle connections call it when the connection is quiet.
+    pub fn shrink_buffers(&mut self) {
+        if self.data.is_empty() {
+            self.data = VecDeque::new();
+        }
+        if self.in_flight.is_empty() {
+            self.in_flight = VecDeque::new();
+        }
+        if self.events.is_empty() {
+            self.events = VecDeque::new();
+        }
+        self.liveness.shrink_buffers();
+    }
+
+    /// Nothing will ever come out of [`poll_transmit`](Self::poll_transmit) again.
+    pub fn is_drained(&self) -> bool {
+        self.in_flight.is_empty()
+            && match self.shutdown {
+                Shutdown::Done(_) => true,
+                Shutdown::No => self.state == State::Closed,
+                Shutdown::AfterQueue | Shutdown::AfterFrame => false,
+            }
+    }
+
+    // ---- input ----
+
+    /// The receive buffer: read socket bytes into it, then call
+    /// [`process_input`](Self::process_input). Don't remove bytes from it.
+    pub fn recv_buf(&mut self) -> &mut BytesMut {
+        &mut self.recv
+    }
+
+    /// Full length of the partial frame at the front of the receive buffer, once the framing
+    /// knows it (see [`Machine::pending_frame_len`]).
+    pub fn pending_frame_len(&self) -> Option<usize> {
+        let len = self.framing.pending_frame_length(&self.recv)?;
+        usize::try_from(len).ok()
+    }
+
+    /// Copies `data` into the receive buffer and processes it.
+    pub fn handle_input(&mut self, data: &[u8], now: Instant) {
+        self.recv.extend_from_slice(data);
+        self.process_input(now);
+    }
+
+    /// Handles the bytes added to [`recv_buf`](Self::recv_buf) since the last call: decodes
+    /// frames, answers or matches heartbeats, delivers the rest as [`Event::Data`].
+    pub fn process_input(&mut self, now: Instant) {
+        let new = self.recv.len().saturating_sub(self.recv_seen);
+        if new > 0 {
+            self.stats.bytes_in = self.stats.bytes_in.saturating_add(new as u64);
+            if self.state != State::Closed {
+                // Any bytes prove the peer alive, even part of a frame.
+                self.liveness.on_receive(now);
+            }
+        }
+        if self.state != State::Open {
+            self.input_done = true;
+        }
+        let mut decoded = false;
+        while !self.input_done {
+            match self.framing.decode(&mut self.recv) {
+                Ok(Some(frame)) => {
+                    decoded = true;
+                    self.on_frame(frame, now);
+                }
+                Ok(None) => break,
+                Err(e) if e.is_recoverable() => {
+                    decoded = true;
+                    self.events.push_back(Event::FrameDiscarded(e));
+                }
+                Err(e) => self.framing_failed(e, now),
+            }
+        }
+        if self.input_done {
+            self.recv.clear();
+        }
+        self.frame_started =
+            crate::connection::frame_start(self.frame_started, &self.recv, decoded, now);
+        self.recv_seen = self.recv.len();
+        self.drain_liveness(now);
+    }
+
+    /// The peer ended its write half (TCP FIN) or the transport failed: the connection is
+    /// closed. The framing's [`decode_eof`](FrameDecoder::decode_eof) gets a chance to produce a
+    /// last frame first.
+    pub fn handle_eof(&mut self, now: Instant) {
+        if self.recv.len() > self.recv_seen {
+            self.process_input(now);
+        }
+        let mut mid_message = false;
+        while !self.input_done {
+            match self.framing.decode_eof(&mut self.recv) {
+                Ok(Some(frame)) => self.on_frame(frame, now),
+                Ok(None) => break,
+                Err(e) if e.is_recoverable() => self.events.push_back(Event::FrameDiscarded(e)),
+                Err(e) if matches!(e.kind(), DecodeErrorKind::Truncated { .. }) => {
+                    mid_message = true;
+                    break;
+                }
+                Err(e) => self.framing_failed(e, now),
+            }
+        }
+        self.input_done = true;
+        self.recv.clear();
+        self.recv_seen = 0;
+        let code = if mid_message {
+            CloseCode::ProtocolError
+        } else {
+            CloseCode::GoingAway
+        };
+        self.report_closed(
+            code,
+            String::new(),
+            true,
+            Some(ConnectionError::EndOfStream { mid_message }),
+        );
+        if self.shutdown == Shutdown::AfterQueue {
+            self.shutdown = Shutdown::AfterFrame;
+        }
+        self.enter_closed(now);
+    }
+
+    fn on_frame(&mut self, frame: Bytes, now: Instant) {
+        self.stats.messages_in += 1;
+        let mut heartbeat = false;
+        let mut answered_our_ping = false;
+        if self.config.pong.matches(&frame) {
+            // A pong answers our outstanding ping; without one it is data, unless the user
+            // said the peer sends pongs on its own (`pong_always`).
+            if let Some(context) = self.awaiting_pong.take() {
+                heartbeat = !self.config.pong.is_any();
+                answered_our_ping = true;
+                if let Some(sample) = self.liveness.on_pong(context, now) {
+                    self.events.push_back(Event::Rtt(sample));
+                }
+            } else if self.config.pong_always {
+                heartbeat = !self.config.pong.is_any();
+            }
+        }
+        if let Some(answer) = &self.config.answer {
+            if answer.matcher.matches(&frame) {
+                heartbeat |= !answer.matcher.is_any();
+                if !answered_our_ping {
+                    self.answer_pending = true;
+                }
+            }
+        }
+        if !heartbeat {
+            self.last_data = self.last_data.max(now);
+        }
+        if !heartbeat || self.config.deliver_heartbeats {
+            self.stats.data_in += 1;
+            self.events.push_back(Event::Data(frame));
+        }
+    }
+
+    fn framing_failed(&mut self, e: DecodeError, now: Instant) {
+        let code = match e.kind() {
+            DecodeErrorKind::FrameTooLong { .. } | DecodeErrorKind::DelimiterNotFound { .. } => {
+                CloseCode::MessageTooBig
+            }
+            _ => CloseCode::ProtocolError,
+        };
+        self.fail(code, ConnectionError::Framing(e), now);
+    }
+
+    // ---- output ----
+
+    /// Queues an application message, framed with [`RawConfig::framing`]. Refused once closing,
+    /// when the framing cannot encode it ([`SendError::Unencodable`]), or when the queue is full.
+    pub fn send(&mut self, payload: Bytes, now: Instant) -> Result<(), SendError> {
+        if self.state != State::Open {
+            return Err(SendError::Closed);
+        }
+        let parts = self
+            .framing
+            .frame_parts(&payload)
+            .map_err(SendError::Unencodable)?;
+        let cost = self.message_cost(payload.len());
+        let limit = self.config.max_queued_bytes;
+        if self.queued_bytes.saturating_add(cost) > limit {
+            return Err(SendError::QueueFull {
+                queued: self.queued_bytes,
+                len: cost,
+                limit,
+            });
+        }
+        self.queued_bytes += cost;
+        self.data.push_back(Queued { parts, payload });
+        self.last_data = self.last_data.max(now);
+        Ok(())
+    }
+
+    /// Checks that `payload` can be framed, without queueing it: the same
+    /// [`SendError::Unencodable`] as [`send`](Self::send).
+    pub fn check_message(&self, payload: &[u8]) -> Result<(), SendError> {
+        self.framing
+            .frame_parts(payload)
+            .map(|_| ())
+            .map_err(SendError::Unencodable)
+    }
+
+    /// Closes gracefully: [`Event::Closed`] now (with `code` and `reason`, `by_peer: false`),
+    /// queued messages are still written, then [`Event::ShutdownWrite`]. Raw mode sends no close
+    /// message. No-op once closing.
+    pub fn close(&mut self, code: CloseCode, reason: &str, now: Instant) {
+        if self.state != State::Open {
+            return;
+        }
+        self.report_closed(code, reason.to_owned(), false, None);
+        self.state = State::Closing;
+        self.input_done = true;
+        self.ping_pending = None;
+        self.answer_pending = false;
+        self.shutdown = Shutdown::AfterQueue;
+        self.maybe_shutdown(now);
+    }
+
+    /// The next bytes to write, if any. Call until `None` after every input. A frame's chunks
+    /// come out consecutively; a reply to the peer's heartbeat, then our ping, go ahead of queued
+    /// messages.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Bytes> {
+        if let Some(chunk) = self.in_flight.pop_front() {
+            self.maybe_shutdown(now);
+            return Some(self.out(chunk));
+        }
+        if matches!(self.shutdown, Shutdown::Done(_)) {
+            return None;
+        }
+        if self.state == State::Open {
+            if self.answer_pending {
+                self.answer_pending = false;
+                if let Some(frame) = self.reply_frame.clone() {
+                    return Some(self.control(frame, now));
+                }
+            }
+            if let Some(context) = self.ping_pending.take() {
+                if let Some(frame) = self.ping_frame.clone() {
+                    self.awaiting_pong = Some(context);
+                    return Some(self.control(frame, now));
+                }
+            }
+        }
+        let data_allowed = self.state == State::Open || self.shutdown == Shutdown::AfterQueue;
+        if data_allowed {
+            if let Some(Queued { parts, payload }) = self.data.pop_front() {
+                self.queued_bytes = self
+                    .queued_bytes
+                    .saturating_sub(self.message_cost(payload.len()));
+                self.stats.messages_out += 1;
+                self.stats.data_out += 1;
+                self.liveness.on_send_data(now);
+                let chunk = if payload.len() > COPY_THRESHOLD {
+                    // Header, payload and trailer as separate chunks: the payload is not copied.
+                    let mut chunks = [
+                        Bytes::copy_from_slice(parts.head()),
+                        payload,
+                        Bytes::copy_from_slice(parts.tail()),
+                    ]
+                    .into_iter()
+                    .filter(|c| !c.is_empty());
+                    let first = chunks.next().unwrap_or_default();
+                    self.in_flight.extend(chunks);
+                    first
+                } else {
+                    // Small frames go out together: the ones queued behind this one are glued
+                    // into the same chunk (one allocation, one slot of a vectored write), up to
+                    // COALESCE bytes, as protocol mode does.
+                    let len = parts.head.len() + payload.len() + parts.tail.len();
+                    let room = if self.data.is_empty() {
+                        len
+                    } else {
+                        COALESCE.max(len)
+                    };
+                    let mut buf = BytesMut::with_capacity(room);
+                    buf.extend_from_slice(parts.head());
+                    buf.extend_from_slice(&payload);
+                    buf.extend_from_slice(parts.tail());
+                    while let Some(next) = self.data.front() {
+                        let len =
+                            next.parts.head.len() + next.payload.len() + next.parts.tail.len();
+                        if next.payload.len() > COPY_THRESHOLD || buf.len() + len > COALESCE {
+                            break;
+                        }
+                        let Some(Queued { parts, payload }) = self.data.pop_front() else {
+                            break;
+                        };
+                        self.queued_bytes = self
+                            .queued_bytes
+                            .saturating_sub(self.message_cost(payload.len()));
+                        self.stats.messages_out += 1;
+                        self.stats.data_out += 1;
+                        buf.extend_from_slice(parts.head());
+                        buf.extend_from_slice(&payload);
+                        buf.extend_from_slice(parts.tail());
+                    }
+                    buf.freeze()
+                };
+                self.maybe_shutdown(now);
+                return Some(self.out(chunk));
+            }
+        }
+        self.maybe_shutdown(now);
+        None
+    }
+
+    /// Hands out a ping or reply frame.
+    fn control(&mut self, frame: Bytes, now: Instant) -> Bytes {
+        self.stats.messages_out += 1;
+        self.liveness.on_send(now);
+        self.out(frame)
+    }
+
+    fn out(&mut self, chunk: Bytes) -> Bytes {
+        self.stats.bytes_out = self.stats.bytes_out.saturating_add(chunk.len() as u64);
+        chunk
+    }
+
+    /// Emits [`Event::ShutdownWrite`] once the output a close still owes has been handed out.
+    fn maybe_shutdown(&mut self, now: Instant) {
+        let finished = self.in_flight.is_empty()
+            && match self.shutdown {
+                Shutdown::AfterQueue => self.data.is_empty(),
+                Shutdown::AfterFrame => true,
+                Shutdown::No | Shutdown::Done(_) => false,
+            };
+        if finished {
+            self.shutdown = Shutdown::Done(now);
+            self.events.push_back(Event::ShutdownWrite);
+        }
+    }
+
+    // ---- timers ----
+
+    /// When [`handle_timeout`](Self::handle_timeout) must next be called, if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match (self.state, self.shutdown) {
+            (State::Closed, _) => None,
+            (State::Closing, Shutdown::Done(at)) => {
+                Some(at.checked_add(self.config.linger).unwrap_or(at))
+            }
+            (State::Open, _) => [
+                self.liveness.poll_timeout(),
+                self.idle_deadline(),
+                self.frame_deadline(),
+            ]
+            .into_iter()
+            .flatten()
+            .min(),
+            _ => self.liveness.poll_timeout(),
+        }
+    }
+
+    /// When the partial frame at the front of the receive buffer times out, if one does.
+    fn frame_deadline(&self) -> Option<Instant> {
+        let started = self.frame_started?;
+        if self.input_done || self.state != State::Open {
+            return None;
+        }
+        started.checked_add(self.config.frame_timeout?)
+    }
+
+    /// Closes at once: queued frames and buffered input are dropped, the frame in flight is
+    /// completed, then the write half is shut down; [`Event::Closed`] carries `code`, `reason`
+    /// and [`ConnectionError::Aborted`]. No-op once closed.
+    pub fn abort(&mut self, code: CloseCode, reason: &str, now: Instant) {
+        if self.state == State::Closed {
+            return;
+        }
+        let error = ConnectionError::Aborted {
+            reason: reason.to_owned(),
+        };
+        self.report_closed(code, reason.to_owned(), false, Some(error));
+        if !matches!(self.shutdown, Shutdown::Done(_)) {
+            self.shutdown = Shutdown::AfterFrame;
+        }
+        self.enter_closed(now);
+        self.recv = BytesMut::new();
+    }
+
+    /// When [`RawConfig::idle_timeout`] closes the connection, if it is set.
+    fn idle_deadline(&self) -> Option<Instant> {
+        self.config
+            .idle_timeout
+            .and_then(|d| self.last_data.checked_add(d))
+    }
+
+    /// Handles whatever timers are due at `now` (early or spurious calls are harmless).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.frame_deadline().is_some_and(|at| now >= at) {
+            let error = ConnectionError::FrameTimeout {
+                timeout: self.config.frame_timeout.unwrap_or_default(),
+                received: self.recv.len(),
+                expected: self.pending_frame_len(),
+            };
+            self.fail(CloseCode::PeerTimedOut, error, now);
+            // Its memory goes at once.
+            self.recv = BytesMut::new();
+            return;
+        }
+        match (self.state, self.shutdown) {
+            (State::Closed, _) => {}
+            (State::Closing, Shutdown::Done(at)) => {
+                if now >= at.checked_add(self.config.linger).unwrap_or(at) {
+                    self.enter_closed(now);
+                }
+            }
+            _ => {
+                self.liveness.handle_timeout(now);
+                self.drain_liveness(now);
+                if self.state == State::Open && self.idle_deadline().is_some_and(|at| now >= at) {
+                    let idle = self.config.idle_timeout.unwrap_or_default();
+                    self.close(CloseCode::Idle, &format!("no messages for {idle:?}"), now);
+                }
+            }
+        }
+    }
+
+    fn drain_liveness(&mut self, now: Instant) {
+        while let Some(event) = self.liveness.poll_event() {
+            match event {
+                LivenessEvent::SendPing { context } => {
+                    if self.state == State::Open && self.ping_frame.is_some() {
+                        self.ping_pending = Some(context);
+                    }
+                }
+                LivenessEvent::Idle(kind) => self.events.push_back(Event::Idle(kind)),
+                LivenessEvent::PeerDead {
+                    silent_for, cause, ..
+                } => {
+                    // Idle-only mode: the "ping" was never sent; what fired is the silence rule.
+                    let cause = match self.silence_limit {
+                        Some(limit) => DeathCause::PeerSilent { limit },
+                        None => cause,
+                    };
+                    self.fail(
+                        CloseCode::PeerTimedOut,
+                        ConnectionError::PeerDead { silent_for, cause },
+                        now,
+                    );
+                }
+                // Not configured (no minimum peer ping interval): never emitted.
+                LivenessEvent::TooManyPings { .. } => {}
+            }
+        }
+    }
+
+    // ---- closing ----
+
+    /// We close because something went wrong: [`Event::Closed`] (once), queued messages dropped,
+    /// the frame in flight completed, then [`Event::ShutdownWrite`].
+    fn fail(&mut self, code: CloseCode, error: ConnectionError, now: Instant) {
+        self.report_closed(code, error.to_string(), false, Some(error));
+        if !matches!(self.shutdown, Shutdown::Done(_)) {
+            self.shutdown = Shutdown::AfterFrame;
+        }
+        self.enter_closed(now);
+    }
+
+    fn report_closed(
+        &mut self,
+        code: CloseCode,
+        reason: String,
+        by_peer: bool,
+        error: Option<ConnectionError>,
+    ) {
+        if !self.closed_reported {
+            self.closed_reported = true;
+            self.events.push_back(Event::Closed {
+                code,
+                reason,
+                by_peer,
+                error,
+            });
+        }
+    }
+
+    fn enter_closed(&mut self, now: Instant) {
+        self.state = State::Closed;
+        self.input_done = true;
+        self.recv.clear();
+        self.recv_seen = 0;
+        self.unsent.extend(self.data.drain(..).map(|q| q.payload));
+        self.frame_started = None;
+        self.queued_bytes = 0;
+        self.ping_pending = None;
+        self.awaiting_pong = None;
+        self.answer_pending = false;
+        self.maybe_shutdown(now);
+    }
+
+    /// Messages queued that were never written because the connection closed first: raw mode
+    /// cannot resend them, so the application learns which. Taken once.
+    pub fn take_unsent(&mut self) -> Vec<Bytes> {
+        std::mem::take(&mut self.unsent)
+    }
+
+    /// The next event, if any. Call until `None` after every input.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+}
+
+impl Machine for RawConnection {
+    fn recv_buf(&mut self) -> &mut BytesMut {
+        RawConnection::recv_buf(self)
+    }
+    fn take_unsent(&mut self) -> Vec<Bytes> {
+        RawConnection::take_unsent(self)
+    }
+    fn process_input(&mut self, now: Instant) {
+        RawConnection::process_input(self, now)
+    }
+    fn pending_frame_len(&self) -> Option<usize> {
+        RawConnection::pending_frame_len(self)
+    }
+    fn rtt(&self) -> Option<RttEstimate> {
+        RawConnection::rtt(self)
+    }
+    fn handle_eof(&mut self, now: Instant) {
+        RawConnection::handle_eof(self, now)
+    }
+    fn poll_transmit(&mut self, now: Instant) -> Option<Bytes> {
+        RawConnection::poll_transmit(self, now)
+    }
+    fn poll_event(&mut self) -> Option<Event> {
+        RawConnection::poll_event(self)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        RawConnection::poll_timeout(self)
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        RawConnection::handle_timeout(self, now)
+    }
+    fn send(&mut self, payload: Bytes, now: Instant) -> Result<(), SendError> {
+        RawConnection::send(self, payload, now)
+    }
+    fn close(&mut self, code: CloseCode, reason: &str, now: Instant) {
+        RawConnection::close(self, code, reason, now)
+    }
+    fn abort(&mut self, code: CloseCode, reason: &str, now: Instant) {
+        RawConnection::abort(self, code, reason, now)
+    }
+    fn state(&self) -> State {
+        RawConnection::state(self)
+    }
+    fn is_drained(&self) -> bool {
+        RawConnection::is_drained(self)
+    }
+    fn queued_bytes(&self) -> usize {
+        RawConnection::queued_bytes(self)
+    }
+    fn max_queued_bytes(&self) -> usize {
+        self.config.max_queued_bytes
+    }
+    fn message_cost(&self, len: usize) -> usize {
+        RawConnection::message_cost(self, len)
+    }
+    fn check_message(&self, payload: &[u8]) -> Result<(), SendError> {
+        RawConnection::check_message(self, payload)
+    }
+    fn linger(&self) -> Duration {
+        self.config.linger
+    }
+    fn shrink_buffers(&mut self) {
+        RawConnection::shrink_buffers(self)
+    }
+}
