@@ -87,12 +87,14 @@ use crate::wire::{
     WireError, MAX_CLOSE_REASON, MIN_MAX_MESSAGE_LEN, PROTOCOL_VERSION,
 };
 
+mod common;
 mod config;
 mod event;
 mod session_link;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use common::ConnectionCore;
 pub use config::{ConfigError, ConnectionConfig, DEFAULT_FRAME_TIMEOUT};
 pub use event::{ConnectionError, Event, SendError, State, Stats};
 use session_link::SessionLink;
@@ -127,18 +129,10 @@ pub struct Connection {
     hello_sent: bool,
     handshake_deadline: Instant,
     peer: Option<Hello>,
-    liveness: Option<Liveness>,
-    recv: BytesMut,
-    /// `recv.len()` after the last processing: anything beyond is new.
-    recv_seen: usize,
-    /// When the first byte of the partial message at the front of `recv` arrived.
-    frame_started: Option<Instant>,
-    /// Stop decoding input (after a protocol error, a CLOSE, or end of stream).
-    input_done: bool,
+    /// Input, keep-alive, idle timeout, DATA queue, events and counters, shared with raw mode.
+    core: ConnectionCore<Bytes>,
     pong: Option<Bytes>,
     ping: Option<[u8; 8]>,
-    data: VecDeque<Bytes>,
-    queued_bytes: usize,
     /// The payload of a DATA message whose header was already transmitted.
     partial: Option<Bytes>,
     close: Option<PendingClose>,
@@ -146,18 +140,11 @@ pub struct Connection {
     /// peer's HELLO is accepted, so that the queued DATA goes out before our CLOSE.
     deferred_close: Option<(CloseCode, String)>,
     close_sent_at: Option<Instant>,
-    /// The last DATA in either direction (or the handshake): the idle timeout counts from it.
-    last_data: Instant,
-    closed_reported: bool,
-    events: VecDeque<Event>,
-    stats: Stats,
     /// Boxed: most connections have none, and this keeps their footprint small.
     session: Option<Box<SessionLink>>,
     /// Accepting side with sessions: the nonce our offer carried, that a resume's proof must
     /// be bound to.
     offer_nonce: Option<[u8; 16]>,
-    /// DATA the application queued that was never written: the connection closed first.
-    unsent: Vec<Bytes>,
 }
 
 impl Connection {
@@ -174,6 +161,7 @@ impl Connection {
             .checked_add(config.handshake_timeout)
             .or_else(|| now.checked_add(Duration::from_secs(86_400)))
             .unwrap_or(now);
+        let core = ConnectionCore::new(now, None, config.frame_timeout, config.idle_timeout);
         Ok(Connection {
             config,
             codec,
@@ -181,26 +169,15 @@ impl Connection {
             hello_sent: false,
             handshake_deadline,
             peer: None,
-            liveness: None,
-            recv: BytesMut::new(),
-            recv_seen: 0,
-            frame_started: None,
-            input_done: false,
+            core,
             pong: None,
             ping: None,
-            data: VecDeque::new(),
-            queued_bytes: 0,
             partial: None,
             close: None,
             deferred_close: None,
             close_sent_at: None,
-            last_data: now,
-            closed_reported: false,
-            events: VecDeque::new(),
-            stats: Stats::default(),
             session: None,
             offer_nonce: None,
-            unsent: Vec::new(),
         })
     }
 
@@ -223,7 +200,7 @@ impl Connection {
     /// first (outside a session: a session keeps them for the next connection). They did not
     /// reach the peer; taken once.
     pub fn take_unsent(&mut self) -> Vec<Bytes> {
-        std::mem::take(&mut self.unsent)
+        self.core.take_unsent()
     }
 
     /// The session's state, while one is attached.
@@ -250,12 +227,12 @@ impl Connection {
 
     /// Round-trip-time estimate from PING / PONG pairs.
     pub fn rtt(&self) -> Option<RttEstimate> {
-        self.liveness.as_ref().and_then(Liveness::rtt)
+        self.core.liveness.as_ref().and_then(Liveness::rtt)
     }
 
     /// Counters.
     pub fn stats(&self) -> Stats {
-        self.stats
+        self.core.stats
     }
 
     /// Bytes of DATA queued (payload + 5 per message), counting against
@@ -266,7 +243,7 @@ impl Connection {
             .as_ref()
             .and_then(|l| l.state.as_ref())
             .map_or(0, Session::buffered_bytes);
-        self.queued_bytes + session
+        self.core.queued_bytes + session
     }
 
     /// What a message of `len` payload bytes counts against
@@ -289,15 +266,7 @@ impl Connection {
     /// Nothing observable changes; a driver of many mostly idle connections calls it when the
     /// connection has been quiet (e.g. when its timer fires) to keep their footprint small.
     pub fn shrink_buffers(&mut self) {
-        if self.events.is_empty() {
-            self.events = VecDeque::new();
-        }
-        if self.data.is_empty() {
-            self.data = VecDeque::new();
-        }
-        if let Some(lv) = &mut self.liveness {
-            lv.shrink_buffers();
-        }
+        self.core.shrink_buffers();
     }
 
     /// Nothing will ever come out of [`poll_transmit`](Self::poll_transmit) again: our CLOSE was
@@ -312,77 +281,57 @@ impl Connection {
     /// The receive buffer: read socket bytes into it (e.g. with `BufMut`), then call
     /// [`process_input`](Self::process_input). Don't remove bytes from it.
     pub fn recv_buf(&mut self) -> &mut BytesMut {
-        &mut self.recv
+        self.core.recv_buf()
     }
 
     /// Full length of the partial message at the front of the receive buffer, once its length
     /// field is in (see [`Machine::pending_frame_len`](crate::machine::Machine::pending_frame_len)).
     pub fn pending_frame_len(&self) -> Option<usize> {
-        let len = self.codec.pending_frame_length(&self.recv)?;
+        let len = self.codec.pending_frame_length(self.core.recv())?;
         usize::try_from(len).ok()
     }
 
     /// Copies `data` into the receive buffer and processes it.
     pub fn handle_input(&mut self, data: &[u8], now: Instant) {
-        self.recv.extend_from_slice(data);
+        self.core.recv_buf().extend_from_slice(data);
         self.process_input(now);
     }
 
     /// Handles the bytes added to [`recv_buf`](Self::recv_buf) since the last call.
     pub fn process_input(&mut self, now: Instant) {
-        let new = self.recv.len().saturating_sub(self.recv_seen);
-        if new > 0 {
-            self.stats.bytes_in = self.stats.bytes_in.saturating_add(new as u64);
-            if let Some(lv) = &mut self.liveness {
-                lv.on_receive(now);
-            }
-        }
+        self.core.begin_input(now, true);
         let mut decoded = false;
-        while !self.input_done {
-            match self.codec.decode(&mut self.recv) {
+        while let Some(recv) = self.core.decodable() {
+            match self.codec.decode(recv) {
                 Ok(Some(message)) => {
                     decoded = true;
-                    self.stats.messages_in += 1;
+                    self.core.stats.messages_in += 1;
                     self.on_message(message, now);
                 }
                 Ok(None) => break,
                 Err(e) => {
                     let code = e.close_code();
                     self.fail(code, e.to_string(), ConnectionError::Wire(e), false);
-                    self.input_done = true;
+                    self.core.stop_input();
                 }
             }
         }
-        if self.input_done {
-            self.recv.clear();
-        }
-        self.frame_started = frame_start(self.frame_started, &self.recv, decoded, now);
-        self.recv_seen = self.recv.len();
+        self.core.end_input(decoded, now);
         self.drain_liveness(now);
     }
 
     /// When the partial message at the front of the receive buffer times out, if one does.
     fn frame_deadline(&self) -> Option<Instant> {
-        let started = self.frame_started?;
-        if self.input_done || !matches!(self.state, State::Handshaking | State::Open) {
-            return None;
-        }
-        started.checked_add(self.config.frame_timeout?)
+        self.core
+            .frame_deadline(matches!(self.state, State::Handshaking | State::Open))
     }
 
     /// The partial message took too long: close with code 3, saying how much of it arrived.
     fn frame_timed_out(&mut self) {
-        let e = ConnectionError::FrameTimeout {
-            timeout: self.config.frame_timeout.unwrap_or_default(),
-            received: self.recv.len(),
-            expected: self.pending_frame_len(),
-        };
+        let e = self.core.frame_timeout_error(self.pending_frame_len());
         self.fail(CloseCode::PeerTimedOut, e.to_string(), e, false);
-        self.input_done = true;
         // Its memory goes at once.
-        self.recv = BytesMut::new();
-        self.recv_seen = 0;
-        self.frame_started = None;
+        self.core.free_input();
     }
 
     /// Closes at once: queued messages and buffered input are dropped, our CLOSE (`code`,
@@ -398,28 +347,22 @@ impl Connection {
             reason: reason.to_owned(),
         };
         self.fail(code, reason.to_owned(), e, false);
-        self.input_done = true;
-        self.recv = BytesMut::new();
-        self.recv_seen = 0;
-        self.frame_started = None;
+        self.core.free_input();
     }
 
     /// The peer ended its write half (TCP FIN) or the transport failed: the connection is closed.
     pub fn handle_eof(&mut self, now: Instant) {
-        if self.recv.len() > self.recv_seen {
+        if self.core.has_new_input() {
             self.process_input(now);
         }
-        let mid_message = !self.input_done && !self.recv.is_empty();
-        self.input_done = true;
-        self.recv.clear();
-        self.recv_seen = 0;
-        self.frame_started = None;
+        let mid_message = !self.core.input_done() && !self.core.recv().is_empty();
+        self.core.clear_input();
         let code = if mid_message {
             CloseCode::ProtocolError
         } else {
             CloseCode::GoingAway
         };
-        self.report_closed(
+        self.core.report_closed(
             code,
             String::new(),
             true,
@@ -441,9 +384,9 @@ impl Connection {
                     self.session_protocol_error("DATA", "inside a session (use SDATA)");
                 }
                 Message::Data(body) => {
-                    self.stats.data_in += 1;
-                    self.last_data = self.last_data.max(now);
-                    self.events.push_back(Event::Data(body));
+                    self.core.stats.data_in += 1;
+                    self.core.touch_data(now);
+                    self.core.events.push_back(Event::Data(body));
                 }
                 Message::SessionData { seq, payload } => self.on_session_data(seq, payload, now),
                 Message::Ack(seq) => self.on_ack(seq),
@@ -454,7 +397,7 @@ impl Connection {
                 } => self.on_resume(status, delivered, secret),
                 Message::Auth(mac) => self.on_auth(mac),
                 Message::Ping(context) => {
-                    if let Some(lv) = &mut self.liveness {
+                    if let Some(lv) = &mut self.core.liveness {
                         if lv.on_ping(now) == PingAction::Pong {
                             // At most one pending PONG: the newest PING wins.
                             self.pong = Some(context);
@@ -463,10 +406,10 @@ impl Connection {
                 }
                 Message::Pong(context) => {
                     if let (Some(lv), Ok(ctx)) =
-                        (&mut self.liveness, <[u8; 8]>::try_from(&context[..]))
+                        (&mut self.core.liveness, <[u8; 8]>::try_from(&context[..]))
                     {
                         if let Some(sample) = lv.on_pong(ctx, now) {
-                            self.events.push_back(Event::Rtt(sample));
+                            self.core.events.push_back(Event::Rtt(sample));
                         }
                     }
                 }
@@ -479,7 +422,7 @@ impl Connection {
                     if code == CloseCode::Normal {
                         self.end_session();
                     }
-                    self.input_done = true;
+                    self.core.stop_input();
                     self.enter_closed();
                 }
                 // The peer's final ACK before its CLOSE releases what it delivered.
@@ -490,7 +433,7 @@ impl Connection {
                 }
                 _ => {}
             },
-            State::Closed => self.input_done = true,
+            State::Closed => self.core.stop_input(),
         }
     }
 
@@ -502,7 +445,7 @@ impl Connection {
                 lowest: LOWEST_VERSION,
             };
             self.fail(CloseCode::UnsupportedVersion, e.to_string(), e, false);
-            self.input_done = true;
+            self.core.stop_input();
             return;
         };
         let liveness = match Liveness::new(self.config.liveness_config(Some(&hello)), now) {
@@ -510,16 +453,16 @@ impl Connection {
             Err(e) => {
                 let e = ConnectionError::Liveness(e);
                 self.fail(CloseCode::ProtocolError, e.to_string(), e, false);
-                self.input_done = true;
+                self.core.stop_input();
                 return;
             }
         };
-        self.liveness = Some(liveness);
+        self.core.liveness = Some(liveness);
         self.state = State::Open;
-        self.last_data = self.last_data.max(now);
+        self.core.touch_data(now);
         let peer_max = hello.max_message_len;
         self.peer = Some(hello.clone());
-        self.events.push_back(Event::Connected {
+        self.core.events.push_back(Event::Connected {
             peer: hello,
             version,
         });
@@ -530,7 +473,7 @@ impl Connection {
                 let Some(SessionHello::Offer { nonce }) = peer_session else {
                     let e = ConnectionError::SessionUnavailable;
                     self.fail(CloseCode::UnsupportedVersion, e.to_string(), e, false);
-                    self.input_done = true;
+                    self.core.stop_input();
                     return;
                 };
                 // Holding the secret, prove it, bound to this connection's nonce. SDATA waits
@@ -560,7 +503,7 @@ impl Connection {
                     self.session = Some(Box::new(link));
                     if !resume {
                         let id = self.peer.as_ref().map_or([0; 16], |h| h.session_id);
-                        self.events.push_back(Event::SessionRequest {
+                        self.core.events.push_back(Event::SessionRequest {
                             id,
                             peer_delivered: delivered,
                             proof: None,
@@ -570,11 +513,11 @@ impl Connection {
             }
         }
         // Messages queued before we knew the peer's limit.
-        let mut kept = VecDeque::with_capacity(self.data.len());
-        for payload in self.data.drain(..) {
+        let mut kept = VecDeque::with_capacity(self.core.queue.len());
+        for payload in self.core.queue.drain(..) {
             if payload.len() as u64 + 1 > u64::from(peer_max) {
-                self.queued_bytes -= payload.len() + DATA_OVERHEAD;
-                self.events.push_back(Event::MessageDropped {
+                self.core.queued_bytes -= payload.len() + DATA_OVERHEAD;
+                self.core.events.push_back(Event::MessageDropped {
                     len: payload.len(),
                     peer_max,
                 });
@@ -582,13 +525,13 @@ impl Connection {
                 kept.push_back(payload);
             }
         }
-        self.data = kept;
+        self.core.queue = kept;
         // The same for a session's messages, as long as none of them was ever sent (their
         // numbers are still ours to change); afterwards `send` checks the known limit.
         if let Some(session) = self.session.as_mut().and_then(|l| l.state.as_mut()) {
             let fits = |p: &Bytes| p.len() as u64 + 1 + 8 <= u64::from(peer_max);
             for payload in session.remove_unsendable(fits) {
-                self.events.push_back(Event::MessageDropped {
+                self.core.events.push_back(Event::MessageDropped {
                     len: payload.len(),
                     peer_max,
                 });
@@ -611,7 +554,7 @@ impl Connection {
             ConnectionError::Wire(e),
             false,
         );
-        self.input_done = true;
+        self.core.stop_input();
     }
 
     fn on_peer_close(&mut self, code: CloseCode, reason: String) {
@@ -623,8 +566,8 @@ impl Connection {
         if code == CloseCode::SessionRefused {
             self.session_refused();
         }
-        self.input_done = true;
-        self.report_closed(code, reason, true, None);
+        self.core.stop_input();
+        self.core.report_closed(code, reason, true, None);
         if self.close.is_none() && self.close_sent_at.is_none() {
             self.close = Some(PendingClose {
                 code,
@@ -669,7 +612,7 @@ impl Connection {
             let limit = self
                 .config
                 .max_queued_bytes
-                .saturating_sub(self.queued_bytes);
+                .saturating_sub(self.core.queued_bytes);
             return match session.push(payload, limit) {
                 Ok(_) => Ok(()),
                 Err(crate::session::SessionError::BufferFull { len, .. }) => {
@@ -683,15 +626,15 @@ impl Connection {
             };
         }
         let len = payload.len() + DATA_OVERHEAD;
-        if self.queued_bytes.saturating_add(len) > self.config.max_queued_bytes {
+        if self.core.queued_bytes.saturating_add(len) > self.config.max_queued_bytes {
             return Err(SendError::QueueFull {
-                queued: self.queued_bytes,
+                queued: self.core.queued_bytes,
                 len,
                 limit: self.config.max_queued_bytes,
             });
         }
-        self.queued_bytes += len;
-        self.data.push_back(payload);
+        self.core.queued_bytes += len;
+        self.core.queue.push_back(payload);
         Ok(())
     }
 
@@ -701,7 +644,7 @@ impl Connection {
         if !matches!(self.state, State::Handshaking | State::Open) {
             return;
         }
-        if self.state == State::Handshaking && !self.data.is_empty() {
+        if self.state == State::Handshaking && !self.core.queue.is_empty() {
             // DATA may only go out once the peer's HELLO is accepted: close after that.
             self.deferred_close
                 .get_or_insert_with(|| (code, reason.to_string()));
@@ -712,7 +655,7 @@ impl Connection {
             self.end_session();
         }
         let reason = truncate(reason);
-        self.report_closed(code, reason.clone(), false, None);
+        self.core.report_closed(code, reason.clone(), false, None);
         self.close = Some(PendingClose {
             code,
             reason,
@@ -729,7 +672,7 @@ impl Connection {
             return None;
         }
         if let Some(payload) = self.partial.take() {
-            self.stats.bytes_out += payload.len() as u64;
+            self.core.count_out(payload.len());
             return Some(payload);
         }
         let mut buf = BytesMut::new();
@@ -783,9 +726,8 @@ impl Connection {
             };
             self.encode(&message, &mut buf, now);
             self.close_sent_at = Some(now);
-            self.unsent.extend(self.data.drain(..));
-            self.queued_bytes = 0;
-            self.events.push_back(Event::ShutdownWrite);
+            self.core.drop_queue();
+            self.core.events.push_back(Event::ShutdownWrite);
             return self.out(buf);
         }
         if self.state == State::Open {
@@ -823,9 +765,9 @@ impl Connection {
         if data_allowed && self.session.is_some() {
             return self.transmit_session_data(now);
         }
-        if data_allowed && !self.data.is_empty() {
+        if data_allowed && !self.core.queue.is_empty() {
             let mut sent = 0;
-            while let Some(payload) = self.data.front() {
+            while let Some(payload) = self.core.queue.front() {
                 // Checked against the peer's limit in `send` / `on_hello`.
                 let mut header = [0; DATA_OVERHEAD];
                 header[..4].copy_from_slice(&((payload.len() + 1) as u32).to_be_bytes());
@@ -833,8 +775,8 @@ impl Connection {
                 let Some(copied) = pack_message(&mut buf, &header, payload) else {
                     break;
                 };
-                let payload = self.data.pop_front().expect("front exists");
-                self.queued_bytes -= payload.len() + DATA_OVERHEAD;
+                let payload = self.core.queue.pop_front().expect("front exists");
+                self.core.queued_bytes -= payload.len() + DATA_OVERHEAD;
                 sent += 1;
                 if !copied {
                     self.partial = Some(payload);
@@ -852,17 +794,17 @@ impl Connection {
         if n == 0 {
             return;
         }
-        self.stats.messages_out += n;
-        self.stats.data_out += n;
-        self.last_data = self.last_data.max(now);
-        if let Some(lv) = &mut self.liveness {
+        self.core.stats.messages_out += n;
+        self.core.stats.data_out += n;
+        self.core.touch_data(now);
+        if let Some(lv) = &mut self.core.liveness {
             lv.on_send_data(now);
         }
     }
 
     /// DATA is waiting to be written (queued, or in the session and not transmitted yet).
     fn has_pending_data(&self) -> bool {
-        if !self.data.is_empty() {
+        if !self.core.queue.is_empty() {
             return true;
         }
         match self.session.as_deref() {
@@ -880,15 +822,15 @@ impl Connection {
         if buf.is_empty() {
             return None;
         }
-        self.stats.bytes_out += buf.len() as u64;
+        self.core.count_out(buf.len());
         Some(buf.freeze())
     }
 
     /// Encodes a control message (our own, always valid) and records the send.
     fn encode(&mut self, message: &Message, buf: &mut BytesMut, now: Instant) {
         if self.codec.encode(message, buf).is_ok() {
-            self.stats.messages_out += 1;
-            if let Some(lv) = &mut self.liveness {
+            self.core.stats.messages_out += 1;
+            if let Some(lv) = &mut self.core.liveness {
                 lv.on_send(now);
             }
         }
@@ -913,8 +855,8 @@ impl Connection {
                     .filter(|l| l.awaiting_proof)
                     .map(|_| self.handshake_deadline);
                 [
-                    self.liveness.as_ref().and_then(Liveness::poll_timeout),
-                    self.idle_deadline(),
+                    self.core.liveness_timeout(),
+                    self.core.idle_deadline(),
                     ack_due,
                     proof_due,
                     self.frame_deadline(),
@@ -925,7 +867,7 @@ impl Connection {
             }
             State::Closing => match self.close_sent_at {
                 Some(at) => Some(at.checked_add(self.config.linger).unwrap_or(at)),
-                None => self.liveness.as_ref().and_then(Liveness::poll_timeout),
+                None => self.core.liveness_timeout(),
             },
             State::Closed => None,
         }
@@ -943,7 +885,7 @@ impl Connection {
                     timeout: self.config.handshake_timeout,
                 };
                 self.fail(CloseCode::PeerTimedOut, e.to_string(), e, false);
-                self.input_done = true;
+                self.core.stop_input();
             }
             State::Open
                 if now >= self.handshake_deadline
@@ -953,28 +895,26 @@ impl Connection {
                     timeout: self.config.handshake_timeout,
                 };
                 self.fail(CloseCode::PeerTimedOut, format!("{e} (AUTH)"), e, false);
-                self.input_done = true;
+                self.core.stop_input();
             }
             State::Open => {
-                if let Some(lv) = &mut self.liveness {
-                    lv.handle_timeout(now);
-                }
+                self.core.handle_liveness_timeout(now);
                 self.drain_liveness(now);
-                if self.state == State::Open && self.idle_deadline().is_some_and(|at| now >= at) {
-                    let idle = self.config.idle_timeout.unwrap_or_default();
-                    self.close(CloseCode::Idle, &format!("no messages for {idle:?}"), now);
+                if self.state == State::Open
+                    && self.core.idle_deadline().is_some_and(|at| now >= at)
+                {
+                    let reason = self.core.idle_reason();
+                    self.close(CloseCode::Idle, &reason, now);
                 }
             }
             State::Closing => match self.close_sent_at {
                 Some(at) if now >= at.checked_add(self.config.linger).unwrap_or(at) => {
-                    self.input_done = true;
+                    self.core.stop_input();
                     self.enter_closed();
                 }
                 Some(_) => {}
                 None => {
-                    if let Some(lv) = &mut self.liveness {
-                        lv.handle_timeout(now);
-                    }
+                    self.core.handle_liveness_timeout(now);
                     self.drain_liveness(now);
                 }
             },
@@ -982,28 +922,22 @@ impl Connection {
         }
     }
 
-    /// When the idle timeout evicts the connection, if it is on.
-    fn idle_deadline(&self) -> Option<Instant> {
-        self.config
-            .idle_timeout
-            .and_then(|d| self.last_data.checked_add(d))
-    }
-
     fn drain_liveness(&mut self, _now: Instant) {
-        while let Some(event) = self.liveness.as_mut().and_then(Liveness::poll_event) {
+        while let Some(event) = self.core.poll_liveness() {
             match event {
                 LivenessEvent::SendPing { context } => {
                     if self.state == State::Open {
                         self.ping = Some(context);
                     }
                 }
-                LivenessEvent::Idle(kind) => self.events.push_back(Event::Idle(kind)),
+                // Reported by the core.
+                LivenessEvent::Idle(_) => {}
                 LivenessEvent::PeerDead {
                     silent_for, cause, ..
                 } => {
                     let e = ConnectionError::PeerDead { silent_for, cause };
                     self.fail(CloseCode::PeerTimedOut, e.to_string(), e, true);
-                    self.input_done = true;
+                    self.core.stop_input();
                 }
                 LivenessEvent::TooManyPings {
                     strikes,
@@ -1016,7 +950,7 @@ impl Connection {
                         last_gap,
                     };
                     self.fail(CloseCode::TooManyPings, "too many pings".into(), e, false);
-                    self.input_done = true;
+                    self.core.stop_input();
                 }
             }
         }
@@ -1028,9 +962,9 @@ impl Connection {
     /// one is already pending or sent), the [`Event::Closed`] is reported once.
     fn fail(&mut self, code: CloseCode, reason: String, error: ConnectionError, closed: bool) {
         let reason = truncate(&reason);
-        self.report_closed(code, reason.clone(), false, Some(error));
-        self.unsent.extend(self.data.drain(..));
-        self.queued_bytes = 0;
+        self.core
+            .report_closed(code, reason.clone(), false, Some(error));
+        self.core.drop_queue();
         self.pong = None;
         self.ping = None;
         match &mut self.close {
@@ -1051,24 +985,6 @@ impl Connection {
         }
     }
 
-    fn report_closed(
-        &mut self,
-        code: CloseCode,
-        reason: String,
-        by_peer: bool,
-        error: Option<ConnectionError>,
-    ) {
-        if !self.closed_reported {
-            self.closed_reported = true;
-            self.events.push_back(Event::Closed {
-                code,
-                reason,
-                by_peer,
-                error,
-            });
-        }
-    }
-
     fn enter_closed(&mut self) {
         self.state = State::Closed;
         if let Some(link) = self.session.as_mut().filter(|l| l.ended) {
@@ -1076,12 +992,13 @@ impl Connection {
                 let unacked = session.take_unacked();
                 if !unacked.is_empty() {
                     let id = session.id();
-                    self.events.push_back(Event::SessionLost { id, unacked });
+                    self.core
+                        .events
+                        .push_back(Event::SessionLost { id, unacked });
                 }
             }
         }
-        self.unsent.extend(self.data.drain(..));
-        self.queued_bytes = 0;
+        self.core.drop_queue();
         self.pong = None;
         self.ping = None;
         if let Some(close) = &mut self.close {
@@ -1091,25 +1008,7 @@ impl Connection {
 
     /// The next event, if any. Call until `None` after every input.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
-    }
-}
-
-/// When the partial frame left at the front of `recv` started: `now` for a new one (none was
-/// pending, or frames were `decoded` from this input, so what is left began in it), the old
-/// start while the same frame is still incomplete, `None` when nothing is left.
-pub(crate) fn frame_start(
-    started: Option<Instant>,
-    recv: &BytesMut,
-    decoded: bool,
-    now: Instant,
-) -> Option<Instant> {
-    if recv.is_empty() {
-        None
-    } else if decoded || started.is_none() {
-        Some(now)
-    } else {
-        started
+        self.core.poll_event()
     }
 }
 

@@ -111,8 +111,8 @@ impl Connection {
         }
         session.set_established();
         // Messages the application sent before the session was attached join it.
-        for payload in self.data.drain(..) {
-            self.queued_bytes -= payload.len() + DATA_OVERHEAD;
+        for payload in self.core.queue.drain(..) {
+            self.core.queued_bytes -= payload.len() + DATA_OVERHEAD;
             let _ = session.push(payload, usize::MAX);
         }
         let delivered = session.delivered();
@@ -122,7 +122,7 @@ impl Connection {
         link.resume = Some((status, delivered, new_secret));
         link.active = true;
         link.state = Some(session);
-        self.events.push_back(Event::SessionStarted {
+        self.core.events.push_back(Event::SessionStarted {
             id,
             status,
             resending,
@@ -164,11 +164,11 @@ impl Connection {
                 if link.ack_due.is_none() {
                     link.ack_due = now.checked_add(link.policy.ack_delay);
                 }
-                self.stats.data_in += 1;
-                self.last_data = self.last_data.max(now);
-                self.events.push_back(Event::Data(payload));
+                self.core.stats.data_in += 1;
+                self.core.touch_data(now);
+                self.core.events.push_back(Event::Data(payload));
             }
-            Received::Duplicate => self.stats.duplicates += 1,
+            Received::Duplicate => self.core.stats.duplicates += 1,
             Received::Gap { expected } => {
                 self.session_violation("SDATA sequence number", format!("{expected}"), seq)
             }
@@ -208,7 +208,7 @@ impl Connection {
             mac,
         };
         link.proof = Some(proof.clone());
-        self.events.push_back(Event::SessionRequest {
+        self.core.events.push_back(Event::SessionRequest {
             id,
             peer_delivered: link.peer_delivered,
             proof: Some(proof),
@@ -244,7 +244,9 @@ impl Connection {
             }
             let unacked = session.reset();
             if !unacked.is_empty() {
-                self.events.push_back(Event::SessionLost { id, unacked });
+                self.core
+                    .events
+                    .push_back(Event::SessionLost { id, unacked });
             }
         } else if let Err(e) = session.ack(delivered) {
             return self.session_violation("RESUME delivered", e.to_string(), delivered);
@@ -259,7 +261,7 @@ impl Connection {
         link.ack_sent = session.delivered();
         link.peer_delivered = delivered;
         link.active = true;
-        self.events.push_back(Event::SessionStarted {
+        self.core.events.push_back(Event::SessionStarted {
             id,
             status,
             resending,
@@ -293,7 +295,9 @@ impl Connection {
             let id = session.id();
             let unacked = session.start_over(random_bytes());
             if !unacked.is_empty() {
-                self.events.push_back(Event::SessionLost { id, unacked });
+                self.core
+                    .events
+                    .push_back(Event::SessionLost { id, unacked });
             }
         }
     }

@@ -6,6 +6,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use thiserror::Error;
 
+#[cfg(doc)]
+use super::RawConnection;
 use super::{Answer, FrameMatcher};
 use crate::codec::{EncodeError, FrameEncoder, Framing, MAX_FRAME_OVERHEAD};
 use crate::liveness::{LivenessConfig, LivenessConfigError};
@@ -40,7 +42,7 @@ pub struct RawConfig {
     /// dead when nothing arrives for `ping_interval + ping_timeout`. Must be encodable by
     /// [`framing`](Self::framing); requires `ping_interval`.
     pub ping: Option<Bytes>,
-    /// How to recognise the peer's pong (see the [module docs](self) for the rules).
+    /// How to recognise the peer's pong (see the [module docs](super) for the rules).
     pub pong: FrameMatcher,
     /// Reply to the peer's own heartbeats; the reply must be encodable by the framing.
     pub answer: Option<Answer>,

@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 use super::{RawConfig, RawConfigError, FRAME_OVERHEAD};
 use crate::codec::{DecodeError, DecodeErrorKind, FrameDecoder, FrameEncoder, FrameParts, Framing};
 use crate::connection::{
-    ConnectionError, Event, SendError, State, Stats, COALESCE, COPY_THRESHOLD,
+    ConnectionCore, ConnectionError, Event, SendError, State, Stats, COALESCE, COPY_THRESHOLD,
 };
 use crate::liveness::{DeathCause, Liveness, LivenessEvent, RttEstimate};
 use crate::machine::Machine;
@@ -21,6 +21,13 @@ use crate::wire::CloseCode;
 struct Queued {
     parts: FrameParts,
     payload: Bytes,
+}
+
+impl From<Queued> for Bytes {
+    /// A message never written is handed back as its payload.
+    fn from(queued: Queued) -> Bytes {
+        queued.payload
+    }
 }
 
 /// How the write half is being closed.
@@ -36,7 +43,7 @@ enum Shutdown {
     Done(Instant),
 }
 
-/// One raw connection: the user's framing with keep-alive. See the [module documentation](self).
+/// One raw connection: the user's framing with keep-alive. See the [module documentation](super).
 #[derive(Debug)]
 pub struct RawConnection {
     config: RawConfig,
@@ -48,33 +55,19 @@ pub struct RawConnection {
     reply_frame: Option<Bytes>,
     /// In idle-only mode, the dead-peer rule reported as [`DeathCause::PeerSilent`].
     silence_limit: Option<Duration>,
-    liveness: Liveness,
     state: State,
-    recv: BytesMut,
-    /// `recv.len()` after the last processing: anything beyond is new.
-    recv_seen: usize,
-    /// When the first byte of the partial frame at the front of `recv` arrived.
-    frame_started: Option<Instant>,
-    /// Stop decoding input (closing, closed).
-    input_done: bool,
+    /// Input, keep-alive (always present), idle timeout, send queue, events and counters, shared
+    /// with the protocol connection.
+    core: ConnectionCore<Queued>,
     /// A ping to write (its liveness context).
     ping_pending: Option<[u8; 8]>,
     /// Our ping was written and no pong has matched it yet.
     awaiting_pong: Option<[u8; 8]>,
     /// A reply to the peer's heartbeat is to be written.
     answer_pending: bool,
-    data: VecDeque<Queued>,
-    queued_bytes: usize,
     /// The rest of a frame partly handed out by `poll_transmit` (payload, trailer).
     in_flight: VecDeque<Bytes>,
     shutdown: Shutdown,
-    closed_reported: bool,
-    events: VecDeque<Event>,
-    stats: Stats,
-    /// The last application message received or queued (for [`RawConfig::idle_timeout`]).
-    last_data: Instant,
-    /// Messages queued that were never written: the connection closed first.
-    unsent: Vec<Bytes>,
 }
 
 impl RawConnection {
@@ -87,30 +80,25 @@ impl RawConnection {
             (None, Some(interval)) => Some(interval.saturating_add(config.ping_timeout)),
             _ => None,
         };
+        let core = ConnectionCore::new(
+            now,
+            Some(liveness),
+            config.frame_timeout,
+            config.idle_timeout,
+        );
         Ok(RawConnection {
             framing: config.framing.reset(),
             config,
             ping_frame,
             reply_frame,
             silence_limit,
-            liveness,
             state: State::Open,
-            recv: BytesMut::new(),
-            recv_seen: 0,
-            frame_started: None,
-            input_done: false,
+            core,
             ping_pending: None,
             awaiting_pong: None,
             answer_pending: false,
-            data: VecDeque::new(),
-            queued_bytes: 0,
             in_flight: VecDeque::new(),
             shutdown: Shutdown::No,
-            closed_reported: false,
-            events: VecDeque::new(),
-            stats: Stats::default(),
-            last_data: now,
-            unsent: Vec::new(),
         })
     }
 
@@ -129,19 +117,19 @@ impl RawConnection {
 
     /// Round-trip-time estimate from ping / matched pong pairs.
     pub fn rtt(&self) -> Option<RttEstimate> {
-        self.liveness.rtt()
+        self.core.liveness.as_ref().and_then(Liveness::rtt)
     }
 
     /// Counters: `messages_*` count every frame (pings, pongs and replies too), `data_*` the
     /// application's.
     pub fn stats(&self) -> Stats {
-        self.stats
+        self.core.stats
     }
 
     /// Bytes of queued messages (payload + [`FRAME_OVERHEAD`] each), counted against
     /// [`RawConfig::max_queued_bytes`].
     pub fn queued_bytes(&self) -> usize {
-        self.queued_bytes
+        self.core.queued_bytes
     }
 
     /// What a message of `len` payload bytes counts against the queue limit.
@@ -157,16 +145,10 @@ impl RawConnection {
     /// Frees the memory of empty internal queues. Nothing observable changes; drivers of many
     /// mostly idle connections call it when the connection is quiet.
     pub fn shrink_buffers(&mut self) {
-        if self.data.is_empty() {
-            self.data = VecDeque::new();
-        }
         if self.in_flight.is_empty() {
             self.in_flight = VecDeque::new();
         }
-        if self.events.is_empty() {
-            self.events = VecDeque::new();
-        }
-        self.liveness.shrink_buffers();
+        self.core.shrink_buffers();
     }
 
     /// Nothing will ever come out of [`poll_transmit`](Self::poll_transmit) again.
@@ -184,39 +166,33 @@ impl RawConnection {
     /// The receive buffer: read socket bytes into it, then call
     /// [`process_input`](Self::process_input). Don't remove bytes from it.
     pub fn recv_buf(&mut self) -> &mut BytesMut {
-        &mut self.recv
+        self.core.recv_buf()
     }
 
     /// Full length of the partial frame at the front of the receive buffer, once the framing
     /// knows it (see [`Machine::pending_frame_len`]).
     pub fn pending_frame_len(&self) -> Option<usize> {
-        let len = self.framing.pending_frame_length(&self.recv)?;
+        let len = self.framing.pending_frame_length(self.core.recv())?;
         usize::try_from(len).ok()
     }
 
     /// Copies `data` into the receive buffer and processes it.
     pub fn handle_input(&mut self, data: &[u8], now: Instant) {
-        self.recv.extend_from_slice(data);
+        self.core.recv_buf().extend_from_slice(data);
         self.process_input(now);
     }
 
     /// Handles the bytes added to [`recv_buf`](Self::recv_buf) since the last call: decodes
     /// frames, answers or matches heartbeats, delivers the rest as [`Event::Data`].
     pub fn process_input(&mut self, now: Instant) {
-        let new = self.recv.len().saturating_sub(self.recv_seen);
-        if new > 0 {
-            self.stats.bytes_in = self.stats.bytes_in.saturating_add(new as u64);
-            if self.state != State::Closed {
-                // Any bytes prove the peer alive, even part of a frame.
-                self.liveness.on_receive(now);
-            }
-        }
+        // Any bytes prove the peer alive, even part of a frame.
+        self.core.begin_input(now, self.state != State::Closed);
         if self.state != State::Open {
-            self.input_done = true;
+            self.core.stop_input();
         }
         let mut decoded = false;
-        while !self.input_done {
-            match self.framing.decode(&mut self.recv) {
+        while let Some(recv) = self.core.decodable() {
+            match self.framing.decode(recv) {
                 Ok(Some(frame)) => {
                     decoded = true;
                     self.on_frame(frame, now);
@@ -224,17 +200,12 @@ impl RawConnection {
                 Ok(None) => break,
                 Err(e) if e.is_recoverable() => {
                     decoded = true;
-                    self.events.push_back(Event::FrameDiscarded(e));
+                    self.core.events.push_back(Event::FrameDiscarded(e));
                 }
                 Err(e) => self.framing_failed(e, now),
             }
         }
-        if self.input_done {
-            self.recv.clear();
-        }
-        self.frame_started =
-            crate::connection::frame_start(self.frame_started, &self.recv, decoded, now);
-        self.recv_seen = self.recv.len();
+        self.core.end_input(decoded, now);
         self.drain_liveness(now);
     }
 
@@ -242,15 +213,17 @@ impl RawConnection {
     /// closed. The framing's [`decode_eof`](FrameDecoder::decode_eof) gets a chance to produce a
     /// last frame first.
     pub fn handle_eof(&mut self, now: Instant) {
-        if self.recv.len() > self.recv_seen {
+        if self.core.has_new_input() {
             self.process_input(now);
         }
         let mut mid_message = false;
-        while !self.input_done {
-            match self.framing.decode_eof(&mut self.recv) {
+        while let Some(recv) = self.core.decodable() {
+            match self.framing.decode_eof(recv) {
                 Ok(Some(frame)) => self.on_frame(frame, now),
                 Ok(None) => break,
-                Err(e) if e.is_recoverable() => self.events.push_back(Event::FrameDiscarded(e)),
+                Err(e) if e.is_recoverable() => {
+                    self.core.events.push_back(Event::FrameDiscarded(e))
+                }
                 Err(e) if matches!(e.kind(), DecodeErrorKind::Truncated { .. }) => {
                     mid_message = true;
                     break;
@@ -258,15 +231,13 @@ impl RawConnection {
                 Err(e) => self.framing_failed(e, now),
             }
         }
-        self.input_done = true;
-        self.recv.clear();
-        self.recv_seen = 0;
+        self.core.clear_input();
         let code = if mid_message {
             CloseCode::ProtocolError
         } else {
             CloseCode::GoingAway
         };
-        self.report_closed(
+        self.core.report_closed(
             code,
             String::new(),
             true,
@@ -279,7 +250,7 @@ impl RawConnection {
     }
 
     fn on_frame(&mut self, frame: Bytes, now: Instant) {
-        self.stats.messages_in += 1;
+        self.core.stats.messages_in += 1;
         let mut heartbeat = false;
         let mut answered_our_ping = false;
         if self.config.pong.matches(&frame) {
@@ -288,8 +259,13 @@ impl RawConnection {
             if let Some(context) = self.awaiting_pong.take() {
                 heartbeat = !self.config.pong.is_any();
                 answered_our_ping = true;
-                if let Some(sample) = self.liveness.on_pong(context, now) {
-                    self.events.push_back(Event::Rtt(sample));
+                let sample = self
+                    .core
+                    .liveness
+                    .as_mut()
+                    .and_then(|lv| lv.on_pong(context, now));
+                if let Some(sample) = sample {
+                    self.core.events.push_back(Event::Rtt(sample));
                 }
             } else if self.config.pong_always {
                 heartbeat = !self.config.pong.is_any();
@@ -304,11 +280,11 @@ impl RawConnection {
             }
         }
         if !heartbeat {
-            self.last_data = self.last_data.max(now);
+            self.core.touch_data(now);
         }
         if !heartbeat || self.config.deliver_heartbeats {
-            self.stats.data_in += 1;
-            self.events.push_back(Event::Data(frame));
+            self.core.stats.data_in += 1;
+            self.core.events.push_back(Event::Data(frame));
         }
     }
 
@@ -336,16 +312,16 @@ impl RawConnection {
             .map_err(SendError::Unencodable)?;
         let cost = self.message_cost(payload.len());
         let limit = self.config.max_queued_bytes;
-        if self.queued_bytes.saturating_add(cost) > limit {
+        if self.core.queued_bytes.saturating_add(cost) > limit {
             return Err(SendError::QueueFull {
-                queued: self.queued_bytes,
+                queued: self.core.queued_bytes,
                 len: cost,
                 limit,
             });
         }
-        self.queued_bytes += cost;
-        self.data.push_back(Queued { parts, payload });
-        self.last_data = self.last_data.max(now);
+        self.core.queued_bytes += cost;
+        self.core.queue.push_back(Queued { parts, payload });
+        self.core.touch_data(now);
         Ok(())
     }
 
@@ -365,9 +341,10 @@ impl RawConnection {
         if self.state != State::Open {
             return;
         }
-        self.report_closed(code, reason.to_owned(), false, None);
+        self.core
+            .report_closed(code, reason.to_owned(), false, None);
         self.state = State::Closing;
-        self.input_done = true;
+        self.core.stop_input();
         self.ping_pending = None;
         self.answer_pending = false;
         self.shutdown = Shutdown::AfterQueue;
@@ -401,13 +378,16 @@ impl RawConnection {
         }
         let data_allowed = self.state == State::Open || self.shutdown == Shutdown::AfterQueue;
         if data_allowed {
-            if let Some(Queued { parts, payload }) = self.data.pop_front() {
-                self.queued_bytes = self
+            if let Some(Queued { parts, payload }) = self.core.queue.pop_front() {
+                self.core.queued_bytes = self
+                    .core
                     .queued_bytes
                     .saturating_sub(self.message_cost(payload.len()));
-                self.stats.messages_out += 1;
-                self.stats.data_out += 1;
-                self.liveness.on_send_data(now);
+                self.core.stats.messages_out += 1;
+                self.core.stats.data_out += 1;
+                if let Some(lv) = &mut self.core.liveness {
+                    lv.on_send_data(now);
+                }
                 let chunk = if payload.len() > COPY_THRESHOLD {
                     // Header, payload and trailer as separate chunks: the payload is not copied.
                     let mut chunks = [
@@ -425,7 +405,7 @@ impl RawConnection {
                     // into the same chunk (one allocation, one slot of a vectored write), up to
                     // COALESCE bytes, as protocol mode does.
                     let len = parts.head.len() + payload.len() + parts.tail.len();
-                    let room = if self.data.is_empty() {
+                    let room = if self.core.queue.is_empty() {
                         len
                     } else {
                         COALESCE.max(len)
@@ -434,20 +414,21 @@ impl RawConnection {
                     buf.extend_from_slice(parts.head());
                     buf.extend_from_slice(&payload);
                     buf.extend_from_slice(parts.tail());
-                    while let Some(next) = self.data.front() {
+                    while let Some(next) = self.core.queue.front() {
                         let len =
                             next.parts.head.len() + next.payload.len() + next.parts.tail.len();
                         if next.payload.len() > COPY_THRESHOLD || buf.len() + len > COALESCE {
                             break;
                         }
-                        let Some(Queued { parts, payload }) = self.data.pop_front() else {
+                        let Some(Queued { parts, payload }) = self.core.queue.pop_front() else {
                             break;
                         };
-                        self.queued_bytes = self
+                        self.core.queued_bytes = self
+                            .core
                             .queued_bytes
                             .saturating_sub(self.message_cost(payload.len()));
-                        self.stats.messages_out += 1;
-                        self.stats.data_out += 1;
+                        self.core.stats.messages_out += 1;
+                        self.core.stats.data_out += 1;
                         buf.extend_from_slice(parts.head());
                         buf.extend_from_slice(&payload);
                         buf.extend_from_slice(parts.tail());
@@ -464,13 +445,15 @@ impl RawConnection {
 
     /// Hands out a ping or reply frame.
     fn control(&mut self, frame: Bytes, now: Instant) -> Bytes {
-        self.stats.messages_out += 1;
-        self.liveness.on_send(now);
+        self.core.stats.messages_out += 1;
+        if let Some(lv) = &mut self.core.liveness {
+            lv.on_send(now);
+        }
         self.out(frame)
     }
 
     fn out(&mut self, chunk: Bytes) -> Bytes {
-        self.stats.bytes_out = self.stats.bytes_out.saturating_add(chunk.len() as u64);
+        self.core.count_out(chunk.len());
         chunk
     }
 
@@ -478,13 +461,13 @@ impl RawConnection {
     fn maybe_shutdown(&mut self, now: Instant) {
         let finished = self.in_flight.is_empty()
             && match self.shutdown {
-                Shutdown::AfterQueue => self.data.is_empty(),
+                Shutdown::AfterQueue => self.core.queue.is_empty(),
                 Shutdown::AfterFrame => true,
                 Shutdown::No | Shutdown::Done(_) => false,
             };
         if finished {
             self.shutdown = Shutdown::Done(now);
-            self.events.push_back(Event::ShutdownWrite);
+            self.core.events.push_back(Event::ShutdownWrite);
         }
     }
 
@@ -498,24 +481,20 @@ impl RawConnection {
                 Some(at.checked_add(self.config.linger).unwrap_or(at))
             }
             (State::Open, _) => [
-                self.liveness.poll_timeout(),
-                self.idle_deadline(),
+                self.core.liveness_timeout(),
+                self.core.idle_deadline(),
                 self.frame_deadline(),
             ]
             .into_iter()
             .flatten()
             .min(),
-            _ => self.liveness.poll_timeout(),
+            _ => self.core.liveness_timeout(),
         }
     }
 
     /// When the partial frame at the front of the receive buffer times out, if one does.
     fn frame_deadline(&self) -> Option<Instant> {
-        let started = self.frame_started?;
-        if self.input_done || self.state != State::Open {
-            return None;
-        }
-        started.checked_add(self.config.frame_timeout?)
+        self.core.frame_deadline(self.state == State::Open)
     }
 
     /// Closes at once: queued frames and buffered input are dropped, the frame in flight is
@@ -528,32 +507,22 @@ impl RawConnection {
         let error = ConnectionError::Aborted {
             reason: reason.to_owned(),
         };
-        self.report_closed(code, reason.to_owned(), false, Some(error));
+        self.core
+            .report_closed(code, reason.to_owned(), false, Some(error));
         if !matches!(self.shutdown, Shutdown::Done(_)) {
             self.shutdown = Shutdown::AfterFrame;
         }
         self.enter_closed(now);
-        self.recv = BytesMut::new();
-    }
-
-    /// When [`RawConfig::idle_timeout`] closes the connection, if it is set.
-    fn idle_deadline(&self) -> Option<Instant> {
-        self.config
-            .idle_timeout
-            .and_then(|d| self.last_data.checked_add(d))
+        self.core.free_input();
     }
 
     /// Handles whatever timers are due at `now` (early or spurious calls are harmless).
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.frame_deadline().is_some_and(|at| now >= at) {
-            let error = ConnectionError::FrameTimeout {
-                timeout: self.config.frame_timeout.unwrap_or_default(),
-                received: self.recv.len(),
-                expected: self.pending_frame_len(),
-            };
+            let error = self.core.frame_timeout_error(self.pending_frame_len());
             self.fail(CloseCode::PeerTimedOut, error, now);
             // Its memory goes at once.
-            self.recv = BytesMut::new();
+            self.core.free_input();
             return;
         }
         match (self.state, self.shutdown) {
@@ -564,25 +533,28 @@ impl RawConnection {
                 }
             }
             _ => {
-                self.liveness.handle_timeout(now);
+                self.core.handle_liveness_timeout(now);
                 self.drain_liveness(now);
-                if self.state == State::Open && self.idle_deadline().is_some_and(|at| now >= at) {
-                    let idle = self.config.idle_timeout.unwrap_or_default();
-                    self.close(CloseCode::Idle, &format!("no messages for {idle:?}"), now);
+                if self.state == State::Open
+                    && self.core.idle_deadline().is_some_and(|at| now >= at)
+                {
+                    let reason = self.core.idle_reason();
+                    self.close(CloseCode::Idle, &reason, now);
                 }
             }
         }
     }
 
     fn drain_liveness(&mut self, now: Instant) {
-        while let Some(event) = self.liveness.poll_event() {
+        while let Some(event) = self.core.poll_liveness() {
             match event {
                 LivenessEvent::SendPing { context } => {
                     if self.state == State::Open && self.ping_frame.is_some() {
                         self.ping_pending = Some(context);
                     }
                 }
-                LivenessEvent::Idle(kind) => self.events.push_back(Event::Idle(kind)),
+                // Reported by the core.
+                LivenessEvent::Idle(_) => {}
                 LivenessEvent::PeerDead {
                     silent_for, cause, ..
                 } => {
@@ -608,39 +580,18 @@ impl RawConnection {
     /// We close because something went wrong: [`Event::Closed`] (once), queued messages dropped,
     /// the frame in flight completed, then [`Event::ShutdownWrite`].
     fn fail(&mut self, code: CloseCode, error: ConnectionError, now: Instant) {
-        self.report_closed(code, error.to_string(), false, Some(error));
+        self.core
+            .report_closed(code, error.to_string(), false, Some(error));
         if !matches!(self.shutdown, Shutdown::Done(_)) {
             self.shutdown = Shutdown::AfterFrame;
         }
         self.enter_closed(now);
     }
 
-    fn report_closed(
-        &mut self,
-        code: CloseCode,
-        reason: String,
-        by_peer: bool,
-        error: Option<ConnectionError>,
-    ) {
-        if !self.closed_reported {
-            self.closed_reported = true;
-            self.events.push_back(Event::Closed {
-                code,
-                reason,
-                by_peer,
-                error,
-            });
-        }
-    }
-
     fn enter_closed(&mut self, now: Instant) {
         self.state = State::Closed;
-        self.input_done = true;
-        self.recv.clear();
-        self.recv_seen = 0;
-        self.unsent.extend(self.data.drain(..).map(|q| q.payload));
-        self.frame_started = None;
-        self.queued_bytes = 0;
+        self.core.clear_input();
+        self.core.drop_queue();
         self.ping_pending = None;
         self.awaiting_pong = None;
         self.answer_pending = false;
@@ -650,12 +601,12 @@ impl RawConnection {
     /// Messages queued that were never written because the connection closed first: raw mode
     /// cannot resend them, so the application learns which. Taken once.
     pub fn take_unsent(&mut self) -> Vec<Bytes> {
-        std::mem::take(&mut self.unsent)
+        self.core.take_unsent()
     }
 
     /// The next event, if any. Call until `None` after every input.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        self.core.poll_event()
     }
 }
 

@@ -121,9 +121,9 @@ pub use connection::RawConnection;
 pub use matcher::{Answer, FrameMatcher, FramePredicate};
 
 // Names the module documentation above links to.
-#[allow(unused_imports)]
+#[cfg(doc)]
 use crate::{
-    codec::{FrameDecoder, Framing},
+    codec::{FrameDecoder, Framing, MAX_FRAME_OVERHEAD},
     connection::{ConnectionError, Event, State, COPY_THRESHOLD},
     liveness::{DeathCause, Liveness},
     machine::Machine,

@@ -6,10 +6,11 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use super::*;
-use crate::codec::{DecodeErrorKind, EncodeError, FrameEncoder, Framing};
+use crate::codec::{DecodeErrorKind, EncodeError, FrameDecoder, FrameEncoder, Framing};
 use crate::connection::{ConnectionError, Event, SendError, State, COALESCE, COPY_THRESHOLD};
 use crate::liveness::IdleKind;
-use crate::liveness::LivenessConfigError;
+use crate::liveness::{DeathCause, LivenessConfigError};
+use crate::machine::Machine;
 use crate::wire::CloseCode;
 use proptest::prelude::*;
 
