@@ -4,27 +4,34 @@
 //! quinn-proto's `Connection`: it owns no socket and reads no clock. The driver (the tokio layer,
 //! a test, a simulator) feeds it
 //!
-//! - received bytes: read into [`Connection::recv_buf`] then call [`Connection::process_input`]
-//!   (or hand a slice to [`Connection::handle_input`]); end of stream with
-//!   [`Connection::handle_eof`];
-//! - timer expiries: keep **one** timer at [`Connection::poll_timeout`] and call
-//!   [`Connection::handle_timeout`] when it fires (early or spurious calls are harmless);
+//! - received bytes: read into [`Connection::recv_buf`](Machine::recv_buf) then
+//!   call [`Connection::process_input`](Machine::process_input) (or hand a slice to
+//!   [`Connection::handle_input`]); end of stream with
+//!   [`Connection::handle_eof`](Machine::handle_eof);
+//! - timer expiries: keep **one** timer at
+//!   [`Connection::poll_timeout`](Machine::poll_timeout) and call
+//!   [`Connection::handle_timeout`](Machine::handle_timeout) when it fires (early
+//!   or spurious calls are harmless);
 //!
 //! and takes out
 //!
-//! - bytes to write: call [`Connection::poll_transmit`] until it returns `None`;
-//! - events: call [`Connection::poll_event`] until it returns `None`.
+//! - bytes to write: call [`Connection::poll_transmit`](Machine::poll_transmit)
+//!   until it returns `None`;
+//! - events: call [`Connection::poll_event`](Machine::poll_event) until it returns
+//!   `None`.
 //!
-//! After every input (bytes, timeout, [`send`](Connection::send), [`close`](Connection::close)),
-//! drain both and re-arm the timer. When [`Event::ShutdownWrite`] comes out, our CLOSE has been
-//! handed over by `poll_transmit`: write it, then shut down the write half (TCP FIN) and keep
-//! reading. Drop the socket once [`Connection::is_closed`] and [`Connection::is_drained`] both
-//! hold.
+//! After every input (bytes, timeout, [`send`](Machine::send),
+//! [`close`](Machine::close)), drain both and re-arm the timer. When
+//! [`Event::ShutdownWrite`] comes out, our CLOSE has been handed over by `poll_transmit`: write it,
+//! then shut down the write half (TCP FIN) and keep reading. Drop the socket once
+//! [`Connection::is_closed`](Machine::is_closed) and
+//! [`Connection::is_drained`](Machine::is_drained) both hold.
 //!
 //! ```
 //! use std::time::Instant;
 //! use bytes::Bytes;
 //! use framelink_proto::connection::{Connection, ConnectionConfig, Event};
+//! use framelink_proto::machine::Machine;
 //!
 //! let t0 = Instant::now();
 //! let mut a = Connection::new(ConnectionConfig::default(), t0).unwrap();
@@ -58,8 +65,9 @@
 //! - **Sending before the handshake** is allowed: DATA is queued and written once the peer's
 //!   HELLO has been accepted (section 4.3). If the peer's `max_message_len` then turns out too
 //!   small for a queued message, that message is dropped with [`Event::MessageDropped`].
-//! - **Local [`close`](Connection::close)** is graceful: DATA queued before it is still written,
-//!   then CLOSE. Every other close (errors, timeouts, peer CLOSE) discards queued DATA.
+//! - **Local [`close`](Machine::close)** is graceful: DATA queued before it is
+//!   still written, then CLOSE. Every other close (errors, timeouts, peer CLOSE) discards queued
+//!   DATA.
 //! - **Peer CLOSE**: we answer with a CLOSE carrying the same code (unless we had sent one).
 //! - **After our CLOSE** we keep reading and discard everything but CLOSE, until the peer's
 //!   CLOSE, end of stream or [`linger`](ConnectionConfig::linger) after our CLOSE went out.
@@ -81,6 +89,7 @@ use crate::auth::{
     random_bytes, random_nonce, resume_proof, ResumeProof, SessionSecret, PROOF_LEN,
 };
 use crate::liveness::{Liveness, LivenessEvent, PingAction, RttEstimate};
+use crate::machine::Machine;
 use crate::session::{Received, Session, SessionConfig, SDATA_OVERHEAD};
 use crate::wire::{
     negotiate_version, CloseCode, Hello, Message, ResumeStatus, SessionHello, Violation, WireCodec,
@@ -99,8 +108,9 @@ pub use config::{ConfigError, ConnectionConfig, DEFAULT_FRAME_TIMEOUT};
 pub use event::{ConnectionError, Event, SendError, State, Stats};
 use session_link::SessionLink;
 
-/// DATA payloads longer than this are written without copying (header and payload as two
-/// separate [`Connection::poll_transmit`] results); shorter ones are copied into one buffer.
+/// DATA payloads longer than this are written without copying (header and payload as two separate
+/// [`Connection::poll_transmit`](Machine::poll_transmit) results); shorter ones are
+/// copied into one buffer.
 pub const COPY_THRESHOLD: usize = 1024;
 /// Small messages are packed into one transmit chunk up to this size.
 pub(crate) const COALESCE: usize = 16 * 1024;
@@ -183,8 +193,8 @@ impl Connection {
 
     /// A connection (connecting side) that asks the peer for `session`: a fresh one
     /// ([`Session::new`] with a random id), or the one a previous connection gave back with
-    /// [`take_session`](Self::take_session). Messages sent on it are numbered, kept until the
-    /// peer acknowledges them, and resent after a reconnect; see [`crate::session`].
+    /// [`take_session`](Machine::take_session). Messages sent on it are numbered,
+    /// kept until the peer acknowledges them, and resent after a reconnect; see [`crate::session`].
     pub fn with_session(
         config: ConnectionConfig,
         session: Session,
@@ -196,24 +206,7 @@ impl Connection {
         Ok(connection)
     }
 
-    /// Messages the application queued that were never written because the connection closed
-    /// first (outside a session: a session keeps them for the next connection). They did not
-    /// reach the peer; taken once.
-    pub fn take_unsent(&mut self) -> Vec<Bytes> {
-        self.core.take_unsent()
-    }
-
-    /// The session's state, while one is attached.
-    pub fn session(&self) -> Option<&Session> {
-        self.session.as_ref()?.state.as_ref()
-    }
-
     // ---- accessors ----
-
-    /// The current state.
-    pub fn state(&self) -> State {
-        self.state
-    }
 
     /// The configuration.
     pub fn config(&self) -> &ConnectionConfig {
@@ -225,99 +218,17 @@ impl Connection {
         self.peer.as_ref()
     }
 
-    /// Round-trip-time estimate from PING / PONG pairs.
-    pub fn rtt(&self) -> Option<RttEstimate> {
-        self.core.liveness.as_ref().and_then(Liveness::rtt)
-    }
-
     /// Counters.
     pub fn stats(&self) -> Stats {
         self.core.stats
     }
 
-    /// Bytes of DATA queued (payload + 5 per message), counting against
-    /// [`ConnectionConfig::max_queued_bytes`].
-    pub fn queued_bytes(&self) -> usize {
-        let session = self
-            .session
-            .as_ref()
-            .and_then(|l| l.state.as_ref())
-            .map_or(0, Session::buffered_bytes);
-        self.core.queued_bytes + session
-    }
-
-    /// What a message of `len` payload bytes counts against
-    /// [`ConnectionConfig::max_queued_bytes`]: its framing, plus its sequence number when
-    /// sessions are (or may be) in use.
-    pub fn message_cost(&self, len: usize) -> usize {
-        if self.session.is_some() || self.config.sessions.is_some() {
-            len.saturating_add(SDATA_OVERHEAD)
-        } else {
-            len.saturating_add(DATA_OVERHEAD)
-        }
-    }
-
-    /// The protocol is finished ([`State::Closed`]).
-    pub fn is_closed(&self) -> bool {
-        self.state == State::Closed
-    }
-
-    /// Frees the memory of empty internal queues (events, outgoing DATA, keep-alive events).
-    /// Nothing observable changes; a driver of many mostly idle connections calls it when the
-    /// connection has been quiet (e.g. when its timer fires) to keep their footprint small.
-    pub fn shrink_buffers(&mut self) {
-        self.core.shrink_buffers();
-    }
-
-    /// Nothing will ever come out of [`poll_transmit`](Self::poll_transmit) again: our CLOSE was
-    /// transmitted, or the connection closed without one to send.
-    pub fn is_drained(&self) -> bool {
-        self.close_sent_at.is_some()
-            || (self.state == State::Closed && self.close.is_none() && self.partial.is_none())
-    }
-
     // ---- input ----
-
-    /// The receive buffer: read socket bytes into it (e.g. with `BufMut`), then call
-    /// [`process_input`](Self::process_input). Don't remove bytes from it.
-    pub fn recv_buf(&mut self) -> &mut BytesMut {
-        self.core.recv_buf()
-    }
-
-    /// Full length of the partial message at the front of the receive buffer, once its length
-    /// field is in (see [`Machine::pending_frame_len`](crate::machine::Machine::pending_frame_len)).
-    pub fn pending_frame_len(&self) -> Option<usize> {
-        let len = self.codec.pending_frame_length(self.core.recv())?;
-        usize::try_from(len).ok()
-    }
 
     /// Copies `data` into the receive buffer and processes it.
     pub fn handle_input(&mut self, data: &[u8], now: Instant) {
         self.core.recv_buf().extend_from_slice(data);
         self.process_input(now);
-    }
-
-    /// Handles the bytes added to [`recv_buf`](Self::recv_buf) since the last call.
-    pub fn process_input(&mut self, now: Instant) {
-        self.core.begin_input(now, true);
-        let mut decoded = false;
-        while let Some(recv) = self.core.decodable() {
-            match self.codec.decode(recv) {
-                Ok(Some(message)) => {
-                    decoded = true;
-                    self.core.stats.messages_in += 1;
-                    self.on_message(message, now);
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    let code = e.close_code();
-                    self.fail(code, e.to_string(), ConnectionError::Wire(e), false);
-                    self.core.stop_input();
-                }
-            }
-        }
-        self.core.end_input(decoded, now);
-        self.drain_liveness(now);
     }
 
     /// When the partial message at the front of the receive buffer times out, if one does.
@@ -332,43 +243,6 @@ impl Connection {
         self.fail(CloseCode::PeerTimedOut, e.to_string(), e, false);
         // Its memory goes at once.
         self.core.free_input();
-    }
-
-    /// Closes at once: queued messages and buffered input are dropped, our CLOSE (`code`,
-    /// `reason`) is the next thing written, [`Event::Closed`] carries
-    /// [`ConnectionError::Aborted`]. For a runtime that must free the connection's memory now
-    /// (a server over its memory budget); [`close`](Self::close) is the graceful way. No-op once
-    /// closed.
-    pub fn abort(&mut self, code: CloseCode, reason: &str, _now: Instant) {
-        if self.state == State::Closed {
-            return;
-        }
-        let e = ConnectionError::Aborted {
-            reason: reason.to_owned(),
-        };
-        self.fail(code, reason.to_owned(), e, false);
-        self.core.free_input();
-    }
-
-    /// The peer ended its write half (TCP FIN) or the transport failed: the connection is closed.
-    pub fn handle_eof(&mut self, now: Instant) {
-        if self.core.has_new_input() {
-            self.process_input(now);
-        }
-        let mid_message = !self.core.input_done() && !self.core.recv().is_empty();
-        self.core.clear_input();
-        let code = if mid_message {
-            CloseCode::ProtocolError
-        } else {
-            CloseCode::GoingAway
-        };
-        self.core.report_closed(
-            code,
-            String::new(),
-            true,
-            Some(ConnectionError::EndOfStream { mid_message }),
-        );
-        self.enter_closed();
     }
 
     fn on_message(&mut self, message: Message, now: Instant) {
@@ -580,94 +454,206 @@ impl Connection {
 
     // ---- output ----
 
-    /// Queues an application message. Allowed while handshaking (written once the handshake is
-    /// done); refused once closing, except with a session that did not end: the message then
-    /// stays in the session and goes out on the next connection.
-    pub fn send(&mut self, payload: Bytes, _now: Instant) -> Result<(), SendError> {
-        if !matches!(self.state, State::Handshaking | State::Open) {
-            // A session outlives its connection: the message waits for the next one (the
-            // runtime bounds what it hands over; nothing it was told is queued gets lost).
-            if let Some(session) = self
-                .session
-                .as_mut()
-                .filter(|l| !l.ended)
-                .and_then(|l| l.state.as_mut())
-            {
-                let _ = session.push(payload, usize::MAX);
-                return Ok(());
-            }
-            return Err(SendError::Closed);
+    /// Counts `n` DATA / SDATA messages just transmitted at `now`.
+    fn data_sent(&mut self, n: u64, now: Instant) {
+        if n == 0 {
+            return;
         }
-        let max = self.peer.as_ref().map_or(u32::MAX, |h| h.max_message_len);
-        let session_header = if self.session.is_some() { 8 } else { 0 };
-        if payload.len() as u64 + 1 + session_header > u64::from(max) {
-            return Err(SendError::TooBig {
-                len: payload.len(),
-                max,
-            });
+        self.core.stats.messages_out += n;
+        self.core.stats.data_out += n;
+        self.core.touch_data(now);
+        if let Some(lv) = &mut self.core.liveness {
+            lv.on_send_data(now);
         }
-        if let Some(session) = self.session.as_mut().and_then(|l| l.state.as_mut()) {
-            // Numbered and kept until acknowledged: the queue limit bounds the retransmit
-            // buffer.
-            let limit = self
-                .config
-                .max_queued_bytes
-                .saturating_sub(self.core.queued_bytes);
-            return match session.push(payload, limit) {
-                Ok(_) => Ok(()),
-                Err(crate::session::SessionError::BufferFull { len, .. }) => {
-                    Err(SendError::QueueFull {
-                        queued: self.queued_bytes(),
-                        len,
-                        limit: self.config.max_queued_bytes,
-                    })
-                }
-                Err(_) => Err(SendError::Closed),
-            };
-        }
-        let len = payload.len() + DATA_OVERHEAD;
-        if self.core.queued_bytes.saturating_add(len) > self.config.max_queued_bytes {
-            return Err(SendError::QueueFull {
-                queued: self.core.queued_bytes,
-                len,
-                limit: self.config.max_queued_bytes,
-            });
-        }
-        self.core.queued_bytes += len;
-        self.core.queue.push_back(payload);
-        Ok(())
     }
 
-    /// Closes the connection gracefully: queued DATA is written, then CLOSE with `code` and
-    /// `reason` (truncated to 1024 bytes at a character boundary). No-op once closing.
-    pub fn close(&mut self, code: CloseCode, reason: &str, _now: Instant) {
-        if !matches!(self.state, State::Handshaking | State::Open) {
-            return;
+    /// DATA is waiting to be written (queued, or in the session and not transmitted yet).
+    fn has_pending_data(&self) -> bool {
+        if !self.core.queue.is_empty() {
+            return true;
         }
-        if self.state == State::Handshaking && !self.core.queue.is_empty() {
-            // DATA may only go out once the peer's HELLO is accepted: close after that.
-            self.deferred_close
-                .get_or_insert_with(|| (code, reason.to_string()));
-            return;
+        match self.session.as_deref() {
+            Some(SessionLink {
+                active: true,
+                state: Some(session),
+                transmitted,
+                ..
+            }) => *transmitted + 1 < session.next_seq(),
+            _ => false,
         }
-        let code = CloseCode::from_u16(code.as_u16());
-        if code == CloseCode::Normal {
-            self.end_session();
+    }
+
+    fn out(&mut self, buf: BytesMut) -> Option<Bytes> {
+        if buf.is_empty() {
+            return None;
         }
-        let reason = truncate(reason);
-        self.core.report_closed(code, reason.clone(), false, None);
-        self.close = Some(PendingClose {
-            code,
-            reason,
-            after_data: true,
-        });
-        self.state = State::Closing;
+        self.core.count_out(buf.len());
+        Some(buf.freeze())
+    }
+
+    /// Encodes a control message (our own, always valid) and records the send.
+    fn encode(&mut self, message: &Message, buf: &mut BytesMut, now: Instant) {
+        if self.codec.encode(message, buf).is_ok() {
+            self.core.stats.messages_out += 1;
+            if let Some(lv) = &mut self.core.liveness {
+                lv.on_send(now);
+            }
+        }
+    }
+
+    // ---- timers ----
+
+    fn drain_liveness(&mut self, _now: Instant) {
+        while let Some(event) = self.core.poll_liveness() {
+            match event {
+                LivenessEvent::SendPing { context } => {
+                    if self.state == State::Open {
+                        self.ping = Some(context);
+                    }
+                }
+                // Reported by the core.
+                LivenessEvent::Idle(_) => {}
+                LivenessEvent::PeerDead {
+                    silent_for, cause, ..
+                } => {
+                    let e = ConnectionError::PeerDead { silent_for, cause };
+                    self.fail(CloseCode::PeerTimedOut, e.to_string(), e, true);
+                    self.core.stop_input();
+                }
+                LivenessEvent::TooManyPings {
+                    strikes,
+                    min_interval,
+                    last_gap,
+                } => {
+                    let e = ConnectionError::TooManyPings {
+                        strikes,
+                        min_interval,
+                        last_gap,
+                    };
+                    self.fail(CloseCode::TooManyPings, "too many pings".into(), e, false);
+                    self.core.stop_input();
+                }
+            }
+        }
+    }
+
+    // ---- closing ----
+
+    /// We close because something went wrong: queued DATA is discarded, CLOSE is queued (unless
+    /// one is already pending or sent), the [`Event::Closed`] is reported once.
+    fn fail(&mut self, code: CloseCode, reason: String, error: ConnectionError, closed: bool) {
+        let reason = truncate(&reason);
+        self.core
+            .report_closed(code, reason.clone(), false, Some(error));
+        self.core.drop_queue();
         self.pong = None;
         self.ping = None;
+        match &mut self.close {
+            Some(pending) => pending.after_data = false,
+            None if self.close_sent_at.is_none() => {
+                self.close = Some(PendingClose {
+                    code,
+                    reason,
+                    after_data: false,
+                })
+            }
+            None => {}
+        }
+        match self.state {
+            State::Handshaking | State::Open if !closed => self.state = State::Closing,
+            State::Closed => {}
+            _ => self.enter_closed(),
+        }
+    }
+
+    fn enter_closed(&mut self) {
+        self.state = State::Closed;
+        if let Some(link) = self.session.as_mut().filter(|l| l.ended) {
+            if let Some(session) = link.state.as_mut() {
+                let unacked = session.take_unacked();
+                if !unacked.is_empty() {
+                    let id = session.id();
+                    self.core
+                        .events
+                        .push_back(Event::SessionLost { id, unacked });
+                }
+            }
+        }
+        self.core.drop_queue();
+        self.pong = None;
+        self.ping = None;
+        if let Some(close) = &mut self.close {
+            close.after_data = false;
+        }
+    }
+}
+
+impl Machine for Connection {
+    /// The receive buffer: read socket bytes into it (e.g. with `BufMut`), then call
+    /// [`process_input`](Machine::process_input). Don't remove bytes from it.
+    fn recv_buf(&mut self) -> &mut BytesMut {
+        self.core.recv_buf()
+    }
+
+    /// Handles the bytes added to [`recv_buf`](Machine::recv_buf) since the last
+    /// call.
+    fn process_input(&mut self, now: Instant) {
+        self.core.begin_input(now, true);
+        let mut decoded = false;
+        while let Some(recv) = self.core.decodable() {
+            match self.codec.decode(recv) {
+                Ok(Some(message)) => {
+                    decoded = true;
+                    self.core.stats.messages_in += 1;
+                    self.on_message(message, now);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let code = e.close_code();
+                    self.fail(code, e.to_string(), ConnectionError::Wire(e), false);
+                    self.core.stop_input();
+                }
+            }
+        }
+        self.core.end_input(decoded, now);
+        self.drain_liveness(now);
+    }
+
+    /// Full length of the partial message at the front of the receive buffer, once its length field
+    /// is in (see [`Machine::pending_frame_len`]).
+    fn pending_frame_len(&self) -> Option<usize> {
+        let len = self.codec.pending_frame_length(self.core.recv())?;
+        usize::try_from(len).ok()
+    }
+
+    /// Round-trip-time estimate from PING / PONG pairs.
+    fn rtt(&self) -> Option<RttEstimate> {
+        self.core.liveness.as_ref().and_then(Liveness::rtt)
+    }
+
+    /// The peer ended its write half (TCP FIN) or the transport failed: the connection is closed.
+    fn handle_eof(&mut self, now: Instant) {
+        if self.core.has_new_input() {
+            self.process_input(now);
+        }
+        let mid_message = !self.core.input_done() && !self.core.recv().is_empty();
+        self.core.clear_input();
+        let code = if mid_message {
+            CloseCode::ProtocolError
+        } else {
+            CloseCode::GoingAway
+        };
+        self.core.report_closed(
+            code,
+            String::new(),
+            true,
+            Some(ConnectionError::EndOfStream { mid_message }),
+        );
+        self.enter_closed();
     }
 
     /// The next bytes to write, if any. Call until `None` after every input.
-    pub fn poll_transmit(&mut self, now: Instant) -> Option<Bytes> {
+    fn poll_transmit(&mut self, now: Instant) -> Option<Bytes> {
         if self.close_sent_at.is_some() {
             return None;
         }
@@ -789,57 +775,14 @@ impl Connection {
         None
     }
 
-    /// Counts `n` DATA / SDATA messages just transmitted at `now`.
-    fn data_sent(&mut self, n: u64, now: Instant) {
-        if n == 0 {
-            return;
-        }
-        self.core.stats.messages_out += n;
-        self.core.stats.data_out += n;
-        self.core.touch_data(now);
-        if let Some(lv) = &mut self.core.liveness {
-            lv.on_send_data(now);
-        }
+    /// The next event, if any. Call until `None` after every input.
+    fn poll_event(&mut self) -> Option<Event> {
+        self.core.poll_event()
     }
 
-    /// DATA is waiting to be written (queued, or in the session and not transmitted yet).
-    fn has_pending_data(&self) -> bool {
-        if !self.core.queue.is_empty() {
-            return true;
-        }
-        match self.session.as_deref() {
-            Some(SessionLink {
-                active: true,
-                state: Some(session),
-                transmitted,
-                ..
-            }) => *transmitted + 1 < session.next_seq(),
-            _ => false,
-        }
-    }
-
-    fn out(&mut self, buf: BytesMut) -> Option<Bytes> {
-        if buf.is_empty() {
-            return None;
-        }
-        self.core.count_out(buf.len());
-        Some(buf.freeze())
-    }
-
-    /// Encodes a control message (our own, always valid) and records the send.
-    fn encode(&mut self, message: &Message, buf: &mut BytesMut, now: Instant) {
-        if self.codec.encode(message, buf).is_ok() {
-            self.core.stats.messages_out += 1;
-            if let Some(lv) = &mut self.core.liveness {
-                lv.on_send(now);
-            }
-        }
-    }
-
-    // ---- timers ----
-
-    /// When [`handle_timeout`](Self::handle_timeout) must next be called, if ever.
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    /// When [`handle_timeout`](Machine::handle_timeout) must next be called, if
+    /// ever.
+    fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
             State::Handshaking => {
                 Some(self.frame_deadline().map_or(self.handshake_deadline, |at| {
@@ -874,7 +817,7 @@ impl Connection {
     }
 
     /// Handles whatever timers are due at `now`.
-    pub fn handle_timeout(&mut self, now: Instant) {
+    fn handle_timeout(&mut self, now: Instant) {
         if self.frame_deadline().is_some_and(|at| now >= at) {
             self.frame_timed_out();
             return;
@@ -922,93 +865,263 @@ impl Connection {
         }
     }
 
-    fn drain_liveness(&mut self, _now: Instant) {
-        while let Some(event) = self.core.poll_liveness() {
-            match event {
-                LivenessEvent::SendPing { context } => {
-                    if self.state == State::Open {
-                        self.ping = Some(context);
-                    }
-                }
-                // Reported by the core.
-                LivenessEvent::Idle(_) => {}
-                LivenessEvent::PeerDead {
-                    silent_for, cause, ..
-                } => {
-                    let e = ConnectionError::PeerDead { silent_for, cause };
-                    self.fail(CloseCode::PeerTimedOut, e.to_string(), e, true);
-                    self.core.stop_input();
-                }
-                LivenessEvent::TooManyPings {
-                    strikes,
-                    min_interval,
-                    last_gap,
-                } => {
-                    let e = ConnectionError::TooManyPings {
-                        strikes,
-                        min_interval,
-                        last_gap,
-                    };
-                    self.fail(CloseCode::TooManyPings, "too many pings".into(), e, false);
-                    self.core.stop_input();
-                }
+    /// Queues an application message. Allowed while handshaking (written once the handshake is
+    /// done); refused once closing, except with a session that did not end: the message then
+    /// stays in the session and goes out on the next connection.
+    fn send(&mut self, payload: Bytes, _now: Instant) -> Result<(), SendError> {
+        if !matches!(self.state, State::Handshaking | State::Open) {
+            // A session outlives its connection: the message waits for the next one (the
+            // runtime bounds what it hands over; nothing it was told is queued gets lost).
+            if let Some(session) = self
+                .session
+                .as_mut()
+                .filter(|l| !l.ended)
+                .and_then(|l| l.state.as_mut())
+            {
+                let _ = session.push(payload, usize::MAX);
+                return Ok(());
             }
+            return Err(SendError::Closed);
         }
+        let max = self.peer.as_ref().map_or(u32::MAX, |h| h.max_message_len);
+        let session_header = if self.session.is_some() { 8 } else { 0 };
+        if payload.len() as u64 + 1 + session_header > u64::from(max) {
+            return Err(SendError::TooBig {
+                len: payload.len(),
+                max,
+            });
+        }
+        if let Some(session) = self.session.as_mut().and_then(|l| l.state.as_mut()) {
+            // Numbered and kept until acknowledged: the queue limit bounds the retransmit
+            // buffer.
+            let limit = self
+                .config
+                .max_queued_bytes
+                .saturating_sub(self.core.queued_bytes);
+            return match session.push(payload, limit) {
+                Ok(_) => Ok(()),
+                Err(crate::session::SessionError::BufferFull { len, .. }) => {
+                    Err(SendError::QueueFull {
+                        queued: self.queued_bytes(),
+                        len,
+                        limit: self.config.max_queued_bytes,
+                    })
+                }
+                Err(_) => Err(SendError::Closed),
+            };
+        }
+        let len = payload.len() + DATA_OVERHEAD;
+        if self.core.queued_bytes.saturating_add(len) > self.config.max_queued_bytes {
+            return Err(SendError::QueueFull {
+                queued: self.core.queued_bytes,
+                len,
+                limit: self.config.max_queued_bytes,
+            });
+        }
+        self.core.queued_bytes += len;
+        self.core.queue.push_back(payload);
+        Ok(())
     }
 
-    // ---- closing ----
-
-    /// We close because something went wrong: queued DATA is discarded, CLOSE is queued (unless
-    /// one is already pending or sent), the [`Event::Closed`] is reported once.
-    fn fail(&mut self, code: CloseCode, reason: String, error: ConnectionError, closed: bool) {
-        let reason = truncate(&reason);
-        self.core
-            .report_closed(code, reason.clone(), false, Some(error));
-        self.core.drop_queue();
+    /// Closes the connection gracefully: queued DATA is written, then CLOSE with `code` and
+    /// `reason` (truncated to 1024 bytes at a character boundary). No-op once closing.
+    fn close(&mut self, code: CloseCode, reason: &str, _now: Instant) {
+        if !matches!(self.state, State::Handshaking | State::Open) {
+            return;
+        }
+        if self.state == State::Handshaking && !self.core.queue.is_empty() {
+            // DATA may only go out once the peer's HELLO is accepted: close after that.
+            self.deferred_close
+                .get_or_insert_with(|| (code, reason.to_string()));
+            return;
+        }
+        let code = CloseCode::from_u16(code.as_u16());
+        if code == CloseCode::Normal {
+            self.end_session();
+        }
+        let reason = truncate(reason);
+        self.core.report_closed(code, reason.clone(), false, None);
+        self.close = Some(PendingClose {
+            code,
+            reason,
+            after_data: true,
+        });
+        self.state = State::Closing;
         self.pong = None;
         self.ping = None;
-        match &mut self.close {
-            Some(pending) => pending.after_data = false,
-            None if self.close_sent_at.is_none() => {
-                self.close = Some(PendingClose {
-                    code,
-                    reason,
-                    after_data: false,
-                })
-            }
-            None => {}
+    }
+
+    /// Closes at once: queued messages and buffered input are dropped, our CLOSE (`code`, `reason`)
+    /// is the next thing written, [`Event::Closed`] carries [`ConnectionError::Aborted`]. For a
+    /// runtime that must free the connection's memory now (a server over its memory budget);
+    /// [`close`](Machine::close) is the graceful way. No-op once closed.
+    fn abort(&mut self, code: CloseCode, reason: &str, _now: Instant) {
+        if self.state == State::Closed {
+            return;
         }
-        match self.state {
-            State::Handshaking | State::Open if !closed => self.state = State::Closing,
-            State::Closed => {}
-            _ => self.enter_closed(),
+        let e = ConnectionError::Aborted {
+            reason: reason.to_owned(),
+        };
+        self.fail(code, reason.to_owned(), e, false);
+        self.core.free_input();
+    }
+
+    /// The current state.
+    fn state(&self) -> State {
+        self.state
+    }
+
+    /// Nothing will ever come out of [`poll_transmit`](Machine::poll_transmit)
+    /// again: our CLOSE was transmitted, or the connection closed without one to send.
+    fn is_drained(&self) -> bool {
+        self.close_sent_at.is_some()
+            || (self.state == State::Closed && self.close.is_none() && self.partial.is_none())
+    }
+
+    /// Bytes of DATA queued (payload + 5 per message), counting against
+    /// [`ConnectionConfig::max_queued_bytes`].
+    fn queued_bytes(&self) -> usize {
+        let session = self
+            .session
+            .as_ref()
+            .and_then(|l| l.state.as_ref())
+            .map_or(0, Session::buffered_bytes);
+        self.core.queued_bytes + session
+    }
+
+    fn max_queued_bytes(&self) -> usize {
+        self.config().max_queued_bytes
+    }
+
+    /// What a message of `len` payload bytes counts against
+    /// [`ConnectionConfig::max_queued_bytes`]: its framing, plus its sequence number when
+    /// sessions are (or may be) in use.
+    fn message_cost(&self, len: usize) -> usize {
+        if self.session.is_some() || self.config.sessions.is_some() {
+            len.saturating_add(SDATA_OVERHEAD)
+        } else {
+            len.saturating_add(DATA_OVERHEAD)
         }
     }
 
-    fn enter_closed(&mut self) {
-        self.state = State::Closed;
-        if let Some(link) = self.session.as_mut().filter(|l| l.ended) {
-            if let Some(session) = link.state.as_mut() {
-                let unacked = session.take_unacked();
-                if !unacked.is_empty() {
-                    let id = session.id();
-                    self.core
-                        .events
-                        .push_back(Event::SessionLost { id, unacked });
+    fn check_message(&self, payload: &[u8]) -> Result<(), SendError> {
+        let max = self.peer_hello().map_or(u32::MAX, |h| h.max_message_len);
+        if payload.len() as u64 + 1 > u64::from(max) {
+            return Err(SendError::TooBig {
+                len: payload.len(),
+                max,
+            });
+        }
+        Ok(())
+    }
+
+    fn linger(&self) -> Duration {
+        self.config().linger
+    }
+
+    /// Frees the memory of empty internal queues (events, outgoing DATA, keep-alive events).
+    /// Nothing observable changes; a driver of many mostly idle connections calls it when the
+    /// connection has been quiet (e.g. when its timer fires) to keep their footprint small.
+    fn shrink_buffers(&mut self) {
+        self.core.shrink_buffers();
+    }
+
+    /// Accepting side, after [`Event::SessionRequest`]: `found` is the detached session with
+    /// the requested id if one is kept and may be handed over (see
+    /// [`crate::session::SessionStore`] and the event's `proof`), `None` to start a new one.
+    /// Sends RESUME (with the new session's secret), then resends what the peer has not
+    /// delivered. Ignored when no session was requested.
+    ///
+    /// `found` is refused, and handed back as `Err`, unless the peer proved it holds its
+    /// secret on this connection: the connection then closes with
+    /// [`CloseCode::SessionRefused`] and the session is untouched.
+    fn attach_session(&mut self, found: Option<Session>, now: Instant) -> Result<(), Session> {
+        let Some(link) = self.session.as_mut() else {
+            return found.map_or(Ok(()), Err);
+        };
+        if link.requester || link.state.is_some() || link.awaiting_proof {
+            return found.map_or(Ok(()), Err);
+        }
+        let id = self.peer.as_ref().map_or([0; 16], |h| h.session_id);
+        let peer_delivered = link.peer_delivered;
+        let (mut session, status) = match found {
+            Some(session) => {
+                let proven = session.id() == id
+                    && matches!((&link.proof, session.secret()), (Some(proof), Some(secret)) if proof.verify(secret));
+                if !proven {
+                    self.refuse_session("no valid proof for this session", now);
+                    return Err(session);
                 }
+                (session, ResumeStatus::Resumed)
             }
+            None if peer_delivered == 0 => (Session::new(id), ResumeStatus::New),
+            None => (Session::new(id), ResumeStatus::Unknown),
+        };
+        let mut new_secret = None;
+        if status == ResumeStatus::Resumed {
+            if let Err(e) = session.ack(peer_delivered) {
+                link.state = Some(session);
+                self.session_violation("RESUME delivered", e.to_string(), peer_delivered);
+                return Ok(());
+            }
+        } else {
+            let secret = SessionSecret::random();
+            session.set_secret(secret.clone());
+            new_secret = Some(secret);
         }
-        self.core.drop_queue();
-        self.pong = None;
-        self.ping = None;
-        if let Some(close) = &mut self.close {
-            close.after_data = false;
+        session.set_established();
+        // Messages the application sent before the session was attached join it.
+        for payload in self.core.queue.drain(..) {
+            self.core.queued_bytes -= payload.len() + DATA_OVERHEAD;
+            let _ = session.push(payload, usize::MAX);
         }
+        let delivered = session.delivered();
+        let resending = session.next_seq() - 1 - session.acked();
+        link.transmitted = session.acked();
+        link.ack_sent = delivered;
+        link.resume = Some((status, delivered, new_secret));
+        link.active = true;
+        link.state = Some(session);
+        self.core.events.push_back(Event::SessionStarted {
+            id,
+            status,
+            resending,
+        });
+        Ok(())
     }
 
-    /// The next event, if any. Call until `None` after every input.
-    pub fn poll_event(&mut self) -> Option<Event> {
-        self.core.poll_event()
+    /// Accepting side, after [`Event::SessionRequest`]: refuses the session asked for (its
+    /// proof is wrong, or it is in use and the request proved nothing): closes with
+    /// [`CloseCode::SessionRefused`] and `reason`. Whatever holds the session is not disturbed.
+    fn refuse_session(&mut self, reason: &str, now: Instant) {
+        if let Some(link) = self.session.as_mut().filter(|l| !l.requester) {
+            link.awaiting_proof = false;
+            link.ended = true;
+        }
+        self.close(CloseCode::SessionRefused, reason, now);
+    }
+
+    /// Messages the application queued that were never written because the connection closed
+    /// first (outside a session: a session keeps them for the next connection). They did not
+    /// reach the peer; taken once.
+    fn take_unsent(&mut self) -> Vec<Bytes> {
+        self.core.take_unsent()
+    }
+
+    /// The session's state, while one is attached.
+    fn session(&self) -> Option<&Session> {
+        self.session.as_ref()?.state.as_ref()
+    }
+
+    /// The session, once this connection is closed (to resume it on the next connection, or
+    /// to keep it detached on the accepting side). `None` when there is none, or when it ended
+    /// with a CLOSE `Normal` from either side (nothing to resume).
+    fn take_session(&mut self) -> Option<Session> {
+        let link = self.session.as_mut()?;
+        if link.ended {
+            return None;
+        }
+        link.state.take()
     }
 }
 

@@ -16,7 +16,8 @@ use crate::liveness::{DeathCause, Liveness, LivenessEvent, RttEstimate};
 use crate::machine::Machine;
 use crate::wire::CloseCode;
 
-/// A message waiting to be written: its framing computed at [`RawConnection::send`].
+/// A message waiting to be written: its framing computed at
+/// [`RawConnection::send`](Machine::send).
 #[derive(Debug)]
 struct Queued {
     parts: FrameParts,
@@ -104,20 +105,9 @@ impl RawConnection {
 
     // ---- accessors ----
 
-    /// The current state: [`State::Open`], [`State::Closing`] (local close in progress) or
-    /// [`State::Closed`]; never `Handshaking`.
-    pub fn state(&self) -> State {
-        self.state
-    }
-
     /// The configuration.
     pub fn config(&self) -> &RawConfig {
         &self.config
-    }
-
-    /// Round-trip-time estimate from ping / matched pong pairs.
-    pub fn rtt(&self) -> Option<RttEstimate> {
-        self.core.liveness.as_ref().and_then(Liveness::rtt)
     }
 
     /// Counters: `messages_*` count every frame (pings, pongs and replies too), `data_*` the
@@ -126,127 +116,12 @@ impl RawConnection {
         self.core.stats
     }
 
-    /// Bytes of queued messages (payload + [`FRAME_OVERHEAD`] each), counted against
-    /// [`RawConfig::max_queued_bytes`].
-    pub fn queued_bytes(&self) -> usize {
-        self.core.queued_bytes
-    }
-
-    /// What a message of `len` payload bytes counts against the queue limit.
-    pub fn message_cost(&self, len: usize) -> usize {
-        len.saturating_add(FRAME_OVERHEAD)
-    }
-
-    /// The connection is finished ([`State::Closed`]).
-    pub fn is_closed(&self) -> bool {
-        self.state == State::Closed
-    }
-
-    /// Frees the memory of empty internal queues. Nothing observable changes; drivers of many
-    /// mostly idle connections call it when the connection is quiet.
-    pub fn shrink_buffers(&mut self) {
-        if self.in_flight.is_empty() {
-            self.in_flight = VecDeque::new();
-        }
-        self.core.shrink_buffers();
-    }
-
-    /// Nothing will ever come out of [`poll_transmit`](Self::poll_transmit) again.
-    pub fn is_drained(&self) -> bool {
-        self.in_flight.is_empty()
-            && match self.shutdown {
-                Shutdown::Done(_) => true,
-                Shutdown::No => self.state == State::Closed,
-                Shutdown::AfterQueue | Shutdown::AfterFrame => false,
-            }
-    }
-
     // ---- input ----
-
-    /// The receive buffer: read socket bytes into it, then call
-    /// [`process_input`](Self::process_input). Don't remove bytes from it.
-    pub fn recv_buf(&mut self) -> &mut BytesMut {
-        self.core.recv_buf()
-    }
-
-    /// Full length of the partial frame at the front of the receive buffer, once the framing
-    /// knows it (see [`Machine::pending_frame_len`]).
-    pub fn pending_frame_len(&self) -> Option<usize> {
-        let len = self.framing.pending_frame_length(self.core.recv())?;
-        usize::try_from(len).ok()
-    }
 
     /// Copies `data` into the receive buffer and processes it.
     pub fn handle_input(&mut self, data: &[u8], now: Instant) {
         self.core.recv_buf().extend_from_slice(data);
         self.process_input(now);
-    }
-
-    /// Handles the bytes added to [`recv_buf`](Self::recv_buf) since the last call: decodes
-    /// frames, answers or matches heartbeats, delivers the rest as [`Event::Data`].
-    pub fn process_input(&mut self, now: Instant) {
-        // Any bytes prove the peer alive, even part of a frame.
-        self.core.begin_input(now, self.state != State::Closed);
-        if self.state != State::Open {
-            self.core.stop_input();
-        }
-        let mut decoded = false;
-        while let Some(recv) = self.core.decodable() {
-            match self.framing.decode(recv) {
-                Ok(Some(frame)) => {
-                    decoded = true;
-                    self.on_frame(frame, now);
-                }
-                Ok(None) => break,
-                Err(e) if e.is_recoverable() => {
-                    decoded = true;
-                    self.core.events.push_back(Event::FrameDiscarded(e));
-                }
-                Err(e) => self.framing_failed(e, now),
-            }
-        }
-        self.core.end_input(decoded, now);
-        self.drain_liveness(now);
-    }
-
-    /// The peer ended its write half (TCP FIN) or the transport failed: the connection is
-    /// closed. The framing's [`decode_eof`](FrameDecoder::decode_eof) gets a chance to produce a
-    /// last frame first.
-    pub fn handle_eof(&mut self, now: Instant) {
-        if self.core.has_new_input() {
-            self.process_input(now);
-        }
-        let mut mid_message = false;
-        while let Some(recv) = self.core.decodable() {
-            match self.framing.decode_eof(recv) {
-                Ok(Some(frame)) => self.on_frame(frame, now),
-                Ok(None) => break,
-                Err(e) if e.is_recoverable() => {
-                    self.core.events.push_back(Event::FrameDiscarded(e))
-                }
-                Err(e) if matches!(e.kind(), DecodeErrorKind::Truncated { .. }) => {
-                    mid_message = true;
-                    break;
-                }
-                Err(e) => self.framing_failed(e, now),
-            }
-        }
-        self.core.clear_input();
-        let code = if mid_message {
-            CloseCode::ProtocolError
-        } else {
-            CloseCode::GoingAway
-        };
-        self.core.report_closed(
-            code,
-            String::new(),
-            true,
-            Some(ConnectionError::EndOfStream { mid_message }),
-        );
-        if self.shutdown == Shutdown::AfterQueue {
-            self.shutdown = Shutdown::AfterFrame;
-        }
-        self.enter_closed(now);
     }
 
     fn on_frame(&mut self, frame: Bytes, now: Instant) {
@@ -300,61 +175,185 @@ impl RawConnection {
 
     // ---- output ----
 
-    /// Queues an application message, framed with [`RawConfig::framing`]. Refused once closing,
-    /// when the framing cannot encode it ([`SendError::Unencodable`]), or when the queue is full.
-    pub fn send(&mut self, payload: Bytes, now: Instant) -> Result<(), SendError> {
-        if self.state != State::Open {
-            return Err(SendError::Closed);
+    /// Hands out a ping or reply frame.
+    fn control(&mut self, frame: Bytes, now: Instant) -> Bytes {
+        self.core.stats.messages_out += 1;
+        if let Some(lv) = &mut self.core.liveness {
+            lv.on_send(now);
         }
-        let parts = self
-            .framing
-            .frame_parts(&payload)
-            .map_err(SendError::Unencodable)?;
-        let cost = self.message_cost(payload.len());
-        let limit = self.config.max_queued_bytes;
-        if self.core.queued_bytes.saturating_add(cost) > limit {
-            return Err(SendError::QueueFull {
-                queued: self.core.queued_bytes,
-                len: cost,
-                limit,
-            });
-        }
-        self.core.queued_bytes += cost;
-        self.core.queue.push_back(Queued { parts, payload });
-        self.core.touch_data(now);
-        Ok(())
+        self.out(frame)
     }
 
-    /// Checks that `payload` can be framed, without queueing it: the same
-    /// [`SendError::Unencodable`] as [`send`](Self::send).
-    pub fn check_message(&self, payload: &[u8]) -> Result<(), SendError> {
-        self.framing
-            .frame_parts(payload)
-            .map(|_| ())
-            .map_err(SendError::Unencodable)
+    fn out(&mut self, chunk: Bytes) -> Bytes {
+        self.core.count_out(chunk.len());
+        chunk
     }
 
-    /// Closes gracefully: [`Event::Closed`] now (with `code` and `reason`, `by_peer: false`),
-    /// queued messages are still written, then [`Event::ShutdownWrite`]. Raw mode sends no close
-    /// message. No-op once closing.
-    pub fn close(&mut self, code: CloseCode, reason: &str, now: Instant) {
-        if self.state != State::Open {
-            return;
+    /// Emits [`Event::ShutdownWrite`] once the output a close still owes has been handed out.
+    fn maybe_shutdown(&mut self, now: Instant) {
+        let finished = self.in_flight.is_empty()
+            && match self.shutdown {
+                Shutdown::AfterQueue => self.core.queue.is_empty(),
+                Shutdown::AfterFrame => true,
+                Shutdown::No | Shutdown::Done(_) => false,
+            };
+        if finished {
+            self.shutdown = Shutdown::Done(now);
+            self.core.events.push_back(Event::ShutdownWrite);
         }
+    }
+
+    // ---- timers ----
+
+    /// When the partial frame at the front of the receive buffer times out, if one does.
+    fn frame_deadline(&self) -> Option<Instant> {
+        self.core.frame_deadline(self.state == State::Open)
+    }
+
+    fn drain_liveness(&mut self, now: Instant) {
+        while let Some(event) = self.core.poll_liveness() {
+            match event {
+                LivenessEvent::SendPing { context } => {
+                    if self.state == State::Open && self.ping_frame.is_some() {
+                        self.ping_pending = Some(context);
+                    }
+                }
+                // Reported by the core.
+                LivenessEvent::Idle(_) => {}
+                LivenessEvent::PeerDead {
+                    silent_for, cause, ..
+                } => {
+                    // Idle-only mode: the "ping" was never sent; what fired is the silence rule.
+                    let cause = match self.silence_limit {
+                        Some(limit) => DeathCause::PeerSilent { limit },
+                        None => cause,
+                    };
+                    self.fail(
+                        CloseCode::PeerTimedOut,
+                        ConnectionError::PeerDead { silent_for, cause },
+                        now,
+                    );
+                }
+                // Not configured (no minimum peer ping interval): never emitted.
+                LivenessEvent::TooManyPings { .. } => {}
+            }
+        }
+    }
+
+    // ---- closing ----
+
+    /// We close because something went wrong: [`Event::Closed`] (once), queued messages dropped,
+    /// the frame in flight completed, then [`Event::ShutdownWrite`].
+    fn fail(&mut self, code: CloseCode, error: ConnectionError, now: Instant) {
         self.core
-            .report_closed(code, reason.to_owned(), false, None);
-        self.state = State::Closing;
-        self.core.stop_input();
+            .report_closed(code, error.to_string(), false, Some(error));
+        if !matches!(self.shutdown, Shutdown::Done(_)) {
+            self.shutdown = Shutdown::AfterFrame;
+        }
+        self.enter_closed(now);
+    }
+
+    fn enter_closed(&mut self, now: Instant) {
+        self.state = State::Closed;
+        self.core.clear_input();
+        self.core.drop_queue();
         self.ping_pending = None;
+        self.awaiting_pong = None;
         self.answer_pending = false;
-        self.shutdown = Shutdown::AfterQueue;
         self.maybe_shutdown(now);
+    }
+}
+
+impl Machine for RawConnection {
+    /// The receive buffer: read socket bytes into it, then call
+    /// [`process_input`](Machine::process_input). Don't remove bytes from it.
+    fn recv_buf(&mut self) -> &mut BytesMut {
+        self.core.recv_buf()
+    }
+
+    /// Handles the bytes added to [`recv_buf`](Machine::recv_buf) since the last
+    /// call: decodes frames, answers or matches heartbeats, delivers the rest as [`Event::Data`].
+    fn process_input(&mut self, now: Instant) {
+        // Any bytes prove the peer alive, even part of a frame.
+        self.core.begin_input(now, self.state != State::Closed);
+        if self.state != State::Open {
+            self.core.stop_input();
+        }
+        let mut decoded = false;
+        while let Some(recv) = self.core.decodable() {
+            match self.framing.decode(recv) {
+                Ok(Some(frame)) => {
+                    decoded = true;
+                    self.on_frame(frame, now);
+                }
+                Ok(None) => break,
+                Err(e) if e.is_recoverable() => {
+                    decoded = true;
+                    self.core.events.push_back(Event::FrameDiscarded(e));
+                }
+                Err(e) => self.framing_failed(e, now),
+            }
+        }
+        self.core.end_input(decoded, now);
+        self.drain_liveness(now);
+    }
+
+    /// Full length of the partial frame at the front of the receive buffer, once the framing
+    /// knows it (see [`Machine::pending_frame_len`]).
+    fn pending_frame_len(&self) -> Option<usize> {
+        let len = self.framing.pending_frame_length(self.core.recv())?;
+        usize::try_from(len).ok()
+    }
+
+    /// Round-trip-time estimate from ping / matched pong pairs.
+    fn rtt(&self) -> Option<RttEstimate> {
+        self.core.liveness.as_ref().and_then(Liveness::rtt)
+    }
+
+    /// The peer ended its write half (TCP FIN) or the transport failed: the connection is
+    /// closed. The framing's [`decode_eof`](FrameDecoder::decode_eof) gets a chance to produce a
+    /// last frame first.
+    fn handle_eof(&mut self, now: Instant) {
+        if self.core.has_new_input() {
+            self.process_input(now);
+        }
+        let mut mid_message = false;
+        while let Some(recv) = self.core.decodable() {
+            match self.framing.decode_eof(recv) {
+                Ok(Some(frame)) => self.on_frame(frame, now),
+                Ok(None) => break,
+                Err(e) if e.is_recoverable() => {
+                    self.core.events.push_back(Event::FrameDiscarded(e))
+                }
+                Err(e) if matches!(e.kind(), DecodeErrorKind::Truncated { .. }) => {
+                    mid_message = true;
+                    break;
+                }
+                Err(e) => self.framing_failed(e, now),
+            }
+        }
+        self.core.clear_input();
+        let code = if mid_message {
+            CloseCode::ProtocolError
+        } else {
+            CloseCode::GoingAway
+        };
+        self.core.report_closed(
+            code,
+            String::new(),
+            true,
+            Some(ConnectionError::EndOfStream { mid_message }),
+        );
+        if self.shutdown == Shutdown::AfterQueue {
+            self.shutdown = Shutdown::AfterFrame;
+        }
+        self.enter_closed(now);
     }
 
     /// The next bytes to write, if any. Call until `None` after every input. A frame's chunks
     /// come out consecutively; a reply to the peer's heartbeat, then our ping, go ahead of queued
     /// messages.
-    pub fn poll_transmit(&mut self, now: Instant) -> Option<Bytes> {
+    fn poll_transmit(&mut self, now: Instant) -> Option<Bytes> {
         if let Some(chunk) = self.in_flight.pop_front() {
             self.maybe_shutdown(now);
             return Some(self.out(chunk));
@@ -443,38 +442,14 @@ impl RawConnection {
         None
     }
 
-    /// Hands out a ping or reply frame.
-    fn control(&mut self, frame: Bytes, now: Instant) -> Bytes {
-        self.core.stats.messages_out += 1;
-        if let Some(lv) = &mut self.core.liveness {
-            lv.on_send(now);
-        }
-        self.out(frame)
+    /// The next event, if any. Call until `None` after every input.
+    fn poll_event(&mut self) -> Option<Event> {
+        self.core.poll_event()
     }
 
-    fn out(&mut self, chunk: Bytes) -> Bytes {
-        self.core.count_out(chunk.len());
-        chunk
-    }
-
-    /// Emits [`Event::ShutdownWrite`] once the output a close still owes has been handed out.
-    fn maybe_shutdown(&mut self, now: Instant) {
-        let finished = self.in_flight.is_empty()
-            && match self.shutdown {
-                Shutdown::AfterQueue => self.core.queue.is_empty(),
-                Shutdown::AfterFrame => true,
-                Shutdown::No | Shutdown::Done(_) => false,
-            };
-        if finished {
-            self.shutdown = Shutdown::Done(now);
-            self.core.events.push_back(Event::ShutdownWrite);
-        }
-    }
-
-    // ---- timers ----
-
-    /// When [`handle_timeout`](Self::handle_timeout) must next be called, if ever.
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    /// When [`handle_timeout`](Machine::handle_timeout) must next be called, if
+    /// ever.
+    fn poll_timeout(&self) -> Option<Instant> {
         match (self.state, self.shutdown) {
             (State::Closed, _) => None,
             (State::Closing, Shutdown::Done(at)) => {
@@ -492,32 +467,8 @@ impl RawConnection {
         }
     }
 
-    /// When the partial frame at the front of the receive buffer times out, if one does.
-    fn frame_deadline(&self) -> Option<Instant> {
-        self.core.frame_deadline(self.state == State::Open)
-    }
-
-    /// Closes at once: queued frames and buffered input are dropped, the frame in flight is
-    /// completed, then the write half is shut down; [`Event::Closed`] carries `code`, `reason`
-    /// and [`ConnectionError::Aborted`]. No-op once closed.
-    pub fn abort(&mut self, code: CloseCode, reason: &str, now: Instant) {
-        if self.state == State::Closed {
-            return;
-        }
-        let error = ConnectionError::Aborted {
-            reason: reason.to_owned(),
-        };
-        self.core
-            .report_closed(code, reason.to_owned(), false, Some(error));
-        if !matches!(self.shutdown, Shutdown::Done(_)) {
-            self.shutdown = Shutdown::AfterFrame;
-        }
-        self.enter_closed(now);
-        self.core.free_input();
-    }
-
     /// Handles whatever timers are due at `now` (early or spurious calls are harmless).
-    pub fn handle_timeout(&mut self, now: Instant) {
+    fn handle_timeout(&mut self, now: Instant) {
         if self.frame_deadline().is_some_and(|at| now >= at) {
             let error = self.core.frame_timeout_error(self.pending_frame_len());
             self.fail(CloseCode::PeerTimedOut, error, now);
@@ -545,133 +496,124 @@ impl RawConnection {
         }
     }
 
-    fn drain_liveness(&mut self, now: Instant) {
-        while let Some(event) = self.core.poll_liveness() {
-            match event {
-                LivenessEvent::SendPing { context } => {
-                    if self.state == State::Open && self.ping_frame.is_some() {
-                        self.ping_pending = Some(context);
-                    }
-                }
-                // Reported by the core.
-                LivenessEvent::Idle(_) => {}
-                LivenessEvent::PeerDead {
-                    silent_for, cause, ..
-                } => {
-                    // Idle-only mode: the "ping" was never sent; what fired is the silence rule.
-                    let cause = match self.silence_limit {
-                        Some(limit) => DeathCause::PeerSilent { limit },
-                        None => cause,
-                    };
-                    self.fail(
-                        CloseCode::PeerTimedOut,
-                        ConnectionError::PeerDead { silent_for, cause },
-                        now,
-                    );
-                }
-                // Not configured (no minimum peer ping interval): never emitted.
-                LivenessEvent::TooManyPings { .. } => {}
-            }
+    /// Queues an application message, framed with [`RawConfig::framing`]. Refused once closing,
+    /// when the framing cannot encode it ([`SendError::Unencodable`]), or when the queue is full.
+    fn send(&mut self, payload: Bytes, now: Instant) -> Result<(), SendError> {
+        if self.state != State::Open {
+            return Err(SendError::Closed);
         }
+        let parts = self
+            .framing
+            .frame_parts(&payload)
+            .map_err(SendError::Unencodable)?;
+        let cost = self.message_cost(payload.len());
+        let limit = self.config.max_queued_bytes;
+        if self.core.queued_bytes.saturating_add(cost) > limit {
+            return Err(SendError::QueueFull {
+                queued: self.core.queued_bytes,
+                len: cost,
+                limit,
+            });
+        }
+        self.core.queued_bytes += cost;
+        self.core.queue.push_back(Queued { parts, payload });
+        self.core.touch_data(now);
+        Ok(())
     }
 
-    // ---- closing ----
-
-    /// We close because something went wrong: [`Event::Closed`] (once), queued messages dropped,
-    /// the frame in flight completed, then [`Event::ShutdownWrite`].
-    fn fail(&mut self, code: CloseCode, error: ConnectionError, now: Instant) {
+    /// Closes gracefully: [`Event::Closed`] now (with `code` and `reason`, `by_peer: false`),
+    /// queued messages are still written, then [`Event::ShutdownWrite`]. Raw mode sends no close
+    /// message. No-op once closing.
+    fn close(&mut self, code: CloseCode, reason: &str, now: Instant) {
+        if self.state != State::Open {
+            return;
+        }
         self.core
-            .report_closed(code, error.to_string(), false, Some(error));
+            .report_closed(code, reason.to_owned(), false, None);
+        self.state = State::Closing;
+        self.core.stop_input();
+        self.ping_pending = None;
+        self.answer_pending = false;
+        self.shutdown = Shutdown::AfterQueue;
+        self.maybe_shutdown(now);
+    }
+
+    /// Closes at once: queued frames and buffered input are dropped, the frame in flight is
+    /// completed, then the write half is shut down; [`Event::Closed`] carries `code`, `reason`
+    /// and [`ConnectionError::Aborted`]. No-op once closed.
+    fn abort(&mut self, code: CloseCode, reason: &str, now: Instant) {
+        if self.state == State::Closed {
+            return;
+        }
+        let error = ConnectionError::Aborted {
+            reason: reason.to_owned(),
+        };
+        self.core
+            .report_closed(code, reason.to_owned(), false, Some(error));
         if !matches!(self.shutdown, Shutdown::Done(_)) {
             self.shutdown = Shutdown::AfterFrame;
         }
         self.enter_closed(now);
+        self.core.free_input();
     }
 
-    fn enter_closed(&mut self, now: Instant) {
-        self.state = State::Closed;
-        self.core.clear_input();
-        self.core.drop_queue();
-        self.ping_pending = None;
-        self.awaiting_pong = None;
-        self.answer_pending = false;
-        self.maybe_shutdown(now);
+    /// The current state: [`State::Open`], [`State::Closing`] (local close in progress) or
+    /// [`State::Closed`]; never `Handshaking`.
+    fn state(&self) -> State {
+        self.state
+    }
+
+    /// Nothing will ever come out of [`poll_transmit`](Machine::poll_transmit)
+    /// again.
+    fn is_drained(&self) -> bool {
+        self.in_flight.is_empty()
+            && match self.shutdown {
+                Shutdown::Done(_) => true,
+                Shutdown::No => self.state == State::Closed,
+                Shutdown::AfterQueue | Shutdown::AfterFrame => false,
+            }
+    }
+
+    /// Bytes of queued messages (payload + [`FRAME_OVERHEAD`] each), counted against
+    /// [`RawConfig::max_queued_bytes`].
+    fn queued_bytes(&self) -> usize {
+        self.core.queued_bytes
+    }
+
+    fn max_queued_bytes(&self) -> usize {
+        self.config.max_queued_bytes
+    }
+
+    /// What a message of `len` payload bytes counts against the queue limit.
+    fn message_cost(&self, len: usize) -> usize {
+        len.saturating_add(FRAME_OVERHEAD)
+    }
+
+    /// Checks that `payload` can be framed, without queueing it: the same
+    /// [`SendError::Unencodable`] as [`send`](Machine::send).
+    fn check_message(&self, payload: &[u8]) -> Result<(), SendError> {
+        self.framing
+            .frame_parts(payload)
+            .map(|_| ())
+            .map_err(SendError::Unencodable)
+    }
+
+    fn linger(&self) -> Duration {
+        self.config.linger
+    }
+
+    /// Frees the memory of empty internal queues. Nothing observable changes; drivers of many
+    /// mostly idle connections call it when the connection is quiet.
+    fn shrink_buffers(&mut self) {
+        if self.in_flight.is_empty() {
+            self.in_flight = VecDeque::new();
+        }
+        self.core.shrink_buffers();
     }
 
     /// Messages queued that were never written because the connection closed first: raw mode
     /// cannot resend them, so the application learns which. Taken once.
-    pub fn take_unsent(&mut self) -> Vec<Bytes> {
-        self.core.take_unsent()
-    }
-
-    /// The next event, if any. Call until `None` after every input.
-    pub fn poll_event(&mut self) -> Option<Event> {
-        self.core.poll_event()
-    }
-}
-
-impl Machine for RawConnection {
-    fn recv_buf(&mut self) -> &mut BytesMut {
-        RawConnection::recv_buf(self)
-    }
     fn take_unsent(&mut self) -> Vec<Bytes> {
-        RawConnection::take_unsent(self)
-    }
-    fn process_input(&mut self, now: Instant) {
-        RawConnection::process_input(self, now)
-    }
-    fn pending_frame_len(&self) -> Option<usize> {
-        RawConnection::pending_frame_len(self)
-    }
-    fn rtt(&self) -> Option<RttEstimate> {
-        RawConnection::rtt(self)
-    }
-    fn handle_eof(&mut self, now: Instant) {
-        RawConnection::handle_eof(self, now)
-    }
-    fn poll_transmit(&mut self, now: Instant) -> Option<Bytes> {
-        RawConnection::poll_transmit(self, now)
-    }
-    fn poll_event(&mut self) -> Option<Event> {
-        RawConnection::poll_event(self)
-    }
-    fn poll_timeout(&self) -> Option<Instant> {
-        RawConnection::poll_timeout(self)
-    }
-    fn handle_timeout(&mut self, now: Instant) {
-        RawConnection::handle_timeout(self, now)
-    }
-    fn send(&mut self, payload: Bytes, now: Instant) -> Result<(), SendError> {
-        RawConnection::send(self, payload, now)
-    }
-    fn close(&mut self, code: CloseCode, reason: &str, now: Instant) {
-        RawConnection::close(self, code, reason, now)
-    }
-    fn abort(&mut self, code: CloseCode, reason: &str, now: Instant) {
-        RawConnection::abort(self, code, reason, now)
-    }
-    fn state(&self) -> State {
-        RawConnection::state(self)
-    }
-    fn is_drained(&self) -> bool {
-        RawConnection::is_drained(self)
-    }
-    fn queued_bytes(&self) -> usize {
-        RawConnection::queued_bytes(self)
-    }
-    fn max_queued_bytes(&self) -> usize {
-        self.config.max_queued_bytes
-    }
-    fn message_cost(&self, len: usize) -> usize {
-        RawConnection::message_cost(self, len)
-    }
-    fn check_message(&self, payload: &[u8]) -> Result<(), SendError> {
-        RawConnection::check_message(self, payload)
-    }
-    fn linger(&self) -> Duration {
-        self.config.linger
-    }
-    fn shrink_buffers(&mut self) {
-        RawConnection::shrink_buffers(self)
+        self.core.take_unsent()
     }
 }

@@ -9,15 +9,17 @@
 //! start and closing is writing what is queued, then shutting the write half down.
 //!
 //! It is driven exactly like the protocol [`Connection`](crate::connection::Connection) (see
-//! [`crate::machine`]): read into [`recv_buf`](RawConnection::recv_buf) and call
-//! [`process_input`](RawConnection::process_input); write what
-//! [`poll_transmit`](RawConnection::poll_transmit) returns; keep one timer at
-//! [`poll_timeout`](RawConnection::poll_timeout); drain [`poll_event`](RawConnection::poll_event).
+//! [`crate::machine`]): read into [`recv_buf`](crate::machine::Machine::recv_buf) and call
+//! [`process_input`](crate::machine::Machine::process_input); write what
+//! [`poll_transmit`](crate::machine::Machine::poll_transmit) returns; keep one timer at
+//! [`poll_timeout`](crate::machine::Machine::poll_timeout); drain
+//! [`poll_event`](crate::machine::Machine::poll_event).
 //!
 //! ```
 //! use std::time::{Duration, Instant};
 //! use bytes::Bytes;
 //! use framelink_proto::connection::Event;
+//! use framelink_proto::machine::Machine;
 //! use framelink_proto::raw::{FrameMatcher, RawConfig, RawConnection};
 //!
 //! // A Netty server framing with a 4-byte big-endian length prefix, which answers "PING" with
@@ -79,7 +81,7 @@
 //!   ping and pong do not bounce it forever.
 //! - **Queue cost**: each queued message counts its payload plus [`FRAME_OVERHEAD`] bytes
 //!   ([`MAX_FRAME_OVERHEAD`], the most any codec puts around a payload), so
-//!   [`queued_bytes`](RawConnection::queued_bytes) never under-counts the bytes to write.
+//!   [`queued_bytes`](crate::machine::Machine::queued_bytes) never under-counts the bytes to write.
 //! - **Zero copy**: payloads over [`COPY_THRESHOLD`] bytes are returned by `poll_transmit` as
 //!   separate chunks (header, payload, trailer); shorter frames are copied into one chunk.
 //!   Received frames are slices of the receive buffer.
@@ -88,11 +90,11 @@
 //!   with [`CloseCode::MessageTooBig`] (frame too long, no delimiter within the limit) or
 //!   [`CloseCode::ProtocolError`], error [`ConnectionError::Framing`]; the frames decoded
 //!   before it are delivered first.
-//! - **Local [`close`](RawConnection::close)**: [`Event::Closed`] is reported at once, queued
-//!   frames are still written, then [`Event::ShutdownWrite`]. The state stays
-//!   [`State::Closing`] (input read and discarded, so the peer's data never turns our close into
-//!   a reset) until the peer's end of stream or [`linger`](RawConfig::linger) after the
-//!   shutdown, then [`State::Closed`].
+//! - **Local [`close`](crate::machine::Machine::close)**: [`Event::Closed`] is reported at once,
+//!   queued frames are still written, then [`Event::ShutdownWrite`]. The state stays
+//!   [`State::Closing`] (input read and discarded, so the peer's data never turns our close into a
+//!   reset) until the peer's end of stream or [`linger`](RawConfig::linger) after the shutdown,
+//!   then [`State::Closed`].
 //! - **Every other close** (dead peer, fatal framing error, end of stream) goes straight to
 //!   [`State::Closed`] and drops queued frames not yet started; a frame already partly handed
 //!   out is always completed, never torn. Then [`Event::ShutdownWrite`] is emitted, except after
