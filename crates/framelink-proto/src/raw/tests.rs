@@ -11,16 +11,9 @@ use crate::connection::{ConnectionError, Event, SendError, State, COALESCE, COPY
 use crate::liveness::IdleKind;
 use crate::liveness::{DeathCause, LivenessConfigError};
 use crate::machine::Machine;
+use crate::tests::util::{data_of as data, events, ms, run_until, secs, transmit_all, Pair};
 use crate::wire::CloseCode;
 use proptest::prelude::*;
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
 
 fn framing(spec: &str) -> Framing {
     spec.parse().unwrap()
@@ -71,28 +64,6 @@ fn encode(spec: &str, payloads: &[&[u8]]) -> Vec<u8> {
     out.to_vec()
 }
 
-fn transmit_all(c: &mut RawConnection, now: Instant) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(b) = c.poll_transmit(now) {
-        out.extend_from_slice(&b);
-    }
-    out
-}
-
-fn events(c: &mut RawConnection) -> Vec<Event> {
-    std::iter::from_fn(|| c.poll_event()).collect()
-}
-
-fn data(events: &[Event]) -> Vec<Bytes> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Data(d) => Some(d.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
 fn closed(events: &[Event]) -> Vec<(CloseCode, bool, Option<ConnectionError>)> {
     events
         .iter()
@@ -113,20 +84,6 @@ fn shutdowns(events: &[Event]) -> usize {
         .iter()
         .filter(|e| matches!(e, Event::ShutdownWrite))
         .count()
-}
-
-/// Handles every timeout up to and including `until`, returning the events and output.
-fn run_until(c: &mut RawConnection, until: Instant) -> (Vec<Event>, Vec<u8>) {
-    let mut ev = Vec::new();
-    let mut out = Vec::new();
-    while let Some(at) = c.poll_timeout().filter(|&at| at <= until) {
-        c.handle_timeout(at);
-        while let Some(b) = c.poll_transmit(at) {
-            out.extend_from_slice(&b);
-        }
-        ev.extend(events(c));
-    }
-    (ev, out)
 }
 
 #[test]
@@ -1143,4 +1100,35 @@ proptest! {
         prop_assert_eq!(closed(&ev).len(), 1);
         prop_assert!(c.is_closed() && c.is_drained());
     }
+}
+
+#[test]
+fn two_raw_peers_keep_each_other_alive_through_the_shared_simulator() {
+    // `a` pings "PING" and expects "PONG"; `b` answers "PING" with "PONG" and pings nothing
+    // (idle-only), so `a`'s pings are all `b` hears while the application is quiet.
+    let t0 = Instant::now();
+    let b_cfg = RawConfig {
+        answer: Some(Answer {
+            matcher: FrameMatcher::exact(&b"PING"[..]),
+            reply: Bytes::from_static(b"PONG"),
+        }),
+        ping_interval: Some(secs(30)),
+        ..config("length:4")
+    };
+    let mut pair = Pair::new(conn(netty(), t0), conn(b_cfg, t0), t0);
+    pair.max_chunk = 3;
+    pair.a.send(Bytes::from_static(b"hello"), t0).unwrap();
+    pair.run_until(t0 + secs(300));
+    assert_eq!(pair.data_b(), vec![Bytes::from_static(b"hello")]);
+    assert!(closed(&pair.ev_a).is_empty() && closed(&pair.ev_b).is_empty());
+    let rtts = pair
+        .ev_a
+        .iter()
+        .filter(|e| matches!(e, Event::Rtt(_)))
+        .count();
+    // A ping every 15 s of quiet, each answered at once.
+    assert_eq!(rtts, 20);
+    assert!(data(&pair.ev_a).is_empty(), "pongs are swallowed");
+    assert_eq!(pair.a.state(), State::Open);
+    assert_eq!(pair.b.state(), State::Open);
 }
