@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
+use super::heartbeat::{Classified, Heartbeats};
 use super::{RawConfig, RawConfigError, FRAME_OVERHEAD};
 use crate::codec::{DecodeError, DecodeErrorKind, FrameDecoder, FrameEncoder, FrameParts, Framing};
 use crate::connection::{
@@ -50,22 +51,14 @@ pub struct RawConnection {
     config: RawConfig,
     /// A fresh copy of the framing: decodes input, encodes output.
     framing: Framing,
-    /// The encoded ping frame, if pings are sent.
-    ping_frame: Option<Bytes>,
-    /// The encoded answer reply frame, if there is an answer rule.
-    reply_frame: Option<Bytes>,
+    /// Ping / pong matching and the control frames pending.
+    heartbeats: Heartbeats,
     /// In idle-only mode, the dead-peer rule reported as [`DeathCause::PeerSilent`].
     silence_limit: Option<Duration>,
     state: State,
     /// Input, keep-alive (always present), idle timeout, send queue, events and counters, shared
     /// with the protocol connection.
     core: ConnectionCore<Queued>,
-    /// A ping to write (its liveness context).
-    ping_pending: Option<[u8; 8]>,
-    /// Our ping was written and no pong has matched it yet.
-    awaiting_pong: Option<[u8; 8]>,
-    /// A reply to the peer's heartbeat is to be written.
-    answer_pending: bool,
     /// The rest of a frame partly handed out by `poll_transmit` (payload, trailer).
     in_flight: VecDeque<Bytes>,
     shutdown: Shutdown,
@@ -90,14 +83,10 @@ impl RawConnection {
         Ok(RawConnection {
             framing: config.framing.reset(),
             config,
-            ping_frame,
-            reply_frame,
+            heartbeats: Heartbeats::new(ping_frame, reply_frame),
             silence_limit,
             state: State::Open,
             core,
-            ping_pending: None,
-            awaiting_pong: None,
-            answer_pending: false,
             in_flight: VecDeque::new(),
             shutdown: Shutdown::No,
         })
@@ -126,32 +115,18 @@ impl RawConnection {
 
     fn on_frame(&mut self, frame: Bytes, now: Instant) {
         self.core.stats.messages_in += 1;
-        let mut heartbeat = false;
-        let mut answered_our_ping = false;
-        if self.config.pong.matches(&frame) {
-            // A pong answers our outstanding ping; without one it is data, unless the user
-            // said the peer sends pongs on its own (`pong_always`).
-            if let Some(context) = self.awaiting_pong.take() {
-                heartbeat = !self.config.pong.is_any();
-                answered_our_ping = true;
-                let sample = self
-                    .core
-                    .liveness
-                    .as_mut()
-                    .and_then(|lv| lv.on_pong(context, now));
-                if let Some(sample) = sample {
-                    self.core.events.push_back(Event::Rtt(sample));
-                }
-            } else if self.config.pong_always {
-                heartbeat = !self.config.pong.is_any();
-            }
-        }
-        if let Some(answer) = &self.config.answer {
-            if answer.matcher.matches(&frame) {
-                heartbeat |= !answer.matcher.is_any();
-                if !answered_our_ping {
-                    self.answer_pending = true;
-                }
+        let Classified {
+            heartbeat,
+            pong_for,
+        } = self.heartbeats.classify(&self.config, &frame);
+        if let Some(context) = pong_for {
+            let sample = self
+                .core
+                .liveness
+                .as_mut()
+                .and_then(|lv| lv.on_pong(context, now));
+            if let Some(sample) = sample {
+                self.core.events.push_back(Event::Rtt(sample));
             }
         }
         if !heartbeat {
@@ -214,8 +189,8 @@ impl RawConnection {
         while let Some(event) = self.core.poll_liveness() {
             match event {
                 LivenessEvent::SendPing { context } => {
-                    if self.state == State::Open && self.ping_frame.is_some() {
-                        self.ping_pending = Some(context);
+                    if self.state == State::Open && self.heartbeats.pings() {
+                        self.heartbeats.ping_due(context);
                     }
                 }
                 // Reported by the core.
@@ -257,9 +232,7 @@ impl RawConnection {
         self.state = State::Closed;
         self.core.clear_input();
         self.core.drop_queue();
-        self.ping_pending = None;
-        self.awaiting_pong = None;
-        self.answer_pending = false;
+        self.heartbeats.clear();
         self.maybe_shutdown(now);
     }
 }
@@ -362,17 +335,8 @@ impl Machine for RawConnection {
             return None;
         }
         if self.state == State::Open {
-            if self.answer_pending {
-                self.answer_pending = false;
-                if let Some(frame) = self.reply_frame.clone() {
-                    return Some(self.control(frame, now));
-                }
-            }
-            if let Some(context) = self.ping_pending.take() {
-                if let Some(frame) = self.ping_frame.clone() {
-                    self.awaiting_pong = Some(context);
-                    return Some(self.control(frame, now));
-                }
+            if let Some(frame) = self.heartbeats.next_frame() {
+                return Some(self.control(frame, now));
             }
         }
         let data_allowed = self.state == State::Open || self.shutdown == Shutdown::AfterQueue;
@@ -532,8 +496,7 @@ impl Machine for RawConnection {
             .report_closed(code, reason.to_owned(), false, None);
         self.state = State::Closing;
         self.core.stop_input();
-        self.ping_pending = None;
-        self.answer_pending = false;
+        self.heartbeats.stop_sending();
         self.shutdown = Shutdown::AfterQueue;
         self.maybe_shutdown(now);
     }

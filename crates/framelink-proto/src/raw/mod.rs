@@ -109,18 +109,19 @@
 //!   every input. The send queue is bounded by [`max_queued_bytes`](RawConfig::max_queued_bytes);
 //!   control frames are at most one ping and one reply.
 //!
-//! Files: `config.rs` ([`RawConfig`], validation), `matcher.rs` ([`FrameMatcher`], [`Answer`]),
+//! Files: `config.rs` ([`RawConfig`], validation), `heartbeat.rs` (ping / pong matching: [`FrameMatcher`], [`Answer`], the
+//! heartbeat state),
 //! `connection.rs` ([`RawConnection`], the machine), `tests.rs`.
 
 mod config;
 mod connection;
-mod matcher;
+mod heartbeat;
 #[cfg(test)]
 mod tests;
 
 pub use config::{RawConfig, RawConfigError, FRAME_OVERHEAD};
 pub use connection::RawConnection;
-pub use matcher::{Answer, FrameMatcher, FramePredicate};
+pub use heartbeat::{Answer, FrameMatcher, FramePredicate};
 
 // Names the module documentation above links to.
 #[cfg(doc)]
