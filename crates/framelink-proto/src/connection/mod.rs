@@ -130,6 +130,20 @@ struct PendingClose {
     after_data: bool,
 }
 
+/// Where our own CLOSE is: one state, with what each state needs.
+#[derive(Debug, Clone)]
+enum OurClose {
+    /// No close of ours asked for.
+    None,
+    /// A local close asked for during the handshake with DATA queued: carried out once the
+    /// peer's HELLO is accepted, so that the queued DATA goes out before our CLOSE.
+    Deferred { code: CloseCode, reason: String },
+    /// Our CLOSE is to be written.
+    Pending(PendingClose),
+    /// Our CLOSE was transmitted at this instant.
+    Sent(Instant),
+}
+
 /// One protocol v1 connection. See the [module documentation](self).
 #[derive(Debug)]
 pub struct Connection {
@@ -145,11 +159,7 @@ pub struct Connection {
     ping: Option<[u8; 8]>,
     /// The payload of a DATA message whose header was already transmitted.
     partial: Option<Bytes>,
-    close: Option<PendingClose>,
-    /// A local close asked for during the handshake with DATA queued: carried out once the
-    /// peer's HELLO is accepted, so that the queued DATA goes out before our CLOSE.
-    deferred_close: Option<(CloseCode, String)>,
-    close_sent_at: Option<Instant>,
+    our_close: OurClose,
     /// Boxed: most connections have none, and this keeps their footprint small.
     session: Option<Box<SessionLink>>,
     /// Accepting side with sessions: the nonce our offer carried, that a resume's proof must
@@ -183,9 +193,7 @@ impl Connection {
             pong: None,
             ping: None,
             partial: None,
-            close: None,
-            deferred_close: None,
-            close_sent_at: None,
+            our_close: OurClose::None,
             session: None,
             offer_nonce: None,
         })
@@ -411,7 +419,9 @@ impl Connection {
                 });
             }
         }
-        if let Some((code, reason)) = self.deferred_close.take() {
+        if let OurClose::Deferred { code, reason } =
+            std::mem::replace(&mut self.our_close, OurClose::None)
+        {
             self.close(code, &reason, now);
         }
     }
@@ -442,8 +452,8 @@ impl Connection {
         }
         self.core.stop_input();
         self.core.report_closed(code, reason, true, None);
-        if self.close.is_none() && self.close_sent_at.is_none() {
-            self.close = Some(PendingClose {
+        if matches!(self.our_close, OurClose::None | OurClose::Deferred { .. }) {
+            self.our_close = OurClose::Pending(PendingClose {
                 code,
                 reason: String::new(),
                 after_data: false,
@@ -548,16 +558,16 @@ impl Connection {
         self.core.drop_queue();
         self.pong = None;
         self.ping = None;
-        match &mut self.close {
-            Some(pending) => pending.after_data = false,
-            None if self.close_sent_at.is_none() => {
-                self.close = Some(PendingClose {
+        match &mut self.our_close {
+            OurClose::Pending(pending) => pending.after_data = false,
+            OurClose::None | OurClose::Deferred { .. } => {
+                self.our_close = OurClose::Pending(PendingClose {
                     code,
                     reason,
                     after_data: false,
                 })
             }
-            None => {}
+            OurClose::Sent(_) => {}
         }
         match self.state {
             State::Handshaking | State::Open if !closed => self.state = State::Closing,
@@ -582,7 +592,7 @@ impl Connection {
         self.core.drop_queue();
         self.pong = None;
         self.ping = None;
-        if let Some(close) = &mut self.close {
+        if let OurClose::Pending(close) = &mut self.our_close {
             close.after_data = false;
         }
     }
@@ -654,7 +664,7 @@ impl Machine for Connection {
 
     /// The next bytes to write, if any. Call until `None` after every input.
     fn poll_transmit(&mut self, now: Instant) -> Option<Bytes> {
-        if self.close_sent_at.is_some() {
+        if matches!(self.our_close, OurClose::Sent(_)) {
             return None;
         }
         if let Some(payload) = self.partial.take() {
@@ -694,24 +704,29 @@ impl Machine for Connection {
         }
         let handshake_done = self.peer.is_some();
         let data_allowed = handshake_done
-            && match (&self.close, self.state) {
-                (None, State::Open) => true,
-                (Some(c), State::Closing) => c.after_data,
+            && match (&self.our_close, self.state) {
+                (OurClose::None | OurClose::Deferred { .. }, State::Open) => true,
+                (OurClose::Pending(c), State::Closing) => c.after_data,
                 _ => false,
             };
-        if self.close.is_some() && (!data_allowed || !self.has_pending_data()) {
+        if matches!(self.our_close, OurClose::Pending(_))
+            && (!data_allowed || !self.has_pending_data())
+        {
             // Let the peer release what we delivered before the session pauses or ends.
             if let Some(ack) = self.take_ack(now, true) {
                 self.encode(&ack, &mut buf, now);
                 return self.out(buf);
             }
-            let close = self.close.take().expect("checked above");
+            let OurClose::Pending(close) =
+                std::mem::replace(&mut self.our_close, OurClose::Sent(now))
+            else {
+                unreachable!("checked above");
+            };
             let message = Message::Close {
                 code: close.code,
                 reason: close.reason,
             };
             self.encode(&message, &mut buf, now);
-            self.close_sent_at = Some(now);
             self.core.drop_queue();
             self.core.events.push_back(Event::ShutdownWrite);
             return self.out(buf);
@@ -808,9 +823,9 @@ impl Machine for Connection {
                 .flatten()
                 .min()
             }
-            State::Closing => match self.close_sent_at {
-                Some(at) => Some(at.checked_add(self.config.linger).unwrap_or(at)),
-                None => self.core.liveness_timeout(),
+            State::Closing => match self.our_close {
+                OurClose::Sent(at) => Some(at.checked_add(self.config.linger).unwrap_or(at)),
+                _ => self.core.liveness_timeout(),
             },
             State::Closed => None,
         }
@@ -850,13 +865,13 @@ impl Machine for Connection {
                     self.close(CloseCode::Idle, &reason, now);
                 }
             }
-            State::Closing => match self.close_sent_at {
-                Some(at) if now >= at.checked_add(self.config.linger).unwrap_or(at) => {
+            State::Closing => match self.our_close {
+                OurClose::Sent(at) if now >= at.checked_add(self.config.linger).unwrap_or(at) => {
                     self.core.stop_input();
                     self.enter_closed();
                 }
-                Some(_) => {}
-                None => {
+                OurClose::Sent(_) => {}
+                _ => {
                     self.core.handle_liveness_timeout(now);
                     self.drain_liveness(now);
                 }
@@ -931,8 +946,12 @@ impl Machine for Connection {
         }
         if self.state == State::Handshaking && !self.core.queue.is_empty() {
             // DATA may only go out once the peer's HELLO is accepted: close after that.
-            self.deferred_close
-                .get_or_insert_with(|| (code, reason.to_string()));
+            if !matches!(self.our_close, OurClose::Deferred { .. }) {
+                self.our_close = OurClose::Deferred {
+                    code,
+                    reason: reason.to_string(),
+                };
+            }
             return;
         }
         let code = CloseCode::from_u16(code.as_u16());
@@ -941,7 +960,7 @@ impl Machine for Connection {
         }
         let reason = truncate(reason);
         self.core.report_closed(code, reason.clone(), false, None);
-        self.close = Some(PendingClose {
+        self.our_close = OurClose::Pending(PendingClose {
             code,
             reason,
             after_data: true,
@@ -974,8 +993,10 @@ impl Machine for Connection {
     /// Nothing will ever come out of [`poll_transmit`](Machine::poll_transmit)
     /// again: our CLOSE was transmitted, or the connection closed without one to send.
     fn is_drained(&self) -> bool {
-        self.close_sent_at.is_some()
-            || (self.state == State::Closed && self.close.is_none() && self.partial.is_none())
+        matches!(self.our_close, OurClose::Sent(_))
+            || (self.state == State::Closed
+                && !matches!(self.our_close, OurClose::Pending(_))
+                && self.partial.is_none())
     }
 
     /// Bytes of DATA queued (payload + 5 per message), counting against
