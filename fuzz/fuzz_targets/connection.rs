@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use framelink_fuzz::Input;
 use framelink_proto::connection::{Connection, ConnectionConfig, Event};
+use framelink_proto::machine::Machine;
 use framelink_proto::session::{Session, SessionConfig};
 use framelink_proto::wire::{CloseCode, MIN_MAX_MESSAGE_LEN};
 use libfuzzer_sys::fuzz_target;

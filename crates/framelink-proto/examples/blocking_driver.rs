@@ -42,6 +42,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use framelink_proto::connection::{Connection, ConnectionConfig, Event};
+use framelink_proto::machine::Machine;
 use framelink_proto::wire::CloseCode;
 
 /// Drives `conn` over `stream` until it is closed, handing every event to `app`, which may

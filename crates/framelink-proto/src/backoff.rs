@@ -249,11 +249,8 @@ fn from_nanos(nanos: u128) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tests::util::ms;
     use proptest::prelude::*;
-
-    fn ms(n: u64) -> Duration {
-        Duration::from_millis(n)
-    }
 
     fn backoff(f: impl FnOnce(&mut BackoffConfig)) -> Backoff {
         let mut cfg = BackoffConfig::default();

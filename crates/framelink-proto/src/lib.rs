@@ -38,4 +38,7 @@ pub mod raw;
 pub mod session;
 pub mod wire;
 
+#[cfg(test)]
+mod tests;
+
 pub use codec::{FrameDecoder, FrameEncoder, Framing};

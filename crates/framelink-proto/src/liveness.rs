@@ -775,15 +775,8 @@ impl Liveness {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tests::util::{ms, secs};
     use proptest::prelude::*;
-
-    fn ms(n: u64) -> Duration {
-        Duration::from_millis(n)
-    }
-
-    fn secs(n: u64) -> Duration {
-        Duration::from_secs(n)
-    }
 
     /// Pinging config with no other feature.
     fn pinging(interval: Duration, timeout: Duration) -> LivenessConfig {

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::connection::{Connection, Event, SendError, State};
+#[cfg(doc)]
+use crate::connection::Connection;
+use crate::connection::{Event, SendError, State};
 use crate::liveness::RttEstimate;
 use crate::session::Session;
 use crate::wire::CloseCode;
@@ -75,111 +77,26 @@ pub trait Machine {
     /// quiet. Changes nothing observable.
     fn shrink_buffers(&mut self) {}
     /// Accepting side: answers [`Event::SessionRequest`] (see
-    /// [`Connection::attach_session`]): a session it does not take is handed back as `Err`.
+    /// [`Connection::attach_session`](Self::attach_session)): a session it does not take is handed back as `Err`.
     /// Machines without sessions take none.
     fn attach_session(&mut self, found: Option<Session>, _now: Instant) -> Result<(), Session> {
         found.map_or(Ok(()), Err)
     }
     /// Accepting side: refuses the session [`Event::SessionRequest`] asked for (see
-    /// [`Connection::refuse_session`]). Machines without sessions ignore it.
+    /// [`Connection::refuse_session`](Self::refuse_session)). Machines without sessions ignore it.
     fn refuse_session(&mut self, _reason: &str, _now: Instant) {}
     /// Messages queued that were never written because the connection closed first (see
-    /// [`Connection::take_unsent`]); taken once.
+    /// [`Connection::take_unsent`](Self::take_unsent)); taken once.
     fn take_unsent(&mut self) -> Vec<Bytes> {
         Vec::new()
     }
-    /// The session while one is attached (see [`Connection::session`]).
+    /// The session while one is attached (see [`Connection::session`](Self::session)).
     fn session(&self) -> Option<&Session> {
         None
     }
     /// The session to carry over once the connection is closed (see
-    /// [`Connection::take_session`]). Machines without sessions have none.
+    /// [`Connection::take_session`](Self::take_session)). Machines without sessions have none.
     fn take_session(&mut self) -> Option<Session> {
         None
-    }
-}
-
-impl Machine for Connection {
-    fn recv_buf(&mut self) -> &mut BytesMut {
-        Connection::recv_buf(self)
-    }
-    fn process_input(&mut self, now: Instant) {
-        Connection::process_input(self, now)
-    }
-    fn pending_frame_len(&self) -> Option<usize> {
-        Connection::pending_frame_len(self)
-    }
-    fn rtt(&self) -> Option<RttEstimate> {
-        Connection::rtt(self)
-    }
-    fn handle_eof(&mut self, now: Instant) {
-        Connection::handle_eof(self, now)
-    }
-    fn poll_transmit(&mut self, now: Instant) -> Option<Bytes> {
-        Connection::poll_transmit(self, now)
-    }
-    fn poll_event(&mut self) -> Option<Event> {
-        Connection::poll_event(self)
-    }
-    fn poll_timeout(&self) -> Option<Instant> {
-        Connection::poll_timeout(self)
-    }
-    fn handle_timeout(&mut self, now: Instant) {
-        Connection::handle_timeout(self, now)
-    }
-    fn send(&mut self, payload: Bytes, now: Instant) -> Result<(), SendError> {
-        Connection::send(self, payload, now)
-    }
-    fn close(&mut self, code: CloseCode, reason: &str, now: Instant) {
-        Connection::close(self, code, reason, now)
-    }
-    fn abort(&mut self, code: CloseCode, reason: &str, now: Instant) {
-        Connection::abort(self, code, reason, now)
-    }
-    fn state(&self) -> State {
-        Connection::state(self)
-    }
-    fn is_drained(&self) -> bool {
-        Connection::is_drained(self)
-    }
-    fn queued_bytes(&self) -> usize {
-        Connection::queued_bytes(self)
-    }
-    fn max_queued_bytes(&self) -> usize {
-        self.config().max_queued_bytes
-    }
-    fn message_cost(&self, len: usize) -> usize {
-        Connection::message_cost(self, len)
-    }
-    fn check_message(&self, payload: &[u8]) -> Result<(), SendError> {
-        let max = self.peer_hello().map_or(u32::MAX, |h| h.max_message_len);
-        if payload.len() as u64 + 1 > u64::from(max) {
-            return Err(SendError::TooBig {
-                len: payload.len(),
-                max,
-            });
-        }
-        Ok(())
-    }
-    fn linger(&self) -> Duration {
-        self.config().linger
-    }
-    fn shrink_buffers(&mut self) {
-        Connection::shrink_buffers(self)
-    }
-    fn attach_session(&mut self, found: Option<Session>, now: Instant) -> Result<(), Session> {
-        Connection::attach_session(self, found, now)
-    }
-    fn refuse_session(&mut self, reason: &str, now: Instant) {
-        Connection::refuse_session(self, reason, now)
-    }
-    fn take_session(&mut self) -> Option<Session> {
-        Connection::take_session(self)
-    }
-    fn session(&self) -> Option<&Session> {
-        Connection::session(self)
-    }
-    fn take_unsent(&mut self) -> Vec<Bytes> {
-        Connection::take_unsent(self)
     }
 }

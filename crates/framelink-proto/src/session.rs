@@ -12,8 +12,8 @@
 //!
 //! The protocol [`Connection`](crate::connection::Connection) drives a session while it is
 //! attached: [`Connection::with_session`](crate::connection::Connection::with_session) on the
-//! connecting side, [`Connection::attach_session`](crate::connection::Connection::attach_session)
-//! on the accepting side, and [`Connection::take_session`](crate::connection::Connection::take_session)
+//! connecting side, [`Connection::attach_session`](crate::machine::Machine::attach_session)
+//! on the accepting side, and [`Connection::take_session`](crate::machine::Machine::take_session)
 //! to get it back after the connection closed, to keep it for the next one (or in a
 //! [`SessionStore`] on the accepting side). Like everything in this crate it does no I/O and
 //! reads no clock.
@@ -331,7 +331,7 @@ impl Session {
 #[derive(Debug)]
 pub enum Resolution {
     /// The requester proved the session: attach it
-    /// ([`Connection::attach_session`](crate::connection::Connection::attach_session) with it).
+    /// ([`Connection::attach_session`](crate::machine::Machine::attach_session) with it).
     Resume(Session),
     /// No such session: attach a new one (`attach_session(None)`).
     New,
@@ -339,7 +339,7 @@ pub enum Resolution {
     /// attach a new one, and report this one's unacknowledged messages as lost.
     Replace(Session),
     /// Refuse the request
-    /// ([`Connection::refuse_session`](crate::connection::Connection::refuse_session)) with
+    /// ([`Connection::refuse_session`](crate::machine::Machine::refuse_session)) with
     /// this reason; nothing changed.
     Refuse(&'static str),
 }

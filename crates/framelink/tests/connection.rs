@@ -2,6 +2,7 @@
 //! through the chaos proxy blackholing the link, abrupt socket close, graceful close from either side, RTT
 //! samples, send budget. Timing assertions are upper bounds with generous margins.
 
+use framelink::proto::machine::Machine;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;

@@ -13,6 +13,7 @@
 //! Waits are for events or counters, bounded by [`DEADLINE`]; nothing depends on how fast the
 //! machine is.
 
+use framelink::proto::machine::Machine;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

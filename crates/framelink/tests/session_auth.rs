@@ -13,6 +13,7 @@ use framelink::connection::{Event as ServerEvent, ResumeStatus};
 use framelink::server::{Server, ServerConfig, ServerSessions};
 use framelink_proto::auth::SessionSecret;
 use framelink_proto::connection::{Connection, ConnectionConfig, Event};
+use framelink_proto::machine::Machine;
 use framelink_proto::session::{Session, SessionConfig};
 use framelink_proto::wire::{CloseCode, Message, WireCodec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -26,6 +26,7 @@
 //! `VmRSS` from `/proc/self/status` after binding (the baseline: runtime and binary) and after
 //! the attack, with the budget's own counters (`ServerStats`). Each attack is bounded to 50 s.
 
+use framelink::proto::machine::Machine;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};

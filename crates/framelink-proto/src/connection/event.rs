@@ -25,7 +25,8 @@ pub enum State {
     /// We decided to close: only our CLOSE (after queued DATA, for a local graceful close) is
     /// still written; input other than CLOSE is discarded.
     Closing,
-    /// Finished. A pending CLOSE may still come out of [`Connection::poll_transmit`].
+    /// Finished. A pending CLOSE may still come out of
+    /// [`Connection::poll_transmit`](crate::machine::Machine::poll_transmit).
     Closed,
 }
 
@@ -106,7 +107,8 @@ pub enum ConnectionError {
     },
 }
 
-/// What a [`Connection`] reports, drained with [`Connection::poll_event`].
+/// What a [`Connection`] reports, drained with
+/// [`Connection::poll_event`](crate::machine::Machine::poll_event).
 ///
 /// Exhaustive on purpose: a driver matches every variant, so a new event is a compile error
 /// in each driver rather than something that silently vanishes.
@@ -144,25 +146,27 @@ pub enum Event {
         /// What went wrong, if anything did.
         error: Option<ConnectionError>,
     },
-    /// Our CLOSE was just returned by [`Connection::poll_transmit`]: after writing it, shut down
-    /// the write half. Nothing more will be transmitted.
+    /// Our CLOSE was just returned by
+    /// [`Connection::poll_transmit`](crate::machine::Machine::poll_transmit): after writing it,
+    /// shut down the write half. Nothing more will be transmitted.
     ShutdownWrite,
     /// Raw mode: the framing skipped bad input and carries on (an oversize frame under the
     /// `discard` policy, garbage before a magic). The frames around it are delivered.
     FrameDiscarded(DecodeError),
     /// Accepting side: the peer asks for session `id` and has delivered our messages up to
-    /// `peer_delivered`. Answer with [`Connection::attach_session`] (the detached session, if
-    /// it is kept, or `None`); nothing else flows on the session until then.
+    /// `peer_delivered`. Answer with
+    /// [`Connection::attach_session`](crate::machine::Machine::attach_session) (the detached
+    /// session, if it is kept, or `None`); nothing else flows on the session until then.
     SessionRequest {
         /// The session id from the peer's HELLO.
         id: [u8; 16],
         /// The peer's announced `delivered`.
         peer_delivered: u64,
-        /// The peer's proof that it holds the session's secret (it asks to resume), or `None`
-        /// (it holds no secret: a new session, or one whose RESUME never reached it). Hand over
-        /// a kept session only if the proof [verifies](ResumeProof::verify) against its
-        /// secret; without a proof, only a session that is [`Session::unproven`] may be
-        /// replaced by a new one; otherwise [`Connection::refuse_session`].
+        /// The peer's proof that it holds the session's secret (it asks to resume), or `None` (it
+        /// holds no secret: a new session, or one whose RESUME never reached it). Hand over a kept
+        /// session only if the proof [verifies](ResumeProof::verify) against its secret; without a
+        /// proof, only a session that is [`Session::unproven`] may be replaced by a new one;
+        /// otherwise [`Connection::refuse_session`](crate::machine::Machine::refuse_session).
         proof: Option<ResumeProof>,
     },
     /// The session is running on this connection (after the RESUME).
@@ -185,7 +189,7 @@ pub enum Event {
     },
 }
 
-/// Why [`Connection::send`] refused a message.
+/// Why [`Connection::send`](crate::machine::Machine::send) refused a message.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
 pub enum SendError {
@@ -221,7 +225,7 @@ pub enum SendError {
 pub struct Stats {
     /// Bytes received (fed in).
     pub bytes_in: u64,
-    /// Bytes handed out by [`Connection::poll_transmit`].
+    /// Bytes handed out by [`Connection::poll_transmit`](crate::machine::Machine::poll_transmit).
     pub bytes_out: u64,
     /// Complete messages received, of any type.
     pub messages_in: u64,

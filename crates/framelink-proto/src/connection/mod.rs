@@ -4,27 +4,34 @@
 //! quinn-proto's `Connection`: it owns no socket and reads no clock. The driver (the tokio layer,
 //! a test, a simulator) feeds it
 //!
-//! - received bytes: read into [`Connection::recv_buf`] then call [`Connection::process_input`]
-//!   (or hand a slice to [`Connection::handle_input`]); end of stream with
-//!   [`Connection::handle_eof`];
-//! - timer expiries: keep **one** timer at [`Connection::poll_timeout`] and call
-//!   [`Connection::handle_timeout`] when it fires (early or spurious calls are harmless);
+//! - received bytes: read into [`Connection::recv_buf`](Machine::recv_buf) then
+//!   call [`Connection::process_input`](Machine::process_input) (or hand a slice to
+//!   [`Connection::handle_input`]); end of stream with
+//!   [`Connection::handle_eof`](Machine::handle_eof);
+//! - timer expiries: keep **one** timer at
+//!   [`Connection::poll_timeout`](Machine::poll_timeout) and call
+//!   [`Connection::handle_timeout`](Machine::handle_timeout) when it fires (early
+//!   or spurious calls are harmless);
 //!
 //! and takes out
 //!
-//! - bytes to write: call [`Connection::poll_transmit`] until it returns `None`;
-//! - events: call [`Connection::poll_event`] until it returns `None`.
+//! - bytes to write: call [`Connection::poll_transmit`](Machine::poll_transmit)
+//!   until it returns `None`;
+//! - events: call [`Connection::poll_event`](Machine::poll_event) until it returns
+//!   `None`.
 //!
-//! After every input (bytes, timeout, [`send`](Connection::send), [`close`](Connection::close)),
-//! drain both and re-arm the timer. When [`Event::ShutdownWrite`] comes out, our CLOSE has been
-//! handed over by `poll_transmit`: write it, then shut down the write half (TCP FIN) and keep
-//! reading. Drop the socket once [`Connection::is_closed`] and [`Connection::is_drained`] both
-//! hold.
+//! After every input (bytes, timeout, [`send`](Machine::send),
+//! [`close`](Machine::close)), drain both and re-arm the timer. When
+//! [`Event::ShutdownWrite`] comes out, our CLOSE has been handed over by `poll_transmit`: write it,
+//! then shut down the write half (TCP FIN) and keep reading. Drop the socket once
+//! [`Connection::is_closed`](Machine::is_closed) and
+//! [`Connection::is_drained`](Machine::is_drained) both hold.
 //!
 //! ```
 //! use std::time::Instant;
 //! use bytes::Bytes;
 //! use framelink_proto::connection::{Connection, ConnectionConfig, Event};
+//! use framelink_proto::machine::Machine;
 //!
 //! let t0 = Instant::now();
 //! let mut a = Connection::new(ConnectionConfig::default(), t0).unwrap();
@@ -58,8 +65,9 @@
 //! - **Sending before the handshake** is allowed: DATA is queued and written once the peer's
 //!   HELLO has been accepted (section 4.3). If the peer's `max_message_len` then turns out too
 //!   small for a queued message, that message is dropped with [`Event::MessageDropped`].
-//! - **Local [`close`](Connection::close)** is graceful: DATA queued before it is still written,
-//!   then CLOSE. Every other close (errors, timeouts, peer CLOSE) discards queued DATA.
+//! - **Local [`close`](Machine::close)** is graceful: DATA queued before it is
+//!   still written, then CLOSE. Every other close (errors, timeouts, peer CLOSE) discards queued
+//!   DATA.
 //! - **Peer CLOSE**: we answer with a CLOSE carrying the same code (unless we had sent one).
 //! - **After our CLOSE** we keep reading and discard everything but CLOSE, until the peer's
 //!   CLOSE, end of stream or [`linger`](ConnectionConfig::linger) after our CLOSE went out.
@@ -81,24 +89,28 @@ use crate::auth::{
     random_bytes, random_nonce, resume_proof, ResumeProof, SessionSecret, PROOF_LEN,
 };
 use crate::liveness::{Liveness, LivenessEvent, PingAction, RttEstimate};
+use crate::machine::Machine;
 use crate::session::{Received, Session, SessionConfig, SDATA_OVERHEAD};
 use crate::wire::{
     negotiate_version, CloseCode, Hello, Message, ResumeStatus, SessionHello, Violation, WireCodec,
     WireError, MAX_CLOSE_REASON, MIN_MAX_MESSAGE_LEN, PROTOCOL_VERSION,
 };
 
+mod common;
 mod config;
 mod event;
 mod session_link;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use common::ConnectionCore;
 pub use config::{ConfigError, ConnectionConfig, DEFAULT_FRAME_TIMEOUT};
 pub use event::{ConnectionError, Event, SendError, State, Stats};
 use session_link::SessionLink;
 
-/// DATA payloads longer than this are written without copying (header and payload as two
-/// separate [`Connection::poll_transmit`] results); shorter ones are copied into one buffer.
+/// DATA payloads longer than this are written without copying (header and payload as two separate
+/// [`Connection::poll_transmit`](Machine::poll_transmit) results); shorter ones are
+/// copied into one buffer.
 pub const COPY_THRESHOLD: usize = 1024;
 /// Small messages are packed into one transmit chunk up to this size.
 pub(crate) const COALESCE: usize = 16 * 1024;
@@ -118,6 +130,20 @@ struct PendingClose {
     after_data: bool,
 }
 
+/// Where our own CLOSE is: one state, with what each state needs.
+#[derive(Debug, Clone)]
+enum OurClose {
+    /// No close of ours asked for.
+    None,
+    /// A local close asked for during the handshake with DATA queued: carried out once the
+    /// peer's HELLO is accepted, so that the queued DATA goes out before our CLOSE.
+    Deferred { code: CloseCode, reason: String },
+    /// Our CLOSE is to be written.
+    Pending(PendingClose),
+    /// Our CLOSE was transmitted at this instant.
+    Sent(Instant),
+}
+
 /// One protocol v1 connection. See the [module documentation](self).
 #[derive(Debug)]
 pub struct Connection {
@@ -127,37 +153,18 @@ pub struct Connection {
     hello_sent: bool,
     handshake_deadline: Instant,
     peer: Option<Hello>,
-    liveness: Option<Liveness>,
-    recv: BytesMut,
-    /// `recv.len()` after the last processing: anything beyond is new.
-    recv_seen: usize,
-    /// When the first byte of the partial message at the front of `recv` arrived.
-    frame_started: Option<Instant>,
-    /// Stop decoding input (after a protocol error, a CLOSE, or end of stream).
-    input_done: bool,
+    /// Input, keep-alive, idle timeout, DATA queue, events and counters, shared with raw mode.
+    core: ConnectionCore<Bytes>,
     pong: Option<Bytes>,
     ping: Option<[u8; 8]>,
-    data: VecDeque<Bytes>,
-    queued_bytes: usize,
     /// The payload of a DATA message whose header was already transmitted.
     partial: Option<Bytes>,
-    close: Option<PendingClose>,
-    /// A local close asked for during the handshake with DATA queued: carried out once the
-    /// peer's HELLO is accepted, so that the queued DATA goes out before our CLOSE.
-    deferred_close: Option<(CloseCode, String)>,
-    close_sent_at: Option<Instant>,
-    /// The last DATA in either direction (or the handshake): the idle timeout counts from it.
-    last_data: Instant,
-    closed_reported: bool,
-    events: VecDeque<Event>,
-    stats: Stats,
+    our_close: OurClose,
     /// Boxed: most connections have none, and this keeps their footprint small.
     session: Option<Box<SessionLink>>,
     /// Accepting side with sessions: the nonce our offer carried, that a resume's proof must
     /// be bound to.
     offer_nonce: Option<[u8; 16]>,
-    /// DATA the application queued that was never written: the connection closed first.
-    unsent: Vec<Bytes>,
 }
 
 impl Connection {
@@ -174,6 +181,7 @@ impl Connection {
             .checked_add(config.handshake_timeout)
             .or_else(|| now.checked_add(Duration::from_secs(86_400)))
             .unwrap_or(now);
+        let core = ConnectionCore::new(now, None, config.frame_timeout, config.idle_timeout);
         Ok(Connection {
             config,
             codec,
@@ -181,33 +189,20 @@ impl Connection {
             hello_sent: false,
             handshake_deadline,
             peer: None,
-            liveness: None,
-            recv: BytesMut::new(),
-            recv_seen: 0,
-            frame_started: None,
-            input_done: false,
+            core,
             pong: None,
             ping: None,
-            data: VecDeque::new(),
-            queued_bytes: 0,
             partial: None,
-            close: None,
-            deferred_close: None,
-            close_sent_at: None,
-            last_data: now,
-            closed_reported: false,
-            events: VecDeque::new(),
-            stats: Stats::default(),
+            our_close: OurClose::None,
             session: None,
             offer_nonce: None,
-            unsent: Vec::new(),
         })
     }
 
     /// A connection (connecting side) that asks the peer for `session`: a fresh one
     /// ([`Session::new`] with a random id), or the one a previous connection gave back with
-    /// [`take_session`](Self::take_session). Messages sent on it are numbered, kept until the
-    /// peer acknowledges them, and resent after a reconnect; see [`crate::session`].
+    /// [`take_session`](Machine::take_session). Messages sent on it are numbered,
+    /// kept until the peer acknowledges them, and resent after a reconnect; see [`crate::session`].
     pub fn with_session(
         config: ConnectionConfig,
         session: Session,
@@ -219,24 +214,7 @@ impl Connection {
         Ok(connection)
     }
 
-    /// Messages the application queued that were never written because the connection closed
-    /// first (outside a session: a session keeps them for the next connection). They did not
-    /// reach the peer; taken once.
-    pub fn take_unsent(&mut self) -> Vec<Bytes> {
-        std::mem::take(&mut self.unsent)
-    }
-
-    /// The session's state, while one is attached.
-    pub fn session(&self) -> Option<&Session> {
-        self.session.as_ref()?.state.as_ref()
-    }
-
     // ---- accessors ----
-
-    /// The current state.
-    pub fn state(&self) -> State {
-        self.state
-    }
 
     /// The configuration.
     pub fn config(&self) -> &ConnectionConfig {
@@ -248,184 +226,31 @@ impl Connection {
         self.peer.as_ref()
     }
 
-    /// Round-trip-time estimate from PING / PONG pairs.
-    pub fn rtt(&self) -> Option<RttEstimate> {
-        self.liveness.as_ref().and_then(Liveness::rtt)
-    }
-
     /// Counters.
     pub fn stats(&self) -> Stats {
-        self.stats
-    }
-
-    /// Bytes of DATA queued (payload + 5 per message), counting against
-    /// [`ConnectionConfig::max_queued_bytes`].
-    pub fn queued_bytes(&self) -> usize {
-        let session = self
-            .session
-            .as_ref()
-            .and_then(|l| l.state.as_ref())
-            .map_or(0, Session::buffered_bytes);
-        self.queued_bytes + session
-    }
-
-    /// What a message of `len` payload bytes counts against
-    /// [`ConnectionConfig::max_queued_bytes`]: its framing, plus its sequence number when
-    /// sessions are (or may be) in use.
-    pub fn message_cost(&self, len: usize) -> usize {
-        if self.session.is_some() || self.config.sessions.is_some() {
-            len.saturating_add(SDATA_OVERHEAD)
-        } else {
-            len.saturating_add(DATA_OVERHEAD)
-        }
-    }
-
-    /// The protocol is finished ([`State::Closed`]).
-    pub fn is_closed(&self) -> bool {
-        self.state == State::Closed
-    }
-
-    /// Frees the memory of empty internal queues (events, outgoing DATA, keep-alive events).
-    /// Nothing observable changes; a driver of many mostly idle connections calls it when the
-    /// connection has been quiet (e.g. when its timer fires) to keep their footprint small.
-    pub fn shrink_buffers(&mut self) {
-        if self.events.is_empty() {
-            self.events = VecDeque::new();
-        }
-        if self.data.is_empty() {
-            self.data = VecDeque::new();
-        }
-        if let Some(lv) = &mut self.liveness {
-            lv.shrink_buffers();
-        }
-    }
-
-    /// Nothing will ever come out of [`poll_transmit`](Self::poll_transmit) again: our CLOSE was
-    /// transmitted, or the connection closed without one to send.
-    pub fn is_drained(&self) -> bool {
-        self.close_sent_at.is_some()
-            || (self.state == State::Closed && self.close.is_none() && self.partial.is_none())
+        self.core.stats
     }
 
     // ---- input ----
 
-    /// The receive buffer: read socket bytes into it (e.g. with `BufMut`), then call
-    /// [`process_input`](Self::process_input). Don't remove bytes from it.
-    pub fn recv_buf(&mut self) -> &mut BytesMut {
-        &mut self.recv
-    }
-
-    /// Full length of the partial message at the front of the receive buffer, once its length
-    /// field is in (see [`Machine::pending_frame_len`](crate::machine::Machine::pending_frame_len)).
-    pub fn pending_frame_len(&self) -> Option<usize> {
-        let len = self.codec.pending_frame_length(&self.recv)?;
-        usize::try_from(len).ok()
-    }
-
     /// Copies `data` into the receive buffer and processes it.
     pub fn handle_input(&mut self, data: &[u8], now: Instant) {
-        self.recv.extend_from_slice(data);
+        self.core.recv_buf().extend_from_slice(data);
         self.process_input(now);
-    }
-
-    /// Handles the bytes added to [`recv_buf`](Self::recv_buf) since the last call.
-    pub fn process_input(&mut self, now: Instant) {
-        let new = self.recv.len().saturating_sub(self.recv_seen);
-        if new > 0 {
-            self.stats.bytes_in = self.stats.bytes_in.saturating_add(new as u64);
-            if let Some(lv) = &mut self.liveness {
-                lv.on_receive(now);
-            }
-        }
-        let mut decoded = false;
-        while !self.input_done {
-            match self.codec.decode(&mut self.recv) {
-                Ok(Some(message)) => {
-                    decoded = true;
-                    self.stats.messages_in += 1;
-                    self.on_message(message, now);
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    let code = e.close_code();
-                    self.fail(code, e.to_string(), ConnectionError::Wire(e), false);
-                    self.input_done = true;
-                }
-            }
-        }
-        if self.input_done {
-            self.recv.clear();
-        }
-        self.frame_started = frame_start(self.frame_started, &self.recv, decoded, now);
-        self.recv_seen = self.recv.len();
-        self.drain_liveness(now);
     }
 
     /// When the partial message at the front of the receive buffer times out, if one does.
     fn frame_deadline(&self) -> Option<Instant> {
-        let started = self.frame_started?;
-        if self.input_done || !matches!(self.state, State::Handshaking | State::Open) {
-            return None;
-        }
-        started.checked_add(self.config.frame_timeout?)
+        self.core
+            .frame_deadline(matches!(self.state, State::Handshaking | State::Open))
     }
 
     /// The partial message took too long: close with code 3, saying how much of it arrived.
     fn frame_timed_out(&mut self) {
-        let e = ConnectionError::FrameTimeout {
-            timeout: self.config.frame_timeout.unwrap_or_default(),
-            received: self.recv.len(),
-            expected: self.pending_frame_len(),
-        };
+        let e = self.core.frame_timeout_error(self.pending_frame_len());
         self.fail(CloseCode::PeerTimedOut, e.to_string(), e, false);
-        self.input_done = true;
         // Its memory goes at once.
-        self.recv = BytesMut::new();
-        self.recv_seen = 0;
-        self.frame_started = None;
-    }
-
-    /// Closes at once: queued messages and buffered input are dropped, our CLOSE (`code`,
-    /// `reason`) is the next thing written, [`Event::Closed`] carries
-    /// [`ConnectionError::Aborted`]. For a runtime that must free the connection's memory now
-    /// (a server over its memory budget); [`close`](Self::close) is the graceful way. No-op once
-    /// closed.
-    pub fn abort(&mut self, code: CloseCode, reason: &str, _now: Instant) {
-        if self.state == State::Closed {
-            return;
-        }
-        let e = ConnectionError::Aborted {
-            reason: reason.to_owned(),
-        };
-        self.fail(code, reason.to_owned(), e, false);
-        self.input_done = true;
-        self.recv = BytesMut::new();
-        self.recv_seen = 0;
-        self.frame_started = None;
-    }
-
-    /// The peer ended its write half (TCP FIN) or the transport failed: the connection is closed.
-    pub fn handle_eof(&mut self, now: Instant) {
-        if self.recv.len() > self.recv_seen {
-            self.process_input(now);
-        }
-        let mid_message = !self.input_done && !self.recv.is_empty();
-        self.input_done = true;
-        self.recv.clear();
-        self.recv_seen = 0;
-        self.frame_started = None;
-        let code = if mid_message {
-            CloseCode::ProtocolError
-        } else {
-            CloseCode::GoingAway
-        };
-        self.report_closed(
-            code,
-            String::new(),
-            true,
-            Some(ConnectionError::EndOfStream { mid_message }),
-        );
-        self.enter_closed();
+        self.core.free_input();
     }
 
     fn on_message(&mut self, message: Message, now: Instant) {
@@ -441,9 +266,9 @@ impl Connection {
                     self.session_protocol_error("DATA", "inside a session (use SDATA)");
                 }
                 Message::Data(body) => {
-                    self.stats.data_in += 1;
-                    self.last_data = self.last_data.max(now);
-                    self.events.push_back(Event::Data(body));
+                    self.core.stats.data_in += 1;
+                    self.core.touch_data(now);
+                    self.core.events.push_back(Event::Data(body));
                 }
                 Message::SessionData { seq, payload } => self.on_session_data(seq, payload, now),
                 Message::Ack(seq) => self.on_ack(seq),
@@ -454,7 +279,7 @@ impl Connection {
                 } => self.on_resume(status, delivered, secret),
                 Message::Auth(mac) => self.on_auth(mac),
                 Message::Ping(context) => {
-                    if let Some(lv) = &mut self.liveness {
+                    if let Some(lv) = &mut self.core.liveness {
                         if lv.on_ping(now) == PingAction::Pong {
                             // At most one pending PONG: the newest PING wins.
                             self.pong = Some(context);
@@ -463,10 +288,10 @@ impl Connection {
                 }
                 Message::Pong(context) => {
                     if let (Some(lv), Ok(ctx)) =
-                        (&mut self.liveness, <[u8; 8]>::try_from(&context[..]))
+                        (&mut self.core.liveness, <[u8; 8]>::try_from(&context[..]))
                     {
                         if let Some(sample) = lv.on_pong(ctx, now) {
-                            self.events.push_back(Event::Rtt(sample));
+                            self.core.events.push_back(Event::Rtt(sample));
                         }
                     }
                 }
@@ -479,7 +304,7 @@ impl Connection {
                     if code == CloseCode::Normal {
                         self.end_session();
                     }
-                    self.input_done = true;
+                    self.core.stop_input();
                     self.enter_closed();
                 }
                 // The peer's final ACK before its CLOSE releases what it delivered.
@@ -490,7 +315,7 @@ impl Connection {
                 }
                 _ => {}
             },
-            State::Closed => self.input_done = true,
+            State::Closed => self.core.stop_input(),
         }
     }
 
@@ -502,7 +327,7 @@ impl Connection {
                 lowest: LOWEST_VERSION,
             };
             self.fail(CloseCode::UnsupportedVersion, e.to_string(), e, false);
-            self.input_done = true;
+            self.core.stop_input();
             return;
         };
         let liveness = match Liveness::new(self.config.liveness_config(Some(&hello)), now) {
@@ -510,16 +335,16 @@ impl Connection {
             Err(e) => {
                 let e = ConnectionError::Liveness(e);
                 self.fail(CloseCode::ProtocolError, e.to_string(), e, false);
-                self.input_done = true;
+                self.core.stop_input();
                 return;
             }
         };
-        self.liveness = Some(liveness);
+        self.core.liveness = Some(liveness);
         self.state = State::Open;
-        self.last_data = self.last_data.max(now);
+        self.core.touch_data(now);
         let peer_max = hello.max_message_len;
         self.peer = Some(hello.clone());
-        self.events.push_back(Event::Connected {
+        self.core.events.push_back(Event::Connected {
             peer: hello,
             version,
         });
@@ -530,7 +355,7 @@ impl Connection {
                 let Some(SessionHello::Offer { nonce }) = peer_session else {
                     let e = ConnectionError::SessionUnavailable;
                     self.fail(CloseCode::UnsupportedVersion, e.to_string(), e, false);
-                    self.input_done = true;
+                    self.core.stop_input();
                     return;
                 };
                 // Holding the secret, prove it, bound to this connection's nonce. SDATA waits
@@ -560,7 +385,7 @@ impl Connection {
                     self.session = Some(Box::new(link));
                     if !resume {
                         let id = self.peer.as_ref().map_or([0; 16], |h| h.session_id);
-                        self.events.push_back(Event::SessionRequest {
+                        self.core.events.push_back(Event::SessionRequest {
                             id,
                             peer_delivered: delivered,
                             proof: None,
@@ -570,11 +395,11 @@ impl Connection {
             }
         }
         // Messages queued before we knew the peer's limit.
-        let mut kept = VecDeque::with_capacity(self.data.len());
-        for payload in self.data.drain(..) {
+        let mut kept = VecDeque::with_capacity(self.core.queue.len());
+        for payload in self.core.queue.drain(..) {
             if payload.len() as u64 + 1 > u64::from(peer_max) {
-                self.queued_bytes -= payload.len() + DATA_OVERHEAD;
-                self.events.push_back(Event::MessageDropped {
+                self.core.queued_bytes -= payload.len() + DATA_OVERHEAD;
+                self.core.events.push_back(Event::MessageDropped {
                     len: payload.len(),
                     peer_max,
                 });
@@ -582,19 +407,21 @@ impl Connection {
                 kept.push_back(payload);
             }
         }
-        self.data = kept;
+        self.core.queue = kept;
         // The same for a session's messages, as long as none of them was ever sent (their
         // numbers are still ours to change); afterwards `send` checks the known limit.
         if let Some(session) = self.session.as_mut().and_then(|l| l.state.as_mut()) {
             let fits = |p: &Bytes| p.len() as u64 + 1 + 8 <= u64::from(peer_max);
             for payload in session.remove_unsendable(fits) {
-                self.events.push_back(Event::MessageDropped {
+                self.core.events.push_back(Event::MessageDropped {
                     len: payload.len(),
                     peer_max,
                 });
             }
         }
-        if let Some((code, reason)) = self.deferred_close.take() {
+        if let OurClose::Deferred { code, reason } =
+            std::mem::replace(&mut self.our_close, OurClose::None)
+        {
             self.close(code, &reason, now);
         }
     }
@@ -611,7 +438,7 @@ impl Connection {
             ConnectionError::Wire(e),
             false,
         );
-        self.input_done = true;
+        self.core.stop_input();
     }
 
     fn on_peer_close(&mut self, code: CloseCode, reason: String) {
@@ -623,10 +450,10 @@ impl Connection {
         if code == CloseCode::SessionRefused {
             self.session_refused();
         }
-        self.input_done = true;
-        self.report_closed(code, reason, true, None);
-        if self.close.is_none() && self.close_sent_at.is_none() {
-            self.close = Some(PendingClose {
+        self.core.stop_input();
+        self.core.report_closed(code, reason, true, None);
+        if matches!(self.our_close, OurClose::None | OurClose::Deferred { .. }) {
+            self.our_close = OurClose::Pending(PendingClose {
                 code,
                 reason: String::new(),
                 after_data: false,
@@ -637,99 +464,211 @@ impl Connection {
 
     // ---- output ----
 
-    /// Queues an application message. Allowed while handshaking (written once the handshake is
-    /// done); refused once closing, except with a session that did not end: the message then
-    /// stays in the session and goes out on the next connection.
-    pub fn send(&mut self, payload: Bytes, _now: Instant) -> Result<(), SendError> {
-        if !matches!(self.state, State::Handshaking | State::Open) {
-            // A session outlives its connection: the message waits for the next one (the
-            // runtime bounds what it hands over; nothing it was told is queued gets lost).
-            if let Some(session) = self
-                .session
-                .as_mut()
-                .filter(|l| !l.ended)
-                .and_then(|l| l.state.as_mut())
-            {
-                let _ = session.push(payload, usize::MAX);
-                return Ok(());
-            }
-            return Err(SendError::Closed);
+    /// Counts `n` DATA / SDATA messages just transmitted at `now`.
+    fn data_sent(&mut self, n: u64, now: Instant) {
+        if n == 0 {
+            return;
         }
-        let max = self.peer.as_ref().map_or(u32::MAX, |h| h.max_message_len);
-        let session_header = if self.session.is_some() { 8 } else { 0 };
-        if payload.len() as u64 + 1 + session_header > u64::from(max) {
-            return Err(SendError::TooBig {
-                len: payload.len(),
-                max,
-            });
+        self.core.stats.messages_out += n;
+        self.core.stats.data_out += n;
+        self.core.touch_data(now);
+        if let Some(lv) = &mut self.core.liveness {
+            lv.on_send_data(now);
         }
-        if let Some(session) = self.session.as_mut().and_then(|l| l.state.as_mut()) {
-            // Numbered and kept until acknowledged: the queue limit bounds the retransmit
-            // buffer.
-            let limit = self
-                .config
-                .max_queued_bytes
-                .saturating_sub(self.queued_bytes);
-            return match session.push(payload, limit) {
-                Ok(_) => Ok(()),
-                Err(crate::session::SessionError::BufferFull { len, .. }) => {
-                    Err(SendError::QueueFull {
-                        queued: self.queued_bytes(),
-                        len,
-                        limit: self.config.max_queued_bytes,
-                    })
-                }
-                Err(_) => Err(SendError::Closed),
-            };
-        }
-        let len = payload.len() + DATA_OVERHEAD;
-        if self.queued_bytes.saturating_add(len) > self.config.max_queued_bytes {
-            return Err(SendError::QueueFull {
-                queued: self.queued_bytes,
-                len,
-                limit: self.config.max_queued_bytes,
-            });
-        }
-        self.queued_bytes += len;
-        self.data.push_back(payload);
-        Ok(())
     }
 
-    /// Closes the connection gracefully: queued DATA is written, then CLOSE with `code` and
-    /// `reason` (truncated to 1024 bytes at a character boundary). No-op once closing.
-    pub fn close(&mut self, code: CloseCode, reason: &str, _now: Instant) {
-        if !matches!(self.state, State::Handshaking | State::Open) {
-            return;
+    /// DATA is waiting to be written (queued, or in the session and not transmitted yet).
+    fn has_pending_data(&self) -> bool {
+        if !self.core.queue.is_empty() {
+            return true;
         }
-        if self.state == State::Handshaking && !self.data.is_empty() {
-            // DATA may only go out once the peer's HELLO is accepted: close after that.
-            self.deferred_close
-                .get_or_insert_with(|| (code, reason.to_string()));
-            return;
+        match self.session.as_deref() {
+            Some(SessionLink {
+                active: true,
+                state: Some(session),
+                transmitted,
+                ..
+            }) => *transmitted + 1 < session.next_seq(),
+            _ => false,
         }
-        let code = CloseCode::from_u16(code.as_u16());
-        if code == CloseCode::Normal {
-            self.end_session();
+    }
+
+    fn out(&mut self, buf: BytesMut) -> Option<Bytes> {
+        if buf.is_empty() {
+            return None;
         }
-        let reason = truncate(reason);
-        self.report_closed(code, reason.clone(), false, None);
-        self.close = Some(PendingClose {
-            code,
-            reason,
-            after_data: true,
-        });
-        self.state = State::Closing;
+        self.core.count_out(buf.len());
+        Some(buf.freeze())
+    }
+
+    /// Encodes a control message (our own, always valid) and records the send.
+    fn encode(&mut self, message: &Message, buf: &mut BytesMut, now: Instant) {
+        if self.codec.encode(message, buf).is_ok() {
+            self.core.stats.messages_out += 1;
+            if let Some(lv) = &mut self.core.liveness {
+                lv.on_send(now);
+            }
+        }
+    }
+
+    // ---- timers ----
+
+    fn drain_liveness(&mut self, _now: Instant) {
+        while let Some(event) = self.core.poll_liveness() {
+            match event {
+                LivenessEvent::SendPing { context } => {
+                    if self.state == State::Open {
+                        self.ping = Some(context);
+                    }
+                }
+                // Reported by the core.
+                LivenessEvent::Idle(_) => {}
+                LivenessEvent::PeerDead {
+                    silent_for, cause, ..
+                } => {
+                    let e = ConnectionError::PeerDead { silent_for, cause };
+                    self.fail(CloseCode::PeerTimedOut, e.to_string(), e, true);
+                    self.core.stop_input();
+                }
+                LivenessEvent::TooManyPings {
+                    strikes,
+                    min_interval,
+                    last_gap,
+                } => {
+                    let e = ConnectionError::TooManyPings {
+                        strikes,
+                        min_interval,
+                        last_gap,
+                    };
+                    self.fail(CloseCode::TooManyPings, "too many pings".into(), e, false);
+                    self.core.stop_input();
+                }
+            }
+        }
+    }
+
+    // ---- closing ----
+
+    /// We close because something went wrong: queued DATA is discarded, CLOSE is queued (unless
+    /// one is already pending or sent), the [`Event::Closed`] is reported once.
+    fn fail(&mut self, code: CloseCode, reason: String, error: ConnectionError, closed: bool) {
+        let reason = truncate(&reason);
+        self.core
+            .report_closed(code, reason.clone(), false, Some(error));
+        self.core.drop_queue();
         self.pong = None;
         self.ping = None;
+        match &mut self.our_close {
+            OurClose::Pending(pending) => pending.after_data = false,
+            OurClose::None | OurClose::Deferred { .. } => {
+                self.our_close = OurClose::Pending(PendingClose {
+                    code,
+                    reason,
+                    after_data: false,
+                })
+            }
+            OurClose::Sent(_) => {}
+        }
+        match self.state {
+            State::Handshaking | State::Open if !closed => self.state = State::Closing,
+            State::Closed => {}
+            _ => self.enter_closed(),
+        }
+    }
+
+    fn enter_closed(&mut self) {
+        self.state = State::Closed;
+        if let Some(link) = self.session.as_mut().filter(|l| l.ended) {
+            if let Some(session) = link.state.as_mut() {
+                let unacked = session.take_unacked();
+                if !unacked.is_empty() {
+                    let id = session.id();
+                    self.core
+                        .events
+                        .push_back(Event::SessionLost { id, unacked });
+                }
+            }
+        }
+        self.core.drop_queue();
+        self.pong = None;
+        self.ping = None;
+        if let OurClose::Pending(close) = &mut self.our_close {
+            close.after_data = false;
+        }
+    }
+}
+
+impl Machine for Connection {
+    /// The receive buffer: read socket bytes into it (e.g. with `BufMut`), then call
+    /// [`process_input`](Machine::process_input). Don't remove bytes from it.
+    fn recv_buf(&mut self) -> &mut BytesMut {
+        self.core.recv_buf()
+    }
+
+    /// Handles the bytes added to [`recv_buf`](Machine::recv_buf) since the last
+    /// call.
+    fn process_input(&mut self, now: Instant) {
+        self.core.begin_input(now, true);
+        let mut decoded = false;
+        while let Some(recv) = self.core.decodable() {
+            match self.codec.decode(recv) {
+                Ok(Some(message)) => {
+                    decoded = true;
+                    self.core.stats.messages_in += 1;
+                    self.on_message(message, now);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let code = e.close_code();
+                    self.fail(code, e.to_string(), ConnectionError::Wire(e), false);
+                    self.core.stop_input();
+                }
+            }
+        }
+        self.core.end_input(decoded, now);
+        self.drain_liveness(now);
+    }
+
+    /// Full length of the partial message at the front of the receive buffer, once its length field
+    /// is in (see [`Machine::pending_frame_len`]).
+    fn pending_frame_len(&self) -> Option<usize> {
+        let len = self.codec.pending_frame_length(self.core.recv())?;
+        usize::try_from(len).ok()
+    }
+
+    /// Round-trip-time estimate from PING / PONG pairs.
+    fn rtt(&self) -> Option<RttEstimate> {
+        self.core.liveness.as_ref().and_then(Liveness::rtt)
+    }
+
+    /// The peer ended its write half (TCP FIN) or the transport failed: the connection is closed.
+    fn handle_eof(&mut self, now: Instant) {
+        if self.core.has_new_input() {
+            self.process_input(now);
+        }
+        let mid_message = !self.core.input_done() && !self.core.recv().is_empty();
+        self.core.clear_input();
+        let code = if mid_message {
+            CloseCode::ProtocolError
+        } else {
+            CloseCode::GoingAway
+        };
+        self.core.report_closed(
+            code,
+            String::new(),
+            true,
+            Some(ConnectionError::EndOfStream { mid_message }),
+        );
+        self.enter_closed();
     }
 
     /// The next bytes to write, if any. Call until `None` after every input.
-    pub fn poll_transmit(&mut self, now: Instant) -> Option<Bytes> {
-        if self.close_sent_at.is_some() {
+    fn poll_transmit(&mut self, now: Instant) -> Option<Bytes> {
+        if matches!(self.our_close, OurClose::Sent(_)) {
             return None;
         }
         if let Some(payload) = self.partial.take() {
-            self.stats.bytes_out += payload.len() as u64;
+            self.core.count_out(payload.len());
             return Some(payload);
         }
         let mut buf = BytesMut::new();
@@ -765,27 +704,31 @@ impl Connection {
         }
         let handshake_done = self.peer.is_some();
         let data_allowed = handshake_done
-            && match (&self.close, self.state) {
-                (None, State::Open) => true,
-                (Some(c), State::Closing) => c.after_data,
+            && match (&self.our_close, self.state) {
+                (OurClose::None | OurClose::Deferred { .. }, State::Open) => true,
+                (OurClose::Pending(c), State::Closing) => c.after_data,
                 _ => false,
             };
-        if self.close.is_some() && (!data_allowed || !self.has_pending_data()) {
+        if matches!(self.our_close, OurClose::Pending(_))
+            && (!data_allowed || !self.has_pending_data())
+        {
             // Let the peer release what we delivered before the session pauses or ends.
             if let Some(ack) = self.take_ack(now, true) {
                 self.encode(&ack, &mut buf, now);
                 return self.out(buf);
             }
-            let close = self.close.take().expect("checked above");
+            let OurClose::Pending(close) =
+                std::mem::replace(&mut self.our_close, OurClose::Sent(now))
+            else {
+                unreachable!("checked above");
+            };
             let message = Message::Close {
                 code: close.code,
                 reason: close.reason,
             };
             self.encode(&message, &mut buf, now);
-            self.close_sent_at = Some(now);
-            self.unsent.extend(self.data.drain(..));
-            self.queued_bytes = 0;
-            self.events.push_back(Event::ShutdownWrite);
+            self.core.drop_queue();
+            self.core.events.push_back(Event::ShutdownWrite);
             return self.out(buf);
         }
         if self.state == State::Open {
@@ -823,9 +766,9 @@ impl Connection {
         if data_allowed && self.session.is_some() {
             return self.transmit_session_data(now);
         }
-        if data_allowed && !self.data.is_empty() {
+        if data_allowed && !self.core.queue.is_empty() {
             let mut sent = 0;
-            while let Some(payload) = self.data.front() {
+            while let Some(payload) = self.core.queue.front() {
                 // Checked against the peer's limit in `send` / `on_hello`.
                 let mut header = [0; DATA_OVERHEAD];
                 header[..4].copy_from_slice(&((payload.len() + 1) as u32).to_be_bytes());
@@ -833,8 +776,8 @@ impl Connection {
                 let Some(copied) = pack_message(&mut buf, &header, payload) else {
                     break;
                 };
-                let payload = self.data.pop_front().expect("front exists");
-                self.queued_bytes -= payload.len() + DATA_OVERHEAD;
+                let payload = self.core.queue.pop_front().expect("front exists");
+                self.core.queued_bytes -= payload.len() + DATA_OVERHEAD;
                 sent += 1;
                 if !copied {
                     self.partial = Some(payload);
@@ -847,57 +790,14 @@ impl Connection {
         None
     }
 
-    /// Counts `n` DATA / SDATA messages just transmitted at `now`.
-    fn data_sent(&mut self, n: u64, now: Instant) {
-        if n == 0 {
-            return;
-        }
-        self.stats.messages_out += n;
-        self.stats.data_out += n;
-        self.last_data = self.last_data.max(now);
-        if let Some(lv) = &mut self.liveness {
-            lv.on_send_data(now);
-        }
+    /// The next event, if any. Call until `None` after every input.
+    fn poll_event(&mut self) -> Option<Event> {
+        self.core.poll_event()
     }
 
-    /// DATA is waiting to be written (queued, or in the session and not transmitted yet).
-    fn has_pending_data(&self) -> bool {
-        if !self.data.is_empty() {
-            return true;
-        }
-        match self.session.as_deref() {
-            Some(SessionLink {
-                active: true,
-                state: Some(session),
-                transmitted,
-                ..
-            }) => *transmitted + 1 < session.next_seq(),
-            _ => false,
-        }
-    }
-
-    fn out(&mut self, buf: BytesMut) -> Option<Bytes> {
-        if buf.is_empty() {
-            return None;
-        }
-        self.stats.bytes_out += buf.len() as u64;
-        Some(buf.freeze())
-    }
-
-    /// Encodes a control message (our own, always valid) and records the send.
-    fn encode(&mut self, message: &Message, buf: &mut BytesMut, now: Instant) {
-        if self.codec.encode(message, buf).is_ok() {
-            self.stats.messages_out += 1;
-            if let Some(lv) = &mut self.liveness {
-                lv.on_send(now);
-            }
-        }
-    }
-
-    // ---- timers ----
-
-    /// When [`handle_timeout`](Self::handle_timeout) must next be called, if ever.
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    /// When [`handle_timeout`](Machine::handle_timeout) must next be called, if
+    /// ever.
+    fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
             State::Handshaking => {
                 Some(self.frame_deadline().map_or(self.handshake_deadline, |at| {
@@ -913,8 +813,8 @@ impl Connection {
                     .filter(|l| l.awaiting_proof)
                     .map(|_| self.handshake_deadline);
                 [
-                    self.liveness.as_ref().and_then(Liveness::poll_timeout),
-                    self.idle_deadline(),
+                    self.core.liveness_timeout(),
+                    self.core.idle_deadline(),
                     ack_due,
                     proof_due,
                     self.frame_deadline(),
@@ -923,16 +823,16 @@ impl Connection {
                 .flatten()
                 .min()
             }
-            State::Closing => match self.close_sent_at {
-                Some(at) => Some(at.checked_add(self.config.linger).unwrap_or(at)),
-                None => self.liveness.as_ref().and_then(Liveness::poll_timeout),
+            State::Closing => match self.our_close {
+                OurClose::Sent(at) => Some(at.checked_add(self.config.linger).unwrap_or(at)),
+                _ => self.core.liveness_timeout(),
             },
             State::Closed => None,
         }
     }
 
     /// Handles whatever timers are due at `now`.
-    pub fn handle_timeout(&mut self, now: Instant) {
+    fn handle_timeout(&mut self, now: Instant) {
         if self.frame_deadline().is_some_and(|at| now >= at) {
             self.frame_timed_out();
             return;
@@ -943,7 +843,7 @@ impl Connection {
                     timeout: self.config.handshake_timeout,
                 };
                 self.fail(CloseCode::PeerTimedOut, e.to_string(), e, false);
-                self.input_done = true;
+                self.core.stop_input();
             }
             State::Open
                 if now >= self.handshake_deadline
@@ -953,28 +853,26 @@ impl Connection {
                     timeout: self.config.handshake_timeout,
                 };
                 self.fail(CloseCode::PeerTimedOut, format!("{e} (AUTH)"), e, false);
-                self.input_done = true;
+                self.core.stop_input();
             }
             State::Open => {
-                if let Some(lv) = &mut self.liveness {
-                    lv.handle_timeout(now);
-                }
+                self.core.handle_liveness_timeout(now);
                 self.drain_liveness(now);
-                if self.state == State::Open && self.idle_deadline().is_some_and(|at| now >= at) {
-                    let idle = self.config.idle_timeout.unwrap_or_default();
-                    self.close(CloseCode::Idle, &format!("no messages for {idle:?}"), now);
+                if self.state == State::Open
+                    && self.core.idle_deadline().is_some_and(|at| now >= at)
+                {
+                    let reason = self.core.idle_reason();
+                    self.close(CloseCode::Idle, &reason, now);
                 }
             }
-            State::Closing => match self.close_sent_at {
-                Some(at) if now >= at.checked_add(self.config.linger).unwrap_or(at) => {
-                    self.input_done = true;
+            State::Closing => match self.our_close {
+                OurClose::Sent(at) if now >= at.checked_add(self.config.linger).unwrap_or(at) => {
+                    self.core.stop_input();
                     self.enter_closed();
                 }
-                Some(_) => {}
-                None => {
-                    if let Some(lv) = &mut self.liveness {
-                        lv.handle_timeout(now);
-                    }
+                OurClose::Sent(_) => {}
+                _ => {
+                    self.core.handle_liveness_timeout(now);
                     self.drain_liveness(now);
                 }
             },
@@ -982,134 +880,269 @@ impl Connection {
         }
     }
 
-    /// When the idle timeout evicts the connection, if it is on.
-    fn idle_deadline(&self) -> Option<Instant> {
-        self.config
-            .idle_timeout
-            .and_then(|d| self.last_data.checked_add(d))
-    }
-
-    fn drain_liveness(&mut self, _now: Instant) {
-        while let Some(event) = self.liveness.as_mut().and_then(Liveness::poll_event) {
-            match event {
-                LivenessEvent::SendPing { context } => {
-                    if self.state == State::Open {
-                        self.ping = Some(context);
-                    }
-                }
-                LivenessEvent::Idle(kind) => self.events.push_back(Event::Idle(kind)),
-                LivenessEvent::PeerDead {
-                    silent_for, cause, ..
-                } => {
-                    let e = ConnectionError::PeerDead { silent_for, cause };
-                    self.fail(CloseCode::PeerTimedOut, e.to_string(), e, true);
-                    self.input_done = true;
-                }
-                LivenessEvent::TooManyPings {
-                    strikes,
-                    min_interval,
-                    last_gap,
-                } => {
-                    let e = ConnectionError::TooManyPings {
-                        strikes,
-                        min_interval,
-                        last_gap,
-                    };
-                    self.fail(CloseCode::TooManyPings, "too many pings".into(), e, false);
-                    self.input_done = true;
-                }
+    /// Queues an application message. Allowed while handshaking (written once the handshake is
+    /// done); refused once closing, except with a session that did not end: the message then
+    /// stays in the session and goes out on the next connection.
+    fn send(&mut self, payload: Bytes, _now: Instant) -> Result<(), SendError> {
+        if !matches!(self.state, State::Handshaking | State::Open) {
+            // A session outlives its connection: the message waits for the next one (the
+            // runtime bounds what it hands over; nothing it was told is queued gets lost).
+            if let Some(session) = self
+                .session
+                .as_mut()
+                .filter(|l| !l.ended)
+                .and_then(|l| l.state.as_mut())
+            {
+                let _ = session.push(payload, usize::MAX);
+                return Ok(());
             }
+            return Err(SendError::Closed);
         }
-    }
-
-    // ---- closing ----
-
-    /// We close because something went wrong: queued DATA is discarded, CLOSE is queued (unless
-    /// one is already pending or sent), the [`Event::Closed`] is reported once.
-    fn fail(&mut self, code: CloseCode, reason: String, error: ConnectionError, closed: bool) {
-        let reason = truncate(&reason);
-        self.report_closed(code, reason.clone(), false, Some(error));
-        self.unsent.extend(self.data.drain(..));
-        self.queued_bytes = 0;
-        self.pong = None;
-        self.ping = None;
-        match &mut self.close {
-            Some(pending) => pending.after_data = false,
-            None if self.close_sent_at.is_none() => {
-                self.close = Some(PendingClose {
-                    code,
-                    reason,
-                    after_data: false,
-                })
-            }
-            None => {}
-        }
-        match self.state {
-            State::Handshaking | State::Open if !closed => self.state = State::Closing,
-            State::Closed => {}
-            _ => self.enter_closed(),
-        }
-    }
-
-    fn report_closed(
-        &mut self,
-        code: CloseCode,
-        reason: String,
-        by_peer: bool,
-        error: Option<ConnectionError>,
-    ) {
-        if !self.closed_reported {
-            self.closed_reported = true;
-            self.events.push_back(Event::Closed {
-                code,
-                reason,
-                by_peer,
-                error,
+        let max = self.peer.as_ref().map_or(u32::MAX, |h| h.max_message_len);
+        let session_header = if self.session.is_some() { 8 } else { 0 };
+        if payload.len() as u64 + 1 + session_header > u64::from(max) {
+            return Err(SendError::TooBig {
+                len: payload.len(),
+                max,
             });
         }
+        if let Some(session) = self.session.as_mut().and_then(|l| l.state.as_mut()) {
+            // Numbered and kept until acknowledged: the queue limit bounds the retransmit
+            // buffer.
+            let limit = self
+                .config
+                .max_queued_bytes
+                .saturating_sub(self.core.queued_bytes);
+            return match session.push(payload, limit) {
+                Ok(_) => Ok(()),
+                Err(crate::session::SessionError::BufferFull { len, .. }) => {
+                    Err(SendError::QueueFull {
+                        queued: self.queued_bytes(),
+                        len,
+                        limit: self.config.max_queued_bytes,
+                    })
+                }
+                Err(_) => Err(SendError::Closed),
+            };
+        }
+        let len = payload.len() + DATA_OVERHEAD;
+        if self.core.queued_bytes.saturating_add(len) > self.config.max_queued_bytes {
+            return Err(SendError::QueueFull {
+                queued: self.core.queued_bytes,
+                len,
+                limit: self.config.max_queued_bytes,
+            });
+        }
+        self.core.queued_bytes += len;
+        self.core.queue.push_back(payload);
+        Ok(())
     }
 
-    fn enter_closed(&mut self) {
-        self.state = State::Closed;
-        if let Some(link) = self.session.as_mut().filter(|l| l.ended) {
-            if let Some(session) = link.state.as_mut() {
-                let unacked = session.take_unacked();
-                if !unacked.is_empty() {
-                    let id = session.id();
-                    self.events.push_back(Event::SessionLost { id, unacked });
-                }
-            }
+    /// Closes the connection gracefully: queued DATA is written, then CLOSE with `code` and
+    /// `reason` (truncated to 1024 bytes at a character boundary). No-op once closing.
+    fn close(&mut self, code: CloseCode, reason: &str, _now: Instant) {
+        if !matches!(self.state, State::Handshaking | State::Open) {
+            return;
         }
-        self.unsent.extend(self.data.drain(..));
-        self.queued_bytes = 0;
+        if self.state == State::Handshaking && !self.core.queue.is_empty() {
+            // DATA may only go out once the peer's HELLO is accepted: close after that.
+            if !matches!(self.our_close, OurClose::Deferred { .. }) {
+                self.our_close = OurClose::Deferred {
+                    code,
+                    reason: reason.to_string(),
+                };
+            }
+            return;
+        }
+        let code = CloseCode::from_u16(code.as_u16());
+        if code == CloseCode::Normal {
+            self.end_session();
+        }
+        let reason = truncate(reason);
+        self.core.report_closed(code, reason.clone(), false, None);
+        self.our_close = OurClose::Pending(PendingClose {
+            code,
+            reason,
+            after_data: true,
+        });
+        self.state = State::Closing;
         self.pong = None;
         self.ping = None;
-        if let Some(close) = &mut self.close {
-            close.after_data = false;
+    }
+
+    /// Closes at once: queued messages and buffered input are dropped, our CLOSE (`code`, `reason`)
+    /// is the next thing written, [`Event::Closed`] carries [`ConnectionError::Aborted`]. For a
+    /// runtime that must free the connection's memory now (a server over its memory budget);
+    /// [`close`](Machine::close) is the graceful way. No-op once closed.
+    fn abort(&mut self, code: CloseCode, reason: &str, _now: Instant) {
+        if self.state == State::Closed {
+            return;
+        }
+        let e = ConnectionError::Aborted {
+            reason: reason.to_owned(),
+        };
+        self.fail(code, reason.to_owned(), e, false);
+        self.core.free_input();
+    }
+
+    /// The current state.
+    fn state(&self) -> State {
+        self.state
+    }
+
+    /// Nothing will ever come out of [`poll_transmit`](Machine::poll_transmit)
+    /// again: our CLOSE was transmitted, or the connection closed without one to send.
+    fn is_drained(&self) -> bool {
+        matches!(self.our_close, OurClose::Sent(_))
+            || (self.state == State::Closed
+                && !matches!(self.our_close, OurClose::Pending(_))
+                && self.partial.is_none())
+    }
+
+    /// Bytes of DATA queued (payload + 5 per message), counting against
+    /// [`ConnectionConfig::max_queued_bytes`].
+    fn queued_bytes(&self) -> usize {
+        let session = self
+            .session
+            .as_ref()
+            .and_then(|l| l.state.as_ref())
+            .map_or(0, Session::buffered_bytes);
+        self.core.queued_bytes + session
+    }
+
+    fn max_queued_bytes(&self) -> usize {
+        self.config().max_queued_bytes
+    }
+
+    /// What a message of `len` payload bytes counts against
+    /// [`ConnectionConfig::max_queued_bytes`]: its framing, plus its sequence number when
+    /// sessions are (or may be) in use.
+    fn message_cost(&self, len: usize) -> usize {
+        if self.session.is_some() || self.config.sessions.is_some() {
+            len.saturating_add(SDATA_OVERHEAD)
+        } else {
+            len.saturating_add(DATA_OVERHEAD)
         }
     }
 
-    /// The next event, if any. Call until `None` after every input.
-    pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+    fn check_message(&self, payload: &[u8]) -> Result<(), SendError> {
+        let max = self.peer_hello().map_or(u32::MAX, |h| h.max_message_len);
+        if payload.len() as u64 + 1 > u64::from(max) {
+            return Err(SendError::TooBig {
+                len: payload.len(),
+                max,
+            });
+        }
+        Ok(())
     }
-}
 
-/// When the partial frame left at the front of `recv` started: `now` for a new one (none was
-/// pending, or frames were `decoded` from this input, so what is left began in it), the old
-/// start while the same frame is still incomplete, `None` when nothing is left.
-pub(crate) fn frame_start(
-    started: Option<Instant>,
-    recv: &BytesMut,
-    decoded: bool,
-    now: Instant,
-) -> Option<Instant> {
-    if recv.is_empty() {
-        None
-    } else if decoded || started.is_none() {
-        Some(now)
-    } else {
-        started
+    fn linger(&self) -> Duration {
+        self.config().linger
+    }
+
+    /// Frees the memory of empty internal queues (events, outgoing DATA, keep-alive events).
+    /// Nothing observable changes; a driver of many mostly idle connections calls it when the
+    /// connection has been quiet (e.g. when its timer fires) to keep their footprint small.
+    fn shrink_buffers(&mut self) {
+        self.core.shrink_buffers();
+    }
+
+    /// Accepting side, after [`Event::SessionRequest`]: `found` is the detached session with
+    /// the requested id if one is kept and may be handed over (see
+    /// [`crate::session::SessionStore`] and the event's `proof`), `None` to start a new one.
+    /// Sends RESUME (with the new session's secret), then resends what the peer has not
+    /// delivered. Ignored when no session was requested.
+    ///
+    /// `found` is refused, and handed back as `Err`, unless the peer proved it holds its
+    /// secret on this connection: the connection then closes with
+    /// [`CloseCode::SessionRefused`] and the session is untouched.
+    fn attach_session(&mut self, found: Option<Session>, now: Instant) -> Result<(), Session> {
+        let Some(link) = self.session.as_mut() else {
+            return found.map_or(Ok(()), Err);
+        };
+        if link.requester || link.state.is_some() || link.awaiting_proof {
+            return found.map_or(Ok(()), Err);
+        }
+        let id = self.peer.as_ref().map_or([0; 16], |h| h.session_id);
+        let peer_delivered = link.peer_delivered;
+        let (mut session, status) = match found {
+            Some(session) => {
+                let proven = session.id() == id
+                    && matches!((&link.proof, session.secret()), (Some(proof), Some(secret)) if proof.verify(secret));
+                if !proven {
+                    self.refuse_session("no valid proof for this session", now);
+                    return Err(session);
+                }
+                (session, ResumeStatus::Resumed)
+            }
+            None if peer_delivered == 0 => (Session::new(id), ResumeStatus::New),
+            None => (Session::new(id), ResumeStatus::Unknown),
+        };
+        let mut new_secret = None;
+        if status == ResumeStatus::Resumed {
+            if let Err(e) = session.ack(peer_delivered) {
+                link.state = Some(session);
+                self.session_violation("RESUME delivered", e.to_string(), peer_delivered);
+                return Ok(());
+            }
+        } else {
+            let secret = SessionSecret::random();
+            session.set_secret(secret.clone());
+            new_secret = Some(secret);
+        }
+        session.set_established();
+        // Messages the application sent before the session was attached join it.
+        for payload in self.core.queue.drain(..) {
+            self.core.queued_bytes -= payload.len() + DATA_OVERHEAD;
+            let _ = session.push(payload, usize::MAX);
+        }
+        let delivered = session.delivered();
+        let resending = session.next_seq() - 1 - session.acked();
+        link.transmitted = session.acked();
+        link.ack_sent = delivered;
+        link.resume = Some((status, delivered, new_secret));
+        link.active = true;
+        link.state = Some(session);
+        self.core.events.push_back(Event::SessionStarted {
+            id,
+            status,
+            resending,
+        });
+        Ok(())
+    }
+
+    /// Accepting side, after [`Event::SessionRequest`]: refuses the session asked for (its
+    /// proof is wrong, or it is in use and the request proved nothing): closes with
+    /// [`CloseCode::SessionRefused`] and `reason`. Whatever holds the session is not disturbed.
+    fn refuse_session(&mut self, reason: &str, now: Instant) {
+        if let Some(link) = self.session.as_mut().filter(|l| !l.requester) {
+            link.awaiting_proof = false;
+            link.ended = true;
+        }
+        self.close(CloseCode::SessionRefused, reason, now);
+    }
+
+    /// Messages the application queued that were never written because the connection closed
+    /// first (outside a session: a session keeps them for the next connection). They did not
+    /// reach the peer; taken once.
+    fn take_unsent(&mut self) -> Vec<Bytes> {
+        self.core.take_unsent()
+    }
+
+    /// The session's state, while one is attached.
+    fn session(&self) -> Option<&Session> {
+        self.session.as_ref()?.state.as_ref()
+    }
+
+    /// The session, once this connection is closed (to resume it on the next connection, or
+    /// to keep it detached on the accepting side). `None` when there is none, or when it ended
+    /// with a CLOSE `Normal` from either side (nothing to resume).
+    fn take_session(&mut self) -> Option<Session> {
+        let link = self.session.as_mut()?;
+        if link.ended {
+            return None;
+        }
+        link.state.take()
     }
 }
 

@@ -14,7 +14,8 @@ pub(super) struct SessionLink {
     /// We asked for the session (connecting side); otherwise the peer did.
     pub(super) requester: bool,
     pub(super) policy: SessionConfig,
-    /// The session; `None` on the accepting side until [`Connection::attach_session`].
+    /// The session; `None` on the accepting side until
+    /// [`Connection::attach_session`](crate::machine::Machine::attach_session).
     pub(super) state: Option<Session>,
     /// The peer's announced `delivered` (HELLO request, or RESUME).
     pub(super) peer_delivered: u64,
@@ -66,92 +67,6 @@ impl SessionLink {
 }
 
 impl Connection {
-    /// Accepting side, after [`Event::SessionRequest`]: `found` is the detached session with
-    /// the requested id if one is kept and may be handed over (see
-    /// [`crate::session::SessionStore`] and the event's `proof`), `None` to start a new one.
-    /// Sends RESUME (with the new session's secret), then resends what the peer has not
-    /// delivered. Ignored when no session was requested.
-    ///
-    /// `found` is refused, and handed back as `Err`, unless the peer proved it holds its
-    /// secret on this connection: the connection then closes with
-    /// [`CloseCode::SessionRefused`] and the session is untouched.
-    pub fn attach_session(&mut self, found: Option<Session>, now: Instant) -> Result<(), Session> {
-        let Some(link) = self.session.as_mut() else {
-            return found.map_or(Ok(()), Err);
-        };
-        if link.requester || link.state.is_some() || link.awaiting_proof {
-            return found.map_or(Ok(()), Err);
-        }
-        let id = self.peer.as_ref().map_or([0; 16], |h| h.session_id);
-        let peer_delivered = link.peer_delivered;
-        let (mut session, status) = match found {
-            Some(session) => {
-                let proven = session.id() == id
-                    && matches!((&link.proof, session.secret()), (Some(proof), Some(secret)) if proof.verify(secret));
-                if !proven {
-                    self.refuse_session("no valid proof for this session", now);
-                    return Err(session);
-                }
-                (session, ResumeStatus::Resumed)
-            }
-            None if peer_delivered == 0 => (Session::new(id), ResumeStatus::New),
-            None => (Session::new(id), ResumeStatus::Unknown),
-        };
-        let mut new_secret = None;
-        if status == ResumeStatus::Resumed {
-            if let Err(e) = session.ack(peer_delivered) {
-                link.state = Some(session);
-                self.session_violation("RESUME delivered", e.to_string(), peer_delivered);
-                return Ok(());
-            }
-        } else {
-            let secret = SessionSecret::random();
-            session.set_secret(secret.clone());
-            new_secret = Some(secret);
-        }
-        session.set_established();
-        // Messages the application sent before the session was attached join it.
-        for payload in self.data.drain(..) {
-            self.queued_bytes -= payload.len() + DATA_OVERHEAD;
-            let _ = session.push(payload, usize::MAX);
-        }
-        let delivered = session.delivered();
-        let resending = session.next_seq() - 1 - session.acked();
-        link.transmitted = session.acked();
-        link.ack_sent = delivered;
-        link.resume = Some((status, delivered, new_secret));
-        link.active = true;
-        link.state = Some(session);
-        self.events.push_back(Event::SessionStarted {
-            id,
-            status,
-            resending,
-        });
-        Ok(())
-    }
-
-    /// Accepting side, after [`Event::SessionRequest`]: refuses the session asked for (its
-    /// proof is wrong, or it is in use and the request proved nothing): closes with
-    /// [`CloseCode::SessionRefused`] and `reason`. Whatever holds the session is not disturbed.
-    pub fn refuse_session(&mut self, reason: &str, now: Instant) {
-        if let Some(link) = self.session.as_mut().filter(|l| !l.requester) {
-            link.awaiting_proof = false;
-            link.ended = true;
-        }
-        self.close(CloseCode::SessionRefused, reason, now);
-    }
-
-    /// The session, once this connection is closed (to resume it on the next connection, or
-    /// to keep it detached on the accepting side). `None` when there is none, or when it ended
-    /// with a CLOSE `Normal` from either side (nothing to resume).
-    pub fn take_session(&mut self) -> Option<Session> {
-        let link = self.session.as_mut()?;
-        if link.ended {
-            return None;
-        }
-        link.state.take()
-    }
-
     pub(super) fn on_session_data(&mut self, seq: u64, payload: Bytes, now: Instant) {
         let Some(link) = self.session.as_mut().filter(|l| l.active) else {
             return self.session_protocol_error("SDATA", "without an active session");
@@ -164,11 +79,11 @@ impl Connection {
                 if link.ack_due.is_none() {
                     link.ack_due = now.checked_add(link.policy.ack_delay);
                 }
-                self.stats.data_in += 1;
-                self.last_data = self.last_data.max(now);
-                self.events.push_back(Event::Data(payload));
+                self.core.stats.data_in += 1;
+                self.core.touch_data(now);
+                self.core.events.push_back(Event::Data(payload));
             }
-            Received::Duplicate => self.stats.duplicates += 1,
+            Received::Duplicate => self.core.stats.duplicates += 1,
             Received::Gap { expected } => {
                 self.session_violation("SDATA sequence number", format!("{expected}"), seq)
             }
@@ -208,7 +123,7 @@ impl Connection {
             mac,
         };
         link.proof = Some(proof.clone());
-        self.events.push_back(Event::SessionRequest {
+        self.core.events.push_back(Event::SessionRequest {
             id,
             peer_delivered: link.peer_delivered,
             proof: Some(proof),
@@ -244,7 +159,9 @@ impl Connection {
             }
             let unacked = session.reset();
             if !unacked.is_empty() {
-                self.events.push_back(Event::SessionLost { id, unacked });
+                self.core
+                    .events
+                    .push_back(Event::SessionLost { id, unacked });
             }
         } else if let Err(e) = session.ack(delivered) {
             return self.session_violation("RESUME delivered", e.to_string(), delivered);
@@ -259,7 +176,7 @@ impl Connection {
         link.ack_sent = session.delivered();
         link.peer_delivered = delivered;
         link.active = true;
-        self.events.push_back(Event::SessionStarted {
+        self.core.events.push_back(Event::SessionStarted {
             id,
             status,
             resending,
@@ -293,7 +210,9 @@ impl Connection {
             let id = session.id();
             let unacked = session.start_over(random_bytes());
             if !unacked.is_empty() {
-                self.events.push_back(Event::SessionLost { id, unacked });
+                self.core
+                    .events
+                    .push_back(Event::SessionLost { id, unacked });
             }
         }
     }

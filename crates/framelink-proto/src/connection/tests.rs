@@ -1,14 +1,7 @@
 use super::*;
 use crate::liveness::IdleKind;
+use crate::tests::util::{data_of, events, ms, secs, transmit_all, Pair, Rng};
 use proptest::prelude::*;
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
 
 fn cfg(interval: u64, timeout: u64) -> ConnectionConfig {
     ConnectionConfig {
@@ -43,18 +36,6 @@ fn hello_with(f: impl FnOnce(&mut Hello)) -> Vec<u8> {
     encode(&Message::Hello(h))
 }
 
-fn transmit_all(c: &mut Connection, now: Instant) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(b) = c.poll_transmit(now) {
-        out.extend_from_slice(&b);
-    }
-    out
-}
-
-fn events(c: &mut Connection) -> Vec<Event> {
-    std::iter::from_fn(|| c.poll_event()).collect()
-}
-
 fn closes(messages: &[Message]) -> Vec<u16> {
     messages
         .iter()
@@ -72,123 +53,17 @@ fn closed_code(events: &[Event]) -> Option<(CloseCode, bool)> {
     })
 }
 
-/// Two connections back to back through an in-memory pipe.
-struct Net {
-    a: Connection,
-    b: Connection,
-    now: Instant,
-    /// Deliver in chunks of random size up to this (0 = whole transmits).
-    max_chunk: usize,
-    rng: u64,
-    /// `b` has vanished: it neither receives, transmits nor runs timers.
-    b_frozen: bool,
-    ev_a: Vec<Event>,
-    ev_b: Vec<Event>,
-    wire_ab: Vec<u8>,
-    wire_ba: Vec<u8>,
-}
+/// Two protocol connections back to back through the shared simulator's link.
+type Net = Pair<Connection>;
 
-impl Net {
-    fn new(ca: ConnectionConfig, cb: ConnectionConfig) -> Net {
-        let now = Instant::now();
-        Net {
-            a: Connection::new(ca, now).unwrap(),
-            b: Connection::new(cb, now).unwrap(),
-            now,
-            max_chunk: 0,
-            rng: 0x9E37_79B9_7F4A_7C15,
-            b_frozen: false,
-            ev_a: Vec::new(),
-            ev_b: Vec::new(),
-            wire_ab: Vec::new(),
-            wire_ba: Vec::new(),
-        }
-    }
-
-    fn next_chunk(&mut self, left: usize) -> usize {
-        if self.max_chunk == 0 {
-            return left;
-        }
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        1 + (self.rng as usize % self.max_chunk).min(left - 1)
-    }
-
-    fn deliver(&mut self, to_b: bool, bytes: &[u8]) {
-        let mut rest = bytes;
-        while !rest.is_empty() {
-            let n = self.next_chunk(rest.len());
-            let dst = if to_b { &mut self.b } else { &mut self.a };
-            dst.recv_buf().extend_from_slice(&rest[..n]);
-            dst.process_input(self.now);
-            rest = &rest[n..];
-        }
-    }
-
-    fn flush(&mut self) {
-        loop {
-            let mut moved = false;
-            while let Some(bytes) = self.a.poll_transmit(self.now) {
-                moved = true;
-                self.wire_ab.extend_from_slice(&bytes);
-                if !self.b_frozen {
-                    self.deliver(true, &bytes);
-                }
-            }
-            if !self.b_frozen {
-                while let Some(bytes) = self.b.poll_transmit(self.now) {
-                    moved = true;
-                    self.wire_ba.extend_from_slice(&bytes);
-                    self.deliver(false, &bytes);
-                }
-            }
-            if !moved {
-                break;
-            }
-        }
-        self.ev_a.extend(events(&mut self.a));
-        self.ev_b.extend(events(&mut self.b));
-    }
-
-    fn run_until(&mut self, until: Instant) {
-        self.flush();
-        for _ in 0..1_000_000 {
-            let tb = if self.b_frozen {
-                None
-            } else {
-                self.b.poll_timeout()
-            };
-            let next = [self.a.poll_timeout(), tb].into_iter().flatten().min();
-            match next {
-                Some(t) if t <= until => {
-                    self.now = self.now.max(t);
-                    self.a.handle_timeout(self.now);
-                    if !self.b_frozen {
-                        self.b.handle_timeout(self.now);
-                    }
-                    self.flush();
-                }
-                _ => break,
-            }
-        }
-        self.now = self.now.max(until);
-        self.flush();
-    }
-
-    fn data_b(&self) -> Vec<Bytes> {
-        data_of(&self.ev_b)
-    }
-}
-
-fn data_of(events: &[Event]) -> Vec<Bytes> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Data(d) => Some(d.clone()),
-            _ => None,
-        })
-        .collect()
+/// A [`Net`] of a connection with `ca` and one with `cb`, both created now.
+fn net(ca: ConnectionConfig, cb: ConnectionConfig) -> Net {
+    let now = Instant::now();
+    Pair::new(
+        Connection::new(ca, now).unwrap(),
+        Connection::new(cb, now).unwrap(),
+        now,
+    )
 }
 
 #[test]
@@ -241,7 +116,7 @@ fn config_validation() {
 
 #[test]
 fn handshake_both_ways() {
-    let mut net = Net::new(cfg(5, 3), cfg(7, 2));
+    let mut net = net(cfg(5, 3), cfg(7, 2));
     assert_eq!(net.a.state(), State::Handshaking);
     net.flush();
     assert_eq!((net.a.state(), net.b.state()), (State::Open, State::Open));
@@ -264,7 +139,7 @@ fn handshake_both_ways() {
 
 #[test]
 fn data_both_directions_in_order_chunked() {
-    let mut net = Net::new(cfg(5, 3), cfg(5, 3));
+    let mut net = net(cfg(5, 3), cfg(5, 3));
     net.max_chunk = 7;
     let msgs: Vec<Bytes> = (0..50u32)
         .map(|i| Bytes::from(vec![i as u8; (i as usize * 97) % 3000]))
@@ -315,7 +190,7 @@ fn zero_copy_both_sides() {
 
 #[test]
 fn ping_pong_when_quiet_gives_rtt() {
-    let mut net = Net::new(
+    let mut net = net(
         cfg(1, 1),
         ConnectionConfig {
             ping_interval: None,
@@ -345,7 +220,7 @@ fn idle_timeout_evicts_a_connection_without_data_despite_heartbeats() {
         idle_timeout: Some(secs(10)),
         ..cfg(1, 1)
     };
-    let mut net = Net::new(idle, cfg(1, 1));
+    let mut net = net(idle, cfg(1, 1));
     let t0 = net.now;
     net.run_until(t0 + secs(5));
     net.a.send(Bytes::from_static(b"keep"), net.now).unwrap();
@@ -369,7 +244,7 @@ fn idle_timeout_counts_received_data_too() {
         idle_timeout: Some(secs(3)),
         ..cfg(1, 1)
     };
-    let mut net = Net::new(idle, cfg(1, 1));
+    let mut net = net(idle, cfg(1, 1));
     let t0 = net.now;
     for i in 1..=5 {
         net.run_until(t0 + secs(2 * i));
@@ -401,7 +276,7 @@ fn idle_events_fire_once_per_idle_period() {
         all_idle: Some(secs(5)),
         ..ConnectionConfig::default()
     };
-    let mut net = Net::new(
+    let mut net = net(
         quiet,
         ConnectionConfig {
             ping_interval: None,
@@ -444,7 +319,7 @@ fn frozen_peer_declared_dead_within_bound() {
     for freeze_after in [0u64, 1200, 4999, 7777] {
         let (interval, timeout) = (secs(5), secs(3));
         // The passive side keeps nothing of its own going.
-        let mut net = Net::new(
+        let mut net = net(
             cfg(5, 3),
             ConnectionConfig {
                 ping_interval: None,
@@ -477,7 +352,7 @@ fn frozen_peer_declared_dead_within_bound() {
 
 #[test]
 fn frozen_peer_detection_time_is_exact() {
-    let mut net = Net::new(cfg(5, 3), cfg(5, 3));
+    let mut net = net(cfg(5, 3), cfg(5, 3));
     net.flush();
     let t = net.now;
     net.b_frozen = true;
@@ -499,7 +374,7 @@ fn frozen_peer_detection_time_is_exact() {
 
 #[test]
 fn answering_peer_stays_alive_for_10000_seconds() {
-    let mut net = Net::new(cfg(5, 3), cfg(7, 2));
+    let mut net = net(cfg(5, 3), cfg(7, 2));
     net.run_until(net.now + secs(10_000));
     assert_eq!(closed_code(&net.ev_a), None);
     assert_eq!(closed_code(&net.ev_b), None);
@@ -673,7 +548,7 @@ fn extension_messages_are_ignored() {
 }
 
 fn graceful_close(a_closes: bool) {
-    let mut net = Net::new(cfg(5, 3), cfg(5, 3));
+    let mut net = net(cfg(5, 3), cfg(5, 3));
     net.max_chunk = 3;
     net.flush();
     let (closer, other) = if a_closes {
@@ -730,7 +605,7 @@ fn graceful_close(a_closes: bool) {
 #[test]
 fn close_during_handshake_still_delivers_queued_data() {
     let t = Instant::now();
-    let mut net = Net::new(cfg(5, 3), cfg(5, 3));
+    let mut net = net(cfg(5, 3), cfg(5, 3));
     net.a.send(Bytes::from_static(b"one"), t).unwrap();
     net.a.send(Bytes::from_static(b"two"), t).unwrap();
     net.a.close(CloseCode::Application(0x1002), "done", t);
@@ -1108,7 +983,7 @@ proptest! {
         max_chunk in 0usize..64,
         step_ms in 0u64..4000,
     ) {
-        let mut net = Net::new(cfg(1, 1), cfg(2, 1));
+        let mut net = net(cfg(1, 1), cfg(2, 1));
         net.max_chunk = max_chunk;
         let (mut to_b, mut to_a) = (Vec::new(), Vec::new());
         for (i, (a_sends, body)) in msgs.into_iter().enumerate() {
@@ -1163,11 +1038,9 @@ proptest! {
 /// bytes in flight are lost and both sides see the stream end. Sessions move to the next
 /// connection (client) or into the store (server).
 struct SessionSim {
-    now: Instant,
-    rng: u64,
+    /// `a` is the client, `b` the server; its random generator also picks the cut points.
+    link: Pair<Connection>,
     config: ConnectionConfig,
-    client: Connection,
-    server: Connection,
     store: crate::session::SessionStore,
     /// Messages each side's application has sent so far (payload = its number).
     sent_c: u32,
@@ -1196,11 +1069,14 @@ impl SessionSim {
         };
         let now = Instant::now();
         let session = Session::new([0x5e; 16]);
-        SessionSim {
+        let mut link = Pair::new(
+            Connection::with_session(config.clone(), session, now).unwrap(),
+            Connection::new(config.clone(), now).unwrap(),
             now,
-            rng: seed | 1,
-            client: Connection::with_session(config.clone(), session, now).unwrap(),
-            server: Connection::new(config.clone(), now).unwrap(),
+        );
+        link.rng = Rng::new(seed);
+        SessionSim {
+            link,
             config,
             store: crate::session::SessionStore::new(secs(60), 16),
             sent_c: 0,
@@ -1216,10 +1092,7 @@ impl SessionSim {
     }
 
     fn rand(&mut self, n: u64) -> u64 {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        self.rng % n
+        self.link.rng.below(n)
     }
 
     fn number(payload: &Bytes) -> u32 {
@@ -1228,7 +1101,7 @@ impl SessionSim {
 
     /// Drains both machines' events.
     fn events(&mut self) {
-        while let Some(e) = self.client.poll_event() {
+        while let Some(e) = self.link.a.poll_event() {
             match e {
                 Event::Data(p) => self.got_c.push(Self::number(&p)),
                 Event::SessionLost { unacked, .. } => {
@@ -1249,20 +1122,22 @@ impl SessionSim {
                 _ => {}
             }
         }
-        while let Some(e) = self.server.poll_event() {
+        while let Some(e) = self.link.b.poll_event() {
             match e {
                 Event::Data(p) => self.got_s.push(Self::number(&p)),
                 Event::SessionRequest { id, proof, .. } => {
                     use crate::session::Resolution;
-                    match self.store.resolve(&id, proof.as_ref(), self.now) {
-                        Resolution::Resume(found) => {
-                            self.server.attach_session(Some(found), self.now).unwrap()
-                        }
-                        Resolution::New => self.server.attach_session(None, self.now).unwrap(),
+                    match self.store.resolve(&id, proof.as_ref(), self.link.now) {
+                        Resolution::Resume(found) => self
+                            .link
+                            .b
+                            .attach_session(Some(found), self.link.now)
+                            .unwrap(),
+                        Resolution::New => self.link.b.attach_session(None, self.link.now).unwrap(),
                         Resolution::Replace(mut old) => {
                             self.lost_s
                                 .extend(old.take_unacked().iter().map(Self::number));
-                            self.server.attach_session(None, self.now).unwrap()
+                            self.link.b.attach_session(None, self.link.now).unwrap()
                         }
                         Resolution::Refuse(why) => panic!("session refused: {why}"),
                     }
@@ -1282,24 +1157,9 @@ impl SessionSim {
         }
     }
 
-    /// Moves up to `budget` bytes each way, in random pieces.
+    /// Moves up to `budget` bytes each way.
     fn pump(&mut self, budget: usize) {
-        for to_server in [true, false] {
-            let mut moved = 0;
-            while moved < budget {
-                let (src, dst) = if to_server {
-                    (&mut self.client, &mut self.server)
-                } else {
-                    (&mut self.server, &mut self.client)
-                };
-                let Some(chunk) = src.poll_transmit(self.now) else {
-                    break;
-                };
-                moved += chunk.len();
-                dst.recv_buf().extend_from_slice(&chunk);
-                dst.process_input(self.now);
-            }
-        }
+        self.link.pump(budget);
         self.events();
     }
 
@@ -1307,14 +1167,14 @@ impl SessionSim {
     fn send(&mut self, until: u32) {
         while self.sent_c < until {
             let m = Bytes::from((self.sent_c + 1).to_be_bytes().to_vec());
-            if self.client.send(m, self.now).is_err() {
+            if self.link.a.send(m, self.link.now).is_err() {
                 break;
             }
             self.sent_c += 1;
         }
-        while self.sent_s < until && self.server.state() == State::Open {
+        while self.sent_s < until && self.link.b.state() == State::Open {
             let m = Bytes::from((self.sent_s + 1).to_be_bytes().to_vec());
-            if self.server.send(m, self.now).is_err() {
+            if self.link.b.send(m, self.link.now).is_err() {
                 break;
             }
             self.sent_s += 1;
@@ -1322,9 +1182,7 @@ impl SessionSim {
     }
 
     fn tick(&mut self, d: Duration) {
-        self.now += d;
-        self.client.handle_timeout(self.now);
-        self.server.handle_timeout(self.now);
+        self.link.tick(d);
         self.events();
     }
 
@@ -1333,23 +1191,20 @@ impl SessionSim {
     fn cut(&mut self) {
         self.cuts += 1;
         // Some output is transmitted into the void.
-        for _ in 0..self.rand(4) {
-            let _ = self.client.poll_transmit(self.now);
-            let _ = self.server.poll_transmit(self.now);
-        }
-        self.client.handle_eof(self.now);
-        self.server.handle_eof(self.now);
+        let lost = self.rand(4);
+        self.link.cut(lost);
         self.events();
         let client_session = self
-            .client
+            .link
+            .a
             .take_session()
             .expect("client keeps its session");
-        if let Some(s) = self.server.take_session() {
-            self.store.detach(s, self.now);
+        if let Some(s) = self.link.b.take_session() {
+            self.store.detach(s, self.link.now);
         }
-        self.client =
-            Connection::with_session(self.config.clone(), client_session, self.now).unwrap();
-        self.server = Connection::new(self.config.clone(), self.now).unwrap();
+        self.link.a =
+            Connection::with_session(self.config.clone(), client_session, self.link.now).unwrap();
+        self.link.b = Connection::new(self.config.clone(), self.link.now).unwrap();
     }
 
     /// Sends `total` messages each way with `cuts` link failures at random points, then
@@ -1390,7 +1245,7 @@ fn session_delivers_exactly_once_in_order_across_many_cuts() {
     assert!(sim.resumed >= 20, "only {} resumptions", sim.resumed);
     assert!(sim.resent > 100, "only {} messages resent", sim.resent);
     // Resends happened and duplicates were dropped rather than delivered.
-    let c = sim.client.session().unwrap();
+    let c = sim.link.a.session().unwrap();
     assert_eq!(c.delivered(), 3_000);
 }
 
@@ -1407,21 +1262,22 @@ proptest! {
 fn session_keeps_messages_sent_while_the_connection_dies() {
     let mut sim = SessionSim::new(17);
     sim.run(5, 0);
-    sim.client.handle_eof(sim.now);
-    assert!(sim.client.is_closed());
+    sim.link.a.handle_eof(sim.link.now);
+    assert!(sim.link.a.is_closed());
     // The runtime may still hand over messages it had accepted: they join the session.
-    sim.client
-        .send(Bytes::from(6u32.to_be_bytes().to_vec()), sim.now)
+    sim.link
+        .a
+        .send(Bytes::from(6u32.to_be_bytes().to_vec()), sim.link.now)
         .unwrap();
     sim.sent_c = 6;
-    sim.server.handle_eof(sim.now);
-    let session = sim.client.take_session().unwrap();
+    sim.link.b.handle_eof(sim.link.now);
+    let session = sim.link.a.take_session().unwrap();
     assert_eq!(session.next_seq(), 7, "message 6 is in the session");
-    sim.client = Connection::with_session(sim.config.clone(), session, sim.now).unwrap();
-    if let Some(s) = sim.server.take_session() {
-        sim.store.detach(s, sim.now);
+    sim.link.a = Connection::with_session(sim.config.clone(), session, sim.link.now).unwrap();
+    if let Some(s) = sim.link.b.take_session() {
+        sim.store.detach(s, sim.link.now);
     }
-    sim.server = Connection::new(sim.config.clone(), sim.now).unwrap();
+    sim.link.b = Connection::new(sim.config.clone(), sim.link.now).unwrap();
     sim.run(6, 0);
 }
 
@@ -1434,7 +1290,7 @@ fn a_session_message_too_long_for_the_peer_is_dropped_at_the_first_handshake() {
         max_queued_bytes: 64 * 1024,
         ..sim.config.clone()
     };
-    sim.server = Connection::new(small, sim.now).unwrap();
+    sim.link.b = Connection::new(small, sim.link.now).unwrap();
     let big = Bytes::from(vec![0xEE; crate::wire::MIN_MAX_MESSAGE_LEN as usize]);
     let mut client = Connection::with_session(
         ConnectionConfig {
@@ -1442,7 +1298,7 @@ fn a_session_message_too_long_for_the_peer_is_dropped_at_the_first_handshake() {
             ..sim.config.clone()
         },
         Session::new([0x5e; 16]),
-        sim.now,
+        sim.link.now,
     )
     .unwrap();
     for payload in [
@@ -1450,23 +1306,23 @@ fn a_session_message_too_long_for_the_peer_is_dropped_at_the_first_handshake() {
         big,
         Bytes::from_static(&[0, 0, 0, 2]),
     ] {
-        client.send(payload, sim.now).unwrap();
+        client.send(payload, sim.link.now).unwrap();
     }
-    sim.client = client;
+    sim.link.a = client;
     let mut dropped = Vec::new();
     for _ in 0..4 {
         for to_server in [true, false] {
             let (src, dst) = if to_server {
-                (&mut sim.client, &mut sim.server)
+                (&mut sim.link.a, &mut sim.link.b)
             } else {
-                (&mut sim.server, &mut sim.client)
+                (&mut sim.link.b, &mut sim.link.a)
             };
-            while let Some(chunk) = src.poll_transmit(sim.now) {
+            while let Some(chunk) = src.poll_transmit(sim.link.now) {
                 dst.recv_buf().extend_from_slice(&chunk);
-                dst.process_input(sim.now);
+                dst.process_input(sim.link.now);
             }
         }
-        while let Some(event) = sim.client.poll_event() {
+        while let Some(event) = sim.link.a.poll_event() {
             if let Event::MessageDropped { len, peer_max } = event {
                 dropped.push((len, peer_max));
             }
@@ -1476,8 +1332,8 @@ fn a_session_message_too_long_for_the_peer_is_dropped_at_the_first_handshake() {
     // The others are renumbered and delivered; the session goes on (no protocol error).
     assert_eq!(dropped, vec![(4096, 4096)]);
     assert_eq!(sim.got_s, vec![1, 2]);
-    assert_eq!(sim.client.state(), State::Open);
-    assert_eq!(sim.client.session().unwrap().next_seq(), 3);
+    assert_eq!(sim.link.a.state(), State::Open);
+    assert_eq!(sim.link.a.session().unwrap().next_seq(), 3);
 }
 
 #[test]
@@ -1487,25 +1343,25 @@ fn session_acks_follow_the_policy_and_piggyback_on_data() {
     sim.pump(1 << 20);
     let m = |i: u32| Bytes::from(i.to_be_bytes().to_vec());
     for i in 1..=3 {
-        sim.client.send(m(i), sim.now).unwrap();
+        sim.link.a.send(m(i), sim.link.now).unwrap();
     }
     sim.pump(1 << 20);
     assert_eq!(sim.got_s, vec![1, 2, 3]);
     // Nothing to send back, fewer than ack_every (8), delay (5 ms) not over: no ACK yet.
-    let server_ack = |sim: &SessionSim| sim.server.session.as_ref().unwrap().ack_sent;
+    let server_ack = |sim: &SessionSim| sim.link.b.session.as_ref().unwrap().ack_sent;
     assert_eq!(server_ack(&sim), 0);
-    assert_eq!(sim.client.session().unwrap().acked(), 0);
+    assert_eq!(sim.link.a.session().unwrap().acked(), 0);
     sim.tick(ms(6));
     sim.pump(1 << 20);
     assert_eq!(server_ack(&sim), 3);
-    assert_eq!(sim.client.session().unwrap().acked(), 3);
+    assert_eq!(sim.link.a.session().unwrap().acked(), 3);
     // Data going the other way carries the ACK at once.
-    sim.client.send(m(4), sim.now).unwrap();
+    sim.link.a.send(m(4), sim.link.now).unwrap();
     sim.pump(1 << 20);
-    sim.server.send(m(1), sim.now).unwrap();
+    sim.link.b.send(m(1), sim.link.now).unwrap();
     sim.pump(1 << 20);
     assert_eq!(server_ack(&sim), 4);
-    assert_eq!(sim.client.session().unwrap().acked(), 4);
+    assert_eq!(sim.link.a.session().unwrap().acked(), 4);
 }
 
 #[test]
@@ -1513,16 +1369,16 @@ fn session_retransmit_buffer_is_bounded_by_the_queue_limit() {
     let mut sim = SessionSim::new(7);
     // Nothing moves: the client can only buffer up to max_queued_bytes (4096).
     sim.send(10_000);
-    let buffered = sim.client.queued_bytes();
+    let buffered = sim.link.a.queued_bytes();
     assert!(buffered <= 4096, "{buffered}");
     assert_eq!(sim.sent_c as usize, 4096 / (4 + SDATA_OVERHEAD));
     assert!(matches!(
-        sim.client.send(Bytes::from_static(b"more"), sim.now),
+        sim.link.a.send(Bytes::from_static(b"more"), sim.link.now),
         Err(SendError::QueueFull { limit: 4096, .. })
     ));
     // Acknowledgements make room.
     sim.run(sim.sent_c, 0);
-    assert_eq!(sim.client.queued_bytes(), 0);
+    assert_eq!(sim.link.a.queued_bytes(), 0);
 }
 
 #[test]
@@ -1531,8 +1387,9 @@ fn session_lost_when_the_server_no_longer_has_it() {
     sim.run(50, 0);
     // Unacknowledged messages in flight, then the link dies and the server restarts.
     for i in 51..=60u32 {
-        sim.client
-            .send(Bytes::from(i.to_be_bytes().to_vec()), sim.now)
+        sim.link
+            .a
+            .send(Bytes::from(i.to_be_bytes().to_vec()), sim.link.now)
             .unwrap();
     }
     sim.sent_c = 60;
@@ -1544,10 +1401,11 @@ fn session_lost_when_the_server_no_longer_has_it() {
     sim.pump(1 << 20);
     // The application gets the 10 messages back, the session goes on as a new one.
     assert_eq!(sim.lost_c, (51..=60).collect::<Vec<_>>());
-    let session = sim.client.session().unwrap();
+    let session = sim.link.a.session().unwrap();
     assert_eq!((session.next_seq(), session.delivered()), (1, 0));
-    sim.client
-        .send(Bytes::from(1000u32.to_be_bytes().to_vec()), sim.now)
+    sim.link
+        .a
+        .send(Bytes::from(1000u32.to_be_bytes().to_vec()), sim.link.now)
         .unwrap();
     sim.pump(1 << 20);
     assert_eq!(sim.got_s.last(), Some(&1000));
@@ -1557,19 +1415,19 @@ fn session_lost_when_the_server_no_longer_has_it() {
 fn session_ends_with_a_normal_close() {
     let mut sim = SessionSim::new(3);
     sim.run(20, 0);
-    sim.client.close(CloseCode::Normal, "done", sim.now);
+    sim.link.a.close(CloseCode::Normal, "done", sim.link.now);
     for _ in 0..4 {
         sim.pump(1 << 20);
     }
-    assert!(sim.client.is_closed() && sim.server.is_closed());
-    assert!(sim.client.take_session().is_none());
-    assert!(sim.server.take_session().is_none());
+    assert!(sim.link.a.is_closed() && sim.link.b.is_closed());
+    assert!(sim.link.a.take_session().is_none());
+    assert!(sim.link.b.take_session().is_none());
     assert!(sim.lost_c.is_empty() && sim.lost_s.is_empty());
 }
 
 #[test]
 fn session_unavailable_when_the_peer_does_not_offer() {
-    let mut net = Net::new(cfg(5, 5), cfg(5, 5));
+    let mut net = net(cfg(5, 5), cfg(5, 5));
     net.a = Connection::with_session(cfg(5, 5), Session::new([1; 16]), net.now).unwrap();
     net.run_until(net.now + ms(10));
     assert!(net.ev_a.iter().any(|e| matches!(
@@ -1695,13 +1553,14 @@ fn forged_request_delivered_is_refused_and_nothing_is_skipped() {
 fn an_ack_below_what_was_acknowledged_is_refused() {
     let mut sim = SessionSim::new(3);
     sim.run(200, 0);
-    let acked = sim.client.session().unwrap().acked();
+    let acked = sim.link.a.session().unwrap().acked();
     assert!(acked > 0);
-    sim.client
-        .handle_input(&encode(&Message::Ack(acked - 1)), sim.now);
-    let ev = events(&mut sim.client);
+    sim.link
+        .a
+        .handle_input(&encode(&Message::Ack(acked - 1)), sim.link.now);
+    let ev = events(&mut sim.link.a);
     assert_eq!(closed_code(&ev), Some((CloseCode::ProtocolError, false)));
-    assert_eq!(sim.client.session().unwrap().acked(), acked);
+    assert_eq!(sim.link.a.session().unwrap().acked(), acked);
 }
 
 #[test]
@@ -1737,8 +1596,10 @@ fn session_messages_out_of_place_are_protocol_errors() {
     // DATA inside a session is refused too.
     let mut sim = SessionSim::new(5);
     sim.run(1, 0);
-    sim.server
-        .handle_input(&encode(&Message::Data(Bytes::from_static(b"x"))), sim.now);
-    let ev = events(&mut sim.server);
+    sim.link.b.handle_input(
+        &encode(&Message::Data(Bytes::from_static(b"x"))),
+        sim.link.now,
+    );
+    let ev = events(&mut sim.link.b);
     assert_eq!(closed_code(&ev), Some((CloseCode::ProtocolError, false)));
 }
