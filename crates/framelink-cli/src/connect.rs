@@ -22,6 +22,7 @@ use clap::Args;
 use framelink::client::{Client, ClientConfig, ClientEvent};
 use framelink::connection::ResumeStatus;
 use framelink::connection::SendError;
+use framelink::SessionEvent;
 use framelink::{BackoffConfig, Protocol, SessionConfig};
 use tokio::io::AsyncBufReadExt;
 use tokio::time::Instant;
@@ -455,11 +456,11 @@ impl Session {
                 }
                 return Flow::Exit(ExitCode::FAILURE);
             }
-            ClientEvent::Session {
+            ClientEvent::Session(SessionEvent::Started {
                 id,
                 status,
                 resending,
-            } => {
+            }) => {
                 let id = hex(&id);
                 match status {
                     ResumeStatus::New => self.info(format_args!("session {id} new")),
@@ -473,7 +474,7 @@ impl Session {
                     )),
                 }
             }
-            ClientEvent::SessionLost { id, unacked } => {
+            ClientEvent::Session(SessionEvent::Lost { id, unacked }) => {
                 // Whatever -q says: these may never have reached the server.
                 eprintln!(
                     "[connect] session {} lost: {} handed back (they may or may not have \

@@ -20,6 +20,7 @@ use framelink::server::{
     Incoming, LostReason, LostSession, Server, ServerConfig, ServerHandle, ServerSessions,
 };
 use framelink::Protocol;
+use framelink::SessionEvent;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -344,11 +345,11 @@ async fn connection(incoming: Incoming, sink: bool, sessions: Option<Echoes>, ou
                         None => echoes.push(m),
                     }
                 }
-                Event::Session {
+                Event::Session(SessionEvent::Started {
                     id: session_id,
                     status,
                     resending,
-                } => {
+                }) => {
                     if !out.quiet {
                         eprintln!(
                             "[serve] #{id} session {} {}",
@@ -366,10 +367,10 @@ async fn connection(incoming: Incoming, sink: bool, sessions: Option<Echoes>, ou
                         feed = Some((shared, guard));
                     }
                 }
-                Event::SessionLost {
+                Event::Session(SessionEvent::Lost {
                     id: session_id,
                     unacked,
-                } => {
+                }) => {
                     eprintln!(
                         "[serve] #{id} session {} ended: {} handed back",
                         hex(&session_id),

@@ -56,7 +56,7 @@ use framelink_proto::session::{Session, SessionConfig};
 
 use crate::connection::{
     self, CloseCode, CloseInfo, DecodeError, DriverConfig, Event, Hello, IdleKind, Protocol,
-    ResumeStatus, SendError, Sender, SpawnOptions,
+    SendError, Sender, SessionEvent, SpawnOptions,
 };
 use crate::socket::SocketOptions;
 use crate::tls::{MaybeTls, TlsClientConfig};
@@ -111,8 +111,10 @@ impl Default for ClientConfig {
 }
 
 /// What a [`Client`] reports, in order.
+///
+/// Exhaustive on purpose, like [`Event`]: code that translates client events (the Python
+/// package) matches every variant, so a new one is a compile error there.
 #[derive(Debug, Clone)]
-#[non_exhaustive]
 pub enum ClientEvent {
     /// A connection is up: in protocol mode once the handshake completed (with the server's
     /// HELLO), in raw mode once TCP connected.
@@ -143,24 +145,11 @@ pub enum ClientEvent {
     /// The connection ended; how and why.
     Disconnected(CloseInfo),
     /// Sessions: the session runs on the new connection (new, resumed, or unknown to the
-    /// server, which then started a new one).
-    Session {
-        /// The session id.
-        id: [u8; 16],
-        /// What the server said.
-        status: ResumeStatus,
-        /// Messages sent again because the server had not delivered them.
-        resending: u64,
-    },
-    /// Sessions: the server could not resume the session (expired, restarted), or it ended
-    /// with unacknowledged messages: they are handed back, and may or may not have been
-    /// delivered. Nothing is dropped silently.
-    SessionLost {
-        /// The session id.
-        id: [u8; 16],
-        /// The messages, oldest first.
-        unacked: Vec<Bytes>,
-    },
+    /// server, which then started a new one), or the server could not resume it (expired,
+    /// restarted), or it ended with unacknowledged messages: they are handed back, and may or
+    /// may not have been delivered. Nothing is dropped silently. The same [`SessionEvent`] as
+    /// a connection's [`Event::Session`].
+    Session(SessionEvent),
     /// A connect attempt failed (refused, timed out, handshake failed before opening).
     ConnectFailed {
         /// The attempt number in the current series.
@@ -662,16 +651,7 @@ impl Supervisor {
             Event::MessageDropped { len, peer_max } => {
                 ClientEvent::MessageDropped { len, peer_max }
             }
-            Event::Session {
-                id,
-                status,
-                resending,
-            } => ClientEvent::Session {
-                id,
-                status,
-                resending,
-            },
-            Event::SessionLost { id, unacked } => ClientEvent::SessionLost { id, unacked },
+            Event::Session(session) => ClientEvent::Session(session),
             Event::Closed(info) => {
                 self.current.send_replace(Current::Connecting);
                 match opened_at {

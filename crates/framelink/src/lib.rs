@@ -50,7 +50,7 @@ pub mod socket;
 pub mod tls;
 
 pub use client::{Client, ClientConfig, ClientEvent, ClientSender};
-pub use connection::{CloseInfo, Connection, Event, Protocol, Receiver, Sender};
+pub use connection::{CloseInfo, Connection, Event, Protocol, Receiver, Sender, SessionEvent};
 pub use framelink_proto::backoff::{BackoffConfig, Jitter};
 pub use framelink_proto::codec::{
     self, DecodeError, DecodeErrorKind, EncodeError, FrameDecoder, FrameEncoder, FrameError,

@@ -24,6 +24,7 @@ use framelink::proto::connection as proto;
 use framelink::proto::session::Session;
 use framelink::proto::wire::{Hello, Message, WireCodec};
 use framelink::server::{LostReason, Server, ServerConfig, ServerSessions, ServerStats};
+use framelink::SessionEvent;
 use framelink::{Protocol, ServerHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -297,7 +298,7 @@ async fn session_server(
             tokio::spawn(async move {
                 let (tx, mut rx) = incoming.connection.split();
                 while let Some(event) = rx.next_event().await {
-                    if let Event::Session { id, .. } = event {
+                    if let Event::Session(SessionEvent::Started { id, .. }) = event {
                         for _ in 0..per_session / (64 * 1024) {
                             if tx.send(Bytes::from(vec![1u8; 64 * 1024])).await.is_err() {
                                 break;

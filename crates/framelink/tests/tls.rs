@@ -19,6 +19,7 @@ use framelink::tls::{
     ClientAuth, TlsClientConfig, TlsClientOptions, TlsConfigError, TlsServerConfig,
     TlsServerOptions,
 };
+use framelink::SessionEvent;
 use framelink::{BackoffConfig, Framing, RawConfig, SessionConfig};
 use framelink_chaos::{ChaosConfig, ChaosProxy, Fault};
 use rcgen::{
@@ -595,7 +596,7 @@ async fn sessions_resume_exactly_once_over_tls_across_cut_links() {
         while let Some(event) = client.next_event().await {
             match event {
                 ClientEvent::Disconnected(_) => disconnects += 1,
-                ClientEvent::SessionLost { unacked, .. } => {
+                ClientEvent::Session(SessionEvent::Lost { unacked, .. }) => {
                     panic!("session lost with {} messages", unacked.len())
                 }
                 ClientEvent::Closed | ClientEvent::GaveUp { .. } => break,

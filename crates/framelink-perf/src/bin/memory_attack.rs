@@ -39,6 +39,7 @@ use framelink::proto::session::Session;
 use framelink::proto::wire::{Hello, Message, WireCodec};
 use framelink::server::{Server, ServerConfig, ServerSessions};
 use framelink::Protocol;
+use framelink::SessionEvent;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -203,7 +204,7 @@ fn server_process(attack: &str, budget: usize) {
                         match event {
                             // (A `Bytes` clone is a reference count.)
                             Event::Message(m) if tx.send(m.clone()).await.is_err() => break,
-                            Event::Session { .. } => {
+                            Event::Session(SessionEvent::Started { .. }) => {
                                 for _ in 0..16 {
                                     if tx.send(Bytes::from(vec![1u8; 64 * 1024])).await.is_err() {
                                         break;

@@ -91,12 +91,14 @@ pub use framelink_proto::liveness::{DeathCause, IdleKind, RttEstimate};
 pub use framelink_proto::wire::{CloseCode, Hello, ResumeStatus};
 
 mod driver;
+mod event;
 mod handle;
 mod io;
 
 use driver::*;
+pub use event::{CloseInfo, Event, SessionEvent, TransportError};
 use handle::*;
-pub use handle::{CloseInfo, Connection, Event, Receiver, Sender, TransportError};
+pub use handle::{Connection, Receiver, Sender};
 use io::*;
 
 /// Buffering and backpressure of the driver task. The machine's own send limit
