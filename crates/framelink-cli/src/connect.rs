@@ -19,11 +19,11 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use clap::Args;
-use framelink::client::{Client, ClientConfig, ClientEvent};
 use framelink::connection::ResumeStatus;
 use framelink::connection::SendError;
-use framelink::SessionEvent;
-use framelink::{BackoffConfig, Protocol, SessionConfig};
+use framelink::{
+    BackoffConfig, Client, ClientConfig, ClientEvent, Protocol, SessionConfig, SessionEvent,
+};
 use tokio::io::AsyncBufReadExt;
 use tokio::time::Instant;
 
@@ -505,7 +505,6 @@ impl Session {
                     }
                 }
             }
-            other => self.debug(format_args!("{other:?}")),
         }
         Flow::Continue
     }

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
-use framelink::client::{Client, ClientConfig, ClientEvent};
-use framelink::connection::{ConnectionConfig, Event, Protocol, ResumeStatus, SendError};
-use framelink::server::{Server, ServerConfig, ServerHandle, ServerSessions};
-use framelink::SessionEvent;
-use framelink::{BackoffConfig, SessionConfig};
+use framelink::connection::{ConnectionConfig, ResumeStatus, SendError};
+use framelink::{
+    BackoffConfig, Client, ClientConfig, ClientEvent, Event, Protocol, Server, ServerConfig,
+    ServerHandle, ServerSessions, SessionConfig, SessionEvent,
+};
 use framelink_chaos::{ChaosConfig, ChaosEvent, ChaosProxy, Fault, FaultMix, FaultPlan, Trigger};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use tokio::sync::mpsc;

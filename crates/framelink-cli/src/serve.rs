@@ -15,12 +15,11 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use clap::Args;
-use framelink::connection::{CloseCode, Event, ResumeStatus, Sender};
-use framelink::server::{
-    Incoming, LostReason, LostSession, Server, ServerConfig, ServerHandle, ServerSessions,
+use framelink::connection::{CloseCode, ResumeStatus};
+use framelink::{
+    Event, Incoming, LostReason, LostSession, Protocol, Sender, Server, ServerConfig, ServerHandle,
+    ServerSessions, SessionEvent,
 };
-use framelink::Protocol;
-use framelink::SessionEvent;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -184,7 +183,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         }),
         memory_budget: args
             .memory_budget
-            .unwrap_or_else(framelink::server::default_memory_budget),
+            .unwrap_or_else(framelink::default_memory_budget),
         evict_idle_when_full: args.evict_idle_when_full.map_or(
             ServerConfig::default().evict_idle_when_full,
             |Interval(d)| d,
@@ -290,7 +289,7 @@ async fn serve(args: ServeArgs, config: ServerConfig) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_report(handle: &ServerHandle, report: framelink::server::ShutdownReport) {
+fn print_report(handle: &ServerHandle, report: framelink::ShutdownReport) {
     let stats = handle.stats();
     eprintln!(
         "[serve] shutdown: {} open, {} closed gracefully, {} aborted; {} accepted, {} refused in all",

@@ -15,11 +15,11 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use framelink::client::{ClientEvent, ClientSender};
-use framelink::connection::{CloseInfo, Event, IdleKind, ResumeStatus, SendError, Sender};
-use framelink::server::ShutdownReport;
-use framelink::SessionEvent;
-use framelink::{DecodeError, Receiver};
+use framelink::connection::{IdleKind, ResumeStatus, SendError};
+use framelink::{
+    ClientEvent, ClientSender, CloseInfo, DecodeError, Event, Receiver, Sender, SessionEvent,
+    ShutdownReport,
+};
 use futures::FutureExt;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
@@ -185,7 +185,7 @@ pub enum OpResult {
     SendFailed { error: SendError, unsent: usize },
     Closed(Option<CloseInfo>),
     Shutdown(ShutdownReport),
-    SessionSend(Result<(), framelink::server::SessionSendError>),
+    SessionSend(Result<(), framelink::SessionSendError>),
 }
 
 impl OpResult {

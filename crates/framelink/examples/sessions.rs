@@ -21,10 +21,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use framelink::connection::{ConnectionConfig, Event, Protocol, ResumeStatus};
-use framelink::server::{Server, ServerConfig, ServerHandle, ServerSessions};
-use framelink::SessionEvent;
-use framelink::{BackoffConfig, Client, ClientConfig, ClientEvent, SessionConfig};
+use framelink::connection::{ConnectionConfig, ResumeStatus};
+use framelink::{
+    BackoffConfig, Client, ClientConfig, ClientEvent, Event, Protocol, Server, ServerConfig,
+    ServerHandle, ServerSessions, SessionConfig, SessionEvent,
+};
 use framelink_chaos::{ChaosConfig, ChaosProxy, Fault, FaultMix, FaultPlan, Trigger};
 use tokio::sync::mpsc;
 

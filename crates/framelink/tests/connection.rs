@@ -5,9 +5,8 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use framelink::connection::{
-    self, CloseCode, CloseInfo, ConnectionConfig, ConnectionError, Event, SendError,
-};
+use framelink::connection::{self, CloseCode, ConnectionConfig, ConnectionError, SendError};
+use framelink::{CloseInfo, Event, Receiver};
 use framelink_chaos::{ChaosConfig, ChaosProxy, Fault};
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -45,14 +44,14 @@ fn msg(tag: &str, i: usize) -> Bytes {
 }
 
 /// The next event, failing the test after [`DEADLINE`].
-async fn event(rx: &mut connection::Receiver) -> Option<Event> {
+async fn event(rx: &mut Receiver) -> Option<Event> {
     timeout(DEADLINE, rx.next_event())
         .await
         .expect("no event in time")
 }
 
 /// Waits for `Connected`, skipping nothing else (it must come first).
-async fn connected(rx: &mut connection::Receiver) -> framelink::connection::Hello {
+async fn connected(rx: &mut Receiver) -> framelink::connection::Hello {
     match event(rx).await {
         Some(Event::Connected { peer, version }) => {
             assert_eq!(version, 1);
@@ -63,7 +62,7 @@ async fn connected(rx: &mut connection::Receiver) -> framelink::connection::Hell
 }
 
 /// Skips everything but `Closed`; messages are not allowed.
-async fn closed(rx: &mut connection::Receiver) -> CloseInfo {
+async fn closed(rx: &mut Receiver) -> CloseInfo {
     loop {
         match event(rx).await {
             Some(Event::Closed(info)) => return info,
@@ -402,7 +401,8 @@ async fn send_budget_is_enforced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_reader_triggers_backpressure_not_growth() {
-    use framelink::connection::{DriverConfig, Protocol};
+    use framelink::connection::DriverConfig;
+    use framelink::Protocol;
     let (a, b) = pair().await;
     let limit = 256 * 1024;
     let sender_cfg = ConnectionConfig {

@@ -19,13 +19,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use framelink::connection::{self, CloseCode, Connection, ConnectionConfig, Event};
+use framelink::connection::{self, CloseCode, ConnectionConfig};
 use framelink::proto::connection as proto;
 use framelink::proto::session::Session;
 use framelink::proto::wire::{Hello, Message, WireCodec};
-use framelink::server::{LostReason, Server, ServerConfig, ServerSessions, ServerStats};
-use framelink::SessionEvent;
-use framelink::{Protocol, ServerHandle};
+use framelink::{
+    Connection, Event, LostReason, Protocol, Server, ServerConfig, ServerHandle, ServerSessions,
+    ServerStats, SessionEvent,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;

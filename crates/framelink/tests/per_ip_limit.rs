@@ -11,9 +11,10 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
-use framelink::connection::{self, CloseCode, CloseInfo, Connection, ConnectionConfig, Event};
-use framelink::server::{Server, ServerConfig};
-use framelink::{Framing, Protocol, RawConfig, ServerHandle};
+use framelink::connection::{self, CloseCode, ConnectionConfig};
+use framelink::{
+    CloseInfo, Connection, Event, Framing, Protocol, RawConfig, Server, ServerConfig, ServerHandle,
+};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::timeout;

@@ -9,10 +9,11 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use framelink::client::{Client, ClientConfig, ClientEvent};
-use framelink::connection::{self, CloseCode, ConnectionConfig, ConnectionError, Event, Protocol};
-use framelink::server::{Server, ServerConfig};
-use framelink::{BackoffConfig, FrameMatcher, Framing, Jitter, RawConfig};
+use framelink::connection::{self, CloseCode, ConnectionConfig, ConnectionError};
+use framelink::{
+    BackoffConfig, Client, ClientConfig, ClientEvent, Event, FrameMatcher, Framing, Jitter,
+    Protocol, RawConfig, Server, ServerConfig,
+};
 use framelink_chaos::{ChaosConfig, ChaosProxy, Fault};
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};

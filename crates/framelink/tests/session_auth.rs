@@ -9,8 +9,9 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use framelink::connection::{Event as ServerEvent, ResumeStatus};
-use framelink::server::{Server, ServerConfig, ServerSessions};
+use framelink::connection::ResumeStatus;
+use framelink::Event as ServerEvent;
+use framelink::{Server, ServerConfig, ServerSessions};
 use framelink_proto::auth::SessionSecret;
 use framelink_proto::connection::{Connection, ConnectionConfig, Event};
 use framelink_proto::session::{Session, SessionConfig};

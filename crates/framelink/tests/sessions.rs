@@ -8,13 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use framelink::client::{Client, ClientConfig, ClientEvent};
-use framelink::connection::{ConnectionConfig, Event, Protocol, ResumeStatus};
-use framelink::server::{
-    LostReason, Server, ServerConfig, ServerHandle, ServerSessions, SessionSendError,
+use framelink::connection::{ConnectionConfig, ResumeStatus};
+use framelink::{
+    BackoffConfig, Client, ClientConfig, ClientEvent, Event, LostReason, Protocol, Server,
+    ServerConfig, ServerHandle, ServerSessions, SessionConfig, SessionEvent, SessionSendError,
 };
-use framelink::SessionEvent;
-use framelink::{BackoffConfig, SessionConfig};
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

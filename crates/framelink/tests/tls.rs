@@ -12,15 +12,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use framelink::client::{Client, ClientConfig, ClientEvent};
-use framelink::connection::{ConnectionConfig, ConnectionError, DeathCause, Event, Protocol};
-use framelink::server::{Incoming, Server, ServerConfig, ServerHandle, ServerSessions};
+use framelink::connection::{ConnectionConfig, ConnectionError, DeathCause};
 use framelink::tls::{
     ClientAuth, TlsClientConfig, TlsClientOptions, TlsConfigError, TlsServerConfig,
     TlsServerOptions,
 };
-use framelink::SessionEvent;
-use framelink::{BackoffConfig, Framing, RawConfig, SessionConfig};
+use framelink::{
+    BackoffConfig, Client, ClientConfig, ClientEvent, Event, Framing, Incoming, Protocol,
+    RawConfig, Server, ServerConfig, ServerHandle, ServerSessions, SessionConfig, SessionEvent,
+};
 use framelink_chaos::{ChaosConfig, ChaosProxy, Fault};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,

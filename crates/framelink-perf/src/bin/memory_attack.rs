@@ -33,13 +33,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use framelink::connection::{ConnectionConfig, Event};
+use framelink::connection::ConnectionConfig;
 use framelink::proto::connection as proto;
 use framelink::proto::session::Session;
 use framelink::proto::wire::{Hello, Message, WireCodec};
-use framelink::server::{Server, ServerConfig, ServerSessions};
-use framelink::Protocol;
-use framelink::SessionEvent;
+use framelink::{Event, Protocol, Server, ServerConfig, ServerSessions, SessionEvent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

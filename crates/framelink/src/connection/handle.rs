@@ -291,8 +291,8 @@ impl Sender {
     /// silently.
     ///
     /// ```no_run
-    /// # async fn echo(mut receiver: framelink::connection::Receiver, sender: framelink::connection::Sender) {
-    /// use framelink::connection::Event;
+    /// # async fn echo(mut receiver: framelink::Receiver, sender: framelink::Sender) {
+    /// use framelink::Event;
     /// let (mut events, mut replies) = (Vec::new(), Vec::new());
     /// while receiver.recv_many(&mut events, 1024).await > 0 {
     ///     replies.extend(events.drain(..).filter_map(|event| match event {
