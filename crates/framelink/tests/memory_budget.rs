@@ -13,6 +13,8 @@
 //! Waits are for events or counters, bounded by [`DEADLINE`]; nothing depends on how fast the
 //! machine is.
 
+mod common;
+
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -32,8 +34,8 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
-/// Generous bound for anything that should happen "soon".
-const DEADLINE: Duration = Duration::from_secs(60);
+use common::{connected, echo_server, DEADLINE};
+
 const MIB: usize = 1 << 20;
 /// The budget of these tests.
 const BUDGET: usize = 8 * MIB;
@@ -41,28 +43,6 @@ const BUDGET: usize = 8 * MIB;
 /// refused (messages moving between a connection and the session store, events produced from
 /// a read) and receive-buffer growth beyond its estimate (see the server's documentation).
 const SLACK: usize = MIB;
-
-/// Starts an echo server; returns its address and handle.
-async fn echo_server(config: ServerConfig) -> (SocketAddr, ServerHandle) {
-    let mut server = Server::bind("127.0.0.1:0", config).await.unwrap();
-    let addr = server.local_addr();
-    let handle = server.handle();
-    tokio::spawn(async move {
-        while let Some(incoming) = server.accept().await {
-            tokio::spawn(async move {
-                let (tx, mut rx) = incoming.connection.split();
-                while let Some(event) = rx.next_event().await {
-                    if let Event::Message(m) = event {
-                        if tx.send(m).await.is_err() {
-                            break;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    (addr, handle)
-}
 
 /// Protocol messages on the wire.
 fn wire(messages: &[Message]) -> Vec<u8> {
@@ -87,10 +67,8 @@ fn partial_frame(len: usize, sent: usize) -> Vec<u8> {
 async fn client(addr: SocketAddr) -> Connection {
     let stream = TcpStream::connect(addr).await.unwrap();
     let mut conn = connection::spawn(stream, ConnectionConfig::default()).unwrap();
-    match timeout(DEADLINE, conn.next_event()).await.unwrap() {
-        Some(Event::Connected { .. }) => conn,
-        other => panic!("no handshake: {other:?}"),
-    }
+    connected(&mut conn).await;
+    conn
 }
 
 /// Sends `count` distinct messages of `len` bytes and checks every echo, in order, intact.

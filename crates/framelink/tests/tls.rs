@@ -5,6 +5,8 @@
 //! detection over TLS; a peer stalling in the handshake evicted within the bound; a standard
 //! TLS client (Python's `ssl`) talking to a raw-mode TLS server.
 
+mod common;
+
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,8 +31,7 @@ use rcgen::{
 use tokio::io::AsyncReadExt;
 use tokio::time::timeout;
 
-/// Generous bound for anything that should take milliseconds.
-const DEADLINE: Duration = Duration::from_secs(60);
+use common::{echo, DEADLINE};
 
 /// A certificate file and its key file.
 type CertFiles = (PathBuf, PathBuf);
@@ -192,16 +193,7 @@ async fn echo_server(
         }) = server.accept().await
         {
             let _ = tx.send((id, tls));
-            tokio::spawn(async move {
-                let (sender, mut events) = connection.split();
-                while let Some(event) = events.next_event().await {
-                    if let Event::Message(m) = event {
-                        if sender.send(m).await.is_err() {
-                            break;
-                        }
-                    }
-                }
-            });
+            tokio::spawn(echo(connection));
         }
     });
     (addr, handle, rx)
