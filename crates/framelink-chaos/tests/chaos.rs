@@ -8,7 +8,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use framelink::connection::{self, CloseCode, ConnectionConfig, Event};
+use framelink::connection::{self, CloseCode, ConnectionConfig};
+use framelink::Event;
 use framelink_chaos::{
     ChaosConfig, ChaosEvent, ChaosEvents, ChaosProxy, ChaosStats, Fault, FaultMix, FaultPlan,
     ScheduledFault, Trigger,

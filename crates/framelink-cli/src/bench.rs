@@ -53,11 +53,13 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::{BufMut, Bytes, BytesMut};
 use clap::{Args, ValueEnum};
-use framelink::codec::AnyCodec;
-use framelink::connection::{self, CloseCode, ConnectionConfig, Event, Receiver, Sender};
-use framelink::server::{Server, ServerConfig, ServerHandle, ServerSessions};
+use framelink::connection::{self, CloseCode, ConnectionConfig};
+use framelink::proto::codec::AnyCodec;
 use framelink::socket::SocketOptions;
-use framelink::{FrameDecoder, FrameEncoder, Framing, Protocol, RawConfig};
+use framelink::{
+    Connection, Event, FrameDecoder, FrameEncoder, Framing, Protocol, RawConfig, Receiver, Sender,
+    Server, ServerConfig, ServerHandle, ServerSessions,
+};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
@@ -1081,7 +1083,7 @@ impl InProcess {
 
 /// The in-process framelink echo (protocol or raw mode): what `framelink serve` does, a batch of
 /// events at a time.
-async fn framelink_echo(connection: connection::Connection) {
+async fn framelink_echo(connection: Connection) {
     let (sender, mut events) = connection.split();
     let (mut batch, mut echoes) = (Vec::new(), Vec::new());
     while events.recv_many(&mut batch, ECHO_BATCH).await > 0 {

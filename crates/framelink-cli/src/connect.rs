@@ -19,10 +19,11 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use clap::Args;
-use framelink::client::{Client, ClientConfig, ClientEvent};
 use framelink::connection::ResumeStatus;
 use framelink::connection::SendError;
-use framelink::{BackoffConfig, Protocol, SessionConfig};
+use framelink::{
+    BackoffConfig, Client, ClientConfig, ClientEvent, Protocol, SessionConfig, SessionEvent,
+};
 use tokio::io::AsyncBufReadExt;
 use tokio::time::Instant;
 
@@ -455,11 +456,11 @@ impl Session {
                 }
                 return Flow::Exit(ExitCode::FAILURE);
             }
-            ClientEvent::Session {
+            ClientEvent::Session(SessionEvent::Started {
                 id,
                 status,
                 resending,
-            } => {
+            }) => {
                 let id = hex(&id);
                 match status {
                     ResumeStatus::New => self.info(format_args!("session {id} new")),
@@ -473,7 +474,7 @@ impl Session {
                     )),
                 }
             }
-            ClientEvent::SessionLost { id, unacked } => {
+            ClientEvent::Session(SessionEvent::Lost { id, unacked }) => {
                 // Whatever -q says: these may never have reached the server.
                 eprintln!(
                     "[connect] session {} lost: {} handed back (they may or may not have \
@@ -504,7 +505,6 @@ impl Session {
                     }
                 }
             }
-            other => self.debug(format_args!("{other:?}")),
         }
         Flow::Continue
     }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use bytes::BytesMut;
 use clap::Args;
-use framelink::codec::{AnyCodec, LengthFieldCodec, LengthFieldConfig};
+use framelink::proto::codec::{AnyCodec, LengthFieldCodec, LengthFieldConfig};
 use framelink::{FrameDecoder, FrameEncoder, Framing};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
-use framelink::client::{Client, ClientConfig, ClientEvent};
-use framelink::connection::{ConnectionConfig, Event, Protocol, ResumeStatus, SendError};
-use framelink::server::{Server, ServerConfig, ServerHandle, ServerSessions};
-use framelink::{BackoffConfig, SessionConfig};
+use framelink::connection::{ConnectionConfig, ResumeStatus, SendError};
+use framelink::{
+    BackoffConfig, Client, ClientConfig, ClientEvent, Event, Protocol, Server, ServerConfig,
+    ServerHandle, ServerSessions, SessionConfig, SessionEvent,
+};
 use framelink_chaos::{ChaosConfig, ChaosEvent, ChaosProxy, Fault, FaultMix, FaultPlan, Trigger};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use tokio::sync::mpsc;
@@ -151,16 +152,16 @@ pub async fn run(messages: u32, seed: u64) -> Result<bool> {
                     delay.as_millis()
                 );
             }
-            ClientEvent::Session {
+            ClientEvent::Session(SessionEvent::Started {
                 status: ResumeStatus::Resumed,
                 resending,
                 ..
-            } => {
+            }) => {
                 resumed += 1;
                 resent += resending;
                 println!("  [client] session resumed: resending {resending} undelivered messages");
             }
-            ClientEvent::SessionLost { unacked, .. } => lost += unacked.len(),
+            ClientEvent::Session(SessionEvent::Lost { unacked, .. }) => lost += unacked.len(),
             _ => {}
         }
     }
@@ -268,7 +269,7 @@ async fn start_echo_server() -> Result<(
                 let mut queue = None;
                 while let Some(event) = events.next_event().await {
                     match event {
-                        Event::Session { id, .. } => {
+                        Event::Session(SessionEvent::Started { id, .. }) => {
                             let mut echoes = echoes.lock().unwrap_or_else(|e| e.into_inner());
                             let echo = echoes
                                 .entry(id)

@@ -162,7 +162,7 @@ pub enum InputFormat {
 
 pub(crate) fn parse_framing(text: &str) -> Result<Framing, String> {
     text.parse()
-        .map_err(|e: framelink::codec::ConfigError| e.to_string())
+        .map_err(|e: framelink::proto::codec::ConfigError| e.to_string())
 }
 
 /// `4MiB`, `65536`: at least 1 byte.

@@ -15,11 +15,11 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use clap::Args;
-use framelink::connection::{CloseCode, Event, ResumeStatus, Sender};
-use framelink::server::{
-    Incoming, LostReason, LostSession, Server, ServerConfig, ServerHandle, ServerSessions,
+use framelink::connection::{CloseCode, ResumeStatus};
+use framelink::{
+    Event, Incoming, LostReason, LostSession, Protocol, Sender, Server, ServerConfig, ServerHandle,
+    ServerSessions, SessionEvent,
 };
-use framelink::Protocol;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -183,7 +183,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         }),
         memory_budget: args
             .memory_budget
-            .unwrap_or_else(framelink::server::default_memory_budget),
+            .unwrap_or_else(framelink::default_memory_budget),
         evict_idle_when_full: args.evict_idle_when_full.map_or(
             ServerConfig::default().evict_idle_when_full,
             |Interval(d)| d,
@@ -289,7 +289,7 @@ async fn serve(args: ServeArgs, config: ServerConfig) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_report(handle: &ServerHandle, report: framelink::server::ShutdownReport) {
+fn print_report(handle: &ServerHandle, report: framelink::ShutdownReport) {
     let stats = handle.stats();
     eprintln!(
         "[serve] shutdown: {} open, {} closed gracefully, {} aborted; {} accepted, {} refused in all",
@@ -344,11 +344,11 @@ async fn connection(incoming: Incoming, sink: bool, sessions: Option<Echoes>, ou
                         None => echoes.push(m),
                     }
                 }
-                Event::Session {
+                Event::Session(SessionEvent::Started {
                     id: session_id,
                     status,
                     resending,
-                } => {
+                }) => {
                     if !out.quiet {
                         eprintln!(
                             "[serve] #{id} session {} {}",
@@ -366,10 +366,10 @@ async fn connection(incoming: Incoming, sink: bool, sessions: Option<Echoes>, ou
                         feed = Some((shared, guard));
                     }
                 }
-                Event::SessionLost {
+                Event::Session(SessionEvent::Lost {
                     id: session_id,
                     unacked,
-                } => {
+                }) => {
                     eprintln!(
                         "[serve] #{id} session {} ended: {} handed back",
                         hex(&session_id),

@@ -4,10 +4,9 @@
 //! users expect); this module instantiates them.
 
 use bytes::Bytes;
-use framelink::connection::{CloseInfo, ConnectionError, SendError};
+use framelink::connection::{ConnectionError, SendError};
 use framelink::proto::wire::CloseCode;
-use framelink::server::SessionSendError;
-use framelink::{DecodeError, DecodeErrorKind, EncodeError};
+use framelink::{CloseInfo, DecodeError, DecodeErrorKind, EncodeError, SessionSendError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 use pyo3::BoundObject;
@@ -27,7 +26,7 @@ where
 }
 
 /// A framing spec that does not parse, or an invalid codec configuration.
-pub fn spec_error(py: Python<'_>, e: &framelink::codec::ConfigError) -> PyErr {
+pub fn spec_error(py: Python<'_>, e: &framelink::proto::codec::ConfigError) -> PyErr {
     raise(py, "SpecError", (e.to_string(),))
 }
 

@@ -15,10 +15,11 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use framelink::client::{ClientEvent, ClientSender};
-use framelink::connection::{CloseInfo, Event, IdleKind, ResumeStatus, SendError, Sender};
-use framelink::server::ShutdownReport;
-use framelink::{DecodeError, Receiver};
+use framelink::connection::{IdleKind, ResumeStatus, SendError};
+use framelink::{
+    ClientEvent, ClientSender, CloseInfo, DecodeError, Event, Receiver, Sender, SessionEvent,
+    ShutdownReport,
+};
 use futures::FutureExt;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
@@ -52,15 +53,8 @@ pub enum EventData {
         len: usize,
         peer_max: u32,
     },
-    Session {
-        id: [u8; 16],
-        status: ResumeStatus,
-        resending: u64,
-    },
-    SessionLost {
-        id: [u8; 16],
-        unacked: Vec<Bytes>,
-    },
+    /// Started, resumed or lost: the tokio layer's own type.
+    Session(SessionEvent),
     /// Handed to a lost connection and never written.
     Unsent(Vec<Bytes>),
     Disconnected(CloseInfo),
@@ -121,7 +115,7 @@ impl EventData {
                 let kind = match kind {
                     IdleKind::ReaderIdle => "reader",
                     IdleKind::WriterIdle => "writer",
-                    _ => "all",
+                    IdleKind::AllIdle => "all",
                 };
                 ("idle", kind).into_pyobject(py)
             }
@@ -132,19 +126,19 @@ impl EventData {
             EventData::MessageDropped { len, peer_max } => {
                 ("message_dropped", *len, *peer_max).into_pyobject(py)
             }
-            EventData::Session {
+            EventData::Session(SessionEvent::Started {
                 id,
                 status,
                 resending,
-            } => {
+            }) => {
                 let status = match status {
                     ResumeStatus::New => "new",
                     ResumeStatus::Resumed => "resumed",
-                    _ => "unknown",
+                    ResumeStatus::Unknown => "unknown",
                 };
                 ("session", PyBytes::new(py, id), status, *resending).into_pyobject(py)
             }
-            EventData::SessionLost { id, unacked } => {
+            EventData::Session(SessionEvent::Lost { id, unacked }) => {
                 ("session_lost", PyBytes::new(py, id), list(unacked)?).into_pyobject(py)
             }
             EventData::Unsent(messages) => ("unsent", list(messages)?).into_pyobject(py),
@@ -191,7 +185,7 @@ pub enum OpResult {
     SendFailed { error: SendError, unsent: usize },
     Closed(Option<CloseInfo>),
     Shutdown(ShutdownReport),
-    SessionSend(Result<(), framelink::server::SessionSendError>),
+    SessionSend(Result<(), framelink::SessionSendError>),
 }
 
 impl OpResult {
@@ -312,11 +306,21 @@ impl Shared {
                     inbox.close = Some(info.clone());
                     push_event(&mut inbox, EventData::Disconnected(info));
                 }
-                other => {
-                    if let Some(data) = from_connection_event(other) {
-                        push_event(&mut inbox, data);
-                    }
+                Event::Connected { peer, .. } => push_event(
+                    &mut inbox,
+                    EventData::Connected {
+                        addr: None,
+                        attempt: 1,
+                        peer_ping_interval: Some(peer.ping_interval),
+                    },
+                ),
+                Event::Rtt(r) => push_event(&mut inbox, EventData::Rtt(r)),
+                Event::Idle(kind) => push_event(&mut inbox, EventData::Idle(kind)),
+                Event::MessageDropped { len, peer_max } => {
+                    push_event(&mut inbox, EventData::MessageDropped { len, peer_max })
                 }
+                Event::FrameDiscarded(e) => push_event(&mut inbox, EventData::FrameDiscarded(e)),
+                Event::Session(session) => push_event(&mut inbox, EventData::Session(session)),
             }
         }
         self.wake(inbox);
@@ -348,16 +352,7 @@ impl Shared {
                     EventData::MessageDropped { len, peer_max }
                 }
                 ClientEvent::Disconnected(info) => EventData::Disconnected(info),
-                ClientEvent::Session {
-                    id,
-                    status,
-                    resending,
-                } => EventData::Session {
-                    id,
-                    status,
-                    resending,
-                },
-                ClientEvent::SessionLost { id, unacked } => EventData::SessionLost { id, unacked },
+                ClientEvent::Session(session) => EventData::Session(session),
                 ClientEvent::Unsent { messages } => EventData::Unsent(messages),
                 ClientEvent::ConnectFailed { attempt, error } => EventData::ConnectFailed {
                     attempt,
@@ -373,8 +368,8 @@ impl Shared {
                     attempts,
                     connected,
                 },
+                // The link's end is reported by the pump (`finish`), after the last event.
                 ClientEvent::Closed => continue,
-                _ => continue,
             };
             push_event(&mut inbox, data);
         }
@@ -453,32 +448,6 @@ fn push_event(inbox: &mut Inbox, event: EventData) {
         return;
     }
     inbox.events.push_back(event);
-}
-
-/// A connection event other than a message or the close, as event data.
-fn from_connection_event(event: Event) -> Option<EventData> {
-    Some(match event {
-        Event::Connected { peer, .. } => EventData::Connected {
-            addr: None,
-            attempt: 1,
-            peer_ping_interval: Some(peer.ping_interval),
-        },
-        Event::Rtt(r) => EventData::Rtt(r),
-        Event::Idle(kind) => EventData::Idle(kind),
-        Event::MessageDropped { len, peer_max } => EventData::MessageDropped { len, peer_max },
-        Event::FrameDiscarded(e) => EventData::FrameDiscarded(e),
-        Event::Session {
-            id,
-            status,
-            resending,
-        } => EventData::Session {
-            id,
-            status,
-            resending,
-        },
-        Event::SessionLost { id, unacked } => EventData::SessionLost { id, unacked },
-        _ => return None,
-    })
 }
 
 /// Moves a connection's events into its link until the connection is over.

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use framelink::server::{LostReason, ServerHandle};
+use framelink::{LostReason, ServerHandle};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 use tokio::sync::Notify;
@@ -207,7 +207,7 @@ impl Server {
         payload: &Bound<'_, PyAny>,
     ) -> PyResult<bool> {
         let id = session_id_of(py, session_id)?;
-        use framelink::server::SessionSendError as E;
+        use framelink::SessionSendError as E;
         match self.handle.try_send_to_session(id, to_bytes(payload)?) {
             Ok(()) => Ok(true),
             Err(E::Full { .. } | E::Busy { .. })

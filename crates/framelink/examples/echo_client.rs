@@ -18,8 +18,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use bytes::Bytes;
-use framelink::connection::{ConnectionConfig, Protocol};
-use framelink::{BackoffConfig, Client, ClientConfig, ClientEvent};
+use framelink::connection::ConnectionConfig;
+use framelink::{BackoffConfig, Client, ClientConfig, ClientEvent, Protocol};
 
 /// How many messages to send.
 const COUNT: usize = 5;

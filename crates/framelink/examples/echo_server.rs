@@ -13,8 +13,8 @@
 
 use std::time::Duration;
 
-use framelink::connection::{ConnectionConfig, Event, Protocol};
-use framelink::{Server, ServerConfig};
+use framelink::connection::ConnectionConfig;
+use framelink::{Event, Protocol, Server, ServerConfig};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -21,8 +21,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use bytes::Bytes;
-use framelink::connection::Protocol;
-use framelink::{Client, ClientConfig, ClientEvent, FrameMatcher, Framing, RawConfig};
+use framelink::{Client, ClientConfig, ClientEvent, FrameMatcher, Framing, Protocol, RawConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 

@@ -21,9 +21,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use framelink::connection::{ConnectionConfig, Event, Protocol, ResumeStatus};
-use framelink::server::{Server, ServerConfig, ServerHandle, ServerSessions};
-use framelink::{BackoffConfig, Client, ClientConfig, ClientEvent, SessionConfig};
+use framelink::connection::{ConnectionConfig, ResumeStatus};
+use framelink::{
+    BackoffConfig, Client, ClientConfig, ClientEvent, Event, Protocol, Server, ServerConfig,
+    ServerHandle, ServerSessions, SessionConfig, SessionEvent,
+};
 use framelink_chaos::{ChaosConfig, ChaosProxy, Fault, FaultMix, FaultPlan, Trigger};
 use tokio::sync::mpsc;
 
@@ -136,16 +138,16 @@ async fn run() -> Result<(), String> {
                     disconnects += 1;
                     println!("[client] link cut: {info}");
                 }
-                Some(ClientEvent::Session {
+                Some(ClientEvent::Session(SessionEvent::Started {
                     status, resending, ..
-                }) => match status {
+                })) => match status {
                     ResumeStatus::Resumed => {
                         resumes += 1;
                         println!("[client] session resumed: resending {resending} messages");
                     }
                     other => println!("[client] session {other:?}"),
                 },
-                Some(ClientEvent::SessionLost { unacked, .. }) => {
+                Some(ClientEvent::Session(SessionEvent::Lost { unacked, .. })) => {
                     return Err(format!("session lost with {} messages", unacked.len()));
                 }
                 Some(_) => {}
@@ -192,7 +194,7 @@ async fn serve(mut server: Server, received: Arc<Mutex<Vec<Option<u32>>>>) {
             let mut echo = None;
             while let Some(event) = connection.next_event().await {
                 match event {
-                    Event::Session { id, .. } => {
+                    Event::Session(SessionEvent::Started { id, .. }) => {
                         let mut echoers = echoers.lock().unwrap();
                         let queue = echoers
                             .entry(id)

@@ -12,9 +12,9 @@
 
 use std::time::Duration;
 
-use framelink::connection::{self, ConnectionConfig, Event};
-use framelink::server::{Server, ServerConfig};
+use framelink::connection::{self, ConnectionConfig};
 use framelink::tls::{TlsClientOptions, TlsServerOptions};
+use framelink::{Connection, Event, Server, ServerConfig};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
 
 /// Resident set size in bytes.
@@ -123,7 +123,7 @@ async fn main() {
 async fn open(
     addr: std::net::SocketAddr,
     tls: Option<&framelink::tls::TlsClientConfig>,
-) -> connection::Connection {
+) -> Connection {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut connection = match tls {
         Some(tls) => {

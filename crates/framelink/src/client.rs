@@ -1,44 +1,4 @@
-//! A client that stays connected: it reconnects after every disconnect with exponential backoff
-//! and full jitter, and reports what happens as [`ClientEvent`]s.
-//!
-//! ```no_run
-//! use bytes::Bytes;
-//! use framelink::client::{Client, ClientConfig, ClientEvent};
-//!
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let mut client = Client::connect("127.0.0.1:7000", ClientConfig::default())?;
-//! client.send(Bytes::from_static(b"hello")).await?; // waits for the first connection
-//! while let Some(event) = client.next_event().await {
-//!     match event {
-//!         ClientEvent::Message(m) => println!("{} bytes", m.len()),
-//!         ClientEvent::Disconnected(info) => eprintln!("lost: {info}"),
-//!         ClientEvent::Reconnecting { attempt, delay } => eprintln!("retry {attempt} in {delay:?}"),
-//!         _ => {}
-//!     }
-//! }
-//! # Ok(()) }
-//! ```
-//!
-//! # Behaviour
-//!
-//! - One background task (the supervisor) connects, with [`ClientConfig::connect_timeout`],
-//!   applies [`ClientConfig::socket`], runs the connection ([`Protocol`]: framelink's, or raw
-//!   mode) and forwards its events. When the connection ends (the peer closed it, it was
-//!   declared dead by the heartbeat, the socket failed) or a connect attempt fails, it waits
-//!   the next backoff delay (reported by [`ClientEvent::Reconnecting`]) and tries again, until
-//!   [`BackoffConfig::max_attempts`] consecutive attempts have failed
-//!   ([`ClientEvent::GaveUp`]).
-//! - The backoff counter restarts only after a connection stayed up for
-//!   [`ClientConfig::stable_after`], so a server that accepts and then drops every connection
-//!   (full, or crashing) is retried with growing delays, not hammered.
-//! - [`Client::send`] waits for a connection, then for room in its send budget. A message is
-//!   queued on the connection that is current at that time: if that connection dies before
-//!   writing it, it is lost (exactly-once delivery across reconnects is the job of sessions).
-//!   [`Client::try_send`] fails with [`SendError::Closed`] while disconnected.
-//! - [`Client::stop`] stops reconnecting and closes the current connection gracefully (read
-//!   events until [`ClientEvent::Closed`]); [`Client::close`] does the same and waits, discarding
-//!   events. Dropping the [`Client`] stops it in the background. [`Client::sender`] gives a
-//!   cloneable handle for sending from other tasks.
+//! The reconnecting [`Client`] (documented there) and its types, re-exported at the crate root.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -54,12 +14,10 @@ use framelink_proto::backoff::{Backoff, BackoffConfig};
 use framelink_proto::liveness::RttEstimate;
 use framelink_proto::session::{Session, SessionConfig};
 
-use crate::connection::{
-    self, CloseCode, CloseInfo, DecodeError, DriverConfig, Event, Hello, IdleKind, Protocol,
-    ResumeStatus, SendError, Sender, SpawnOptions,
-};
+use crate::connection::{self, CloseCode, DriverConfig, Hello, IdleKind, SendError, SpawnOptions};
 use crate::socket::SocketOptions;
 use crate::tls::{MaybeTls, TlsClientConfig};
+use crate::{CloseInfo, DecodeError, Event, Protocol, Sender, SessionEvent};
 
 /// Events between the supervisor and the [`Client`].
 const EVENT_QUEUE: usize = 256;
@@ -111,8 +69,10 @@ impl Default for ClientConfig {
 }
 
 /// What a [`Client`] reports, in order.
+///
+/// Exhaustive on purpose, like [`Event`]: code that translates client events (the Python
+/// package) matches every variant, so a new one is a compile error there.
 #[derive(Debug, Clone)]
-#[non_exhaustive]
 pub enum ClientEvent {
     /// A connection is up: in protocol mode once the handshake completed (with the server's
     /// HELLO), in raw mode once TCP connected.
@@ -143,24 +103,11 @@ pub enum ClientEvent {
     /// The connection ended; how and why.
     Disconnected(CloseInfo),
     /// Sessions: the session runs on the new connection (new, resumed, or unknown to the
-    /// server, which then started a new one).
-    Session {
-        /// The session id.
-        id: [u8; 16],
-        /// What the server said.
-        status: ResumeStatus,
-        /// Messages sent again because the server had not delivered them.
-        resending: u64,
-    },
-    /// Sessions: the server could not resume the session (expired, restarted), or it ended
-    /// with unacknowledged messages: they are handed back, and may or may not have been
-    /// delivered. Nothing is dropped silently.
-    SessionLost {
-        /// The session id.
-        id: [u8; 16],
-        /// The messages, oldest first.
-        unacked: Vec<Bytes>,
-    },
+    /// server, which then started a new one), or the server could not resume it (expired,
+    /// restarted), or it ended with unacknowledged messages: they are handed back, and may or
+    /// may not have been delivered. Nothing is dropped silently. The same [`SessionEvent`] as
+    /// a connection's [`Event::Session`].
+    Session(SessionEvent),
     /// A connect attempt failed (refused, timed out, handshake failed before opening).
     ConnectFailed {
         /// The attempt number in the current series.
@@ -202,7 +149,47 @@ pub enum ClientEvent {
     },
 }
 
-/// A reconnecting client. See the [module documentation](self).
+/// A client that stays connected: it reconnects after every disconnect with exponential backoff
+/// and full jitter, and reports what happens as [`ClientEvent`]s.
+///
+/// ```no_run
+/// use bytes::Bytes;
+/// use framelink::{Client, ClientConfig, ClientEvent};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let mut client = Client::connect("127.0.0.1:7000", ClientConfig::default())?;
+/// client.send(Bytes::from_static(b"hello")).await?; // waits for the first connection
+/// while let Some(event) = client.next_event().await {
+///     match event {
+///         ClientEvent::Message(m) => println!("{} bytes", m.len()),
+///         ClientEvent::Disconnected(info) => eprintln!("lost: {info}"),
+///         ClientEvent::Reconnecting { attempt, delay } => eprintln!("retry {attempt} in {delay:?}"),
+///         _ => {}
+///     }
+/// }
+/// # Ok(()) }
+/// ```
+///
+/// # Behaviour
+///
+/// - One background task (the supervisor) connects, with [`ClientConfig::connect_timeout`],
+///   applies [`ClientConfig::socket`], runs the connection ([`Protocol`]: framelink's, or raw
+///   mode) and forwards its events. When the connection ends (the peer closed it, it was
+///   declared dead by the heartbeat, the socket failed) or a connect attempt fails, it waits
+///   the next backoff delay (reported by [`ClientEvent::Reconnecting`]) and tries again, until
+///   [`BackoffConfig::max_attempts`] consecutive attempts have failed
+///   ([`ClientEvent::GaveUp`]).
+/// - The backoff counter restarts only after a connection stayed up for
+///   [`ClientConfig::stable_after`], so a server that accepts and then drops every connection
+///   (full, or crashing) is retried with growing delays, not hammered.
+/// - [`Client::send`] waits for a connection, then for room in its send budget. A message is
+///   queued on the connection that is current at that time: if that connection dies before
+///   writing it, it is lost (exactly-once delivery across reconnects is the job of sessions).
+///   [`Client::try_send`] fails with [`SendError::Closed`] while disconnected.
+/// - [`Client::stop`] stops reconnecting and closes the current connection gracefully (read
+///   events until [`ClientEvent::Closed`]); [`Client::close`] does the same and waits, discarding
+///   events. Dropping the [`Client`] stops it in the background. [`Client::sender`] gives a
+///   cloneable handle for sending from other tasks.
 #[derive(Debug)]
 pub struct Client {
     events: mpsc::Receiver<ClientEvent>,
@@ -292,7 +279,7 @@ impl Client {
 
     /// Sends on the current connection, waiting for one (and then for send budget).
     /// [`SendError::Closed`] once the client stopped; the other errors as
-    /// [`Sender::send`](crate::connection::Sender::send).
+    /// [`Sender::send`](crate::Sender::send).
     pub async fn send(&self, payload: Bytes) -> Result<(), SendError> {
         self.sender.send(payload).await
     }
@@ -662,16 +649,7 @@ impl Supervisor {
             Event::MessageDropped { len, peer_max } => {
                 ClientEvent::MessageDropped { len, peer_max }
             }
-            Event::Session {
-                id,
-                status,
-                resending,
-            } => ClientEvent::Session {
-                id,
-                status,
-                resending,
-            },
-            Event::SessionLost { id, unacked } => ClientEvent::SessionLost { id, unacked },
+            Event::Session(session) => ClientEvent::Session(session),
             Event::Closed(info) => {
                 self.current.send_replace(Current::Connecting);
                 match opened_at {

@@ -6,8 +6,8 @@
 //! size, netstrings, magic + checksum with resynchronisation) with zero-copy decoding and limits
 //! that hostile peers cannot get around.
 //!
-//! This crate is the runtime layer; the codecs live in the sans-IO crate `framelink-proto` and
-//! are re-exported here. A [`Framing`] plugs into tokio-util's `Framed`:
+//! This crate is the runtime layer; the codecs live in the sans-IO crate `framelink-proto`
+//! (re-exported whole as [`proto`]). A [`Framing`] plugs into tokio-util's `Framed`:
 //!
 //! ```no_run
 //! use futures::{SinkExt, StreamExt};
@@ -34,6 +34,22 @@
 //!
 //! [`tls`] adds TLS and mutual TLS (rustls) to servers, clients and raw mode.
 //!
+//! # Where things are
+//!
+//! Each public item has one path. The types an application works with are at the crate root:
+//! the reconnecting [`Client`] (with [`ClientConfig`], [`ClientEvent`], [`ClientSender`]), the
+//! [`Server`] (with [`ServerConfig`], [`ServerHandle`], [`Incoming`], [`ServerSessions`],
+//! [`LostSession`] and the other server types), a [`Connection`] (its [`Sender`] and
+//! [`Receiver`], the [`Event`]s it reports, [`SessionEvent`], [`CloseInfo`]), what it speaks
+//! ([`Protocol`]), the framing ([`Framing`] and its errors), [`RawConfig`], [`SessionConfig`],
+//! [`BackoffConfig`] and [`Error`]. The modules hold the rest: [`connection`] (spawning a
+//! driver over any byte stream, [`DriverConfig`](connection::DriverConfig), and the
+//! protocol's value types: [`ConnectionConfig`](connection::ConnectionConfig),
+//! [`CloseCode`](connection::CloseCode), [`SendError`](connection::SendError)...), [`io`],
+//! [`socket`] and [`tls`]. [`proto`] is the sans-IO crate `framelink-proto` itself, for its
+//! state machines and the individual codecs (`proto::codec`); the types above that come from
+//! it are the same types under its own paths.
+//!
 //! The seeded chaos proxy used to test all this (it forwards TCP while splitting, coalescing
 //! and delaying writes and cutting links: FIN, RST, blackhole, stall) is its own crate,
 //! `framelink-chaos`.
@@ -41,26 +57,29 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
-pub mod client;
+mod client;
 pub mod connection;
 pub mod io;
 mod memory;
-pub mod server;
+mod server;
 pub mod socket;
 pub mod tls;
 
 pub use client::{Client, ClientConfig, ClientEvent, ClientSender};
-pub use connection::{CloseInfo, Connection, Event, Protocol, Receiver, Sender};
+pub use connection::event::{CloseInfo, Event, SessionEvent};
+pub use connection::handle::{Connection, Receiver, Sender};
+pub use connection::protocol::Protocol;
 pub use framelink_proto::backoff::{BackoffConfig, Jitter};
 pub use framelink_proto::codec::{
-    self, DecodeError, DecodeErrorKind, EncodeError, FrameDecoder, FrameEncoder, FrameError,
-    Framing,
+    DecodeError, DecodeErrorKind, EncodeError, FrameDecoder, FrameEncoder, FrameError, Framing,
 };
 pub use framelink_proto::raw::{FrameMatcher, RawConfig};
 pub use framelink_proto::session::SessionConfig;
 pub use framelink_proto::{self as proto};
 pub use server::{
-    LostReason, LostSession, Server, ServerConfig, ServerHandle, ServerSessions, SessionSendError,
+    default_memory_budget, Incoming, LostReason, LostSession, Server, ServerConfig, ServerHandle,
+    ServerSessions, ServerStats, SessionSendError, ShutdownReport, MAX_REJECTING,
+    NEW_CONNECTION_ROOM,
 };
 
 /// The README's Rust examples, compiled by `cargo test --doc` so that they keep up with the API.

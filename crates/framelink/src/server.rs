@@ -1,104 +1,4 @@
-//! A TCP server: accept loop, one driver task per connection, a connection limit (in all and
-//! per client address), eviction of dead and idle peers, and a graceful shutdown that tells
-//! every client before going away.
-//!
-//! ```no_run
-//! use framelink::server::{Server, ServerConfig};
-//! use framelink::connection::Event;
-//!
-//! # async fn run() -> Result<(), framelink::Error> {
-//! let mut server = Server::bind("127.0.0.1:7000", ServerConfig::default()).await?;
-//! let handle = server.handle();
-//! tokio::spawn(async move {
-//!     tokio::signal::ctrl_c().await.ok();
-//!     handle.shutdown(std::time::Duration::from_secs(5)).await;
-//! });
-//! while let Some(incoming) = server.accept().await {
-//!     tokio::spawn(async move {
-//!         let (sender, mut events) = incoming.connection.split();
-//!         while let Some(event) = events.next_event().await {
-//!             if let Event::Message(m) = event {
-//!                 // Echo; a closed connection just ends the loop.
-//!                 if sender.send(m).await.is_err() { break; }
-//!             }
-//!         }
-//!     });
-//! }
-//! # Ok(()) }
-//! ```
-//!
-//! # Behaviour
-//!
-//! - **Liveness** is per connection, from [`ServerConfig::protocol`]: a peer that stops
-//!   answering is closed with `PeerTimedOut` within `ping_interval + ping_timeout`, one that
-//!   never completes the handshake with a handshake timeout, and one that exchanges no
-//!   application message for [`ConnectionConfig::idle_timeout`] (raw mode:
-//!   [`RawConfig::idle_timeout`](crate::RawConfig::idle_timeout)) with code `Idle`.
-//!   Their slots are freed the moment their driver ends.
-//! - **Connection limit**: at [`ServerConfig::max_connections`] live connections, a new one
-//!   first evicts the connection that has carried no application message for the longest, if
-//!   that is at least [`ServerConfig::evict_idle_when_full`] (default 60 s; CLOSE `Idle`), so
-//!   that connections which only answer heartbeats cannot hold every slot; otherwise it is
-//!   refused: in protocol mode with a CLOSE `ServerFull` after our HELLO (so the client knows to
-//!   back off), in raw mode by closing the socket. At most [`MAX_REJECTING`] refusals are in
-//!   flight at once; beyond that sockets are dropped at once.
-//! - **Per-address limit**: a new connection from an IP address (any port; an IPv4-mapped
-//!   IPv6 address counts as its IPv4 address) that already has
-//!   [`ServerConfig::max_connections_per_ip`] live connections is refused the same way, with
-//!   the reason `too many connections from <ip>: limit <n>`, so that one host cannot take
-//!   every slot. A connection counts from its accept until its driver ends (however it ends:
-//!   closed, evicted, aborted at shutdown); an address's entry is dropped when its count
-//!   reaches 0, so the bookkeeping never outgrows the live connections.
-//!   [`ServerStats::refused`] counts every refusal, [`ServerStats::refused_per_ip`] those
-//!   over this limit.
-//! - **Shutdown** ([`ServerHandle::shutdown`]): stops accepting, closes every live connection
-//!   gracefully with `GoingAway` (queued messages are written first, then CLOSE) and waits, up
-//!   to a grace period, for all of them to finish; any still open then are aborted.
-//! - **Memory budget** ([`ServerConfig::memory_budget`], default 1 GiB or a quarter of physical
-//!   memory): one counter of the bytes held for all connections and sessions together:
-//!   receive buffers (capacity allocated for partial frames), send queues (from
-//!   [`Sender::send`] until written), received messages the application has not taken yet,
-//!   detached sessions' messages and lost sessions not yet taken. Drivers charge it per batch
-//!   (after a read, a step, a batch of events taken), not per message. A read that may grow a
-//!   receive buffer, and a message handed to a [`Sender`], are *reserved* first: without room
-//!   the read waits (TCP holds the peer back) and `send` waits (`try_send` fails with
-//!   `QueueFull` carrying the budget's numbers). Then the server frees memory, whichever
-//!   holds more first: the oldest detached sessions go to the lost queue
-//!   ([`LostReason::Evicted`], [`ServerStats::sessions_shed`]), or the connection holding the
-//!   most is **evicted** at once (CLOSE `ServerFull`, reason `server memory budget exceeded:
-//!   this connection held <n> bytes (...)`, queued messages dropped, a warning logged with
-//!   its id, address and bytes, [`ServerStats::evicted_memory`]), or the oldest lost session
-//!   is dropped ([`ServerStats::lost_dropped`]). New connections are **refused** (CLOSE
-//!   `ServerFull`, [`ServerStats::refused_memory`]) while less than [`NEW_CONNECTION_ROOM`]
-//!   is left. Messages the application has taken are no longer counted, so a connection
-//!   whose application keeps up holds little and is evicted last.
-//!
-//!   **What can pass the budget.** Growth is reserved before it is allocated, so the count
-//!   passes the budget only by charges for memory that is already there: a read into an
-//!   *empty* receive buffer is not reserved (at most 8 KiB copied from the stack, and the
-//!   framing's room for the frame it starts, at most as much again: 16 KiB per connection,
-//!   so that idle connections reserve nothing), and memory moving between two counts (a
-//!   connection's session to the store and back, received bytes becoming events). Not counted
-//!   at all: each connection's fixed state (driver, handles, task: about 2 KiB), allocator
-//!   rounding and memory the allocator keeps after a free, the kernel's socket buffers, and,
-//!   for a received message the application keeps (or echoes), the rest of the read buffer
-//!   allocation its bytes are a slice of. Measured (`framelink-perf`'s `memory_attack`, see
-//!   `BENCHMARKS.md`): with a 64 MiB budget the count peaks within 1 MiB of it, the process's
-//!   peak RSS at 1.2 to 1.7 times it. A reservation covers the receive buffer's doubling, so
-//!   a single message needs up to twice its length of budget: keep the budget several times
-//!   `max_message_len`.
-//! - **Frame timeout** ([`ConnectionConfig::frame_timeout`], raw
-//!   [`RawConfig::frame_timeout`](crate::RawConfig::frame_timeout), default 30 s): a peer
-//!   that starts a message and trickles the rest is closed with code 3 when the message is not
-//!   whole 30 s after its first byte, whatever the heartbeat says.
-//! - **Lost sessions** wait for [`ServerHandle::next_lost_session`] at most
-//!   [`ServerSessions::max_lost`] of them and [`ServerSessions::max_lost_bytes`] of messages;
-//!   beyond that the oldest are dropped, counted in [`ServerStats::lost_dropped`] and in the
-//!   next [`LostSession::dropped_before`]. Expired sessions move there within a quarter of
-//!   the ttl (at most 1 s), and their bytes move with them.
-//! - Socket options ([`ServerConfig::socket`]) are applied to every accepted socket; accept
-//!   errors (such as running out of file descriptors) are logged and retried after a short
-//!   pause instead of ending the server.
+//! The server: [`Server`] and its types (documented there), re-exported at the crate root.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -113,12 +13,12 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::AbortHandle;
 
 use crate::connection::{
-    self, CloseCode, Connection, DriverConfig, Protocol, Resolved, SendError, Sender, SessionHost,
-    SpawnOptions,
+    self, CloseCode, DriverConfig, Resolved, SendError, SessionHost, SpawnOptions,
 };
 use crate::memory::MemoryBudget;
 use crate::socket::SocketOptions;
 use crate::tls::{HandshakeDone, MaybeTls, TlsError, TlsPeer, TlsServerConfig};
+use crate::{Connection, Protocol, Sender};
 use framelink_proto::auth::{ResumeProof, SessionSecret};
 use framelink_proto::session::{
     Resolution, Session, SessionConfig, SessionError, SessionStore, SDATA_OVERHEAD,
@@ -163,7 +63,7 @@ pub struct ServerConfig {
     /// What every connection speaks, with its heartbeat and limits. Default: framelink protocol
     /// v1 with [`ConnectionConfig::default`].
     pub protocol: Protocol,
-    /// Live connections at most; more are refused (see the [module documentation](self)).
+    /// Live connections at most; more are refused (see the [`Server`] documentation).
     /// Default 10 000.
     pub max_connections: usize,
     /// Live connections from one IP address at most (any port; an IPv4-mapped IPv6 address
@@ -190,7 +90,7 @@ pub struct ServerConfig {
     /// Bytes the server may hold for all its connections and sessions together: receive
     /// buffers (partial frames), send queues, received messages not yet taken by the
     /// application, detached sessions' messages and lost sessions not yet taken. See
-    /// *Memory budget* in the [module documentation](self). `usize::MAX`: no limit (still
+    /// *Memory budget* in the [`Server`] documentation. `usize::MAX`: no limit (still
     /// counted, see [`ServerStats::memory_used`]). Default [`default_memory_budget`]: 1 GiB, or
     /// a quarter of physical memory when less. At least [`NEW_CONNECTION_ROOM`] × 16 (1 MiB).
     pub memory_budget: usize,
@@ -268,7 +168,106 @@ pub struct Incoming {
     pub tls: Option<TlsPeer>,
 }
 
-/// A listening server. See the [module documentation](self).
+/// A TCP server: accept loop, one driver task per connection, a connection limit (in all and
+/// per client address), eviction of dead and idle peers, and a graceful shutdown that tells
+/// every client before going away.
+///
+/// ```no_run
+/// use framelink::{Event, Server, ServerConfig};
+///
+/// # async fn run() -> Result<(), framelink::Error> {
+/// let mut server = Server::bind("127.0.0.1:7000", ServerConfig::default()).await?;
+/// let handle = server.handle();
+/// tokio::spawn(async move {
+///     tokio::signal::ctrl_c().await.ok();
+///     handle.shutdown(std::time::Duration::from_secs(5)).await;
+/// });
+/// while let Some(incoming) = server.accept().await {
+///     tokio::spawn(async move {
+///         let (sender, mut events) = incoming.connection.split();
+///         while let Some(event) = events.next_event().await {
+///             if let Event::Message(m) = event {
+///                 // Echo; a closed connection just ends the loop.
+///                 if sender.send(m).await.is_err() { break; }
+///             }
+///         }
+///     });
+/// }
+/// # Ok(()) }
+/// ```
+///
+/// # Behaviour
+///
+/// - **Liveness** is per connection, from [`ServerConfig::protocol`]: a peer that stops
+///   answering is closed with `PeerTimedOut` within `ping_interval + ping_timeout`, one that
+///   never completes the handshake with a handshake timeout, and one that exchanges no
+///   application message for [`ConnectionConfig::idle_timeout`] (raw mode:
+///   [`RawConfig::idle_timeout`](crate::RawConfig::idle_timeout)) with code `Idle`.
+///   Their slots are freed the moment their driver ends.
+/// - **Connection limit**: at [`ServerConfig::max_connections`] live connections, a new one
+///   first evicts the connection that has carried no application message for the longest, if
+///   that is at least [`ServerConfig::evict_idle_when_full`] (default 60 s; CLOSE `Idle`), so
+///   that connections which only answer heartbeats cannot hold every slot; otherwise it is
+///   refused: in protocol mode with a CLOSE `ServerFull` after our HELLO (so the client knows to
+///   back off), in raw mode by closing the socket. At most [`MAX_REJECTING`] refusals are in
+///   flight at once; beyond that sockets are dropped at once.
+/// - **Per-address limit**: a new connection from an IP address (any port; an IPv4-mapped
+///   IPv6 address counts as its IPv4 address) that already has
+///   [`ServerConfig::max_connections_per_ip`] live connections is refused the same way, with
+///   the reason `too many connections from <ip>: limit <n>`, so that one host cannot take
+///   every slot. A connection counts from its accept until its driver ends (however it ends:
+///   closed, evicted, aborted at shutdown); an address's entry is dropped when its count
+///   reaches 0, so the bookkeeping never outgrows the live connections.
+///   [`ServerStats::refused`] counts every refusal, [`ServerStats::refused_per_ip`] those
+///   over this limit.
+/// - **Shutdown** ([`ServerHandle::shutdown`]): stops accepting, closes every live connection
+///   gracefully with `GoingAway` (queued messages are written first, then CLOSE) and waits, up
+///   to a grace period, for all of them to finish; any still open then are aborted.
+/// - **Memory budget** ([`ServerConfig::memory_budget`], default 1 GiB or a quarter of physical
+///   memory): one counter of the bytes held for all connections and sessions together:
+///   receive buffers (capacity allocated for partial frames), send queues (from
+///   [`Sender::send`] until written), received messages the application has not taken yet,
+///   detached sessions' messages and lost sessions not yet taken. Drivers charge it per batch
+///   (after a read, a step, a batch of events taken), not per message. A read that may grow a
+///   receive buffer, and a message handed to a [`Sender`], are *reserved* first: without room
+///   the read waits (TCP holds the peer back) and `send` waits (`try_send` fails with
+///   `QueueFull` carrying the budget's numbers). Then the server frees memory, whichever
+///   holds more first: the oldest detached sessions go to the lost queue
+///   ([`LostReason::Evicted`], [`ServerStats::sessions_shed`]), or the connection holding the
+///   most is **evicted** at once (CLOSE `ServerFull`, reason `server memory budget exceeded:
+///   this connection held <n> bytes (...)`, queued messages dropped, a warning logged with
+///   its id, address and bytes, [`ServerStats::evicted_memory`]), or the oldest lost session
+///   is dropped ([`ServerStats::lost_dropped`]). New connections are **refused** (CLOSE
+///   `ServerFull`, [`ServerStats::refused_memory`]) while less than [`NEW_CONNECTION_ROOM`]
+///   is left. Messages the application has taken are no longer counted, so a connection
+///   whose application keeps up holds little and is evicted last.
+///
+///   **What can pass the budget.** Growth is reserved before it is allocated, so the count
+///   passes the budget only by charges for memory that is already there: a read into an
+///   *empty* receive buffer is not reserved (at most 8 KiB copied from the stack, and the
+///   framing's room for the frame it starts, at most as much again: 16 KiB per connection,
+///   so that idle connections reserve nothing), and memory moving between two counts (a
+///   connection's session to the store and back, received bytes becoming events). Not counted
+///   at all: each connection's fixed state (driver, handles, task: about 2 KiB), allocator
+///   rounding and memory the allocator keeps after a free, the kernel's socket buffers, and,
+///   for a received message the application keeps (or echoes), the rest of the read buffer
+///   allocation its bytes are a slice of. Measured (`framelink-perf`'s `memory_attack`, see
+///   `BENCHMARKS.md`): with a 64 MiB budget the count peaks within 1 MiB of it, the process's
+///   peak RSS at 1.2 to 1.7 times it. A reservation covers the receive buffer's doubling, so
+///   a single message needs up to twice its length of budget: keep the budget several times
+///   `max_message_len`.
+/// - **Frame timeout** ([`ConnectionConfig::frame_timeout`], raw
+///   [`RawConfig::frame_timeout`](crate::RawConfig::frame_timeout), default 30 s): a peer
+///   that starts a message and trickles the rest is closed with code 3 when the message is not
+///   whole 30 s after its first byte, whatever the heartbeat says.
+/// - **Lost sessions** wait for [`ServerHandle::next_lost_session`] at most
+///   [`ServerSessions::max_lost`] of them and [`ServerSessions::max_lost_bytes`] of messages;
+///   beyond that the oldest are dropped, counted in [`ServerStats::lost_dropped`] and in the
+///   next [`LostSession::dropped_before`]. Expired sessions move there within a quarter of
+///   the ttl (at most 1 s), and their bytes move with them.
+/// - Socket options ([`ServerConfig::socket`]) are applied to every accepted socket; accept
+///   errors (such as running out of file descriptors) are logged and retried after a short
+///   pause instead of ending the server.
 #[derive(Debug)]
 pub struct Server {
     incoming: mpsc::Receiver<Incoming>,
@@ -403,7 +402,7 @@ impl Sessions {
 /// never acknowledged: see [`ServerHandle::next_lost_session`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LostSession {
-    /// The session's id (as in [`Event::Session`](crate::connection::Event::Session)).
+    /// The session's id (as in [`SessionEvent::Started`](crate::SessionEvent::Started)).
     pub id: [u8; 16],
     /// Why it was let go.
     pub reason: LostReason,
@@ -910,12 +909,12 @@ impl ServerHandle {
     /// while the session moves from an ending connection to the store or to a new connection.
     /// `Ok` means queued in the session: delivered once, in order, if the client resumes, and
     /// handed back in a [`LostSession`] if it never does. The id comes from
-    /// [`Event::Session`](crate::connection::Event::Session). See
+    /// [`SessionEvent::Started`](crate::SessionEvent::Started). See
     /// [`try_send_to_session`](Self::try_send_to_session) for a version that does not wait.
     ///
     /// ```no_run
     /// # async fn reply(handle: framelink::ServerHandle, id: [u8; 16]) {
-    /// use framelink::server::SessionSendError;
+    /// use framelink::SessionSendError;
     /// match handle.send_to_session(id, bytes::Bytes::from_static(b"score: 42")).await {
     ///     Ok(()) => {}
     ///     Err(SessionSendError::Unknown { payload, .. }) => {

@@ -14,9 +14,9 @@
 //!   accepted connection's handshake in that connection's own task (never in the accept loop),
 //!   bounded by [`TlsServerConfig::handshake_timeout`]; a connection reaches
 //!   [`Server::accept`](crate::Server::accept) only once its handshake succeeded, with the
-//!   client's verified identity in [`Incoming::tls`](crate::server::Incoming::tls). A failed
+//!   client's verified identity in [`Incoming::tls`](crate::Incoming::tls). A failed
 //!   or stalled handshake is logged (with its reason) and counted in
-//!   [`ServerStats::tls_failures`](crate::server::ServerStats::tls_failures).
+//!   [`ServerStats::tls_failures`](crate::ServerStats::tls_failures).
 //! - A [`Client`](crate::Client) with [`ClientConfig::tls`](crate::ClientConfig::tls) shakes
 //!   hands after each TCP connect; a failure is reported in
 //!   [`ClientEvent::ConnectFailed`](crate::ClientEvent::ConnectFailed) with its reason. One
@@ -277,7 +277,7 @@ impl TlsServerConfig {
 
     /// Calls `hook` with the client's address and the reason whenever a [`Server`](crate::Server)
     /// handshake fails or times out (besides logging it and counting it in
-    /// [`ServerStats::tls_failures`](crate::server::ServerStats::tls_failures)).
+    /// [`ServerStats::tls_failures`](crate::ServerStats::tls_failures)).
     pub fn on_handshake_failure(
         mut self,
         hook: impl Fn(std::net::SocketAddr, &TlsError) + Send + Sync + 'static,

@@ -2,77 +2,34 @@
 //! through the chaos proxy blackholing the link, abrupt socket close, graceful close from either side, RTT
 //! samples, send budget. Timing assertions are upper bounds with generous margins.
 
+mod common;
+
 use framelink::proto::machine::Machine;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
-use framelink::connection::{
-    self, CloseCode, CloseInfo, ConnectionConfig, ConnectionError, Event, SendError,
-};
+use framelink::connection::{self, CloseCode, ConnectionConfig, ConnectionError, SendError};
+use framelink::Event;
 use framelink_chaos::{ChaosConfig, ChaosProxy, Fault};
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 
-/// Generous bound for anything that should happen "soon".
-const DEADLINE: Duration = Duration::from_secs(30);
-/// Slack on top of protocol timings for slow CI machines.
-const MARGIN: Duration = Duration::from_secs(2);
-
-async fn pair() -> (TcpStream, TcpStream) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (client, server) = tokio::join!(TcpStream::connect(addr), listener.accept());
-    let client = client.unwrap();
-    let server = server.unwrap().0;
-    client.set_nodelay(true).unwrap();
-    server.set_nodelay(true).unwrap();
-    (client, server)
-}
+use common::{closed, connected, event, ms, pair, secs, DEADLINE, MARGIN};
 
 fn config(interval_ms: u64, timeout_ms: u64) -> ConnectionConfig {
     ConnectionConfig {
-        ping_interval: Some(Duration::from_millis(interval_ms)),
-        ping_timeout: Duration::from_millis(timeout_ms),
-        handshake_timeout: Duration::from_secs(10),
-        linger: Duration::from_secs(2),
+        ping_interval: Some(ms(interval_ms)),
+        ping_timeout: ms(timeout_ms),
+        handshake_timeout: secs(10),
+        linger: secs(2),
         ..ConnectionConfig::default()
     }
 }
 
 fn msg(tag: &str, i: usize) -> Bytes {
     Bytes::from(format!("{tag}-{i:05}"))
-}
-
-/// The next event, failing the test after [`DEADLINE`].
-async fn event(rx: &mut connection::Receiver) -> Option<Event> {
-    timeout(DEADLINE, rx.next_event())
-        .await
-        .expect("no event in time")
-}
-
-/// Waits for `Connected`, skipping nothing else (it must come first).
-async fn connected(rx: &mut connection::Receiver) -> framelink::connection::Hello {
-    match event(rx).await {
-        Some(Event::Connected { peer, version }) => {
-            assert_eq!(version, 1);
-            *peer
-        }
-        other => panic!("expected Connected, got {other:?}"),
-    }
-}
-
-/// Skips everything but `Closed`; messages are not allowed.
-async fn closed(rx: &mut connection::Receiver) -> CloseInfo {
-    loop {
-        match event(rx).await {
-            Some(Event::Closed(info)) => return info,
-            Some(Event::Message(m)) => panic!("unexpected message {m:?}"),
-            Some(_) => {}
-            None => panic!("event stream ended without Closed"),
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -86,12 +43,9 @@ async fn handshake_and_echo_1000_both_directions() {
     let (stx, mut srx) = server.split();
 
     let peer = connected(&mut crx).await;
-    assert_eq!(peer.ping_interval, Duration::from_millis(250));
+    assert_eq!(peer.ping_interval, ms(250));
     assert_eq!(peer.max_message_len, 65_536);
-    assert_eq!(
-        connected(&mut srx).await.ping_interval,
-        Duration::from_millis(300)
-    );
+    assert_eq!(connected(&mut srx).await.ping_interval, ms(300));
 
     const N: usize = 1000;
     // Server: echo every client message, and send its own N messages, interleaved.
@@ -147,7 +101,7 @@ async fn silent_peer_is_declared_dead() {
         .unwrap();
 
     let (client, server) = tokio::join!(TcpStream::connect(proxy.local_addr()), listener.accept());
-    let (interval, ping_timeout) = (Duration::from_millis(200), Duration::from_millis(200));
+    let (interval, ping_timeout) = (ms(200), ms(200));
     let client = connection::spawn(client.unwrap(), config(200, 200)).unwrap();
     // The server keeps its own connection alive; it only pings rarely.
     let server = connection::spawn(server.unwrap().0, config(150, 5_000)).unwrap();
@@ -332,7 +286,7 @@ async fn rtt_samples_on_a_quiet_connection() {
             }
         };
         assert!(rtt.latest < MARGIN, "rtt {rtt:?}");
-        assert!(t0.elapsed() < Duration::from_millis(100) + MARGIN);
+        assert!(t0.elapsed() < ms(100) + MARGIN);
         // The estimate comes with the sample (RFC 6298's first step for the first one).
         assert_eq!(rtt.samples, 1, "{rtt:?}");
         assert_eq!((rtt.smoothed, rtt.min), (rtt.latest, rtt.latest));
@@ -348,7 +302,7 @@ async fn rtt_samples_on_a_quiet_connection() {
     assert_eq!(rtt.samples, 2, "{rtt:?}");
     assert!(rtt.min <= rtt.latest && rtt.min <= rtt.smoothed, "{rtt:?}");
     // Still open after many intervals of silence.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    tokio::time::sleep(ms(800)).await;
     assert!(crx.close_info().is_none() && srx.close_info().is_none());
 }
 
@@ -403,7 +357,8 @@ async fn send_budget_is_enforced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_reader_triggers_backpressure_not_growth() {
-    use framelink::connection::{DriverConfig, Protocol};
+    use framelink::connection::DriverConfig;
+    use framelink::Protocol;
     let (a, b) = pair().await;
     let limit = 256 * 1024;
     let sender_cfg = ConnectionConfig {
@@ -428,7 +383,7 @@ async fn a_stalled_reader_triggers_backpressure_not_growth() {
     loop {
         let mut m = payload.to_vec();
         m[..4].copy_from_slice(&sent.to_be_bytes());
-        match timeout(Duration::from_millis(500), tx.send(Bytes::from(m))).await {
+        match timeout(ms(500), tx.send(Bytes::from(m))).await {
             Ok(Ok(())) => sent += 1,
             Ok(Err(e)) => panic!("send failed: {e}"),
             Err(_) => break, // blocked: backpressure reached the sender

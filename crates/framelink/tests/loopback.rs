@@ -2,27 +2,17 @@
 //! cutting its writes at random points so the receiver sees glued and split reads; limits,
 //! recoverable errors and truncation as a real peer would trigger them.
 
-use std::time::Duration;
+mod common;
 
 use bytes::{Bytes, BytesMut};
 use framelink::{DecodeErrorKind, FrameEncoder, FrameError, Framing};
 use futures::{SinkExt, StreamExt};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_util::codec::{Framed, FramedRead};
 
-/// Generous bound for every socket operation: loopback is fast, CI machines are sometimes not.
-const DEADLINE: Duration = Duration::from_secs(60);
-
-async fn pair() -> (TcpStream, TcpStream) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (client, server) = tokio::join!(TcpStream::connect(addr), listener.accept());
-    let client = client.unwrap();
-    client.set_nodelay(true).unwrap();
-    (client, server.unwrap().0)
-}
+use common::{pair, DEADLINE};
 
 /// A payload the framing can carry: no delimiters for delimiter framings, exact size for fixed.
 fn payload(rng: &mut StdRng, spec: &str) -> Vec<u8> {

@@ -13,6 +13,8 @@
 //! Waits are for events or counters, bounded by [`DEADLINE`]; nothing depends on how fast the
 //! machine is.
 
+mod common;
+
 use framelink::proto::machine::Machine;
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -20,19 +22,21 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use framelink::connection::{self, CloseCode, Connection, ConnectionConfig, Event};
+use framelink::connection::{self, CloseCode, ConnectionConfig};
 use framelink::proto::connection as proto;
 use framelink::proto::session::Session;
 use framelink::proto::wire::{Hello, Message, WireCodec};
-use framelink::server::{LostReason, Server, ServerConfig, ServerSessions, ServerStats};
-use framelink::{Protocol, ServerHandle};
+use framelink::{
+    Connection, Event, LostReason, Protocol, Server, ServerConfig, ServerHandle, ServerSessions,
+    ServerStats, SessionEvent,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
-/// Generous bound for anything that should happen "soon".
-const DEADLINE: Duration = Duration::from_secs(60);
+use common::{connected, echo_server, DEADLINE};
+
 const MIB: usize = 1 << 20;
 /// The budget of these tests.
 const BUDGET: usize = 8 * MIB;
@@ -40,28 +44,6 @@ const BUDGET: usize = 8 * MIB;
 /// refused (messages moving between a connection and the session store, events produced from
 /// a read) and receive-buffer growth beyond its estimate (see the server's documentation).
 const SLACK: usize = MIB;
-
-/// Starts an echo server; returns its address and handle.
-async fn echo_server(config: ServerConfig) -> (SocketAddr, ServerHandle) {
-    let mut server = Server::bind("127.0.0.1:0", config).await.unwrap();
-    let addr = server.local_addr();
-    let handle = server.handle();
-    tokio::spawn(async move {
-        while let Some(incoming) = server.accept().await {
-            tokio::spawn(async move {
-                let (tx, mut rx) = incoming.connection.split();
-                while let Some(event) = rx.next_event().await {
-                    if let Event::Message(m) = event {
-                        if tx.send(m).await.is_err() {
-                            break;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    (addr, handle)
-}
 
 /// Protocol messages on the wire.
 fn wire(messages: &[Message]) -> Vec<u8> {
@@ -86,10 +68,8 @@ fn partial_frame(len: usize, sent: usize) -> Vec<u8> {
 async fn client(addr: SocketAddr) -> Connection {
     let stream = TcpStream::connect(addr).await.unwrap();
     let mut conn = connection::spawn(stream, ConnectionConfig::default()).unwrap();
-    match timeout(DEADLINE, conn.next_event()).await.unwrap() {
-        Some(Event::Connected { .. }) => conn,
-        other => panic!("no handshake: {other:?}"),
-    }
+    connected(&mut conn).await;
+    conn
 }
 
 /// Sends `count` distinct messages of `len` bytes and checks every echo, in order, intact.
@@ -298,7 +278,7 @@ async fn session_server(
             tokio::spawn(async move {
                 let (tx, mut rx) = incoming.connection.split();
                 while let Some(event) = rx.next_event().await {
-                    if let Event::Session { id, .. } = event {
+                    if let Event::Session(SessionEvent::Started { id, .. }) = event {
                         for _ in 0..per_session / (64 * 1024) {
                             if tx.send(Bytes::from(vec![1u8; 64 * 1024])).await.is_err() {
                                 break;

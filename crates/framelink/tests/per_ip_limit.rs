@@ -7,44 +7,21 @@
 //!
 //! Nothing here depends on timing: every wait is for an event, bounded by [`DEADLINE`].
 
+mod common;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use bytes::Bytes;
-use framelink::connection::{self, CloseCode, CloseInfo, Connection, ConnectionConfig, Event};
-use framelink::server::{Server, ServerConfig};
-use framelink::{Framing, Protocol, RawConfig, ServerHandle};
+use framelink::connection::{self, CloseCode, ConnectionConfig};
+use framelink::{Connection, Event, Framing, Protocol, RawConfig, Server, ServerConfig};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::timeout;
 
-/// Generous bound for anything that should happen "soon".
-const DEADLINE: Duration = Duration::from_secs(30);
+use common::{closed, echo_server, echoes, live_connections, DEADLINE};
 
 const ATTACKER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
 const LEGITIMATE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
-
-/// Starts an echo server on `bind`; returns its address and handle.
-async fn echo_server(bind: &str, config: ServerConfig) -> (SocketAddr, ServerHandle) {
-    let mut server = Server::bind(bind, config).await.unwrap();
-    let addr = server.local_addr();
-    let handle = server.handle();
-    tokio::spawn(async move {
-        while let Some(incoming) = server.accept().await {
-            tokio::spawn(async move {
-                let (tx, mut rx) = incoming.connection.split();
-                while let Some(event) = rx.next_event().await {
-                    if let Event::Message(m) = event {
-                        if tx.send(m).await.is_err() {
-                            break;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    (addr, handle)
-}
 
 /// A TCP connection to `server` from `source` (any port).
 async fn connect_from(source: Ipv4Addr, server: SocketAddr) -> TcpStream {
@@ -70,54 +47,12 @@ async fn handshaken_from(source: Ipv4Addr, server: SocketAddr) -> Connection {
     }
 }
 
-/// Waits for the connection's `Closed` (after our HELLO came back in the server's).
-async fn closed(conn: &mut Connection) -> CloseInfo {
-    loop {
-        match timeout(DEADLINE, conn.next_event()).await.unwrap() {
-            Some(Event::Closed(info)) => return info,
-            Some(Event::Message(m)) => panic!("message on a refused connection: {m:?}"),
-            Some(_) => {}
-            None => panic!("events ended without Closed"),
-        }
-    }
-}
-
-/// Sends `payload` and waits for its echo.
-async fn echoes(conn: &mut Connection, payload: &'static [u8]) {
-    conn.send(Bytes::from_static(payload)).await.unwrap();
-    loop {
-        match timeout(DEADLINE, conn.next_event()).await.unwrap() {
-            Some(Event::Message(m)) => {
-                assert_eq!(m, payload);
-                return;
-            }
-            Some(Event::Closed(info)) => panic!("closed instead of echoing: {info}"),
-            Some(_) => {}
-            None => panic!("events ended without the echo"),
-        }
-    }
-}
-
-/// Waits until the server counts `n` live connections.
-async fn live_becomes(handle: &ServerHandle, n: usize) {
-    timeout(DEADLINE, async {
-        while handle.connections() != n {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("live stayed {}, not {n}", handle.connections()));
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_address_over_its_limit_is_refused_while_others_get_in() {
-    let (addr, handle) = echo_server(
-        "127.0.0.1:0",
-        ServerConfig {
-            max_connections_per_ip: 3,
-            ..ServerConfig::default()
-        },
-    )
+    let (addr, handle) = echo_server(ServerConfig {
+        max_connections_per_ip: 3,
+        ..ServerConfig::default()
+    })
     .await;
 
     // The attacker holds its 3 (each registered at accept, before our handshake completes).
@@ -154,7 +89,7 @@ async fn an_address_over_its_limit_is_refused_while_others_get_in() {
     let gone = held.pop().unwrap();
     gone.close(CloseCode::Normal, "").await;
     drop(gone);
-    live_becomes(&handle, 3).await;
+    live_connections(&handle, 3).await;
     let mut again = handshaken_from(ATTACKER, addr).await;
     echoes(&mut again, b"back in").await;
     held.push(again);
@@ -183,14 +118,11 @@ async fn an_address_over_its_limit_is_refused_while_others_get_in() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_total_limit_is_reported_as_such_and_not_per_address() {
     // Both limits at 2: the total one is checked first and keeps its own reason.
-    let (addr, handle) = echo_server(
-        "127.0.0.1:0",
-        ServerConfig {
-            max_connections: 2,
-            max_connections_per_ip: 2,
-            ..ServerConfig::default()
-        },
-    )
+    let (addr, handle) = echo_server(ServerConfig {
+        max_connections: 2,
+        max_connections_per_ip: 2,
+        ..ServerConfig::default()
+    })
     .await;
     let _a = handshaken_from(ATTACKER, addr).await;
     let _b = handshaken_from(LEGITIMATE, addr).await;
@@ -232,14 +164,11 @@ async fn line_echoes(stream: &mut BufReader<TcpStream>, line: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_mode_closes_the_socket_of_a_connection_over_the_per_address_limit() {
-    let (addr, handle) = echo_server(
-        "127.0.0.1:0",
-        ServerConfig {
-            protocol: raw_lines(),
-            max_connections_per_ip: 2,
-            ..ServerConfig::default()
-        },
-    )
+    let (addr, handle) = echo_server(ServerConfig {
+        protocol: raw_lines(),
+        max_connections_per_ip: 2,
+        ..ServerConfig::default()
+    })
     .await;
     // An echo proves the server accepted (and counted) the connection.
     let mut held = Vec::new();
@@ -273,7 +202,7 @@ async fn raw_mode_closes_the_socket_of_a_connection_over_the_per_address_limit()
 
     // One of the attacker's ends: a new one from its address is accepted.
     drop(held.pop());
-    live_becomes(&handle, 2).await;
+    live_connections(&handle, 2).await;
     let mut again = BufReader::new(connect_from(ATTACKER, addr).await);
     line_echoes(&mut again, "back in").await;
     assert_eq!(handle.stats().refused_per_ip, 1);
@@ -363,7 +292,7 @@ async fn a_full_server_evicts_its_idlest_connection_for_a_newcomer() {
         evict_idle_when_full: Some(Duration::from_millis(300)),
         ..ServerConfig::default()
     };
-    let (addr, handle) = echo_server("127.0.0.1:0", config.clone()).await;
+    let (addr, handle) = echo_server(config.clone()).await;
     let mut idle_a = handshaken_from(ATTACKER, addr).await;
     let mut idle_b = handshaken_from(ATTACKER, addr).await;
     let mut busy = handshaken_from(LEGITIMATE, addr).await;
@@ -385,13 +314,10 @@ async fn a_full_server_evicts_its_idlest_connection_for_a_newcomer() {
     assert_eq!(handle.stats().evicted_idle, 1);
 
     // Without eviction, a full server refuses.
-    let (addr, handle) = echo_server(
-        "127.0.0.1:0",
-        ServerConfig {
-            evict_idle_when_full: None,
-            ..config
-        },
-    )
+    let (addr, handle) = echo_server(ServerConfig {
+        evict_idle_when_full: None,
+        ..config
+    })
     .await;
     let mut held = Vec::new();
     for _ in 0..3 {

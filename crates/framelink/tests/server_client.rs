@@ -6,38 +6,41 @@
 //! Timing assertions are upper bounds with generous margins (and lower bounds only where the
 //! protocol guarantees them).
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use framelink::client::{Client, ClientConfig, ClientEvent};
-use framelink::connection::{self, CloseCode, ConnectionConfig, ConnectionError, Event, Protocol};
-use framelink::server::{Server, ServerConfig};
-use framelink::{BackoffConfig, FrameMatcher, Framing, Jitter, RawConfig};
+use framelink::connection::{self, CloseCode, ConnectionConfig, ConnectionError};
+use framelink::{
+    BackoffConfig, Client, ClientConfig, ClientEvent, Event, FrameMatcher, Framing, Jitter,
+    Protocol, RawConfig, Server, ServerConfig,
+};
 use framelink_chaos::{ChaosConfig, ChaosProxy, Fault};
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 
-/// Generous bound for anything that should happen "soon".
-const DEADLINE: Duration = Duration::from_secs(30);
-/// Slack on top of protocol timings for slow CI machines.
-const MARGIN: Duration = Duration::from_secs(2);
+use common::{
+    client_connected, disconnected, echo_server, live_connections, ms, next, secs, until, DEADLINE,
+    MARGIN,
+};
 
 fn heartbeat(interval_ms: u64, timeout_ms: u64) -> ConnectionConfig {
     ConnectionConfig {
-        ping_interval: Some(Duration::from_millis(interval_ms)),
-        ping_timeout: Duration::from_millis(timeout_ms),
-        handshake_timeout: Duration::from_secs(5),
-        linger: Duration::from_secs(1),
+        ping_interval: Some(ms(interval_ms)),
+        ping_timeout: ms(timeout_ms),
+        handshake_timeout: secs(5),
+        linger: secs(1),
         ..ConnectionConfig::default()
     }
 }
 
 fn fast_backoff() -> BackoffConfig {
     BackoffConfig {
-        initial: Duration::from_millis(20),
-        max: Duration::from_millis(200),
+        initial: ms(20),
+        max: ms(200),
         ..BackoffConfig::default()
     }
 }
@@ -46,76 +49,9 @@ fn client_config(protocol: Protocol) -> ClientConfig {
     ClientConfig {
         protocol,
         backoff: fast_backoff(),
-        connect_timeout: Duration::from_secs(5),
+        connect_timeout: secs(5),
         ..ClientConfig::default()
     }
-}
-
-/// Starts an echo server; returns its address and handle.
-async fn echo_server(config: ServerConfig) -> (std::net::SocketAddr, framelink::ServerHandle) {
-    let mut server = Server::bind("127.0.0.1:0", config).await.unwrap();
-    let addr = server.local_addr();
-    let handle = server.handle();
-    tokio::spawn(async move {
-        while let Some(incoming) = server.accept().await {
-            tokio::spawn(async move {
-                let (tx, mut rx) = incoming.connection.split();
-                while let Some(event) = rx.next_event().await {
-                    if let Event::Message(m) = event {
-                        if tx.send(m).await.is_err() {
-                            break;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    (addr, handle)
-}
-
-/// The next client event, failing the test after [`DEADLINE`].
-async fn next(client: &mut Client) -> ClientEvent {
-    timeout(DEADLINE, client.next_event())
-        .await
-        .expect("no client event in time")
-        .expect("client event stream ended")
-}
-
-/// Skips events until one matches.
-async fn until<T>(client: &mut Client, mut f: impl FnMut(&ClientEvent) -> Option<T>) -> T {
-    loop {
-        let event = next(client).await;
-        if let Some(t) = f(&event) {
-            return t;
-        }
-    }
-}
-
-async fn connected(client: &mut Client) -> u32 {
-    until(client, |e| match e {
-        ClientEvent::Connected { attempt, .. } => Some(*attempt),
-        _ => None,
-    })
-    .await
-}
-
-async fn disconnected(client: &mut Client) -> framelink::CloseInfo {
-    until(client, |e| match e {
-        ClientEvent::Disconnected(info) => Some(info.clone()),
-        _ => None,
-    })
-    .await
-}
-
-/// Waits until the server has exactly `n` live connections.
-async fn live_connections(handle: &framelink::ServerHandle, n: usize) {
-    timeout(DEADLINE, async {
-        while handle.connections() != n {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("server has {} connections, want {n}", handle.connections()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,7 +61,7 @@ async fn client_and_server_echo() {
     for i in 0..500 {
         client.send(Bytes::from(format!("m{i}"))).await.unwrap();
     }
-    assert_eq!(connected(&mut client).await, 1);
+    assert_eq!(client_connected(&mut client).await, 1);
     for i in 0..500 {
         let m = timeout(DEADLINE, client.recv()).await.unwrap().unwrap();
         assert_eq!(m, format!("m{i}"));
@@ -166,7 +102,7 @@ async fn blackholed_link_is_declared_dead_in_bound_and_client_reconnects() {
         client_config(Protocol::Framelink(heartbeat(interval, ping_timeout))),
     )
     .unwrap();
-    assert_eq!(connected(&mut client).await, 1);
+    assert_eq!(client_connected(&mut client).await, 1);
     client.send(Bytes::from_static(b"before")).await.unwrap();
     assert_eq!(
         timeout(DEADLINE, client.recv()).await.unwrap().unwrap(),
@@ -184,11 +120,11 @@ async fn blackholed_link_is_declared_dead_in_bound_and_client_reconnects() {
             matches!(info.error, Some(ConnectionError::PeerDead { .. })),
             "{info:?}"
         );
-        let bound = Duration::from_millis(interval + ping_timeout);
+        let bound = ms(interval + ping_timeout);
         assert!(detected < bound + MARGIN, "detected after {detected:?}");
         latencies.push(detected);
         // It reconnects (through the proxy, on a fresh connection) and traffic flows again.
-        connected(&mut client).await;
+        client_connected(&mut client).await;
         client.send(Bytes::from_static(b"after")).await.unwrap();
         assert_eq!(
             timeout(DEADLINE, client.recv()).await.unwrap().unwrap(),
@@ -212,9 +148,9 @@ async fn a_server_that_goes_away_is_noticed_at_once() {
         client_config(Protocol::Framelink(heartbeat(30_000, 30_000))),
     )
     .unwrap();
-    connected(&mut client).await;
+    client_connected(&mut client).await;
     let t0 = Instant::now();
-    let report = handle.shutdown(Duration::from_secs(5)).await;
+    let report = handle.shutdown(secs(5)).await;
     assert_eq!((report.open, report.closed, report.aborted), (1, 1, 0));
     let info = disconnected(&mut client).await;
     assert!(t0.elapsed() < MARGIN, "noticed after {:?}", t0.elapsed());
@@ -234,8 +170,8 @@ async fn a_server_that_goes_away_is_noticed_at_once() {
 async fn server_evicts_silent_and_idle_clients() {
     let (addr, handle) = echo_server(ServerConfig {
         protocol: Protocol::Framelink(ConnectionConfig {
-            handshake_timeout: Duration::from_millis(300),
-            idle_timeout: Some(Duration::from_millis(800)),
+            handshake_timeout: ms(300),
+            idle_timeout: Some(ms(800)),
             ..heartbeat(200, 200)
         }),
         ..ServerConfig::default()
@@ -247,7 +183,7 @@ async fn server_evicts_silent_and_idle_clients() {
     live_connections(&handle, 1).await;
     let t0 = Instant::now();
     live_connections(&handle, 0).await;
-    assert!(t0.elapsed() < Duration::from_millis(300) + MARGIN);
+    assert!(t0.elapsed() < ms(300) + MARGIN);
     let mut rest = Vec::new();
     let _ = timeout(DEADLINE, mute.read_to_end(&mut rest))
         .await
@@ -263,11 +199,7 @@ async fn server_evicts_silent_and_idle_clients() {
     live_connections(&handle, 1).await;
     let t0 = Instant::now();
     live_connections(&handle, 0).await;
-    assert!(
-        t0.elapsed() < Duration::from_millis(400) + MARGIN,
-        "{:?}",
-        t0.elapsed()
-    );
+    assert!(t0.elapsed() < ms(400) + MARGIN, "{:?}", t0.elapsed());
     drop(frozen);
 
     // 3. Alive (heartbeats answered) but sends nothing: the idle timeout closes it with `Idle`.
@@ -284,8 +216,8 @@ async fn server_evicts_silent_and_idle_clients() {
     assert_eq!(info.code, CloseCode::Idle, "{info}");
     assert!(info.by_peer);
     let elapsed = t0.elapsed();
-    assert!(elapsed >= Duration::from_millis(800), "{elapsed:?}");
-    assert!(elapsed < Duration::from_millis(800) + MARGIN, "{elapsed:?}");
+    assert!(elapsed >= ms(800), "{elapsed:?}");
+    assert!(elapsed < ms(800) + MARGIN, "{elapsed:?}");
     live_connections(&handle, 0).await;
 }
 
@@ -365,9 +297,7 @@ async fn graceful_shutdown_drains_queued_messages_then_closes() {
             .await
             .unwrap();
     }
-    let report = timeout(DEADLINE, handle.shutdown(Duration::from_secs(10)))
-        .await
-        .unwrap();
+    let report = timeout(DEADLINE, handle.shutdown(secs(10))).await.unwrap();
     assert_eq!(report.aborted, 0);
     let mut got = 0u32;
     let info = loop {
@@ -396,8 +326,8 @@ async fn reconnect_backoff_follows_the_configured_bounds() {
         l.local_addr().unwrap()
     };
     let backoff = BackoffConfig {
-        initial: Duration::from_millis(20),
-        max: Duration::from_millis(120),
+        initial: ms(20),
+        max: ms(120),
         multiplier: 2.0,
         max_attempts: Some(7),
         jitter: Jitter::Full,
@@ -420,10 +350,7 @@ async fn reconnect_backoff_follows_the_configured_bounds() {
                 if let Some((at, delay)) = last_failure.take() {
                     // The attempt did not start before its delay was over.
                     let waited: Duration = Instant::now() - at;
-                    assert!(
-                        waited + Duration::from_millis(1) >= delay,
-                        "{waited:?} < {delay:?}"
-                    );
+                    assert!(waited + ms(1) >= delay, "{waited:?} < {delay:?}");
                 }
                 failed.push(attempt);
             }
@@ -505,8 +432,8 @@ async fn idle_closing_line_server(idle: Duration) -> std::net::SocketAddr {
 fn raw_lines(ping: Option<&'static [u8]>) -> RawConfig {
     let framing: Framing = "lines".parse().unwrap();
     RawConfig {
-        ping_interval: Some(Duration::from_millis(150)),
-        ping_timeout: Duration::from_millis(1_000),
+        ping_interval: Some(ms(150)),
+        ping_timeout: ms(1_000),
         ping: ping.map(Bytes::from_static),
         pong: FrameMatcher::Exact(Bytes::from_static(b"PONG")),
         ..RawConfig::new(framing)
@@ -515,16 +442,16 @@ fn raw_lines(ping: Option<&'static [u8]>) -> RawConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_mode_keeps_a_connection_to_an_idle_closing_server_alive() {
-    let addr = idle_closing_line_server(Duration::from_millis(500)).await;
+    let addr = idle_closing_line_server(ms(500)).await;
 
     let mut client = Client::connect(
         addr.to_string(),
         client_config(Protocol::Raw(Box::new(raw_lines(Some(b"PING"))))),
     )
     .unwrap();
-    assert_eq!(connected(&mut client).await, 1);
+    assert_eq!(client_connected(&mut client).await, 1);
     // Four times the server's idle limit, with nothing but our pings on the wire.
-    let quiet_until = Instant::now() + Duration::from_secs(2);
+    let quiet_until = Instant::now() + secs(2);
     let mut rtts = 0;
     while Instant::now() < quiet_until {
         match timeout(quiet_until - Instant::now(), client.next_event()).await {
@@ -550,7 +477,7 @@ async fn raw_mode_keeps_a_connection_to_an_idle_closing_server_alive() {
         }))),
     )
     .unwrap();
-    connected(&mut quiet).await;
+    client_connected(&mut quiet).await;
     let info = disconnected(&mut quiet).await;
     assert!(info.by_peer, "{info}");
     assert!(matches!(
@@ -567,7 +494,7 @@ async fn raw_messages_never_written_when_the_link_dies_are_handed_back() {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         let (socket, _) = listener.accept().await.unwrap();
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(ms(500)).await;
         // Unread data in the receive buffer: closing sends a reset.
         drop(socket);
         drop(listener);
@@ -583,7 +510,7 @@ async fn raw_messages_never_written_when_the_link_dies_are_handed_back() {
         })))
     };
     let mut client = Client::connect(addr.to_string(), config).unwrap();
-    connected(&mut client).await;
+    client_connected(&mut client).await;
     // Far more than the socket buffers hold: the rest waits in the connection's queue.
     let sender = client.sender();
     let total = 4_000u32;
@@ -591,7 +518,7 @@ async fn raw_messages_never_written_when_the_link_dies_are_handed_back() {
         let line = |i: u32| Bytes::from(format!("{i:08}{}", "x".repeat(16 * 1024)));
         let mut accepted = 0;
         for i in 0..total {
-            match timeout(Duration::from_secs(20), sender.send(line(i))).await {
+            match timeout(secs(20), sender.send(line(i))).await {
                 Ok(Ok(())) => accepted += 1,
                 _ => break,
             }

@@ -6,11 +6,13 @@
 //! The clients here are the sans-IO protocol machine driven over a plain socket, so that the
 //! tests can hold, copy and forge session state the way an attacker would.
 
+mod common;
+
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use framelink::connection::{Event as ServerEvent, ResumeStatus};
-use framelink::server::{Server, ServerConfig, ServerSessions};
+use framelink::connection::ResumeStatus;
+use framelink::{Server, ServerConfig, ServerSessions};
 use framelink_proto::auth::SessionSecret;
 use framelink_proto::connection::{Connection, ConnectionConfig, Event};
 use framelink_proto::machine::Machine;
@@ -19,6 +21,8 @@ use framelink_proto::wire::{CloseCode, Message, WireCodec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
+
+use common::echo;
 
 /// Generous bound for each step: the machine may be busy.
 const STEP: Duration = Duration::from_secs(30);
@@ -132,15 +136,7 @@ async fn echo_server() -> std::net::SocketAddr {
     let addr = server.local_addr();
     tokio::spawn(async move {
         while let Some(incoming) = server.accept().await {
-            tokio::spawn(async move {
-                let mut connection = incoming.connection;
-                let sender = connection.sender();
-                while let Some(event) = connection.next_event().await {
-                    if let ServerEvent::Message(m) = event {
-                        let _ = sender.send(m).await;
-                    }
-                }
-            });
+            tokio::spawn(echo(incoming.connection));
         }
     });
     addr

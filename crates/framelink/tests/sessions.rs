@@ -8,12 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use framelink::client::{Client, ClientConfig, ClientEvent};
-use framelink::connection::{ConnectionConfig, Event, Protocol, ResumeStatus};
-use framelink::server::{
-    LostReason, Server, ServerConfig, ServerHandle, ServerSessions, SessionSendError,
+use framelink::connection::{ConnectionConfig, ResumeStatus};
+use framelink::{
+    BackoffConfig, Client, ClientConfig, ClientEvent, Event, LostReason, Protocol, Server,
+    ServerConfig, ServerHandle, ServerSessions, SessionConfig, SessionEvent, SessionSendError,
 };
-use framelink::{BackoffConfig, SessionConfig};
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -137,7 +136,7 @@ async fn session_echo_server() -> (
                 let mut echo = None;
                 while let Some(event) = events.next_event().await {
                     match event {
-                        Event::Session { id, .. } => {
+                        Event::Session(SessionEvent::Started { id, .. }) => {
                             let mut echoes = echoes.lock().unwrap();
                             let queue = echoes.entry(id).or_insert_with(|| {
                                 session_echo(handle.clone(), id, record.clone())
@@ -224,10 +223,10 @@ async fn exchange(
                     assert_eq!(number(&m), next, "echo out of order or duplicated");
                     next += 1;
                 }
-                ClientEvent::Session { status, .. } => {
+                ClientEvent::Session(SessionEvent::Started { status, .. }) => {
                     resumed += u32::from(status == ResumeStatus::Resumed)
                 }
-                ClientEvent::SessionLost { unacked, .. } => lost += unacked.len(),
+                ClientEvent::Session(SessionEvent::Lost { unacked, .. }) => lost += unacked.len(),
                 _ => {}
             }
         }
@@ -425,7 +424,7 @@ async fn a_session_the_server_lost_hands_unacknowledged_messages_back() {
     let unacked = timeout(DEADLINE, async {
         loop {
             match client.next_event().await.expect("client stopped") {
-                ClientEvent::SessionLost { unacked, .. } => return unacked,
+                ClientEvent::Session(SessionEvent::Lost { unacked, .. }) => return unacked,
                 ClientEvent::Message(m) => panic!("unexpected message {m:?}"),
                 _ => {}
             }
@@ -449,7 +448,7 @@ async fn client_message(client: &mut Client) -> Bytes {
         loop {
             match client.next_event().await.expect("client stopped") {
                 ClientEvent::Message(m) => return m,
-                ClientEvent::SessionLost { .. } => panic!("session lost"),
+                ClientEvent::Session(SessionEvent::Lost { .. }) => panic!("session lost"),
                 _ => {}
             }
         }
@@ -485,7 +484,7 @@ async fn the_server_queues_for_an_absent_client_and_hands_back_what_expired() {
     };
     let (ids_tx, mut ids) = mpsc::unbounded_channel();
     let (server_addr, handle) = start_server(config, move |event| {
-        if let Event::Session { id, .. } = event {
+        if let Event::Session(SessionEvent::Started { id, .. }) = event {
             let _ = ids_tx.send(id);
         }
     })
@@ -598,7 +597,10 @@ async fn over_max_detached_the_oldest_session_is_handed_back() {
     for _ in 0..2 {
         let mut client = Client::connect(proxy.addr.to_string(), session_client_config()).unwrap();
         timeout(DEADLINE, async {
-            while !matches!(client.next_event().await, Some(ClientEvent::Session { .. })) {}
+            while !matches!(
+                client.next_event().await,
+                Some(ClientEvent::Session(SessionEvent::Started { .. }))
+            ) {}
         })
         .await
         .unwrap();

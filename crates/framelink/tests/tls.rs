@@ -5,6 +5,8 @@
 //! detection over TLS; a peer stalling in the handshake evicted within the bound; a standard
 //! TLS client (Python's `ssl`) talking to a raw-mode TLS server.
 
+mod common;
+
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,14 +14,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use framelink::client::{Client, ClientConfig, ClientEvent};
-use framelink::connection::{ConnectionConfig, ConnectionError, DeathCause, Event, Protocol};
-use framelink::server::{Incoming, Server, ServerConfig, ServerHandle, ServerSessions};
+use framelink::connection::{ConnectionConfig, ConnectionError, DeathCause};
 use framelink::tls::{
     ClientAuth, TlsClientConfig, TlsClientOptions, TlsConfigError, TlsServerConfig,
     TlsServerOptions,
 };
-use framelink::{BackoffConfig, Framing, RawConfig, SessionConfig};
+use framelink::{
+    BackoffConfig, Client, ClientConfig, ClientEvent, Event, Framing, Incoming, Protocol,
+    RawConfig, Server, ServerConfig, ServerHandle, ServerSessions, SessionConfig, SessionEvent,
+};
 use framelink_chaos::{ChaosConfig, ChaosProxy, Fault};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
@@ -28,8 +31,7 @@ use rcgen::{
 use tokio::io::AsyncReadExt;
 use tokio::time::timeout;
 
-/// Generous bound for anything that should take milliseconds.
-const DEADLINE: Duration = Duration::from_secs(60);
+use common::{echo, DEADLINE};
 
 /// A certificate file and its key file.
 type CertFiles = (PathBuf, PathBuf);
@@ -191,16 +193,7 @@ async fn echo_server(
         }) = server.accept().await
         {
             let _ = tx.send((id, tls));
-            tokio::spawn(async move {
-                let (sender, mut events) = connection.split();
-                while let Some(event) = events.next_event().await {
-                    if let Event::Message(m) = event {
-                        if sender.send(m).await.is_err() {
-                            break;
-                        }
-                    }
-                }
-            });
+            tokio::spawn(echo(connection));
         }
     });
     (addr, handle, rx)
@@ -595,7 +588,7 @@ async fn sessions_resume_exactly_once_over_tls_across_cut_links() {
         while let Some(event) = client.next_event().await {
             match event {
                 ClientEvent::Disconnected(_) => disconnects += 1,
-                ClientEvent::SessionLost { unacked, .. } => {
+                ClientEvent::Session(SessionEvent::Lost { unacked, .. }) => {
                     panic!("session lost with {} messages", unacked.len())
                 }
                 ClientEvent::Closed | ClientEvent::GaveUp { .. } => break,

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use bytes::{Bytes, BytesMut};
-use framelink::codec::AnyCodec;
+use framelink::proto::codec::AnyCodec;
 use framelink::{FrameDecoder, Framing};
 
 use crate::stream_tools::{escape_text, hex, payload_offset};

@@ -93,9 +93,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use clap::builder::TypedValueParser;
-use framelink::connection::{self, Connection, ConnectionConfig, Event, Receiver, Sender};
-use framelink::server::{Server, ServerConfig};
-use framelink::Protocol;
+use framelink::connection::{self, ConnectionConfig};
+use framelink::{Connection, Event, Protocol, Receiver, Sender, Server, ServerConfig};
 use futures::StreamExt;
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -1251,19 +1250,10 @@ async fn breakdown(
     w!();
     w!("Sizes of the types involved (std::mem::size_of):");
     let sizes = [
-        (
-            "framelink::connection::Connection",
-            std::mem::size_of::<Connection>(),
-        ),
-        (
-            "framelink::connection::Sender",
-            std::mem::size_of::<Sender>(),
-        ),
-        (
-            "framelink::connection::Receiver",
-            std::mem::size_of::<Receiver>(),
-        ),
-        ("framelink::connection::Event", std::mem::size_of::<Event>()),
+        ("framelink::Connection", std::mem::size_of::<Connection>()),
+        ("framelink::Sender", std::mem::size_of::<Sender>()),
+        ("framelink::Receiver", std::mem::size_of::<Receiver>()),
+        ("framelink::Event", std::mem::size_of::<Event>()),
         (
             "framelink::connection::ConnectionConfig",
             std::mem::size_of::<ConnectionConfig>(),

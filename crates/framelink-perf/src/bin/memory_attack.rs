@@ -34,12 +34,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use framelink::connection::{ConnectionConfig, Event};
+use framelink::connection::ConnectionConfig;
 use framelink::proto::connection as proto;
 use framelink::proto::session::Session;
 use framelink::proto::wire::{Hello, Message, WireCodec};
-use framelink::server::{Server, ServerConfig, ServerSessions};
-use framelink::Protocol;
+use framelink::{Event, Protocol, Server, ServerConfig, ServerSessions, SessionEvent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -204,7 +203,7 @@ fn server_process(attack: &str, budget: usize) {
                         match event {
                             // (A `Bytes` clone is a reference count.)
                             Event::Message(m) if tx.send(m.clone()).await.is_err() => break,
-                            Event::Session { .. } => {
+                            Event::Session(SessionEvent::Started { .. }) => {
                                 for _ in 0..16 {
                                     if tx.send(Bytes::from(vec![1u8; 64 * 1024])).await.is_err() {
                                         break;

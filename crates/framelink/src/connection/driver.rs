@@ -722,12 +722,14 @@ impl<M: Machine> Driver<M> {
                 id,
                 status,
                 resending,
-            } => Event::Session {
+            } => Event::Session(SessionEvent::Started {
                 id,
                 status,
                 resending,
-            },
-            proto::Event::SessionLost { id, unacked } => Event::SessionLost { id, unacked },
+            }),
+            proto::Event::SessionLost { id, unacked } => {
+                Event::Session(SessionEvent::Lost { id, unacked })
+            }
         })
     }
 }

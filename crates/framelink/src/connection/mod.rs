@@ -85,19 +85,24 @@ use framelink_proto::raw::{RawConfig, RawConfigError, RawConnection};
 pub use framelink_proto::session::Session;
 use framelink_proto::{FrameEncoder, Framing};
 
-pub use framelink_proto::codec::DecodeError;
+use framelink_proto::codec::DecodeError;
 pub use framelink_proto::connection::{ConfigError, ConnectionConfig, ConnectionError};
 pub use framelink_proto::liveness::{DeathCause, IdleKind, RttEstimate};
 pub use framelink_proto::wire::{CloseCode, Hello, ResumeStatus};
 
 mod driver;
-mod handle;
+// Their main types are re-exported at the crate root (their one public path).
+pub(crate) mod event;
+pub(crate) mod handle;
 mod io;
+pub(crate) mod protocol;
 
 use driver::*;
+pub use event::TransportError;
+use event::{CloseInfo, Event, SessionEvent};
 use handle::*;
-pub use handle::{CloseInfo, Connection, Event, Receiver, Sender, TransportError};
 use io::*;
+use protocol::Protocol;
 
 /// Buffering and backpressure of the driver task. The machine's own send limit
 /// (`max_queued_bytes`) is the send side's high watermark.
@@ -385,43 +390,4 @@ where
             spawn_with_hook(stream, machine, options)
         }
     })
-}
-
-/// What a connection speaks: framelink's protocol (with its handshake and heartbeats), or the
-/// peer's own framing in raw mode (kept alive with a ping frame of the user's choosing).
-#[derive(Debug, Clone)]
-// A configuration is built once and cloned per connection, never moved per message: boxing
-// `ConnectionConfig` would only change the public API.
-#[allow(clippy::large_enum_variant)]
-pub enum Protocol {
-    /// framelink wire protocol v1 (`docs/PROTOCOL.md`).
-    Framelink(ConnectionConfig),
-    /// Raw mode: the peer's framing, ping and pong. See [`framelink_proto::raw`]. (Boxed: a
-    /// framing with its decoder state is large.)
-    Raw(Box<RawConfig>),
-}
-
-impl Default for Protocol {
-    fn default() -> Self {
-        Protocol::Framelink(ConnectionConfig::default())
-    }
-}
-
-impl Protocol {
-    /// Checks the configuration without connecting.
-    pub fn validate(&self) -> Result<(), crate::Error> {
-        match self {
-            Protocol::Framelink(config) => config.validate()?,
-            Protocol::Raw(config) => config.validate()?,
-        }
-        Ok(())
-    }
-
-    /// The linger after a close (how long a closing connection may still take).
-    pub fn linger(&self) -> Duration {
-        match self {
-            Protocol::Framelink(config) => config.linger,
-            Protocol::Raw(config) => config.linger,
-        }
-    }
 }
