@@ -803,10 +803,10 @@ const COPY_PIECE: usize = 2048;
 
 /// Appends `data` to `buf` in pieces of at most [`COPY_PIECE`] bytes.
 ///
-/// glibc before 2.39 copies blocks from about 2 KiB up with `rep movsb` on CPUs that announce
-/// fast `rep movsb`, and on AMD Zen 3 / Zen 4 (this project's machines) that instruction runs
+/// glibc (2.36 here) copies blocks from about 2 KiB up with `rep movsb` on CPUs that announce
+/// fast `rep movsb`, and on the AMD Zen machines we measure on that instruction runs
 /// 15-20x slower (under 2.5 GB/s instead of over 30 GB/s) when the destination sits 1 to 31
-/// bytes past the source modulo 4096 (page aliasing, glibc bug 30994). Which distance a copy
+/// bytes past the source modulo 4096 (page aliasing; measured by the example below). Which distance a copy
 /// gets depends on where rustls' and the driver's buffers happen to be allocated. Pieces this
 /// size take glibc's vector loop, which is as fast at every distance; they cost nothing
 /// measurable elsewhere (`cargo run --release -p framelink --example tls_crypto_speed`
