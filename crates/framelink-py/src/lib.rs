@@ -14,6 +14,7 @@ mod codec;
 mod config;
 mod errors;
 mod link;
+mod loopconn;
 mod runtime;
 mod server;
 
@@ -90,6 +91,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<codec::Encoder>()?;
     m.add_class::<runtime::Hub>()?;
     m.add_class::<Link>()?;
+    m.add_class::<loopconn::LoopMachine>()?;
     m.add_class::<server::Server>()?;
     m.add_function(wrap_pyfunction!(connect, m)?)?;
     m.add_function(wrap_pyfunction!(check_options, m)?)?;

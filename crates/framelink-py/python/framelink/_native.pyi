@@ -11,6 +11,7 @@ __all__ = [
     "Encoder",
     "Hub",
     "Link",
+    "LoopMachine",
     "Server",
     "connect",
     "check_options",
@@ -77,6 +78,41 @@ class Encoder:
     @property
     def spec(self) -> str:
         """The canonical spec of the framing."""
+
+#: What each :class:`LoopMachine` call returns: (messages, other events or None, bytes to write
+#: or None, next deadline on the loop's clock or None).
+_LoopOutput = Tuple[List[bytes], Optional[List[Tuple[Any, ...]]], Optional[bytes], Optional[float]]
+
+@final
+class LoopMachine:
+    """One sans-IO connection machine driven by the event loop (no I/O thread): a benchmark
+    prototype (``python -m framelink.bench``, variants ``loop-raw`` and ``loop-proto``), with no
+    reconnect, backoff or sessions.
+
+    ``options`` as for :func:`framelink.connect` (``framing`` given: raw mode, else protocol v1);
+    ``now`` is ``loop.time()``. Drive it from an ``asyncio.BufferedProtocol``: write what
+    :meth:`start` returns, lend :meth:`get_buffer`, call :meth:`buffer_updated`, :meth:`eof`
+    and, at the deadline, :meth:`timeout`.
+    """
+
+    def __new__(cls, options: Dict[str, Any], now: float) -> "LoopMachine": ...
+    def start(self) -> _LoopOutput:
+        """Output due at start (the HELLO in protocol mode)."""
+    def get_buffer(self, sizehint: int = ...) -> memoryview:
+        """Writable free space of the machine's receive buffer; released by the next call."""
+    def buffer_updated(self, nbytes: int) -> _LoopOutput:
+        """``nbytes`` were read into the last :meth:`get_buffer` view."""
+    def eof(self) -> _LoopOutput:
+        """The peer ended the stream (or the transport failed)."""
+    def timeout(self) -> _LoopOutput:
+        """The deadline timer fired (early calls are harmless)."""
+    def send_many(self, payloads: Iterable[_BytesLike]) -> Optional[bytes]:
+        """Queues every payload; the bytes to write now, if any."""
+    def close(self, reason: str = ...) -> _LoopOutput:
+        """Closes gracefully (queued messages first)."""
+    @property
+    def closed(self) -> bool:
+        """The machine is finished."""
 
 @final
 class Hub:

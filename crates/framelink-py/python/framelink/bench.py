@@ -31,8 +31,17 @@ What it does:
       ``send_many`` per batch, ``recv_many``.
   ``framelink-proto``
       ``framelink.connect(...)`` (protocol v1) to the protocol-mode server, same calls.
+  ``loop-raw``, ``loop-proto``
+      the whole design (1) data path: an ``asyncio.BufferedProtocol`` driving framelink's
+      sans-IO connection machine (``_native.LoopMachine``: ``RawConnection`` with length:4, or
+      the protocol v1 ``Connection``, heartbeats at their defaults) in the event loop, no I/O
+      thread. Reads land in the machine's receive buffer; one native call per read returns the
+      messages, the events, the bytes to write and the next deadline (one ``call_at`` timer);
+      each batch is answered with one ``send_many`` call and one ``transport.write``. A
+      prototype for measurement: no reconnect, backoff or sessions. Raw-mode and protocol-mode
+      servers.
   ``*-uvloop``
-      the same four on uvloop (left out when uvloop is not installed).
+      the same on uvloop (left out when uvloop is not installed).
   ``rust``
       ``framelink bench ADDR --json`` (the CLI's Rust client, two tokio threads) against the
       protocol-mode server.
@@ -48,6 +57,10 @@ What it does:
   the pool: framing costs them nothing, which favours them.
 - A "message" is one round trip (as in ``framelink bench``): msgs/s counts echoes received
   during ``--duration`` seconds after ``--warmup``; MB/s is payload bytes each way (10^6).
+- CPU per message, for a machine too busy for wall-clock rates to mean much: the client's
+  (its process's CPU time over the measured interval, per echo) and the server's (the echo
+  server process's CPU time over the whole worker run, warm-up included, per echo). With a
+  core each, msgs/s is bounded by the larger of the two.
 - ``--rounds N`` runs every variant N times, interleaved (round 1: every size, every variant;
   round 2: ...), and the tables give the median and min-max over rounds, and the ratios
   between variants taken within each round (median and min-max).
@@ -82,7 +95,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 KIB = 1024
 MIB = 1024 * 1024
 
-PY_VARIANTS = ("streams", "protocol", "decoder", "framelink-raw", "framelink-proto")
+PY_VARIANTS = (
+    "streams", "protocol", "decoder", "framelink-raw", "framelink-proto", "loop-raw", "loop-proto",
+)
 
 # ---------------------------------------------------------------------------------------------
 # The load: payload pool, checks, meter
@@ -350,6 +365,125 @@ class _DecoderProtocol(asyncio.BufferedProtocol):
             self.done.set_exception(exc or ConnectionError("connection closed during the run"))
 
 
+class _LoopProtocol(asyncio.BufferedProtocol):
+    """A sans-IO machine (raw or protocol v1) driven by the event loop: no I/O thread."""
+
+    def __init__(self, load: Load, meter_args: Tuple[float, float], framing: Optional[str]) -> None:
+        from framelink._native import LoopMachine
+
+        #: Raw mode opens with TCP; protocol mode once the handshake's ``connected`` event comes.
+        self.raw = framing is not None
+        self.load = load
+        self.meter_args = meter_args
+        self.meter: Optional[Meter] = None
+        self.loop = asyncio.get_running_loop()
+        options: Dict[str, Any] = {}
+        if framing is not None:
+            options["framing"] = framing
+        self.machine = LoopMachine(options, self.loop.time())
+        self.done: "asyncio.Future[None]" = self.loop.create_future()
+        self.transport: Any = None
+        self.timer: Any = None
+        self.timer_at: Optional[float] = None
+        self.started = False
+
+    def _arm(self, deadline: Optional[float]) -> None:
+        if deadline is None:
+            return
+        at = self.timer_at
+        if at is not None and at <= deadline:
+            return  # fires early, then re-arms: harmless
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer_at = deadline
+        self.timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self.timer = self.timer_at = None
+        self._handle(self.machine.timeout())
+
+    def _handle(self, out: Tuple[List[bytes], Any, Optional[bytes], Optional[float]]) -> None:
+        messages, events, data, deadline = out
+        if data:
+            self.transport.write(data)
+        if events:
+            for ev in events:
+                if ev[0] == "connected":
+                    self._start()
+                elif ev[0] == "closed" and not self.done.done():
+                    self.done.set_exception(ConnectionError(f"closed: {ev}"))
+        if deadline is not None:
+            self._arm(deadline)
+        if messages:
+            self._received(messages)
+
+    def _start(self) -> None:
+        if self.started:
+            return
+        self.started = True
+        self.meter = Meter(*self.meter_args)
+        data = self.machine.send_many(self.load.next_payloads(self.load.window))
+        if data:
+            self.transport.write(data)
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self._handle(self.machine.start())
+        if self.raw:
+            self._start()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.machine.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._handle(self.machine.buffer_updated(nbytes))
+
+    def _received(self, messages: List[bytes]) -> None:
+        try:
+            n = self.load.check(messages)
+        except BadEcho as exc:
+            if not self.done.done():
+                self.done.set_exception(exc)
+            self.transport.abort()
+            return
+        meter = self.meter
+        assert meter is not None
+        meter.add(n)
+        if meter.stop:
+            if self.load.in_flight == 0 and not self.done.done():
+                self.done.set_result(None)
+            return
+        data = self.machine.send_many(self.load.next_payloads(n))
+        if data:
+            self.transport.write(data)
+
+    def eof_received(self) -> Optional[bool]:
+        self._handle(self.machine.eof())
+        return True
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        if not self.done.done():
+            self.done.set_exception(exc or ConnectionError("connection closed during the run"))
+
+
+async def run_loop_machine(
+    host: str, port: int, load: Load, meter_args: Tuple[float, float], framing: Optional[str]
+) -> Meter:
+    loop = asyncio.get_running_loop()
+    transport, proto = await loop.create_connection(
+        lambda: _LoopProtocol(load, meter_args, framing), host, port
+    )
+    try:
+        await proto.done
+    finally:
+        transport.close()
+    meter: Optional[Meter] = proto.meter
+    assert meter is not None
+    return meter
+
+
 async def run_protocol(
     host: str, port: int, load: Load, meter_args: Tuple[float, float], decoder: bool = False
 ) -> Meter:
@@ -425,6 +559,10 @@ def worker_throughput(args: argparse.Namespace) -> Dict[str, Any]:
             return await run_framelink(host, port, load, meter_args, "length:4")
         if base == "framelink-proto":
             return await run_framelink(host, port, load, meter_args, None)
+        if base == "loop-raw":
+            return await run_loop_machine(host, port, load, meter_args, "length:4")
+        if base == "loop-proto":
+            return await run_loop_machine(host, port, load, meter_args, None)
         raise SystemExit(f"unknown worker {args.worker!r}")
 
     meter = _run_loop(main, args.worker.endswith("-uvloop"))
@@ -553,6 +691,12 @@ class EchoServer:
         for _ in self.proc.stderr:
             pass
 
+    def cpu(self) -> float:
+        """CPU seconds (user + system) the server has used so far."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
@@ -634,7 +778,7 @@ def ratios_for(variants: List[str]) -> List[Tuple[str, str]]:
     """(numerator, denominator) pairs worth a ratio, among the variants measured."""
     pairs = []
     for suffix in ("", "-uvloop"):
-        for fl in ("decoder", "framelink-raw", "framelink-proto"):
+        for fl in ("decoder", "framelink-raw", "framelink-proto", "loop-raw", "loop-proto"):
             for base in ("streams", "protocol"):
                 pairs.append((fl + suffix, base + suffix))
     for fl in ("framelink-raw", "framelink-proto", "framelink-raw-uvloop", "framelink-proto-uvloop"):
@@ -650,8 +794,8 @@ def print_tables(
     for size in sizes:
         print(f"\n## {fmt_size(size)} messages, one connection, echo ({rounds} rounds)\n", file=out)
         print("| variant | msgs/s (median) | msgs/s (min-max) | MB/s each way (median) "
-              "| MB/s (min-max) | client CPU (median) |", file=out)
-        print("|---|---:|---:|---:|---:|---:|", file=out)
+              "| MB/s (min-max) | client CPU (median) | client CPU/msg | server CPU/msg |", file=out)
+        print("|---|---:|---:|---:|---:|---:|---:|---:|", file=out)
         for v in variants:
             ok = [r for r in runs.get((size, v), []) if "error" not in r]
             errors = [r["error"] for r in runs.get((size, v), []) if "error" in r]
@@ -663,8 +807,12 @@ def print_tables(
             cpus = [r["client_cpu"] for r in ok if "client_cpu" in r]
             cpu = f"{statistics.median(cpus) * 100:.0f} %" if cpus else "-"
             note = f" ({len(errors)} failed)" if errors else ""
+            cns = [r["client_ns_per_msg"] for r in ok if "client_ns_per_msg" in r]
+            sns = [r["server_ns_per_msg"] for r in ok if "server_ns_per_msg" in r]
+            cns_s = f"{statistics.median(cns):,.0f} ns" if cns else "-"
+            sns_s = f"{statistics.median(sns):,.0f} ns" if sns else "-"
             print(f"| {v}{note} | {fmt_rate(m[0])} | {fmt_rate(m[1])}–{fmt_rate(m[2])} "
-                  f"| {b[0]:,.1f} | {b[1]:,.1f}–{b[2]:,.1f} | {cpu} |", file=out)
+                  f"| {b[0]:,.1f} | {b[1]:,.1f}–{b[2]:,.1f} | {cpu} | {cns_s} | {sns_s} |", file=out)
             summaries[(size, v)] = {
                 "msgs_per_sec": dict(zip(("median", "min", "max"), m)),
                 "mb_per_sec": dict(zip(("median", "min", "max"), b)),
@@ -770,21 +918,32 @@ def main(argv: Optional[List[str]] = None) -> int:
                     if v == "rust":
                         r = run_rust(binary, proto.addr, size, args)
                     else:
-                        addr = raw.addr if v.startswith(("streams", "protocol", "decoder", "framelink-raw")) else proto.addr
+                        server = raw if v.startswith(("streams", "protocol", "decoder", "framelink-raw", "loop-raw")) else proto
+                        addr = server.addr
+                        cpu0 = server.cpu()
                         r = run_worker(
                             ["--worker", v, "--addr", addr, "--size", str(size),
                              "--duration", str(args.duration), "--warmup", str(args.warmup),
                              "--window", str(args.window)],
                             timeout,
                         )  # fmt: skip
+                        if "error" not in r and r.get("received_total"):
+                            # Over the whole worker (warm-up included): CPU per echoed message.
+                            r["server_ns_per_msg"] = (server.cpu() - cpu0) / r["received_total"] * 1e9
+                        if "error" not in r and r.get("msgs_per_sec"):
+                            r["client_ns_per_msg"] = r["client_cpu"] / r["msgs_per_sec"] * 1e9
                     r.update(round=rnd, size=size, variant=v)
                     runs.setdefault((size, v), []).append(r)
                     if "error" in r:
                         print(f"round {rnd} {fmt_size(size):>6} {v:<24} FAILED: {r['error']}", file=log)
                     else:
+                        cpu_note = ""
+                        if "client_ns_per_msg" in r:
+                            cpu_note = (f"  CPU/msg client {r['client_ns_per_msg']:,.0f} ns"
+                                        f" server {r.get('server_ns_per_msg', 0):,.0f} ns")
                         print(f"round {rnd} {fmt_size(size):>6} {v:<24} "
-                              f"{fmt_rate(r['msgs_per_sec']):>7} msgs/s {r['mb_per_sec']:9.1f} MB/s",
-                              file=log)
+                              f"{fmt_rate(r['msgs_per_sec']):>7} msgs/s {r['mb_per_sec']:9.1f} MB/s"
+                              f"{cpu_note}", file=log)
                     if args.json:
                         print(json.dumps(r), flush=True)
 
