@@ -5,11 +5,13 @@
 
 #[cfg(doc)]
 use super::DelimiterCodec;
-use bytes::{BufMut, Bytes, BytesMut};
+use std::mem::MaybeUninit;
+
+use bytes::{Bytes, BytesMut};
 
 use super::delimiter::ScanState;
 use super::{
-    append_without, ConfigError, DecodeError, DecodeErrorKind, EncodeError, FrameDecoder,
+    copy_without, ConfigError, DecodeError, DecodeErrorKind, EncodeError, FrameDecoder,
     FrameEncoder, FrameParts, OversizePolicy, DEFAULT_MAX_LINE_LENGTH,
 };
 
@@ -222,10 +224,6 @@ impl LinesCodec {
 /// `memchr`, whose vectorised loop wins once its per-call dispatch is amortised.
 const SWAR_MAX_LEN: usize = 64;
 
-/// Payloads from 8 bytes up to this length are checked and copied in the same pass, a word at a
-/// time ([`append_words`]); longer ones by [`append_without`] (the same fused pass, vectorised).
-const FUSED_WORDS_MAX_LEN: usize = 64;
-
 const LO: u64 = u64::from_ne_bytes([0x01; 8]);
 const HI: u64 = u64::from_ne_bytes([0x80; 8]);
 const NL: u64 = u64::from_ne_bytes([b'\n'; 8]);
@@ -277,23 +275,32 @@ fn has_newline_bytes(payload: &[u8]) -> bool {
     payload.iter().fold(false, |acc, &b| acc | (b == b'\n'))
 }
 
-/// Appends `payload` to `dst` if it holds no `\n`; otherwise returns the offset of the first one
-/// and leaves `dst` unchanged.
+/// Copies `payload` into `out` (same length) if it holds no `\n`; otherwise returns the offset of
+/// the first one (`out` may then hold part of the copy).
 #[inline(always)]
-fn append_checked(dst: &mut BytesMut, payload: &[u8]) -> Result<(), usize> {
+fn copy_checked(out: &mut [MaybeUninit<u8>], payload: &[u8]) -> Result<(), usize> {
     let len = payload.len();
     if len < 8 {
-        if has_newline_bytes(payload) {
+        let mut hit = false;
+        for (o, &b) in out.iter_mut().zip(payload) {
+            hit |= b == b'\n';
+            o.write(b);
+        }
+        if hit {
             return Err(first_newline(payload));
         }
-        dst.extend_from_slice(payload);
         Ok(())
-    } else if len <= FUSED_WORDS_MAX_LEN {
-        append_words(dst, payload)
+    } else if len < 16 {
+        copy_words(out, payload)
+    } else if len <= INLINE_MAX_LEN {
+        copy_without(out, payload, b'\n')
     } else {
-        append_long(dst, payload)
+        copy_long(out, payload)
     }
 }
+
+/// Payloads up to this length are checked and copied inline in `encode`; longer ones out of line.
+const INLINE_MAX_LEN: usize = 64;
 
 #[cold]
 fn first_newline(payload: &[u8]) -> usize {
@@ -302,26 +309,19 @@ fn first_newline(payload: &[u8]) -> usize {
 
 /// Out of line so that `encode` stays small enough to inline; a call is nothing next to 64 bytes.
 #[inline(never)]
-fn append_long(dst: &mut BytesMut, payload: &[u8]) -> Result<(), usize> {
-    append_without(dst, payload, b'\n')
+fn copy_long(out: &mut [MaybeUninit<u8>], payload: &[u8]) -> Result<(), usize> {
+    copy_without(out, payload, b'\n')
 }
 
-/// Fused check and copy for 8 to [`FUSED_WORDS_MAX_LEN`] bytes: each word is loaded once, tested
-/// and written into `dst`'s spare capacity; the length of `dst` is set once at the end, and only
-/// when no `\n` was seen. A tail shorter than a word is done as a last word overlapping the
-/// previous one (its first bytes are written twice, with the same values).
-///
-/// The words go into a local slice rather than through `extend_from_slice` because every byte
-/// store through the `BytesMut` could alias its length field, which then goes through memory at
-/// each word; tokio-util pays one `memcpy` call per line instead.
+/// Fused check and copy for 8 to 15 bytes, a word at a time: each word is loaded once, tested and
+/// written into `out`. The tail is done as a last word overlapping the previous one (its first
+/// bytes are written twice, with the same values).
 #[inline(always)]
-fn append_words(dst: &mut BytesMut, payload: &[u8]) -> Result<(), usize> {
+fn copy_words(out: &mut [MaybeUninit<u8>], payload: &[u8]) -> Result<(), usize> {
     let len = payload.len();
-    debug_assert!((8..=FUSED_WORDS_MAX_LEN).contains(&len));
-    dst.reserve(len);
-    let spare = &mut dst.spare_capacity_mut()[..len];
+    debug_assert!((8..16).contains(&len) && out.len() == len);
     let mut hits = 0;
-    let put = |out: &mut [std::mem::MaybeUninit<u8>], w: u64| {
+    let put = |out: &mut [MaybeUninit<u8>], w: u64| {
         for (o, b) in out.iter_mut().zip(w.to_ne_bytes()) {
             o.write(b);
         }
@@ -330,22 +330,27 @@ fn append_words(dst: &mut BytesMut, payload: &[u8]) -> Result<(), usize> {
     while at + 8 <= len {
         let w = word(&payload[at..at + 8]);
         hits |= newline_bits(w);
-        put(&mut spare[at..at + 8], w);
+        put(&mut out[at..at + 8], w);
         at += 8;
     }
     if at < len {
         let w = word(&payload[len - 8..]);
         hits |= newline_bits(w);
-        put(&mut spare[len - 8..], w);
+        put(&mut out[len - 8..], w);
     }
     if hits != 0 {
         return Err(first_newline(payload));
     }
-    // SAFETY: `spare` is the first `len` bytes of spare capacity after `dst.len()` (`reserve` made
-    // room), and the loop wrote every one of them: whole words cover `0..at` with `at` the largest
-    // multiple of 8 not over `len`, and the last word covers `len - 8..len` when `at < len`.
-    unsafe { dst.set_len(dst.len() + len) };
     Ok(())
+}
+
+/// The error for a payload ending in `\r` when `\n` is written: the first `\n`, if any, comes
+/// first.
+#[cold]
+fn trailing_cr_error(payload: &[u8]) -> EncodeError {
+    EncodeError::ContainsDelimiter {
+        position: memchr::memchr(b'\n', payload).unwrap_or(payload.len() - 1),
+    }
 }
 
 impl FrameEncoder for LinesCodec {
@@ -354,30 +359,34 @@ impl FrameEncoder for LinesCodec {
         Ok(FrameParts::with_tail(self.line_ending(payload)?))
     }
 
-    /// Checks the line for `\n` while appending it to `dst` (one pass), then appends the ending.
-    /// On error `dst` is unchanged.
+    /// Checks the line for `\n` while copying it into `dst`'s spare capacity (one pass), writes
+    /// the ending after it, then sets the length once. On error `dst` is unchanged.
     #[inline]
     fn encode(&self, payload: &[u8], dst: &mut BytesMut) -> Result<(), EncodeError> {
         self.check_length(payload)?;
-        let start = dst.len();
-        let needed = payload.len() + 2;
-        if dst.capacity() - start < needed {
-            dst.reserve(needed);
+        let crlf = self.config.crlf;
+        if !crlf && payload.last() == Some(&b'\r') {
+            // "x\r" + "\n" would read back as "x".
+            return Err(trailing_cr_error(payload));
         }
-        if let Err(position) = append_checked(dst, payload) {
+        let len = payload.len();
+        let total = len + 1 + usize::from(crlf);
+        dst.reserve(total);
+        let spare = &mut dst.spare_capacity_mut()[..total];
+        let (line, ending) = spare.split_at_mut(len);
+        if let Err(position) = copy_checked(line, payload) {
             return Err(EncodeError::ContainsDelimiter { position });
         }
-        if self.config.crlf {
-            dst.extend_from_slice(b"\r\n");
-        } else if payload.last() == Some(&b'\r') {
-            // "x\r" + "\n" would read back as "x".
-            dst.truncate(start);
-            return Err(EncodeError::ContainsDelimiter {
-                position: payload.len() - 1,
-            });
+        if crlf {
+            ending[0].write(b'\r');
+            ending[1].write(b'\n');
         } else {
-            dst.put_u8(b'\n');
+            ending[0].write(b'\n');
         }
+        // SAFETY: `spare` is the first `total` bytes of spare capacity after `dst.len()` (`reserve`
+        // made room), and all of them are written: `copy_checked` returned Ok, so the first `len`,
+        // and the branch just above the remaining `total - len` (2 with `crlf`, else 1).
+        unsafe { dst.set_len(dst.len() + total) };
         Ok(())
     }
 }
@@ -435,9 +444,9 @@ mod tests {
     }
 
     /// Lengths around every word and block boundary of the encoder's paths.
-    const LENGTHS: [usize; 24] = [
-        0, 1, 2, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 66, 127, 128, 255, 256, 4095, 4096,
-        4097, 8193,
+    const LENGTHS: [usize; 30] = [
+        0, 1, 2, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 66, 127, 128, 129, 255, 256, 257,
+        299, 300, 4095, 4096, 4097, 4999, 5001, 8193,
     ];
 
     #[test]
@@ -450,10 +459,27 @@ mod tests {
                 let positions: Vec<usize> = if len <= 300 {
                     (0..len).collect()
                 } else {
-                    [0, 1, 7, 8, 63, 64, 4095, 4096, len / 2, len - 8, len - 1]
-                        .into_iter()
-                        .filter(|&p| p < len)
-                        .collect()
+                    [
+                        0,
+                        1,
+                        7,
+                        8,
+                        31,
+                        32,
+                        63,
+                        64,
+                        127,
+                        128,
+                        4095,
+                        4096,
+                        len / 2,
+                        len - 33,
+                        len - 8,
+                        len - 1,
+                    ]
+                    .into_iter()
+                    .filter(|&p| p < len)
+                    .collect()
                 };
                 for at in positions {
                     let mut with = clean.clone();
@@ -524,9 +550,9 @@ mod tests {
         /// The encoder's check agrees with a naive `contains(&b'\n')` (and its first position).
         #[test]
         fn encoder_check_agrees_with_naive(
-            payload in prop::collection::vec(payload_byte(), 0..140),
+            payload in prop::collection::vec(payload_byte(), 0..300),
             crlf in any::<bool>(),
-            prefix in 0usize..9,
+            prefix in 0usize..32,
         ) {
             check(&payload, crlf, prefix)?;
         }
@@ -534,18 +560,22 @@ mod tests {
         /// Clean lines near the 8/16/32/64-byte boundaries with one `\n` planted anywhere.
         #[test]
         fn encoder_finds_a_planted_newline(
-            len in prop::sample::select(&[7usize, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 200][..]),
+            len in prop::sample::select(
+                &[7usize, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128, 129, 200, 255, 256,
+                  257, 299, 4990, 5000, 5007][..],
+            ),
             at in any::<prop::sample::Index>(),
             seed in any::<u64>(),
             crlf in any::<bool>(),
+            prefix in 1usize..32,
         ) {
             let mut payload: Vec<u8> = (0..len as u64)
                 .map(|i| (seed.rotate_left(i as u32) as u8) | 0x40) // never `\n` nor `\r`
                 .collect();
-            check(&payload, crlf, 1)?;
+            check(&payload, crlf, prefix)?;
             payload[at.index(len)] = b'\n';
             prop_assert!(payload.contains(&b'\n'));
-            check(&payload, crlf, 1)?;
+            check(&payload, crlf, prefix)?;
         }
     }
 }
