@@ -11,8 +11,8 @@ use bytes::{Bytes, BytesMut};
 
 use super::delimiter::ScanState;
 use super::{
-    copy_without, ConfigError, DecodeError, DecodeErrorKind, EncodeError, FrameDecoder,
-    FrameEncoder, FrameParts, OversizePolicy, DEFAULT_MAX_LINE_LENGTH,
+    copy_without, copy_without_short, ConfigError, DecodeError, DecodeErrorKind, EncodeError,
+    FrameDecoder, FrameEncoder, FrameParts, OversizePolicy, DEFAULT_MAX_LINE_LENGTH,
 };
 
 /// Parameters of a [`LinesCodec`].
@@ -293,7 +293,7 @@ fn copy_checked(out: &mut [MaybeUninit<u8>], payload: &[u8]) -> Result<(), usize
     } else if len < 16 {
         copy_words(out, payload)
     } else if len <= INLINE_MAX_LEN {
-        copy_without(out, payload, b'\n')
+        copy_without_short(out, payload, b'\n')
     } else {
         copy_long(out, payload)
     }

@@ -467,6 +467,19 @@ pub(crate) fn copy_without(
     }
 }
 
+/// [`copy_without`] for 16 to 64 bytes, always inlined (no AVX2 dispatch, no call).
+#[inline(always)]
+pub(crate) fn copy_without_short(
+    dst: &mut [std::mem::MaybeUninit<u8>],
+    src: &[u8],
+    needle: u8,
+) -> Result<(), usize> {
+    #[cfg(target_arch = "x86_64")]
+    return x86::copy_without_sse2(dst, src, needle);
+    #[cfg(not(target_arch = "x86_64"))]
+    copy_without(dst, src, needle)
+}
+
 /// The fused check-and-copy pass written with x86_64 intrinsics: load a vector, compare it with the
 /// needle, OR the result into an accumulator, store it; the accumulator is tested once per
 /// 64-byte (SSE2) or 128-byte (AVX2) block, and on a hit `memchr` finds the exact position in that
