@@ -34,7 +34,9 @@
 //!   where framelink returns a zero-copy `Bytes`) and `tokio_util::codec::AnyDelimiterCodec` with
 //!   `\n` (`tokio-util-any-delimiter`, returns zero-copy `Bytes` but scans byte by byte). Limits
 //!   128 KiB for all.
-//! - `encode_lines`: framelink `LinesCodec` `encode` vs tokio-util `LinesCodec` `Encoder<&str>`.
+//! - `encode_lines`: framelink `LinesCodec` `encode` vs tokio-util `LinesCodec` and
+//!   `AnyDelimiterCodec` (`\n`), both `Encoder<&str>`, all on the same input (`texts`). framelink
+//!   refuses a payload holding `\n` (or ending in `\r`); neither tokio-util encoder checks.
 //! - `decode_other/frames`, `encode_other/frames`: framelink's other codecs at 256-byte payloads
 //!   (no competitor), with the length-field and lines codecs as reference points.
 //!
@@ -452,15 +454,23 @@ fn encode_lines(c: &mut Criterion) {
         for w in &workloads {
             g.throughput(w.throughput(unit));
 
+            // All three read the same `texts` (framelink as bytes), so the input memory is the same.
             let codec = lines();
             bench_encoder(&mut g, "framelink", w, true, |w, dst| {
-                for p in &w.payloads {
-                    codec.encode(p, dst).expect("encode");
+                for t in &w.texts {
+                    codec.encode(t.as_bytes(), dst).expect("encode");
                 }
             });
 
             let mut codec = tokio_lines();
             bench_encoder(&mut g, "tokio-util", w, true, |w, dst| {
+                for t in &w.texts {
+                    Encoder::<&str>::encode(&mut codec, t.as_str(), dst).expect("encode");
+                }
+            });
+
+            let mut codec = tokio_any_delimiter();
+            bench_encoder(&mut g, "tokio-util-any-delimiter", w, true, |w, dst| {
                 for t in &w.texts {
                     Encoder::<&str>::encode(&mut codec, t.as_str(), dst).expect("encode");
                 }

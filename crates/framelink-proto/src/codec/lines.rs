@@ -5,12 +5,14 @@
 
 #[cfg(doc)]
 use super::DelimiterCodec;
-use bytes::{BufMut, Bytes, BytesMut};
+use std::mem::MaybeUninit;
+
+use bytes::{Bytes, BytesMut};
 
 use super::delimiter::ScanState;
 use super::{
-    append_without, ConfigError, DecodeError, DecodeErrorKind, EncodeError, FrameDecoder,
-    FrameEncoder, FrameParts, OversizePolicy, DEFAULT_MAX_LINE_LENGTH,
+    copy_without, copy_without_short, ConfigError, DecodeError, DecodeErrorKind, EncodeError,
+    FrameDecoder, FrameEncoder, FrameParts, OversizePolicy, DEFAULT_MAX_LINE_LENGTH,
 };
 
 /// Parameters of a [`LinesCodec`].
@@ -184,7 +186,7 @@ impl LinesCodec {
     #[inline]
     fn line_ending(&self, payload: &[u8]) -> Result<&'static [u8], EncodeError> {
         self.check_length(payload)?;
-        if let Some(position) = memchr::memchr(b'\n', payload) {
+        if let Some(position) = find_newline(payload) {
             return Err(EncodeError::ContainsDelimiter { position });
         }
         self.ending_after(payload)
@@ -218,25 +220,362 @@ impl LinesCodec {
     }
 }
 
+/// Payloads up to this length are checked word by word ([`has_newline_swar`]); longer ones with
+/// `memchr`, whose vectorised loop wins once its per-call dispatch is amortised.
+const SWAR_MAX_LEN: usize = 64;
+
+const LO: u64 = u64::from_ne_bytes([0x01; 8]);
+const HI: u64 = u64::from_ne_bytes([0x80; 8]);
+const NL: u64 = u64::from_ne_bytes([b'\n'; 8]);
+
+/// Eight bytes as a word (native order: only "is any byte `\n`" is asked of it, and its bytes
+/// are written back in the same order).
+#[inline(always)]
+fn word(chunk: &[u8]) -> u64 {
+    u64::from_ne_bytes(chunk.try_into().expect("8-byte chunk"))
+}
+
+/// Non-zero exactly when some byte of `word` is `\n`: a byte of `word ^ 0x0a0a..` is zero exactly
+/// where `word` has a `\n`, and `(x - 0x0101..) & !x & 0x8080..` is non-zero exactly when some byte
+/// of `x` is zero (the classic "has zero byte" test: a borrow can mis-flag bytes *above* the first
+/// zero byte, never flag one when there is none, so the yes/no answer is exact).
+#[inline(always)]
+fn newline_bits(word: u64) -> u64 {
+    let x = word ^ NL;
+    x.wrapping_sub(LO) & !x & HI
+}
+
+/// Offset of the first `\n` in `payload`.
+#[inline]
+fn find_newline(payload: &[u8]) -> Option<usize> {
+    if payload.len() <= SWAR_MAX_LEN && !has_newline_swar(payload) {
+        return None;
+    }
+    // Long payloads, and the error path of short ones (which needs the exact offset).
+    memchr::memchr(b'\n', payload)
+}
+
+/// Whether `payload` (any length) holds a `\n`, eight bytes at a time, the tail as a last,
+/// overlapping word; payloads under 8 bytes go byte by byte.
+#[inline]
+fn has_newline_swar(payload: &[u8]) -> bool {
+    let len = payload.len();
+    if len < 8 {
+        return has_newline_bytes(payload);
+    }
+    let mut hits = newline_bits(word(&payload[len - 8..]));
+    for chunk in payload.chunks_exact(8) {
+        hits |= newline_bits(word(chunk));
+    }
+    hits != 0
+}
+
+#[inline(always)]
+fn has_newline_bytes(payload: &[u8]) -> bool {
+    payload.iter().fold(false, |acc, &b| acc | (b == b'\n'))
+}
+
+/// Copies `payload` into `out` (same length) if it holds no `\n`; otherwise returns the offset of
+/// the first one (`out` may then hold part of the copy).
+#[inline(always)]
+fn copy_checked(out: &mut [MaybeUninit<u8>], payload: &[u8]) -> Result<(), usize> {
+    let len = payload.len();
+    if len < 8 {
+        let mut hit = false;
+        for (o, &b) in out.iter_mut().zip(payload) {
+            hit |= b == b'\n';
+            o.write(b);
+        }
+        if hit {
+            return Err(first_newline(payload));
+        }
+        Ok(())
+    } else if len < 16 {
+        copy_words(out, payload)
+    } else if len <= INLINE_MAX_LEN {
+        copy_without_short(out, payload, b'\n')
+    } else {
+        copy_long(out, payload)
+    }
+}
+
+/// Payloads up to this length are checked and copied inline in `encode`; longer ones out of line.
+const INLINE_MAX_LEN: usize = 64;
+
+#[cold]
+fn first_newline(payload: &[u8]) -> usize {
+    memchr::memchr(b'\n', payload).expect("a newline was seen")
+}
+
+/// Out of line so that `encode` stays small enough to inline; a call is nothing next to 64 bytes.
+#[inline(never)]
+fn copy_long(out: &mut [MaybeUninit<u8>], payload: &[u8]) -> Result<(), usize> {
+    copy_without(out, payload, b'\n')
+}
+
+/// Fused check and copy for 8 to 15 bytes, a word at a time: each word is loaded once, tested and
+/// written into `out`. The tail is done as a last word overlapping the previous one (its first
+/// bytes are written twice, with the same values).
+#[inline(always)]
+fn copy_words(out: &mut [MaybeUninit<u8>], payload: &[u8]) -> Result<(), usize> {
+    let len = payload.len();
+    debug_assert!((8..16).contains(&len) && out.len() == len);
+    let mut hits = 0;
+    let put = |out: &mut [MaybeUninit<u8>], w: u64| {
+        for (o, b) in out.iter_mut().zip(w.to_ne_bytes()) {
+            o.write(b);
+        }
+    };
+    let mut at = 0;
+    while at + 8 <= len {
+        let w = word(&payload[at..at + 8]);
+        hits |= newline_bits(w);
+        put(&mut out[at..at + 8], w);
+        at += 8;
+    }
+    if at < len {
+        let w = word(&payload[len - 8..]);
+        hits |= newline_bits(w);
+        put(&mut out[len - 8..], w);
+    }
+    if hits != 0 {
+        return Err(first_newline(payload));
+    }
+    Ok(())
+}
+
+/// The error for a payload ending in `\r` when `\n` is written: the first `\n`, if any, comes
+/// first.
+#[cold]
+fn trailing_cr_error(payload: &[u8]) -> EncodeError {
+    EncodeError::ContainsDelimiter {
+        position: memchr::memchr(b'\n', payload).unwrap_or(payload.len() - 1),
+    }
+}
+
 impl FrameEncoder for LinesCodec {
     #[inline]
     fn frame_parts(&self, payload: &[u8]) -> Result<FrameParts, EncodeError> {
         Ok(FrameParts::with_tail(self.line_ending(payload)?))
     }
 
-    /// Copies the line into `dst` while checking it for `\n` in the same pass, then appends the
-    /// ending. On error `dst` is unchanged.
+    /// Checks the line for `\n` while copying it into `dst`'s spare capacity (one pass), writes
+    /// the ending after it, then sets the length once. On error `dst` is unchanged.
     #[inline]
     fn encode(&self, payload: &[u8], dst: &mut BytesMut) -> Result<(), EncodeError> {
         self.check_length(payload)?;
-        let ending = self.ending_after(payload)?;
-        dst.reserve(payload.len() + ending.len());
-        append_without(dst, payload, b'\n')
-            .map_err(|position| EncodeError::ContainsDelimiter { position })?;
-        match ending {
-            [b] => dst.put_u8(*b),
-            _ => dst.put_slice(ending),
+        let crlf = self.config.crlf;
+        if !crlf && payload.last() == Some(&b'\r') {
+            // "x\r" + "\n" would read back as "x".
+            return Err(trailing_cr_error(payload));
         }
+        let len = payload.len();
+        let total = len + 1 + usize::from(crlf);
+        dst.reserve(total);
+        let spare = &mut dst.spare_capacity_mut()[..total];
+        let (line, ending) = spare.split_at_mut(len);
+        if let Err(position) = copy_checked(line, payload) {
+            return Err(EncodeError::ContainsDelimiter { position });
+        }
+        if crlf {
+            ending[0].write(b'\r');
+            ending[1].write(b'\n');
+        } else {
+            ending[0].write(b'\n');
+        }
+        // SAFETY: `spare` is the first `total` bytes of spare capacity after `dst.len()` (`reserve`
+        // made room), and all of them are written: `copy_checked` returned Ok, so the first `len`,
+        // and the branch just above the remaining `total - len` (2 with `crlf`, else 1).
+        unsafe { dst.set_len(dst.len() + total) };
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// What the encoder must answer, written the obvious way.
+    fn naive(payload: &[u8], crlf: bool) -> Result<Vec<u8>, EncodeError> {
+        if let Some(position) = payload.iter().position(|&b| b == b'\n') {
+            return Err(EncodeError::ContainsDelimiter { position });
+        }
+        if !crlf && payload.last() == Some(&b'\r') {
+            return Err(EncodeError::ContainsDelimiter {
+                position: payload.len() - 1,
+            });
+        }
+        let mut line = payload.to_vec();
+        line.extend_from_slice(if crlf { b"\r\n" } else { b"\n" });
+        Ok(line)
+    }
+
+    /// `encode` and `frame_parts` against [`naive`], after `prefix` bytes already in `dst`
+    /// (which shifts the alignment of the copy). On error `dst` must be unchanged.
+    fn check(payload: &[u8], crlf: bool, prefix: usize) -> Result<(), TestCaseError> {
+        let codec = LinesCodec::new(LinesConfig {
+            crlf,
+            max_frame_length: usize::MAX,
+            ..LinesConfig::default()
+        })
+        .unwrap();
+        let head: Vec<u8> = (0..prefix).map(|i| b'A' + (i % 26) as u8).collect();
+        let mut dst = BytesMut::from(&head[..]);
+        let want = naive(payload, crlf);
+        let got = codec.encode(payload, &mut dst);
+        prop_assert_eq!(&dst[..prefix], &head[..]);
+        match &want {
+            Ok(line) => {
+                prop_assert_eq!(got, Ok(()));
+                prop_assert_eq!(&dst[prefix..], &line[..]);
+            }
+            Err(e) => {
+                prop_assert_eq!(got.as_ref(), Err(e));
+                prop_assert_eq!(dst.len(), prefix);
+            }
+        }
+        let parts = codec.frame_parts(payload).map(|p| p.tail().to_vec());
+        prop_assert_eq!(parts.map(|_| ()), want.map(|_| ()));
+        let first = payload.iter().position(|&b| b == b'\n');
+        prop_assert_eq!(find_newline(payload), first);
+        prop_assert_eq!(has_newline_swar(payload), first.is_some());
+        Ok(())
+    }
+
+    /// Lengths around every word and block boundary of the encoder's paths.
+    const LENGTHS: [usize; 30] = [
+        0, 1, 2, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 66, 127, 128, 129, 255, 256, 257,
+        299, 300, 4095, 4096, 4097, 4999, 5001, 8193,
+    ];
+
+    #[test]
+    fn encoder_refuses_a_newline_at_every_position() {
+        for len in LENGTHS {
+            let clean: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            for crlf in [false, true] {
+                check(&clean, crlf, 3).unwrap();
+                // Every position for short lines, word edges and a few others for long ones.
+                let positions: Vec<usize> = if len <= 300 {
+                    (0..len).collect()
+                } else {
+                    [
+                        0,
+                        1,
+                        7,
+                        8,
+                        31,
+                        32,
+                        63,
+                        64,
+                        127,
+                        128,
+                        4095,
+                        4096,
+                        len / 2,
+                        len - 33,
+                        len - 8,
+                        len - 1,
+                    ]
+                    .into_iter()
+                    .filter(|&p| p < len)
+                    .collect()
+                };
+                for at in positions {
+                    let mut with = clean.clone();
+                    with[at] = b'\n';
+                    check(&with, crlf, 3).unwrap();
+                    if at + 1 < len {
+                        with[len - 1] = b'\n'; // a later hit must not mask the first
+                        check(&with, crlf, 5).unwrap();
+                        with[len - 1] = b'\r'; // nor a trailing `\r`
+                        check(&with, crlf, 0).unwrap();
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn encoder_reports_the_first_newline_before_a_trailing_cr() {
+        let lf = LinesCodec::default();
+        let mut dst = BytesMut::from(&b"x"[..]);
+        let at = |position| Err(EncodeError::ContainsDelimiter { position });
+        assert_eq!(lf.encode(b"ab\ncd\r", &mut dst), at(2));
+        assert_eq!(lf.frame_parts(b"ab\ncd\r").map(|_| ()), at(2));
+        assert_eq!(lf.encode(b"abcdefghijk\r", &mut dst), at(11));
+        assert_eq!(&dst[..], b"x");
+        let too_long = LinesCodec::new(LinesConfig {
+            max_frame_length: 3,
+            ..LinesConfig::default()
+        })
+        .unwrap();
+        assert_eq!(
+            too_long.encode(b"a\nbc", &mut dst),
+            Err(EncodeError::FrameTooLong {
+                length: 4,
+                limit: 3
+            })
+        );
+        assert_eq!(&dst[..], b"x");
+    }
+
+    #[test]
+    fn swar_test_is_exact_for_every_byte_value() {
+        // The borrow of the zero-byte test must not turn a neighbour of `\n` (0x0b, 0x8a, ...)
+        // into a hit, whatever its position in the word.
+        for byte in 0..=255u8 {
+            for at in 0..16 {
+                let mut p = [b'a'; 16];
+                p[at] = byte;
+                assert_eq!(has_newline_swar(&p), byte == b'\n', "{byte:#x} at {at}");
+                let mut q = [byte; 16];
+                q[at] = b'\n';
+                assert!(has_newline_swar(&q));
+            }
+        }
+    }
+
+    /// Payload bytes: mostly `\n`, `\r` and their neighbours, so hits and near misses are common.
+    fn payload_byte() -> impl Strategy<Value = u8> {
+        prop_oneof![
+            4 => any::<u8>(),
+            1 => prop::sample::select(&[b'\n', b'\r', 0x0b, 0x09, 0x8a, 0x00, 0xff][..]),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// The encoder's check agrees with a naive `contains(&b'\n')` (and its first position).
+        #[test]
+        fn encoder_check_agrees_with_naive(
+            payload in prop::collection::vec(payload_byte(), 0..300),
+            crlf in any::<bool>(),
+            prefix in 0usize..32,
+        ) {
+            check(&payload, crlf, prefix)?;
+        }
+
+        /// Clean lines near the 8/16/32/64-byte boundaries with one `\n` planted anywhere.
+        #[test]
+        fn encoder_finds_a_planted_newline(
+            len in prop::sample::select(
+                &[7usize, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128, 129, 200, 255, 256,
+                  257, 299, 4990, 5000, 5007][..],
+            ),
+            at in any::<prop::sample::Index>(),
+            seed in any::<u64>(),
+            crlf in any::<bool>(),
+            prefix in 1usize..32,
+        ) {
+            let mut payload: Vec<u8> = (0..len as u64)
+                .map(|i| (seed.rotate_left(i as u32) as u8) | 0x40) // never `\n` nor `\r`
+                .collect();
+            check(&payload, crlf, prefix)?;
+            payload[at.index(len)] = b'\n';
+            prop_assert!(payload.contains(&b'\n'));
+            check(&payload, crlf, prefix)?;
+        }
     }
 }
