@@ -620,3 +620,105 @@ async fn over_max_detached_the_oldest_session_is_handed_back() {
         client.stop();
     }
 }
+
+/// The next message of a server connection (other events skipped); `None` once it ended.
+async fn server_message(connection: &mut framelink::Connection) -> Option<u32> {
+    timeout(DEADLINE, async {
+        loop {
+            match connection.next_event().await? {
+                Event::Message(m) => return Some(number(&m)),
+                Event::Session(SessionEvent::Lost { .. }) => panic!("session lost"),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .unwrap()
+}
+
+/// A session's messages reach the server application through each connection's own events:
+/// after a resume, the new connection delivers the next messages while the connection it
+/// replaced may still hold earlier ones the application has not taken. Both hold exactly what
+/// they should (nothing lost, nothing twice), but only an application that takes a session's
+/// connections in order sees the messages in order. The session echo server above used to
+/// forward each connection's messages from its own task, as they came: when the old
+/// connection's task lagged (a loaded machine), the new one's messages went ahead of the old
+/// one's last few, and the client saw its echoes skip ahead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_session_continues_on_the_new_connection_while_the_old_one_holds_the_rest() {
+    let mut server = Server::bind(
+        "127.0.0.1:0",
+        ServerConfig {
+            sessions: Some(ServerSessions::default()),
+            ..ServerConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let proxy = SwitchProxy::start(server.local_addr()).await;
+    let mut client = Client::connect(proxy.addr.to_string(), session_client_config()).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let mut first = timeout(DEADLINE, server.accept()).await.unwrap().unwrap();
+    let id = timeout(DEADLINE, async {
+        loop {
+            if let Some(Event::Session(SessionEvent::Started { id, .. })) =
+                first.connection.next_event().await
+            {
+                return id;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    for i in 1..=5 {
+        client.send(message(i, &mut rng)).await.unwrap();
+    }
+    // The server reads and acknowledges them; the application does not take them (yet).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.cut.notify_waiters();
+
+    // The client resumes on a second connection, with nothing to resend.
+    let mut second = timeout(DEADLINE, server.accept()).await.unwrap().unwrap();
+    let resending = timeout(DEADLINE, async {
+        let mut disconnected = false;
+        loop {
+            match client.next_event().await.expect("client stopped") {
+                ClientEvent::Disconnected(_) => disconnected = true,
+                ClientEvent::Session(SessionEvent::Started {
+                    status, resending, ..
+                }) if disconnected => {
+                    assert_eq!(status, ResumeStatus::Resumed);
+                    return resending;
+                }
+                ClientEvent::Session(SessionEvent::Lost { .. }) => panic!("session lost"),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(resending, 0, "the server had delivered 1..=5");
+    client.send(message(6, &mut rng)).await.unwrap();
+    timeout(DEADLINE, async {
+        loop {
+            match second.connection.next_event().await {
+                Some(Event::Session(SessionEvent::Started { id: i, status, .. })) => {
+                    return assert_eq!((i, status), (id, ResumeStatus::Resumed));
+                }
+                Some(Event::Message(m)) => panic!("message {} before the session", number(&m)),
+                Some(_) => {}
+                None => panic!("the second connection ended"),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    // Message 6 is ready on the new connection...
+    assert_eq!(server_message(&mut second.connection).await, Some(6));
+    // ... while 1 to 5 wait, in order, on the old one, which has ended.
+    for i in 1..=5 {
+        assert_eq!(server_message(&mut first.connection).await, Some(i));
+    }
+    assert_eq!(server_message(&mut first.connection).await, None);
+    client.stop();
+}
