@@ -109,6 +109,16 @@ pub struct ServerConfig {
 }
 
 /// How a [`Server`] keeps sessions.
+///
+/// **Order across connections is the application's to keep.** A session's messages reach the
+/// application exactly once and in order on each connection, and a resumed connection carries
+/// on where the last one's *delivered* count ended: its driver counts a message delivered when
+/// it is queued for the application, not when the application takes it. So right after a
+/// resume the new connection may hold the next messages while the connection it replaced still
+/// holds the last few not taken yet. A server that handles each connection in its own task
+/// must let a session's older connection finish taking its events before the newer one's are
+/// handled (the session echo server in `tests/sessions.rs` and `examples/sessions.rs` chain
+/// their tasks for this).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServerSessions {
     /// Acknowledgement policy.
