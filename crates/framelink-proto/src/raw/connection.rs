@@ -164,6 +164,18 @@ impl RawConnection {
         chunk
     }
 
+    /// Takes the next queued frame, counted out of the queued bytes and into the stats.
+    fn pop_queued(&mut self) -> Option<Queued> {
+        let queued = self.core.queue.pop_front()?;
+        self.core.queued_bytes = self
+            .core
+            .queued_bytes
+            .saturating_sub(self.message_cost(queued.payload.len()));
+        self.core.stats.messages_out += 1;
+        self.core.stats.data_out += 1;
+        Some(queued)
+    }
+
     /// Emits [`Event::ShutdownWrite`] once the output a close still owes has been handed out.
     fn maybe_shutdown(&mut self, now: Instant) {
         let finished = self.in_flight.is_empty()
@@ -341,13 +353,7 @@ impl Machine for RawConnection {
         }
         let data_allowed = self.state == State::Open || self.shutdown == Shutdown::AfterQueue;
         if data_allowed {
-            if let Some(Queued { parts, payload }) = self.core.queue.pop_front() {
-                self.core.queued_bytes = self
-                    .core
-                    .queued_bytes
-                    .saturating_sub(self.message_cost(payload.len()));
-                self.core.stats.messages_out += 1;
-                self.core.stats.data_out += 1;
+            if let Some(Queued { parts, payload }) = self.pop_queued() {
                 if let Some(lv) = &mut self.core.liveness {
                     lv.on_send_data(now);
                 }
@@ -383,15 +389,9 @@ impl Machine for RawConnection {
                         if next.payload.len() > COPY_THRESHOLD || buf.len() + len > COALESCE {
                             break;
                         }
-                        let Some(Queued { parts, payload }) = self.core.queue.pop_front() else {
+                        let Some(Queued { parts, payload }) = self.pop_queued() else {
                             break;
                         };
-                        self.core.queued_bytes = self
-                            .core
-                            .queued_bytes
-                            .saturating_sub(self.message_cost(payload.len()));
-                        self.core.stats.messages_out += 1;
-                        self.core.stats.data_out += 1;
                         buf.extend_from_slice(parts.head());
                         buf.extend_from_slice(&payload);
                         buf.extend_from_slice(parts.tail());
