@@ -295,7 +295,7 @@ fn copy_checked(out: &mut [MaybeUninit<u8>], payload: &[u8]) -> Result<(), usize
     } else if len <= INLINE_MAX_LEN {
         copy_without_short(out, payload, b'\n')
     } else {
-        copy_long(out, payload)
+        copy_without(out, payload, b'\n')
     }
 }
 
@@ -305,12 +305,6 @@ const INLINE_MAX_LEN: usize = 64;
 #[cold]
 fn first_newline(payload: &[u8]) -> usize {
     memchr::memchr(b'\n', payload).expect("a newline was seen")
-}
-
-/// Out of line so that `encode` stays small enough to inline; a call is nothing next to 64 bytes.
-#[inline(never)]
-fn copy_long(out: &mut [MaybeUninit<u8>], payload: &[u8]) -> Result<(), usize> {
-    copy_without(out, payload, b'\n')
 }
 
 /// Fused check and copy for 8 to 15 bytes, a word at a time: each word is loaded once, tested and

@@ -439,9 +439,10 @@ fn append_without(dst: &mut BytesMut, src: &[u8], needle: u8) -> Result<(), usiz
 }
 
 /// Copies `src` into `dst` (same length) unless it contains `needle`; on a hit, returns the
-/// position of the first one (`dst` may then hold part of the copy). On x86_64 the pass is SSE2
-/// (16 bytes per step), AVX2 from 256 bytes when the CPU has it; elsewhere it is portable code
-/// that the compiler vectorises.
+/// position of the first one (`dst` may then hold part of the copy). Up to 64 bytes the pass is
+/// inline; longer payloads go to [`copy_without_long`]. On x86_64 the pass is SSE2 (16 bytes per
+/// step), AVX2 above 64 bytes when the CPU has it; elsewhere it is portable code that the compiler
+/// vectorises.
 #[inline]
 pub(crate) fn copy_without(
     dst: &mut [std::mem::MaybeUninit<u8>],
@@ -449,21 +450,56 @@ pub(crate) fn copy_without(
     needle: u8,
 ) -> Result<(), usize> {
     assert_eq!(dst.len(), src.len());
+    if src.len() > 64 {
+        return match copy_without_long(dst, src, needle) {
+            CLEAN => Ok(()),
+            from => Err(first_from(src, from, needle)),
+        };
+    }
     #[cfg(target_arch = "x86_64")]
-    {
-        if src.len() >= 256 && std::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked just above), `dst` and `src` have the same
-            // length (asserted) and cannot overlap (`&mut` and `&`).
-            return unsafe { x86::copy_without_avx2(dst, src, needle) };
-        }
-        if src.len() >= 16 {
-            return x86::copy_without_sse2(dst, src, needle);
-        }
+    if src.len() >= 16 {
+        return x86::copy_without_sse2(dst, src, needle);
     }
     if copy_checking_portable(dst, src, needle) {
         Ok(())
     } else {
         Err(memchr::memchr(needle, src).expect("the copy saw the needle"))
+    }
+}
+
+/// What the out-of-line passes return when `src` holds no needle; otherwise they return an offset
+/// at or before the first needle, with none before it (for [`first_from`]).
+const CLEAN: usize = usize::MAX;
+
+/// The first needle at or after `from` (earlier bytes are known to be clean).
+#[cold]
+fn first_from(src: &[u8], from: usize, needle: u8) -> usize {
+    from + memchr::memchr(needle, &src[from..]).expect("the copy saw the needle")
+}
+
+/// The pass for payloads over 64 bytes, out of line so that encoders stay small enough to inline.
+/// On x86_64 with AVX2 it is only the feature test and a jump to the AVX2 pass, a leaf function:
+/// no saved registers on the way. Requires `dst.len() == src.len()`.
+#[inline(never)]
+fn copy_without_long(dst: &mut [std::mem::MaybeUninit<u8>], src: &[u8], needle: u8) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && src.len() > 64 {
+            // SAFETY: the CPU supports AVX2 (checked just above); `dst` and `src` both hold
+            // `src.len() > 64` bytes (the caller's contract) and cannot overlap (`&mut` and `&`).
+            return unsafe {
+                x86::copy_without_avx2(dst.as_mut_ptr().cast(), src.as_ptr(), src.len(), needle)
+            };
+        }
+        x86::copy_without_sse2_long(dst, src, needle)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        if copy_checking_portable(dst, src, needle) {
+            CLEAN
+        } else {
+            0
+        }
     }
 }
 
@@ -490,11 +526,7 @@ mod x86 {
     use core::arch::x86_64::*;
     use std::mem::MaybeUninit;
 
-    /// The first needle at or after `from` (earlier bytes are known to be clean).
-    #[cold]
-    fn first_from(src: &[u8], from: usize, needle: u8) -> usize {
-        from + memchr::memchr(needle, &src[from..]).expect("the copy saw the needle")
-    }
+    use super::{first_from, CLEAN};
 
     /// SSE2 is part of x86_64, so this needs no detection. Requires `src.len() >= 16`.
     #[inline(always)]
@@ -552,62 +584,97 @@ mod x86 {
         Ok(())
     }
 
-    /// The same pass, 32 bytes per vector, four vectors per block.
-    ///
-    /// # Safety
-    /// The CPU must support AVX2. Requires `src.len() >= 32` and `dst.len() == src.len()`.
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn copy_without_avx2(
+    /// [`copy_without_sse2`] out of line, for CPUs without AVX2 and payloads over 64 bytes;
+    /// returns [`CLEAN`] or the first needle's position.
+    #[inline(never)]
+    pub(super) fn copy_without_sse2_long(
         dst: &mut [MaybeUninit<u8>],
         src: &[u8],
         needle: u8,
-    ) -> Result<(), usize> {
-        let len = src.len();
-        assert!(len >= 32 && dst.len() == len);
-        let s = src.as_ptr();
-        let d = dst.as_mut_ptr().cast::<u8>();
-        // SAFETY: as in `copy_without_sse2`, with 32-byte vectors: every access covers
-        // `i..i + 32` with `i + 32 <= len`, or `len - 32..len` (`len >= 32`); the caller
-        // guarantees AVX2.
+    ) -> usize {
+        match copy_without_sse2(dst, src, needle) {
+            Ok(()) => CLEAN,
+            Err(position) => position,
+        }
+    }
+
+    /// The same pass with 32-byte vectors, shaped like a `memcpy` for medium sizes: 65 to 128
+    /// bytes are four vectors, two from each end; longer payloads are 128-byte blocks whose stores
+    /// are aligned (after one unaligned vector at the start), then a last block ending at the end
+    /// (overlapping the previous one, bytes written twice with the same values). No loop runs on
+    /// the tail and nothing is called, so the function saves no registers. Returns [`CLEAN`], or
+    /// an offset at or before the first needle with no needle before it (for [`first_from`]).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2; `s` must be valid for reading and `d` for writing `len` bytes,
+    /// the two must not overlap, and `len` must be over 64.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn copy_without_avx2(
+        d: *mut u8,
+        s: *const u8,
+        len: usize,
+        needle: u8,
+    ) -> usize {
+        debug_assert!(len > 64);
+        // SAFETY (every access below): 32 bytes at an offset `o` with `o + 32 <= len`: the blocks
+        // at `i` run while `i + 128 < len`, the last block starts at `len - 128` (`len > 128`
+        // there) and the short case's vectors at 0, 32, `len - 64` and `len - 32` (`len > 64`).
+        // Aligned stores are at `d + i` with `i = 32 - d % 32`, plus multiples of 128.
         unsafe {
             let n = _mm256_set1_epi8(needle as i8);
-            let mut i = 0;
-            while i + 128 <= len {
+            // A macro, not a closure: a closure would not inherit `avx2` on the MSRV.
+            macro_rules! copy {
+                ($o:expr) => {{
+                    let o = $o;
+                    let v = _mm256_loadu_si256(s.add(o).cast());
+                    _mm256_storeu_si256(d.add(o).cast(), v);
+                    _mm256_cmpeq_epi8(v, n)
+                }};
+            }
+            if len <= 128 {
+                let hits = _mm256_or_si256(
+                    _mm256_or_si256(copy!(0), copy!(32)),
+                    _mm256_or_si256(copy!(len - 64), copy!(len - 32)),
+                );
+                return if _mm256_movemask_epi8(hits) == 0 {
+                    CLEAN
+                } else {
+                    0
+                };
+            }
+            if _mm256_movemask_epi8(copy!(0)) != 0 {
+                return 0;
+            }
+            let mut i = 32 - (d as usize & 31);
+            while i + 128 < len {
                 let a = _mm256_loadu_si256(s.add(i).cast());
                 let b = _mm256_loadu_si256(s.add(i + 32).cast());
                 let c = _mm256_loadu_si256(s.add(i + 64).cast());
                 let e = _mm256_loadu_si256(s.add(i + 96).cast());
-                _mm256_storeu_si256(d.add(i).cast(), a);
-                _mm256_storeu_si256(d.add(i + 32).cast(), b);
-                _mm256_storeu_si256(d.add(i + 64).cast(), c);
-                _mm256_storeu_si256(d.add(i + 96).cast(), e);
+                _mm256_store_si256(d.add(i).cast(), a);
+                _mm256_store_si256(d.add(i + 32).cast(), b);
+                _mm256_store_si256(d.add(i + 64).cast(), c);
+                _mm256_store_si256(d.add(i + 96).cast(), e);
                 let hits = _mm256_or_si256(
                     _mm256_or_si256(_mm256_cmpeq_epi8(a, n), _mm256_cmpeq_epi8(b, n)),
                     _mm256_or_si256(_mm256_cmpeq_epi8(c, n), _mm256_cmpeq_epi8(e, n)),
                 );
                 if _mm256_movemask_epi8(hits) != 0 {
-                    return Err(first_from(src, i, needle));
+                    return i;
                 }
                 i += 128;
             }
-            let mut acc = _mm256_setzero_si256();
-            let from = i;
-            while i + 32 <= len {
-                let a = _mm256_loadu_si256(s.add(i).cast());
-                _mm256_storeu_si256(d.add(i).cast(), a);
-                acc = _mm256_or_si256(acc, _mm256_cmpeq_epi8(a, n));
-                i += 32;
-            }
-            if i < len {
-                let a = _mm256_loadu_si256(s.add(len - 32).cast());
-                _mm256_storeu_si256(d.add(len - 32).cast(), a);
-                acc = _mm256_or_si256(acc, _mm256_cmpeq_epi8(a, n));
-            }
-            if _mm256_movemask_epi8(acc) != 0 {
-                return Err(first_from(src, from, needle));
+            let t = len - 128;
+            let hits = _mm256_or_si256(
+                _mm256_or_si256(copy!(t), copy!(t + 32)),
+                _mm256_or_si256(copy!(t + 64), copy!(t + 96)),
+            );
+            if _mm256_movemask_epi8(hits) == 0 {
+                CLEAN
+            } else {
+                t
             }
         }
-        Ok(())
     }
 }
 
@@ -694,6 +761,38 @@ mod tests {
                 let mut dst = BytesMut::from(&b"head"[..]);
                 assert_eq!(append_without(&mut dst, &with, b'\n'), Err(at), "len {len}");
                 assert_eq!(&dst[..], b"head");
+            }
+        }
+    }
+
+    #[test]
+    fn append_without_is_exact_at_every_destination_alignment() {
+        // The wide pass aligns its stores to the destination: every offset within a vector, for
+        // lengths around its size classes, with the needle at the ends and in the middle.
+        for len in [65, 127, 128, 129, 200, 255, 256, 257, 383, 384, 385, 4099] {
+            let src: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            for offset in 0..40 {
+                let head = vec![b'h'; offset];
+                let mut dst = BytesMut::with_capacity(offset + len);
+                dst.extend_from_slice(&head);
+                append_without(&mut dst, &src, b'\n').unwrap();
+                assert_eq!(&dst[..offset], &head[..]);
+                assert_eq!(&dst[offset..], &src[..], "len {len} offset {offset}");
+                for at in [
+                    0,
+                    31,
+                    32,
+                    len / 2,
+                    len - 129.min(len - 1),
+                    len - 33,
+                    len - 1,
+                ] {
+                    let mut with = src.clone();
+                    with[at] = b'\n';
+                    let mut dst = BytesMut::from(&head[..]);
+                    assert_eq!(append_without(&mut dst, &with, b'\n'), Err(at), "len {len}");
+                    assert_eq!(&dst[..], &head[..]);
+                }
             }
         }
     }
