@@ -12,6 +12,7 @@ use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::sync::{mpsc, Notify};
 use tokio::task::AbortHandle;
 
+use crate::connection::session_order::Gate;
 use crate::connection::{
     self, CloseCode, DriverConfig, Resolved, SendError, SessionHost, SpawnOptions,
 };
@@ -342,6 +343,9 @@ fn lost_bytes(unacked: &[Bytes]) -> usize {
 struct Sessions {
     store: SessionStore,
     attached: HashMap<[u8; 16], Holder>,
+    /// Detached sessions whose last connection's receiver still holds messages: what the
+    /// connection resuming one waits for (see [`Host::release`]).
+    gates: HashMap<[u8; 16], Arc<Gate>>,
     /// Bytes buffered by the sessions in `store`, charged to the memory budget.
     bytes: usize,
     memory: Arc<MemoryBudget>,
@@ -393,12 +397,17 @@ impl Sessions {
     fn pop_oldest(&mut self) -> Option<Session> {
         let session = self.store.pop_oldest()?;
         self.uncount(session.buffered_bytes());
+        self.gates.remove(&session.id());
         Some(session)
     }
 
+    /// Counts out sessions the store let go of (and forgets their gates).
     fn uncount_all(&mut self, sessions: &[Session]) {
         let held = sessions.iter().map(Session::buffered_bytes).sum();
         self.uncount(held);
+        for session in sessions {
+            self.gates.remove(&session.id());
+        }
     }
 
     fn uncount(&mut self, held: usize) {
@@ -770,6 +779,7 @@ impl Server {
             sessions: Mutex::new(Sessions {
                 store: SessionStore::new(settings.ttl, settings.max_detached),
                 attached: HashMap::new(),
+                gates: HashMap::new(),
                 bytes: 0,
                 memory: memory.clone(),
             }),
@@ -1328,26 +1338,33 @@ impl SessionHost for Host {
                     } else {
                         let now = std::time::Instant::now();
                         let resolution = sessions.resolve(&id, proof.as_ref(), now);
+                        // A refused requester leaves the session, and its gate, as they were.
+                        let gate = match &resolution {
+                            Resolution::Refuse(_) => None,
+                            _ => sessions.gates.remove(&id),
+                        };
                         let (found, replaced) = match resolution {
                             Resolution::Refuse(why) => return Resolved::Refuse(why),
                             Resolution::Resume(session) => (Some(session), None),
                             Resolution::New => (None, None),
                             Resolution::Replace(old) => (None, Some(old)),
                         };
+                        // Only the same session continues the previous connection's order.
+                        let gate = gate.filter(|_| found.is_some());
                         let secret = found.as_ref().and_then(|s| s.secret().cloned());
                         sessions.attached.insert(id, Holder { conn, secret });
                         drop(sessions);
                         shared.report_lost(replaced.into_iter().collect(), LostReason::Replaced);
                         // Sends waiting for a detached session's room go on the connection.
                         shared.sessions_moved.notify_waiters();
-                        return Resolved::Attach(found);
+                        return Resolved::Attach(found, gate);
                     }
                 }
                 if tokio::time::timeout_at(deadline, released).await.is_err() {
                     tracing::warn!("session still held by an older connection: starting anew");
                     let holder = Holder { conn, secret: None };
                     shared.sessions().attached.insert(id, holder);
-                    return Resolved::Attach(None);
+                    return Resolved::Attach(None, None);
                 }
             }
         })
@@ -1361,7 +1378,10 @@ impl SessionHost for Host {
         }
     }
 
-    fn release(&self, id: [u8; 16], conn: u64, session: Option<Session>) {
+    /// `gate` (the connection's receiver may still hold messages of the session) goes with
+    /// the detached session to the connection that resumes it: that one's receiver hands out
+    /// nothing before this one's has taken its last message of the session or is dropped.
+    fn release(&self, id: [u8; 16], conn: u64, session: Option<Session>, gate: Option<Arc<Gate>>) {
         let mut sessions = self.0.sessions();
         let (mut expired, mut evicted) = (Vec::new(), Vec::new());
         if sessions.attached.get(&id).is_some_and(|h| h.conn == conn) {
@@ -1369,6 +1389,10 @@ impl SessionHost for Host {
             if let Some(session) = session {
                 let now = std::time::Instant::now();
                 expired = sessions.expire(now);
+                match gate {
+                    Some(gate) => sessions.gates.insert(id, gate),
+                    None => sessions.gates.remove(&id),
+                };
                 evicted = sessions.detach(session, now);
             }
         }

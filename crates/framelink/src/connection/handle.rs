@@ -85,6 +85,9 @@ pub(super) struct Inner {
     /// Messages handed over that were never written (no session to keep them): the
     /// connection ended first. Left by the finished driver.
     pub(super) unsent: Vec<Bytes>,
+    /// Accepting side: this connection's place in its session's order, when it waits for an
+    /// older connection of the session or an newer one waits for it (see [`session_order`]).
+    pub(super) order: Option<Box<session_order::Order>>,
 }
 
 impl Inner {
@@ -639,6 +642,7 @@ impl Drop for Receiver {
     fn drop(&mut self) {
         let mut inner = self.shared.lock();
         inner.receiver_alive = false;
+        session_order::on_receiver_drop(&mut inner);
         inner.events = VecDeque::new();
         if let Some(account) = &self.shared.memory {
             account.credit(inner.event_bytes);
@@ -715,6 +719,10 @@ impl Receiver {
             // Take everything waiting at once: the driver's queue becomes empty, so reading
             // resumes (the batch taken is bounded by the receive high watermark).
             let mut inner = self.shared.lock();
+            // A resumed session's messages wait for the older connection's (rarely set).
+            if inner.order.is_some() {
+                ready!(session_order::poll_turn(&mut inner, cx));
+            }
             if inner.events.is_empty() {
                 if inner.finished {
                     return Poll::Ready(None);
