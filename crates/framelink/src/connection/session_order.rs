@@ -398,4 +398,61 @@ mod tests {
         install(&mut new, gate);
         assert!(new.order.is_none());
     }
+
+    /// The hot path: connections that never resumed a session (plain ones, and a session's
+    /// first connection) keep no order state, so taking a batch costs one branch more and
+    /// taking a message nothing more.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_that_resumed_nothing_keep_no_order_state() {
+        use crate::{Client, ClientConfig, ClientEvent, Protocol, Server, ServerConfig};
+        use framelink_proto::session::SessionConfig;
+        let no_order = |receiver: &super::super::Receiver| receiver.shared.lock().order.is_none();
+
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let config = crate::connection::ConnectionConfig::default();
+        let x = crate::connection::spawn(a, config.clone()).unwrap();
+        let mut y = crate::connection::spawn(b, config).unwrap();
+        for i in 0..100u8 {
+            x.send(Bytes::from(vec![i])).await.unwrap();
+        }
+        for i in 0..100u8 {
+            assert_eq!(y.recv().await.unwrap()[..], [i]);
+            assert!(no_order(&y.receiver));
+        }
+
+        let mut server = Server::bind(
+            "127.0.0.1:0",
+            ServerConfig {
+                sessions: Some(crate::ServerSessions::default()),
+                ..ServerConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+        let mut client = Client::connect(
+            server.local_addr().to_string(),
+            ClientConfig {
+                protocol: Protocol::Framelink(Default::default()),
+                sessions: Some(SessionConfig::default()),
+                ..ClientConfig::default()
+            },
+        )
+        .unwrap();
+        let mut incoming = server.accept().await.unwrap();
+        for i in 0..100u8 {
+            client.send(Bytes::from(vec![i])).await.unwrap();
+        }
+        for i in 0..100u8 {
+            assert_eq!(incoming.connection.recv().await.unwrap()[..], [i]);
+            assert!(no_order(&incoming.connection.receiver));
+        }
+        incoming
+            .connection
+            .send(Bytes::from_static(b"x"))
+            .await
+            .unwrap();
+        while !matches!(client.next_event().await, Some(ClientEvent::Message(_))) {}
+        assert!(no_order(&incoming.connection.receiver));
+        client.stop();
+    }
 }
