@@ -111,15 +111,32 @@ pub struct ServerConfig {
 
 /// How a [`Server`] keeps sessions.
 ///
-/// **Order across connections is the application's to keep.** A session's messages reach the
-/// application exactly once and in order on each connection, and a resumed connection carries
-/// on where the last one's *delivered* count ended: its driver counts a message delivered when
-/// it is queued for the application, not when the application takes it. So right after a
-/// resume the new connection may hold the next messages while the connection it replaced still
-/// holds the last few not taken yet. A server that handles each connection in its own task
-/// must let a session's older connection finish taking its events before the newer one's are
-/// handled (the session echo server in `tests/sessions.rs` and `examples/sessions.rs` chain
-/// their tasks for this).
+/// **Order across connections.** A session's messages reach the application exactly once and
+/// in order, also across the connections that carry it. A resumed connection carries on where
+/// the last one's *delivered* count ended, and a driver counts a message delivered when it
+/// queues it for the [`Receiver`](crate::Receiver), not when the application takes it: right
+/// after a resume the new connection may hold the next messages while the one it replaced still
+/// holds the last few. The new connection's `Receiver` therefore hands out **nothing** (not even
+/// the session's `Started` event) until the old connection's `Receiver`
+///
+/// - has been asked for the event *after* its last message of the session (its last batch
+///   stops at that message; the events that follow, `Closed`, come with the next request), so
+///   a task that handles each message before asking for the next one is done with them; or
+/// - has been dropped (its events are abandoned).
+///
+/// So a server that reads each connection in its own task (the natural way) sees a session's
+/// messages in order, and chained resumes (A, then B, then C while A and B still hold messages)
+/// keep it too: B waits for A, C for B, and a receiver dropped while waiting passes its wait
+/// on. Only resumed sessions wait; other connections take nothing more than one branch per
+/// batch of events.
+///
+/// The wait is the application's own: the old receiver holds at most the driver's receive
+/// watermarks ([`DriverConfig`]) of messages, and a peer cannot hold it up (nor touch another
+/// session). But an application that keeps an old connection's `Receiver` without ever reading
+/// it to the end (for example one that only reads the newest connection of each session) holds
+/// the session's newer connections back for as long as it keeps it: drop the old `Receiver`
+/// (or read it until `Closed`). Meanwhile the new connection's events wait in its queue, and
+/// past the watermarks it stops reading, as for any receiver that falls behind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServerSessions {
     /// Acknowledgement policy.

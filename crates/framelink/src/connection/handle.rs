@@ -626,6 +626,11 @@ pub(super) async fn wait_status(
 /// The receiving half: a [`Stream`] of [`Event`]s, ending after [`Event::Closed`].
 ///
 /// Dropping it discards further events; the connection stays open while a [`Sender`] lives.
+///
+/// A server connection that resumed a session hands out nothing until the receiver of the
+/// session's previous connection has been asked for the event after its last message of the
+/// session, or dropped: see [`ServerSessions`](crate::ServerSessions). Keep reading a
+/// connection until `Closed`, or drop its receiver.
 #[derive(Debug)]
 pub struct Receiver {
     pub(super) shared: Arc<Shared>,
