@@ -88,6 +88,9 @@ pub(super) struct Inner {
     /// Accepting side: this connection's place in its session's order, when it waits for an
     /// older connection of the session or an newer one waits for it (see [`session_order`]).
     pub(super) order: Option<Box<session_order::Order>>,
+    /// A [`SessionOrderHold`](session_order::SessionOrderHold) opens this connection's gate,
+    /// not the receiver.
+    pub(super) order_held: bool,
 }
 
 impl Inner {
@@ -703,6 +706,20 @@ impl Receiver {
             return Vec::new();
         }
         std::mem::take(&mut inner.unsent)
+    }
+
+    /// Takes over from this receiver the duty of holding back the session's next connection
+    /// (see [`ServerSessions`](crate::ServerSessions)): for a runtime that moves the events on
+    /// to a queue of its own, from which the application takes them later (the Python package
+    /// does). From now on the receiver hands out every event, also after the connection's last
+    /// message of the session, and neither that nor dropping it lets the next connection go
+    /// on: dropping the returned hold does. Without sessions, or for a connection whose session
+    /// never moves, it does nothing.
+    pub fn hold_session_order(&mut self) -> session_order::SessionOrderHold {
+        self.shared.lock().order_held = true;
+        session_order::SessionOrderHold {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Only the application messages, as a stream of [`Bytes`].

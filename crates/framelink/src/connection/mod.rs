@@ -97,6 +97,7 @@ pub(crate) mod handle;
 mod io;
 pub(crate) mod protocol;
 pub(crate) mod session_order;
+pub use session_order::SessionOrderHold;
 
 use driver::*;
 pub use event::TransportError;

@@ -24,11 +24,17 @@
 //! receiver is dropped unread). A receiver gone before its driver ends creates no gate and
 //! passes its own wait on instead.
 //!
+//! A runtime that moves events on to a queue of its own before the application takes them (the
+//! Python package's pump) takes the opening over with [`Receiver::hold_session_order`]: the
+//! receiver then hands everything out and never opens the gate itself; dropping the returned
+//! [`SessionOrderHold`] does, once the application has taken its last message there.
+//!
 //! Cost: connections that never waited for nor handed on a resumed session have no order
 //! state (`Inner::order` is `None`); the receiver checks it once per batch it takes from the
 //! driver's queue, never per message.
 //!
 //! [`Receiver`]: super::Receiver
+//! [`Receiver::hold_session_order`]: super::Receiver::hold_session_order
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -139,7 +145,7 @@ pub(super) fn install(inner: &mut Inner, gate: Arc<Gate>) {
 /// waits for. A live receiver opens a new one (see the module documentation); a receiver gone
 /// already passes on what it waited for, if anything.
 pub(super) fn on_finish(inner: &mut Inner) -> Option<Arc<Gate>> {
-    if inner.receiver_alive {
+    if inner.receiver_alive || inner.order_held {
         let gate = Arc::new(Gate::default());
         inner.order.get_or_insert_with(Default::default).opens = Some(gate.clone());
         Some(gate)
@@ -162,7 +168,7 @@ pub(super) fn poll_turn(inner: &mut Inner, cx: &mut Context<'_>) -> Poll<()> {
         }
         order.wait = None;
     }
-    if order.opens.is_some() {
+    if order.opens.is_some() && !inner.order_held {
         // The driver has ended: everything left is in `inner.events` (and `held`).
         if !order.held.is_empty() {
             let mut events = std::mem::take(&mut order.held);
@@ -193,10 +199,51 @@ pub(super) fn poll_turn(inner: &mut Inner, cx: &mut Context<'_>) -> Poll<()> {
 /// Receiver dropped: its events are abandoned, so the gate it opens opens now (after what it
 /// still waited for). Before its driver ended, the driver passes that wait on instead.
 pub(super) fn on_receiver_drop(inner: &mut Inner) {
+    if inner.order_held {
+        return; // The hold opens it.
+    }
     let Some(order) = inner.order.as_mut() else {
         return;
     };
     order.held.clear();
+    if let Some(gate) = order.opens.take() {
+        let after = order.wait.take().filter(|wait| !wait.is_open());
+        gate.open(after);
+        inner.order = None;
+    }
+}
+
+/// What [`Receiver::hold_session_order`](super::Receiver::hold_session_order) returns: while it
+/// lives, the receiver's connection holds back the next connection of its session (if one
+/// resumes it) instead of the receiver; dropping it lets that connection go on.
+///
+/// Drop it once the application has taken the last message it was given from this connection
+/// (or has given up on them). Before the connection ended and passed its session on, dropping it
+/// hands the duty back to the receiver.
+#[must_use = "dropping it at once gives the duty back to the receiver"]
+pub struct SessionOrderHold {
+    pub(super) shared: Arc<super::handle::Shared>,
+}
+
+impl std::fmt::Debug for SessionOrderHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionOrderHold").finish_non_exhaustive()
+    }
+}
+
+impl Drop for SessionOrderHold {
+    fn drop(&mut self) {
+        release_hold(&mut self.shared.lock());
+    }
+}
+
+/// A [`SessionOrderHold`] dropped: opens the gate if the driver has passed the session on
+/// (after what the receiver still waited for), else gives the duty back to the receiver.
+fn release_hold(inner: &mut Inner) {
+    inner.order_held = false;
+    let Some(order) = inner.order.as_mut() else {
+        return;
+    };
     if let Some(gate) = order.opens.take() {
         let after = order.wait.take().filter(|wait| !wait.is_open());
         gate.open(after);
@@ -388,6 +435,43 @@ mod tests {
         assert_eq!(take(&mut a, &w), Some(vec![closed()]));
         assert_eq!(woken.0.load(Ordering::SeqCst), 1, "A's gate woke C");
         assert_eq!(take(&mut c, &cw), Some(vec![message(3)]));
+    }
+
+    #[test]
+    fn a_hold_opens_the_gate_instead_of_the_receiver() {
+        let (_, w) = waker();
+        let mut old = inner(vec![message(1), closed()]);
+        old.order_held = true;
+        let gate = on_finish(&mut old).unwrap();
+        // The receiver hands everything out (no batch stops at the last message) ...
+        assert_eq!(take(&mut old, &w), Some(vec![message(1), closed()]));
+        assert_eq!(take(&mut old, &w), Some(vec![]));
+        assert!(
+            !gate.is_open(),
+            "... and opens nothing, asked again or dropped"
+        );
+        old.receiver_alive = false;
+        on_receiver_drop(&mut old);
+        assert!(!gate.is_open());
+        release_hold(&mut old);
+        assert!(gate.is_open());
+
+        // Held with the receiver gone before the driver ended: a gate all the same.
+        let mut gone = inner(vec![]);
+        gone.receiver_alive = false;
+        gone.order_held = true;
+        let gate = on_finish(&mut gone).unwrap();
+        release_hold(&mut gone);
+        assert!(gate.is_open());
+
+        // Released before the driver ended: the receiver opens it, as without a hold.
+        let mut early = inner(vec![message(1), closed()]);
+        early.order_held = true;
+        release_hold(&mut early);
+        let gate = on_finish(&mut early).unwrap();
+        assert_eq!(take(&mut early, &w), Some(vec![message(1)]));
+        assert_eq!(take(&mut early, &w), Some(vec![closed()]));
+        assert!(gate.is_open());
     }
 
     #[test]
