@@ -186,6 +186,24 @@ fn session_echo(
     queue
 }
 
+/// What the session echo server recorded around message `n`, for a failure message.
+fn record_around(received: &Mutex<HashMap<[u8; 16], Vec<u32>>>, n: u32) -> String {
+    let received = received.lock().unwrap();
+    let mut out = format!("{} session(s)", received.len());
+    for got in received.values() {
+        let at = got.iter().position(|&x| x == n);
+        let from = at.map_or(got.len(), |at| at.saturating_sub(3));
+        let to = at.map_or(got.len(), |at| (at + 15).min(got.len()));
+        let in_order = got.iter().copied().eq(1..=got.len() as u32);
+        out += &format!(
+            "; {} messages, in order: {in_order}, {n} at {at:?}: {:?}",
+            got.len(),
+            &got[from..to]
+        );
+    }
+    out
+}
+
 fn session_client_config() -> ClientConfig {
     ClientConfig {
         protocol: Protocol::Framelink(ConnectionConfig {
@@ -227,7 +245,16 @@ async fn exchange(
         while next <= n {
             match client.next_event().await.expect("client stopped") {
                 ClientEvent::Message(m) => {
-                    assert_eq!(number(&m), next, "echo out of order or duplicated");
+                    if number(&m) != next {
+                        // Which side went wrong: what the server received around there, and
+                        // whether the client was handed messages back as lost.
+                        panic!(
+                            "echo out of order or duplicated: got {} for {next}; {lost} handed \
+                             back as lost so far; the server received {}",
+                            number(&m),
+                            record_around(&received, next)
+                        );
+                    }
                     next += 1;
                 }
                 ClientEvent::Session(SessionEvent::Started { status, .. }) => {
