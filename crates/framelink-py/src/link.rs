@@ -226,6 +226,11 @@ struct Inbox {
     /// Python was woken and has not taken since: don't wake it again.
     notified: bool,
     waker: Option<(Arc<HubInner>, u64)>,
+    /// Accepted connections: while kept, a newer connection of this one's session (if its
+    /// client resumes it) hands Python nothing. Let go once Python asked for messages with none
+    /// left after the pump ended, or when the link is dropped: a session's handlers then see
+    /// its messages in order across a resume.
+    order_hold: Option<framelink::connection::SessionOrderHold>,
 }
 
 /// The state shared by a link's pump, its send worker and Python.
@@ -421,10 +426,27 @@ impl Shared {
         (events, done, finished, dropped).into_pyobject(py)
     }
 
+    /// The pump's hold on the session's order (see `Inbox::order_hold`).
+    fn set_order_hold(&self, hold: framelink::connection::SessionOrderHold) {
+        self.lock().order_hold = Some(hold);
+    }
+
+    /// Lets a newer connection of the session go on (the link is gone).
+    fn release_order(&self) {
+        let hold = self.lock().order_hold.take();
+        drop(hold); // Outside the inbox lock: it takes the connection's.
+    }
+
     /// Takes up to `max` messages; room for the pump if that freed some.
     fn take_messages(&self, max: usize) -> Vec<Bytes> {
         let mut inbox = self.lock();
         inbox.notified = false;
+        if inbox.messages.is_empty() && inbox.finished && inbox.order_hold.is_some() {
+            // Asked for more after the last message: Python is done with this connection's.
+            drop(inbox);
+            self.release_order();
+            return Vec::new();
+        }
         let n = max.min(inbox.messages.len());
         let taken: Vec<Bytes> = inbox.messages.drain(..n).collect();
         let bytes: usize = taken.iter().map(Bytes::len).sum();
@@ -452,6 +474,8 @@ fn push_event(inbox: &mut Inbox, event: EventData) {
 
 /// Moves a connection's events into its link until the connection is over.
 pub async fn pump_connection(mut receiver: Receiver, shared: Arc<Shared>) {
+    // The inbox, not the receiver, says when Python is done with a resumed session's messages.
+    shared.set_order_hold(receiver.hold_session_order());
     let mut batch = Vec::new(); // allocated by the first events: idle links keep none
     loop {
         shared.wait_room().await;
@@ -860,6 +884,7 @@ impl Drop for Link {
         // Nobody can read or send any more: a client stops, a connection closes (both after
         // writing what was queued), and the pump takes what still arrives meanwhile.
         self.shared.stop_bounding();
+        self.shared.release_order();
         match (&self.kind, &self.side) {
             (Kind::Client { stop }, _) => {
                 let _ = stop.send(true);

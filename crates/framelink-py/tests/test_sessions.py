@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import os
 import signal
 import sys
 import textwrap
-from typing import Any, DefaultDict, List
+from typing import Any, List
 
 import pytest
 
@@ -23,7 +22,9 @@ PING_INTERVAL, PING_TIMEOUT = 0.3, 0.5
 async def test_100k_each_way_exactly_once_through_cutting_proxy(cli_proxy: CliProxyFn) -> None:
     n = 100_000
     payloads = [b"%08d" % i for i in range(n)]
-    per_conn: DefaultDict[int, List[bytes]] = collections.defaultdict(list)  # server: messages per connection, accept order
+    # The server's handlers, one per connection, append in the order they see the messages: a
+    # resumed connection's handler gets nothing before the previous one's has taken its last.
+    server_got: List[bytes] = []
     server_total = 0
     server_done = asyncio.Event()
     end_seen = asyncio.Event()
@@ -31,14 +32,13 @@ async def test_100k_each_way_exactly_once_through_cutting_proxy(cli_proxy: CliPr
 
     async def handler(conn: framelink.Connection) -> None:
         nonlocal server_total
-        mine = per_conn[conn.id]
         async for m in conn:
             if m == b"END":
                 end_seen.set()
                 continue
             if end_seen.is_set():
                 server_extra.append(m)
-            mine.append(m)
+            server_got.append(m)
             server_total += 1
             if server_total >= n:
                 server_done.set()
@@ -107,7 +107,6 @@ async def test_100k_each_way_exactly_once_through_cutting_proxy(cli_proxy: CliPr
 
             assert got == payloads, f"client side out of order or duplicated (seed {seed})"
             assert tail == [b"END"]
-            server_got = [m for cid in sorted(per_conn) for m in per_conn[cid]]
             assert len(server_got) == n
             assert server_got == payloads, f"server side out of order or duplicated (seed {seed})"
             assert server_extra == []
@@ -279,3 +278,92 @@ async def test_connection_session_id_known_at_first_message() -> None:
             assert sid is not None and sid == client.session_id
         finally:
             client.close()
+
+
+class _CuttingProxy:
+    """A TCP proxy in this event loop whose links can all be cut at once (both sockets reset)."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.writers: List[asyncio.StreamWriter] = []
+        self.server: "asyncio.Server | None" = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._link, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _link(self, down_r: asyncio.StreamReader, down_w: asyncio.StreamWriter) -> None:
+        up_r, up_w = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        self.writers += [down_w, up_w]
+
+        async def forward(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            try:
+                while data := await r.read(65536):
+                    w.write(data)
+                    await w.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                w.transport.abort()
+
+        await asyncio.gather(forward(down_r, up_w), forward(up_r, down_w))
+
+    def cut(self) -> None:
+        for w in self.writers:
+            w.transport.abort()
+        self.writers.clear()
+
+    def close(self) -> None:
+        self.cut()
+        if self.server is not None:
+            self.server.close()
+
+
+async def test_handlers_see_a_session_in_order_across_a_resume() -> None:
+    """One handler per connection: after a resume, the new connection's handler gets nothing
+    of the session until the old one's has asked for more after its last message, though the
+    old handler is slow and the new connection already has the next message."""
+    handled: List[Any] = []  # (connection id, message), in the order the handlers saw them
+    first_may_read = asyncio.Event()
+    first_id: List[int] = []
+
+    async def handler(conn: framelink.Connection) -> None:
+        if not first_id:
+            first_id.append(conn.id)
+            await first_may_read.wait()  # a slow handler: the messages wait in its inbox
+        async for m in conn:
+            handled.append((conn.id, m))
+
+    async with framelink.serve(
+        handler, "127.0.0.1", 0, sessions=True, ping_interval=PING_INTERVAL, ping_timeout=PING_TIMEOUT
+    ) as server:
+        proxy = _CuttingProxy(server.port)
+        port = await proxy.start()
+        log = EventLog()
+        client = await framelink.connect(
+            "127.0.0.1", port, sessions=True, backoff_initial=0.02, backoff_max=0.1,
+            on_event=log, ping_interval=PING_INTERVAL, ping_timeout=PING_TIMEOUT,
+        )
+        try:
+            await log.wait(lambda e: isinstance(e, ev.SessionStarted), seen_ok=True)
+            for i in range(1, 6):
+                await client.send(b"%d" % i)
+            await asyncio.sleep(0.5)  # the server reads and acknowledges them
+            proxy.cut()
+            resumed = await log.wait(
+                lambda e: isinstance(e, ev.SessionStarted) and e.status == "resumed"
+            )
+            assert resumed.resending == 0, "the server had 1..5"
+            await client.send(b"6")
+            await asyncio.sleep(0.5)  # 6 reaches the new connection
+            assert handled == [], "the new connection's handler went ahead of the old one's"
+            first_may_read.set()
+            deadline = asyncio.get_running_loop().time() + TIMEOUT
+            while len(handled) < 6 and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.02)
+            assert [m for _, m in handled] == [b"%d" % i for i in range(1, 7)]
+            assert [c for c, _ in handled[:5]] == first_id * 5
+            assert handled[5][0] != first_id[0]
+        finally:
+            await client.close()
+            proxy.close()

@@ -187,20 +187,13 @@ async fn run() -> Result<(), String> {
 async fn serve(mut server: Server, received: Arc<Mutex<Vec<Option<u32>>>>) {
     let handle = server.handle();
     let echoers: Arc<Mutex<HashMap<[u8; 16], Echo>>> = Arc::default();
-    // The connections are taken in the order they were accepted (one client here; a server
-    // with many would keep this order per session): after a resume, the new connection
-    // delivers the next messages while the one it replaced may still hold the last few not
-    // taken yet. Each task waits until the previous one has taken its last event.
-    let mut previous: Option<tokio::sync::oneshot::Receiver<()>> = None;
+    // One task per connection. After a resume the connection it replaced may still hold the
+    // session's last few messages: the new connection hands out nothing of the session until
+    // the old one's task has asked for the event after its last message (or dropped it), so
+    // each message is recorded and handed to the echo task in order.
     while let Some(incoming) = server.accept().await {
         let (handle, echoers, received) = (handle.clone(), echoers.clone(), received.clone());
-        let (done, done_rx) = tokio::sync::oneshot::channel::<()>();
-        let previous = previous.replace(done_rx);
         tokio::spawn(async move {
-            if let Some(previous) = previous {
-                let _ = previous.await; // Err: that task ended (its sender dropped).
-            }
-            let _done = done;
             let mut connection = incoming.connection;
             let mut echo = None;
             while let Some(event) = connection.next_event().await {

@@ -12,6 +12,7 @@ use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::sync::{mpsc, Notify};
 use tokio::task::AbortHandle;
 
+use crate::connection::session_order::Gate;
 use crate::connection::{
     self, CloseCode, DriverConfig, Resolved, SendError, SessionHost, SpawnOptions,
 };
@@ -110,15 +111,32 @@ pub struct ServerConfig {
 
 /// How a [`Server`] keeps sessions.
 ///
-/// **Order across connections is the application's to keep.** A session's messages reach the
-/// application exactly once and in order on each connection, and a resumed connection carries
-/// on where the last one's *delivered* count ended: its driver counts a message delivered when
-/// it is queued for the application, not when the application takes it. So right after a
-/// resume the new connection may hold the next messages while the connection it replaced still
-/// holds the last few not taken yet. A server that handles each connection in its own task
-/// must let a session's older connection finish taking its events before the newer one's are
-/// handled (the session echo server in `tests/sessions.rs` and `examples/sessions.rs` chain
-/// their tasks for this).
+/// **Order across connections.** A session's messages reach the application exactly once and
+/// in order, also across the connections that carry it. A resumed connection carries on where
+/// the last one's *delivered* count ended, and a driver counts a message delivered when it
+/// queues it for the [`Receiver`](crate::Receiver), not when the application takes it: right
+/// after a resume the new connection may hold the next messages while the one it replaced still
+/// holds the last few. The new connection's `Receiver` therefore hands out **nothing** (not even
+/// the session's `Started` event) until the old connection's `Receiver`
+///
+/// - has been asked for the event *after* its last message of the session (its last batch
+///   stops at that message; the events that follow, `Closed`, come with the next request), so
+///   a task that handles each message before asking for the next one is done with them; or
+/// - has been dropped (its events are abandoned).
+///
+/// So a server that reads each connection in its own task (the natural way) sees a session's
+/// messages in order, and chained resumes (A, then B, then C while A and B still hold messages)
+/// keep it too: B waits for A, C for B, and a receiver dropped while waiting passes its wait
+/// on. Only resumed sessions wait; other connections take nothing more than one branch per
+/// batch of events.
+///
+/// The wait is the application's own: the old receiver holds at most the driver's receive
+/// watermarks ([`DriverConfig`]) of messages, and a peer cannot hold it up (nor touch another
+/// session). But an application that keeps an old connection's `Receiver` without ever reading
+/// it to the end (for example one that only reads the newest connection of each session) holds
+/// the session's newer connections back for as long as it keeps it: drop the old `Receiver`
+/// (or read it until `Closed`). Meanwhile the new connection's events wait in its queue, and
+/// past the watermarks it stops reading, as for any receiver that falls behind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServerSessions {
     /// Acknowledgement policy.
@@ -342,6 +360,9 @@ fn lost_bytes(unacked: &[Bytes]) -> usize {
 struct Sessions {
     store: SessionStore,
     attached: HashMap<[u8; 16], Holder>,
+    /// Detached sessions whose last connection's receiver still holds messages: what the
+    /// connection resuming one waits for (see [`Host::release`]).
+    gates: HashMap<[u8; 16], Arc<Gate>>,
     /// Bytes buffered by the sessions in `store`, charged to the memory budget.
     bytes: usize,
     memory: Arc<MemoryBudget>,
@@ -393,12 +414,17 @@ impl Sessions {
     fn pop_oldest(&mut self) -> Option<Session> {
         let session = self.store.pop_oldest()?;
         self.uncount(session.buffered_bytes());
+        self.gates.remove(&session.id());
         Some(session)
     }
 
+    /// Counts out sessions the store let go of (and forgets their gates).
     fn uncount_all(&mut self, sessions: &[Session]) {
         let held = sessions.iter().map(Session::buffered_bytes).sum();
         self.uncount(held);
+        for session in sessions {
+            self.gates.remove(&session.id());
+        }
     }
 
     fn uncount(&mut self, held: usize) {
@@ -770,6 +796,7 @@ impl Server {
             sessions: Mutex::new(Sessions {
                 store: SessionStore::new(settings.ttl, settings.max_detached),
                 attached: HashMap::new(),
+                gates: HashMap::new(),
                 bytes: 0,
                 memory: memory.clone(),
             }),
@@ -1328,26 +1355,33 @@ impl SessionHost for Host {
                     } else {
                         let now = std::time::Instant::now();
                         let resolution = sessions.resolve(&id, proof.as_ref(), now);
+                        // A refused requester leaves the session, and its gate, as they were.
+                        let gate = match &resolution {
+                            Resolution::Refuse(_) => None,
+                            _ => sessions.gates.remove(&id),
+                        };
                         let (found, replaced) = match resolution {
                             Resolution::Refuse(why) => return Resolved::Refuse(why),
                             Resolution::Resume(session) => (Some(session), None),
                             Resolution::New => (None, None),
                             Resolution::Replace(old) => (None, Some(old)),
                         };
+                        // Only the same session continues the previous connection's order.
+                        let gate = gate.filter(|_| found.is_some());
                         let secret = found.as_ref().and_then(|s| s.secret().cloned());
                         sessions.attached.insert(id, Holder { conn, secret });
                         drop(sessions);
                         shared.report_lost(replaced.into_iter().collect(), LostReason::Replaced);
                         // Sends waiting for a detached session's room go on the connection.
                         shared.sessions_moved.notify_waiters();
-                        return Resolved::Attach(found);
+                        return Resolved::Attach(found, gate);
                     }
                 }
                 if tokio::time::timeout_at(deadline, released).await.is_err() {
                     tracing::warn!("session still held by an older connection: starting anew");
                     let holder = Holder { conn, secret: None };
                     shared.sessions().attached.insert(id, holder);
-                    return Resolved::Attach(None);
+                    return Resolved::Attach(None, None);
                 }
             }
         })
@@ -1361,7 +1395,10 @@ impl SessionHost for Host {
         }
     }
 
-    fn release(&self, id: [u8; 16], conn: u64, session: Option<Session>) {
+    /// `gate` (the connection's receiver may still hold messages of the session) goes with
+    /// the detached session to the connection that resumes it: that one's receiver hands out
+    /// nothing before this one's has taken its last message of the session or is dropped.
+    fn release(&self, id: [u8; 16], conn: u64, session: Option<Session>, gate: Option<Arc<Gate>>) {
         let mut sessions = self.0.sessions();
         let (mut expired, mut evicted) = (Vec::new(), Vec::new());
         if sessions.attached.get(&id).is_some_and(|h| h.conn == conn) {
@@ -1369,6 +1406,10 @@ impl SessionHost for Host {
             if let Some(session) = session {
                 let now = std::time::Instant::now();
                 expired = sessions.expire(now);
+                match gate {
+                    Some(gate) => sessions.gates.insert(id, gate),
+                    None => sessions.gates.remove(&id),
+                };
                 evicted = sessions.detach(session, now);
             }
         }

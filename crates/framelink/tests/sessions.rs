@@ -10,8 +10,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use framelink::connection::{ConnectionConfig, ResumeStatus};
 use framelink::{
-    BackoffConfig, Client, ClientConfig, ClientEvent, Event, LostReason, Protocol, Server,
-    ServerConfig, ServerHandle, ServerSessions, SessionConfig, SessionEvent, SessionSendError,
+    BackoffConfig, Client, ClientConfig, ClientEvent, Event, Incoming, LostReason, Protocol,
+    Server, ServerConfig, ServerHandle, ServerSessions, SessionConfig, SessionEvent,
+    SessionSendError,
 };
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -96,14 +97,11 @@ fn number(m: &Bytes) -> u32 {
 /// on whichever connection of the session is current, retrying a message the old connection
 /// refused (not queued) on the next one. Records what each session received.
 ///
-/// The connections are taken in the order they were accepted: each one's task waits until the
-/// previous one's has taken its last event. After a resume, the new connection delivers the
-/// next messages of the session while the connection it replaced may still hold the last ones
-/// the application has not taken (see
-/// `a_resumed_session_continues_on_the_new_connection_while_the_old_one_holds_the_rest`);
-/// forwarding both as they come put the new ones first whenever the old connection's task
-/// lagged (a loaded machine), and the client saw its echoes skip ahead. (One client at a time
-/// here: a server with many would keep this order per session.)
+/// Each connection is read in its own task, which forwards the session's messages as it takes
+/// them. After a resume the connection it replaced may still hold the last few: the library
+/// holds the new connection's back until the old one's task has asked for the event after its
+/// last message (see `a_resumed_session_waits_on_the_new_connection_until_the_old_one_is_drained`),
+/// so the echo queue gets them in order even when the old task lags (a loaded machine).
 async fn session_echo_server() -> (
     std::net::SocketAddr,
     Arc<Mutex<HashMap<[u8; 16], Vec<u32>>>>,
@@ -138,17 +136,9 @@ async fn session_echo_server() -> (
         // Per session, one echo task, fed by whichever connection carries the session now; it
         // queues every echo in the session with `send_to_session`, wherever the client is.
         let echoes: Arc<Mutex<HashMap<[u8; 16], mpsc::UnboundedSender<Bytes>>>> = Arc::default();
-        // Ends (the sender is dropped) when the last accepted connection's task is done.
-        let mut previous: Option<tokio::sync::oneshot::Receiver<()>> = None;
         while let Some(incoming) = server.accept().await {
             let (handle, echoes, record) = (handle.clone(), echoes.clone(), record.clone());
-            let (done, done_rx) = tokio::sync::oneshot::channel::<()>();
-            let previous = previous.replace(done_rx);
             tokio::spawn(async move {
-                if let Some(previous) = previous {
-                    let _ = previous.await; // Err: that task ended (its sender dropped).
-                }
-                let _done = done;
                 let mut events = incoming.connection;
                 let mut echo = None;
                 while let Some(event) = events.next_event().await {
@@ -196,6 +186,24 @@ fn session_echo(
     queue
 }
 
+/// What the session echo server recorded around message `n`, for a failure message.
+fn record_around(received: &Mutex<HashMap<[u8; 16], Vec<u32>>>, n: u32) -> String {
+    let received = received.lock().unwrap();
+    let mut out = format!("{} session(s)", received.len());
+    for got in received.values() {
+        let at = got.iter().position(|&x| x == n);
+        let from = at.map_or(got.len(), |at| at.saturating_sub(3));
+        let to = at.map_or(got.len(), |at| (at + 15).min(got.len()));
+        let in_order = got.iter().copied().eq(1..=got.len() as u32);
+        out += &format!(
+            "; {} messages, in order: {in_order}, {n} at {at:?}: {:?}",
+            got.len(),
+            &got[from..to]
+        );
+    }
+    out
+}
+
 fn session_client_config() -> ClientConfig {
     ClientConfig {
         protocol: Protocol::Framelink(ConnectionConfig {
@@ -237,7 +245,16 @@ async fn exchange(
         while next <= n {
             match client.next_event().await.expect("client stopped") {
                 ClientEvent::Message(m) => {
-                    assert_eq!(number(&m), next, "echo out of order or duplicated");
+                    if number(&m) != next {
+                        // Which side went wrong: what the server received around there, and
+                        // whether the client was handed messages back as lost.
+                        panic!(
+                            "echo out of order or duplicated: got {} for {next}; {lost} handed \
+                             back as lost so far; the server received {}",
+                            number(&m),
+                            record_around(&received, next)
+                        );
+                    }
                     next += 1;
                 }
                 ClientEvent::Session(SessionEvent::Started { status, .. }) => {
@@ -653,50 +670,10 @@ async fn server_message(connection: &mut framelink::Connection) -> Option<u32> {
     .unwrap()
 }
 
-/// A session's messages reach the server application through each connection's own events:
-/// after a resume, the new connection delivers the next messages while the connection it
-/// replaced may still hold earlier ones the application has not taken. Both hold exactly what
-/// they should (nothing lost, nothing twice), but only an application that takes a session's
-/// connections in order sees the messages in order. The session echo server above used to
-/// forward each connection's messages from its own task, as they came: when the old
-/// connection's task lagged (a loaded machine), the new one's messages went ahead of the old
-/// one's last few, and the client saw its echoes skip ahead.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_resumed_session_continues_on_the_new_connection_while_the_old_one_holds_the_rest() {
-    let mut server = Server::bind(
-        "127.0.0.1:0",
-        ServerConfig {
-            sessions: Some(ServerSessions::default()),
-            ..ServerConfig::default()
-        },
-    )
-    .await
-    .unwrap();
-    let proxy = SwitchProxy::start(server.local_addr()).await;
-    let mut client = Client::connect(proxy.addr.to_string(), session_client_config()).unwrap();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-    let mut first = timeout(DEADLINE, server.accept()).await.unwrap().unwrap();
-    let id = timeout(DEADLINE, async {
-        loop {
-            if let Some(Event::Session(SessionEvent::Started { id, .. })) =
-                first.connection.next_event().await
-            {
-                return id;
-            }
-        }
-    })
-    .await
-    .unwrap();
-    for i in 1..=5 {
-        client.send(message(i, &mut rng)).await.unwrap();
-    }
-    // The server reads and acknowledges them; the application does not take them (yet).
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    proxy.cut.notify_waiters();
-
-    // The client resumes on a second connection, with nothing to resend.
-    let mut second = timeout(DEADLINE, server.accept()).await.unwrap().unwrap();
-    let resending = timeout(DEADLINE, async {
+/// Waits until the client has resumed its session on a new connection (after a disconnect);
+/// returns how many messages it resent.
+async fn client_resumed(client: &mut Client) -> u64 {
+    timeout(DEADLINE, async {
         let mut disconnected = false;
         loop {
             match client.next_event().await.expect("client stopped") {
@@ -713,29 +690,168 @@ async fn a_resumed_session_continues_on_the_new_connection_while_the_old_one_hol
         }
     })
     .await
-    .unwrap();
-    assert_eq!(resending, 0, "the server had delivered 1..=5");
-    client.send(message(6, &mut rng)).await.unwrap();
+    .unwrap()
+}
+
+/// The connection hands out nothing for a while (it waits for an older one of its session).
+/// Only ever fails when the library is wrong: a correct one never answers.
+async fn holds_back(connection: &mut framelink::Connection, what: &str) {
+    if let Ok(event) = timeout(Duration::from_millis(300), connection.next_event()).await {
+        panic!("{what}: handed out {event:?} before the older connection was done");
+    }
+}
+
+/// Every message of a server connection until it ends, in order.
+async fn all_messages(connection: &mut framelink::Connection) -> Vec<u32> {
+    let mut all = Vec::new();
+    while let Some(n) = server_message(connection).await {
+        all.push(n);
+    }
+    all
+}
+
+/// The next message of a server connection, after its `Session(Started)` (resumed, `id`).
+async fn resumed_message(connection: &mut framelink::Connection, id: [u8; 16]) -> u32 {
     timeout(DEADLINE, async {
         loop {
-            match second.connection.next_event().await {
+            match connection.next_event().await {
                 Some(Event::Session(SessionEvent::Started { id: i, status, .. })) => {
-                    return assert_eq!((i, status), (id, ResumeStatus::Resumed));
+                    assert_eq!((i, status), (id, ResumeStatus::Resumed));
                 }
-                Some(Event::Message(m)) => panic!("message {} before the session", number(&m)),
+                Some(Event::Message(m)) => return number(&m),
                 Some(_) => {}
-                None => panic!("the second connection ended"),
+                None => panic!("the connection ended"),
+            }
+        }
+    })
+    .await
+    .unwrap()
+}
+
+/// A session server, a [`SwitchProxy`] in front of it and a sessions client through it; the
+/// server's first connection after the session started, and the session's id.
+async fn one_session() -> (Server, SwitchProxy, Client, Incoming, [u8; 16]) {
+    let mut server = Server::bind(
+        "127.0.0.1:0",
+        ServerConfig {
+            sessions: Some(ServerSessions::default()),
+            ..ServerConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let proxy = SwitchProxy::start(server.local_addr()).await;
+    let client = Client::connect(proxy.addr.to_string(), session_client_config()).unwrap();
+    let mut first = timeout(DEADLINE, server.accept()).await.unwrap().unwrap();
+    let id = timeout(DEADLINE, async {
+        loop {
+            if let Some(Event::Session(SessionEvent::Started { id, .. })) =
+                first.connection.next_event().await
+            {
+                return id;
             }
         }
     })
     .await
     .unwrap();
-    // Message 6 is ready on the new connection...
-    assert_eq!(server_message(&mut second.connection).await, Some(6));
-    // ... while 1 to 5 wait, in order, on the old one, which has ended.
+    (server, proxy, client, first, id)
+}
+
+/// After a resume the new connection receives the session's next messages while the
+/// connection it replaced may still hold earlier ones the application has not taken (the
+/// driver counts a message delivered when it queues it for the receiver). The new connection's
+/// receiver hands out nothing until the old one has been asked for the event after its last
+/// session message: a server that reads each connection in its own task gets the session's
+/// messages in order. (The session echo server above relies on it: when the old connection's
+/// task lagged on a loaded machine, the new one's messages used to go first.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_session_waits_on_the_new_connection_until_the_old_one_is_drained() {
+    let (mut server, proxy, mut client, mut first, id) = one_session().await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    for i in 1..=5 {
+        client.send(message(i, &mut rng)).await.unwrap();
+    }
+    // The server reads and acknowledges them; the application does not take them (yet).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.cut.notify_waiters();
+
+    // The client resumes on a second connection, with nothing to resend.
+    let mut second = timeout(DEADLINE, server.accept()).await.unwrap().unwrap();
+    assert_eq!(client_resumed(&mut client).await, 0, "the server had 1..=5");
+    client.send(message(6, &mut rng)).await.unwrap();
+    // Message 6 has reached the new connection, which holds it back (nor does it report the
+    // session started: nothing of the session before the old connection is done) ...
+    holds_back(&mut second.connection, "the new connection").await;
+    // ... while 1 to 5 wait, in order, on the old one, taken late.
     for i in 1..=5 {
         assert_eq!(server_message(&mut first.connection).await, Some(i));
     }
+    holds_back(&mut second.connection, "asked for nothing after 5 yet").await;
+    // Asked for more after its last message, the old connection opens the way.
     assert_eq!(server_message(&mut first.connection).await, None);
+    assert_eq!(resumed_message(&mut second.connection, id).await, 6);
+    client.stop();
+}
+
+/// The application drops the old connection without taking its messages: they are abandoned,
+/// and the new connection goes on at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_old_connection_lets_the_new_one_go_on() {
+    let (mut server, proxy, mut client, first, id) = one_session().await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+    for i in 1..=5 {
+        client.send(message(i, &mut rng)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.cut.notify_waiters();
+    let mut second = timeout(DEADLINE, server.accept()).await.unwrap().unwrap();
+    assert_eq!(client_resumed(&mut client).await, 0, "the server had 1..=5");
+    client.send(message(6, &mut rng)).await.unwrap();
+    holds_back(&mut second.connection, "the new connection").await;
+    // Its sending half alone does not hold the session's order: only the receiver does.
+    let (first_sender, first_receiver) = first.connection.split();
+    drop(first_receiver);
+    assert_eq!(resumed_message(&mut second.connection, id).await, 6);
+    drop(first_sender);
+    client.stop();
+}
+
+/// A → B → C, with A and B both still holding messages when C takes over: C waits for B,
+/// which waits for A. The three together hand out the session's messages exactly once, in
+/// order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chained_resumes_keep_the_order_of_every_connection() {
+    let (mut server, proxy, mut client, mut a, id) = one_session().await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    for i in 1..=5 {
+        client.send(message(i, &mut rng)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.cut.notify_waiters();
+    let mut b = timeout(DEADLINE, server.accept()).await.unwrap().unwrap();
+    client_resumed(&mut client).await;
+    for i in 6..=8 {
+        client.send(message(i, &mut rng)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.cut.notify_waiters();
+    let mut c = timeout(DEADLINE, server.accept()).await.unwrap().unwrap();
+    client_resumed(&mut client).await;
+    client.send(message(9, &mut rng)).await.unwrap();
+
+    holds_back(&mut c.connection, "C, before A and B").await;
+    holds_back(&mut b.connection, "B, before A").await;
+    // (Normally 1..=5 on A and 6..=8 on B; on a very slow machine a cut may come before the
+    // server read some of them, and the next connection gets them instead.)
+    let mut all = all_messages(&mut a.connection).await;
+    assert!(!all.is_empty(), "A had at least message 1");
+    holds_back(&mut c.connection, "C, before B").await;
+    all.extend(all_messages(&mut b.connection).await);
+    let mut rest = Vec::new();
+    while rest.last() != Some(&9) {
+        rest.push(resumed_message(&mut c.connection, id).await);
+    }
+    all.extend(rest);
+    assert_eq!(all, (1..=9).collect::<Vec<_>>());
     client.stop();
 }

@@ -796,7 +796,10 @@ def serve(
     ``max_connections_per_ip`` (live connections from one IP address; more from it are refused
     the same way, so that one host cannot take every slot; raise it behind a proxy that hides
     client addresses, and for load tests from one machine), and
-    ``sessions=True`` to offer sessions: a client that reconnects resumes where it was;
+    ``sessions=True`` to offer sessions: a client that reconnects resumes where it was, and
+    the handlers see each session's messages in order across its connections (a resumed
+    connection's handler gets nothing until the previous connection's handler has asked for a
+    message after its last one, or returned: read a connection to its end or return);
     a detached session is kept ``session_ttl`` seconds (at most ``max_detached_sessions``),
     then handed back through ``on_lost_session`` or :meth:`Server.lost_sessions` with the
     messages its client never acknowledged. ``memory_budget`` (bytes; default 1 GiB, or a

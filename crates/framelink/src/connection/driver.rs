@@ -331,7 +331,14 @@ impl<M: Machine> Driver<M> {
         }
         inner.unsent = unsent;
         let release = match (&self.sessions, self.session_id) {
-            (Some((host, conn)), Some(id)) => Some((host, *conn, id, session.take())),
+            (Some((host, conn)), Some(id)) => {
+                // A session passed on: its next connection waits for this one's receiver.
+                let gate = match &session {
+                    Some(_) => session_order::on_finish(&mut inner),
+                    None => None,
+                };
+                Some((host, *conn, id, session.take(), gate))
+            }
             _ => {
                 inner.session = session.map(Box::new);
                 None
@@ -341,8 +348,8 @@ impl<M: Machine> Driver<M> {
         drop(inner);
         // After the connection's lock is let go: the host takes its own locks, which are
         // never held while taking a connection's.
-        if let Some((host, conn, id, session)) = release {
-            host.release(id, conn, session);
+        if let Some((host, conn, id, session, gate)) = release {
+            host.release(id, conn, session, gate);
         }
         self.shared.status_changed.notify_waiters();
     }
@@ -462,8 +469,8 @@ impl<M: Machine> Driver<M> {
     /// records the rest as debt, paid back before any budget is returned.
     /// Answers the machine's session request with what the host decided.
     pub(super) fn on_resolved(&mut self, resolution: Resolved, now: std::time::Instant) {
-        let found = match resolution {
-            Resolved::Attach(found) => found,
+        let (found, gate) = match resolution {
+            Resolved::Attach(found, gate) => (found, gate),
             Resolved::Refuse(why) => return self.machine.refuse_session(why, now),
         };
         let before = self.machine.queued_bytes();
@@ -474,8 +481,12 @@ impl<M: Machine> Driver<M> {
         if let (Some((host, conn)), Some(id)) = (&self.sessions, self.session_id) {
             match refused {
                 // The machine found no valid proof for it: back to where it was kept.
-                Some(session) => host.release(id, *conn, Some(session)),
+                Some(session) => host.release(id, *conn, Some(session), gate),
                 None => {
+                    // Before any of the session's messages is queued for the receiver.
+                    if let Some(gate) = gate {
+                        session_order::install(&mut self.shared.lock(), gate);
+                    }
                     let secret = self.machine.session().and_then(|s| s.secret().cloned());
                     host.attached(id, *conn, secret);
                 }
@@ -714,7 +725,9 @@ impl<M: Machine> Driver<M> {
                 self.session_id = Some(id);
                 match &self.sessions {
                     Some((host, conn)) => self.resolving = Some(host.resolve(id, *conn, proof)),
-                    None => self.on_resolved(Resolved::Attach(None), Instant::now().into_std()),
+                    None => {
+                        self.on_resolved(Resolved::Attach(None, None), Instant::now().into_std())
+                    }
                 }
                 return None;
             }

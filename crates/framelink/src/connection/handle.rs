@@ -85,6 +85,12 @@ pub(super) struct Inner {
     /// Messages handed over that were never written (no session to keep them): the
     /// connection ended first. Left by the finished driver.
     pub(super) unsent: Vec<Bytes>,
+    /// Accepting side: this connection's place in its session's order, when it waits for an
+    /// older connection of the session or an newer one waits for it (see [`session_order`]).
+    pub(super) order: Option<Box<session_order::Order>>,
+    /// A [`SessionOrderHold`](session_order::SessionOrderHold) opens this connection's gate,
+    /// not the receiver.
+    pub(super) order_held: bool,
 }
 
 impl Inner {
@@ -623,6 +629,11 @@ pub(super) async fn wait_status(
 /// The receiving half: a [`Stream`] of [`Event`]s, ending after [`Event::Closed`].
 ///
 /// Dropping it discards further events; the connection stays open while a [`Sender`] lives.
+///
+/// A server connection that resumed a session hands out nothing until the receiver of the
+/// session's previous connection has been asked for the event after its last message of the
+/// session, or dropped: see [`ServerSessions`](crate::ServerSessions). Keep reading a
+/// connection until `Closed`, or drop its receiver.
 #[derive(Debug)]
 pub struct Receiver {
     pub(super) shared: Arc<Shared>,
@@ -639,6 +650,7 @@ impl Drop for Receiver {
     fn drop(&mut self) {
         let mut inner = self.shared.lock();
         inner.receiver_alive = false;
+        session_order::on_receiver_drop(&mut inner);
         inner.events = VecDeque::new();
         if let Some(account) = &self.shared.memory {
             account.credit(inner.event_bytes);
@@ -696,6 +708,20 @@ impl Receiver {
         std::mem::take(&mut inner.unsent)
     }
 
+    /// Takes over from this receiver the duty of holding back the session's next connection
+    /// (see [`ServerSessions`](crate::ServerSessions)): for a runtime that moves the events on
+    /// to a queue of its own, from which the application takes them later (the Python package
+    /// does). From now on the receiver hands out every event, also after the connection's last
+    /// message of the session, and neither that nor dropping it lets the next connection go
+    /// on: dropping the returned hold does. Without sessions, or for a connection whose session
+    /// never moves, it does nothing.
+    pub fn hold_session_order(&mut self) -> session_order::SessionOrderHold {
+        self.shared.lock().order_held = true;
+        session_order::SessionOrderHold {
+            shared: self.shared.clone(),
+        }
+    }
+
     /// Only the application messages, as a stream of [`Bytes`].
     pub fn into_messages(self) -> impl Stream<Item = Bytes> + Send + Unpin {
         futures::StreamExt::filter_map(self, |event| {
@@ -715,6 +741,10 @@ impl Receiver {
             // Take everything waiting at once: the driver's queue becomes empty, so reading
             // resumes (the batch taken is bounded by the receive high watermark).
             let mut inner = self.shared.lock();
+            // A resumed session's messages wait for the older connection's (rarely set).
+            if inner.order.is_some() {
+                ready!(session_order::poll_turn(&mut inner, cx));
+            }
             if inner.events.is_empty() {
                 if inner.finished {
                     return Poll::Ready(None);

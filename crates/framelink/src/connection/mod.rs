@@ -96,6 +96,8 @@ pub(crate) mod event;
 pub(crate) mod handle;
 mod io;
 pub(crate) mod protocol;
+pub(crate) mod session_order;
+pub use session_order::SessionOrderHold;
 
 use driver::*;
 pub use event::TransportError;
@@ -248,15 +250,23 @@ pub(crate) trait SessionHost: Send + Sync {
     /// it to take the session over).
     fn attached(&self, id: [u8; 16], conn: u64, secret: Option<SessionSecret>);
     /// Connection `conn` ended; `session` is what it leaves to resume (`None`: the session
-    /// ended, or was never attached).
-    fn release(&self, id: [u8; 16], conn: u64, session: Option<Session>);
+    /// ended, or was never attached), and `gate` what the connection resuming it must wait
+    /// for before its receiver hands out the session's messages (see [`session_order`]).
+    fn release(
+        &self,
+        id: [u8; 16],
+        conn: u64,
+        session: Option<Session>,
+        gate: Option<Arc<session_order::Gate>>,
+    );
 }
 
 /// A [`SessionHost`]'s answer to a session request.
 #[derive(Debug)]
 pub(crate) enum Resolved {
-    /// Attach this kept session (its proof was checked), or a new one.
-    Attach(Option<Session>),
+    /// Attach this kept session (its proof was checked), or a new one; with the gate its
+    /// previous connection left (see [`session_order`]).
+    Attach(Option<Session>, Option<Arc<session_order::Gate>>),
     /// Refuse the request (CLOSE `SessionRefused`) with this reason.
     Refuse(&'static str),
 }
