@@ -615,7 +615,7 @@ impl<M: Machine> Driver<M> {
                         // Refuse sends before the application can see `Closed`: a send it
                         // makes after seeing it must fail, not be "queued" and dropped.
                         shared.budget.close();
-                        inner.closed = Some(Box::new(info.clone()));
+                        inner.closed = Some(info.clone());
                         inner.push_event(Event::Closed(info));
                         status_changed = true;
                     }
@@ -687,29 +687,29 @@ impl<M: Machine> Driver<M> {
                 Event::Message(payload)
             }
             // The machine's estimate already includes this sample.
-            proto::Event::Rtt(sample) => Event::Rtt(
+            proto::Event::Rtt(sample) => Event::Rtt(Box::new(
                 self.machine
                     .rtt()
                     .unwrap_or_else(|| RttEstimate::first(sample)),
-            ),
+            )),
             proto::Event::Idle(kind) => Event::Idle(kind),
             proto::Event::MessageDropped { len, peer_max } => {
                 Event::MessageDropped { len, peer_max }
             }
-            proto::Event::FrameDiscarded(error) => Event::FrameDiscarded(error),
+            proto::Event::FrameDiscarded(error) => Event::FrameDiscarded(Box::new(error)),
             proto::Event::Closed {
                 code,
                 reason,
                 by_peer,
                 error,
-            } => Event::Closed(CloseInfo {
+            } => Event::Closed(Box::new(CloseInfo {
                 code,
                 reason,
                 by_peer,
                 error,
                 raw: self.shared.framing.is_some(),
                 transport: self.transport.as_deref().cloned(),
-            }),
+            })),
             proto::Event::SessionRequest { id, proof, .. } => {
                 self.session_id = Some(id);
                 match &self.sessions {
