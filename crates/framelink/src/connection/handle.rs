@@ -620,6 +620,11 @@ pub(super) async fn wait_status(
     }
 }
 
+/// An emptied batch of events with a capacity in this range is kept, to be handed back to the
+/// driver (so that a busy connection's event queue does not regrow from empty for every batch);
+/// smaller ones (a quiet connection) and larger ones are freed.
+const SPARE_EVENTS: std::ops::RangeInclusive<usize> = 32..=1024;
+
 /// The receiving half: a [`Stream`] of [`Event`]s, ending after [`Event::Closed`].
 ///
 /// Dropping it discards further events; the connection stays open while a [`Sender`] lives.
@@ -716,6 +721,12 @@ impl Receiver {
             // resumes (the batch taken is bounded by the receive high watermark).
             let mut inner = self.shared.lock();
             if inner.events.is_empty() {
+                // Waiting holds no buffer: a busy connection's emptied batch goes back to the
+                // driver for its next batch (freed by it once the connection is quiet).
+                if inner.events.capacity() == 0 {
+                    std::mem::swap(&mut self.local, &mut inner.events);
+                }
+                self.local = VecDeque::new();
                 if inner.finished {
                     return Poll::Ready(None);
                 }
@@ -725,6 +736,7 @@ impl Receiver {
                 }
                 return Poll::Pending;
             }
+            // The driver gets the emptied previous batch (if kept) to fill next.
             std::mem::swap(&mut self.local, &mut inner.events);
             self.local_bytes = std::mem::take(&mut inner.event_bytes);
             // Taken by the application: no longer the server's to count.
@@ -746,8 +758,8 @@ impl Receiver {
             self.shared.lock().reading_paused = false;
             self.shared.wake_driver.notify_one();
         }
-        if self.local.is_empty() {
-            // A quiet connection keeps no event buffer.
+        if self.local.is_empty() && !SPARE_EVENTS.contains(&self.local.capacity()) {
+            // Small batches (a quiet connection) keep no event buffer; large ones are bounded.
             self.local = VecDeque::new();
         }
         Poll::Ready(Some(event))
