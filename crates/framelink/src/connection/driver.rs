@@ -568,7 +568,8 @@ impl<M: Machine> Driver<M> {
     pub(super) fn send(&mut self, payload: Bytes, now: std::time::Instant) {
         let cost = self.machine.message_cost(payload.len());
         let len = payload.len();
-        match self.machine.send(payload, now) {
+        // Every `Command::Send` passed `handle::check`, which asks the same framing.
+        match self.machine.send_checked(payload, now) {
             Ok(()) => {
                 self.held += cost;
                 self.shared
