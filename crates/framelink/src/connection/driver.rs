@@ -138,14 +138,8 @@ impl<M: Machine> Driver<M> {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let budgeted = shared.memory.is_some();
-        let quiet = self.machine.recv_buf().capacity() == 0;
         let can_read = self.reading && {
             let mut inner = shared.lock();
-            if quiet && inner.events.is_empty() && inner.events.capacity() > 0 {
-                // The read buffer was given back (a small read, all of it taken): so is the
-                // event queue the receiver handed back after a busy spell.
-                inner.events = VecDeque::new();
-            }
             if !inner.reading_paused
                 && inner.events_full(&shared.config)
                 && matches!(self.machine.state(), State::Handshaking | State::Open)

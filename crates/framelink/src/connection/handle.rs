@@ -620,11 +620,6 @@ pub(super) async fn wait_status(
     }
 }
 
-/// An emptied batch of events with a capacity in this range is kept, to be handed back to the
-/// driver (so that a busy connection's event queue does not regrow from empty for every batch);
-/// smaller ones (a quiet connection) and larger ones are freed.
-const SPARE_EVENTS: std::ops::RangeInclusive<usize> = 32..=1024;
-
 /// The receiving half: a [`Stream`] of [`Event`]s, ending after [`Event::Closed`].
 ///
 /// Dropping it discards further events; the connection stays open while a [`Sender`] lives.
@@ -721,12 +716,6 @@ impl Receiver {
             // resumes (the batch taken is bounded by the receive high watermark).
             let mut inner = self.shared.lock();
             if inner.events.is_empty() {
-                // Waiting holds no buffer: a busy connection's emptied batch goes back to the
-                // driver for its next batch (freed by it once the connection is quiet).
-                if inner.events.capacity() == 0 {
-                    std::mem::swap(&mut self.local, &mut inner.events);
-                }
-                self.local = VecDeque::new();
                 if inner.finished {
                     return Poll::Ready(None);
                 }
@@ -736,7 +725,6 @@ impl Receiver {
                 }
                 return Poll::Pending;
             }
-            // The driver gets the emptied previous batch (if kept) to fill next.
             std::mem::swap(&mut self.local, &mut inner.events);
             self.local_bytes = std::mem::take(&mut inner.event_bytes);
             // Taken by the application: no longer the server's to count.
@@ -758,8 +746,8 @@ impl Receiver {
             self.shared.lock().reading_paused = false;
             self.shared.wake_driver.notify_one();
         }
-        if self.local.is_empty() && !SPARE_EVENTS.contains(&self.local.capacity()) {
-            // Small batches (a quiet connection) keep no event buffer; large ones are bounded.
+        if self.local.is_empty() {
+            // A quiet connection keeps no event buffer.
             self.local = VecDeque::new();
         }
         Poll::Ready(Some(event))
