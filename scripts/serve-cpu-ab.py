@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
-"""Server CPU per echo of two `framelink` binaries, alternated in one session.
+"""Server CPU per echo of two (or more) `framelink` binaries, alternated in one session.
 
-    scripts/serve-cpu-ab.py BEFORE/framelink AFTER/framelink [ROUNDS] [DURATION]
+    scripts/serve-cpu-ab.py BEFORE/framelink AFTER/framelink [MORE/framelink...] [ROUNDS] [DURATION]
 
-Each round runs, for BEFORE then AFTER, `framelink serve 127.0.0.1:PORT --framing length:4 -q`
+Each round runs, for BEFORE, AFTER (and any more, in order), `framelink serve 127.0.0.1:PORT --framing length:4 -q`
 from that binary, drives it with the same client (BEFORE's `framelink bench --framing length:4
 ADDR --duration DURATION --warmup 0.5s --json`: 64 B, one connection, 1 MiB window) and divides
 the server's CPU time (user + system from /proc/PID/stat, over the whole run) by the echoes
-received (`received_total`, warm-up included). Prints each round, the medians, and the
-after/before ratios taken within each round. Linux only.
+received (`received_total`, warm-up included). Prints each round, the medians, and each
+binary's ratios to the one before it, taken within each round. Linux only.
 """
 import json
 import os
@@ -17,10 +17,13 @@ import subprocess
 import sys
 import time
 
-before, after = sys.argv[1], sys.argv[2]
-rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 5
-duration = sys.argv[4] if len(sys.argv) > 4 else "3s"
-bins = {"before": before, "after": after}
+paths = [a for a in sys.argv[1:] if os.sep in a]
+rest = sys.argv[1 + len(paths):]
+rounds = int(rest[0]) if rest else 5
+duration = rest[1] if len(rest) > 1 else "3s"
+before = paths[0]
+names = ["before", "after"] + [f"after{i}" for i in range(2, len(paths))]
+bins = dict(zip(names, paths))
 ticks = os.sysconf("SC_CLK_TCK")
 
 
@@ -59,7 +62,8 @@ for r in range(rounds):
 for name in bins:
     print(f"{name}: median {statistics.median(x[0] for x in results[name]) / 1e6:.3f} M msgs/s, "
           f"median server {statistics.median(x[1] for x in results[name]):.0f} ns CPU/msg")
-for i, what in ((0, "msgs/s"), (1, "server CPU/msg")):
-    ratios = sorted(a[i] / b[i] for a, b in zip(results["after"], results["before"]))
-    print(f"after/before {what} per round: {', '.join(f'{x:.2f}' for x in ratios)}; "
-          f"median {statistics.median(ratios):.2f}")
+for older, newer in zip(names, names[1:]):
+    for i, what in ((0, "msgs/s"), (1, "server CPU/msg")):
+        ratios = sorted(a[i] / b[i] for a, b in zip(results[newer], results[older]))
+        print(f"{newer}/{older} {what} per round: {', '.join(f'{x:.2f}' for x in ratios)}; "
+              f"median {statistics.median(ratios):.2f}")
