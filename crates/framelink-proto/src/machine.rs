@@ -49,6 +49,13 @@ pub trait Machine {
     fn handle_timeout(&mut self, now: Instant);
     /// Queues an application message.
     fn send(&mut self, payload: Bytes, now: Instant) -> Result<(), SendError>;
+    /// [`send`](Self::send) for a payload that already passed
+    /// [`check_message`](Self::check_message) on this machine (a driver whose handles check
+    /// messages before queueing them): the machine may skip what that check did (a raw
+    /// framing's encodability). Every other refusal of `send` still applies.
+    fn send_checked(&mut self, payload: Bytes, now: Instant) -> Result<(), SendError> {
+        self.send(payload, now)
+    }
     /// Closes gracefully: queued messages first. No-op once closing.
     fn close(&mut self, code: CloseCode, reason: &str, now: Instant);
     /// Closes at once: queued messages and buffered input are dropped (their memory freed),

@@ -308,8 +308,8 @@ impl Shared {
                     inbox.messages.push_back(m);
                 }
                 Event::Closed(info) => {
-                    inbox.close = Some(info.clone());
-                    push_event(&mut inbox, EventData::Disconnected(info));
+                    inbox.close = Some(CloseInfo::clone(&info));
+                    push_event(&mut inbox, EventData::Disconnected(*info));
                 }
                 Event::Connected { peer, .. } => push_event(
                     &mut inbox,
@@ -319,12 +319,12 @@ impl Shared {
                         peer_ping_interval: Some(peer.ping_interval),
                     },
                 ),
-                Event::Rtt(r) => push_event(&mut inbox, EventData::Rtt(r)),
+                Event::Rtt(r) => push_event(&mut inbox, EventData::Rtt(*r)),
                 Event::Idle(kind) => push_event(&mut inbox, EventData::Idle(kind)),
                 Event::MessageDropped { len, peer_max } => {
                     push_event(&mut inbox, EventData::MessageDropped { len, peer_max })
                 }
-                Event::FrameDiscarded(e) => push_event(&mut inbox, EventData::FrameDiscarded(e)),
+                Event::FrameDiscarded(e) => push_event(&mut inbox, EventData::FrameDiscarded(*e)),
                 Event::Session(session) => push_event(&mut inbox, EventData::Session(session)),
             }
         }

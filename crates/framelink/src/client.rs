@@ -643,9 +643,9 @@ impl Supervisor {
                 }
             }
             Event::Message(m) => ClientEvent::Message(m),
-            Event::Rtt(rtt) => ClientEvent::Rtt(rtt),
+            Event::Rtt(rtt) => ClientEvent::Rtt(*rtt),
             Event::Idle(kind) => ClientEvent::Idle(kind),
-            Event::FrameDiscarded(e) => ClientEvent::FrameDiscarded(e),
+            Event::FrameDiscarded(e) => ClientEvent::FrameDiscarded(*e),
             Event::MessageDropped { len, peer_max } => {
                 ClientEvent::MessageDropped { len, peer_max }
             }
@@ -653,7 +653,7 @@ impl Supervisor {
             Event::Closed(info) => {
                 self.current.send_replace(Current::Connecting);
                 match opened_at {
-                    Some(_) => ClientEvent::Disconnected(info),
+                    Some(_) => ClientEvent::Disconnected(*info),
                     None => ClientEvent::ConnectFailed {
                         attempt,
                         error: Arc::new(std::io::Error::new(

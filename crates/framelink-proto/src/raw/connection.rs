@@ -9,7 +9,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::heartbeat::{Classified, Heartbeats};
 use super::{RawConfig, RawConfigError, FRAME_OVERHEAD};
-use crate::codec::{DecodeError, DecodeErrorKind, FrameDecoder, FrameEncoder, FrameParts, Framing};
+use crate::codec::{DecodeError, DecodeErrorKind, FrameDecoder, FrameEncoder, Framing};
 use crate::connection::{
     ConnectionCore, ConnectionError, Event, SendError, State, Stats, COALESCE, COPY_THRESHOLD,
 };
@@ -17,20 +17,11 @@ use crate::liveness::{DeathCause, Liveness, LivenessEvent, RttEstimate};
 use crate::machine::Machine;
 use crate::wire::CloseCode;
 
-/// A message waiting to be written: its framing computed at
-/// [`RawConnection::send`](Machine::send).
-#[derive(Debug)]
-struct Queued {
-    parts: FrameParts,
-    payload: Bytes,
-}
-
-impl From<Queued> for Bytes {
-    /// A message never written is handed back as its payload.
-    fn from(queued: Queued) -> Bytes {
-        queued.payload
-    }
-}
+/// A message waiting to be written: only its payload. Its framing was checked when it was
+/// queued ([`RawConnection::send`](Machine::send), or by the caller of
+/// [`send_checked`](Machine::send_checked)) and is written by [`poll_transmit`](Machine::poll_transmit),
+/// straight into the output (no header kept per queued message).
+type Queued = Bytes;
 
 /// How the write half is being closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,6 +150,31 @@ impl RawConnection {
         self.out(frame)
     }
 
+    /// Appends `payload`'s frame to `buf`. Its framing was checked when it was queued; one that
+    /// fails anyway (a [`send_checked`](Machine::send_checked) caller that did not check) is
+    /// dropped.
+    fn encode_into(&self, payload: &[u8], buf: &mut BytesMut) {
+        let encoded = self.framing.encode(payload, buf);
+        debug_assert!(encoded.is_ok(), "an unencodable message was queued");
+    }
+
+    /// Queues `payload`, whose framing is known to work.
+    fn enqueue(&mut self, payload: Bytes, now: Instant) -> Result<(), SendError> {
+        let cost = self.message_cost(payload.len());
+        let limit = self.config.max_queued_bytes;
+        if self.core.queued_bytes.saturating_add(cost) > limit {
+            return Err(SendError::QueueFull {
+                queued: self.core.queued_bytes,
+                len: cost,
+                limit,
+            });
+        }
+        self.core.queued_bytes += cost;
+        self.core.queue.push_back(payload);
+        self.core.touch_data(now);
+        Ok(())
+    }
+
     fn out(&mut self, chunk: Bytes) -> Bytes {
         self.core.count_out(chunk.len());
         chunk
@@ -170,7 +186,7 @@ impl RawConnection {
         self.core.queued_bytes = self
             .core
             .queued_bytes
-            .saturating_sub(self.message_cost(queued.payload.len()));
+            .saturating_sub(self.message_cost(queued.len()));
         self.core.stats.messages_out += 1;
         self.core.stats.data_out += 1;
         Some(queued)
@@ -353,12 +369,18 @@ impl Machine for RawConnection {
         }
         let data_allowed = self.state == State::Open || self.shutdown == Shutdown::AfterQueue;
         if data_allowed {
-            if let Some(Queued { parts, payload }) = self.pop_queued() {
+            while let Some(payload) = self.pop_queued() {
                 if let Some(lv) = &mut self.core.liveness {
                     lv.on_send_data(now);
                 }
                 let chunk = if payload.len() > COPY_THRESHOLD {
                     // Header, payload and trailer as separate chunks: the payload is not copied.
+                    let Ok(parts) = self.framing.frame_parts(&payload) else {
+                        // Checked when queued (the framing is a pure function of the payload):
+                        // only a `send_checked` caller that did not check gets here.
+                        debug_assert!(false, "an unencodable message was queued");
+                        continue;
+                    };
                     let mut chunks = [
                         Bytes::copy_from_slice(parts.head()),
                         payload,
@@ -370,31 +392,30 @@ impl Machine for RawConnection {
                     self.in_flight.extend(chunks);
                     first
                 } else {
-                    // Small frames go out together: the ones queued behind this one are glued
+                    // Small frames go out together: the ones queued behind this one are encoded
                     // into the same chunk (one allocation, one slot of a vectored write), up to
                     // COALESCE bytes, as protocol mode does.
-                    let len = parts.head.len() + payload.len() + parts.tail.len();
+                    let len = payload.len() + FRAME_OVERHEAD;
                     let room = if self.core.queue.is_empty() {
                         len
                     } else {
                         COALESCE.max(len)
                     };
                     let mut buf = BytesMut::with_capacity(room);
-                    buf.extend_from_slice(parts.head());
-                    buf.extend_from_slice(&payload);
-                    buf.extend_from_slice(parts.tail());
+                    self.encode_into(&payload, &mut buf);
                     while let Some(next) = self.core.queue.front() {
-                        let len =
-                            next.parts.head.len() + next.payload.len() + next.parts.tail.len();
-                        if next.payload.len() > COPY_THRESHOLD || buf.len() + len > COALESCE {
+                        if next.len() > COPY_THRESHOLD
+                            || buf.len() + next.len() + FRAME_OVERHEAD > COALESCE
+                        {
                             break;
                         }
-                        let Some(Queued { parts, payload }) = self.pop_queued() else {
+                        let Some(payload) = self.pop_queued() else {
                             break;
                         };
-                        buf.extend_from_slice(parts.head());
-                        buf.extend_from_slice(&payload);
-                        buf.extend_from_slice(parts.tail());
+                        self.encode_into(&payload, &mut buf);
+                    }
+                    if buf.is_empty() {
+                        continue;
                     }
                     buf.freeze()
                 };
@@ -466,23 +487,18 @@ impl Machine for RawConnection {
         if self.state != State::Open {
             return Err(SendError::Closed);
         }
-        let parts = self
-            .framing
-            .frame_parts(&payload)
-            .map_err(SendError::Unencodable)?;
-        let cost = self.message_cost(payload.len());
-        let limit = self.config.max_queued_bytes;
-        if self.core.queued_bytes.saturating_add(cost) > limit {
-            return Err(SendError::QueueFull {
-                queued: self.core.queued_bytes,
-                len: cost,
-                limit,
-            });
+        self.check_message(&payload)?;
+        self.enqueue(payload, now)
+    }
+
+    /// [`send`](Machine::send) for a payload that already passed
+    /// [`check_message`](Machine::check_message) on this connection: the framing is not asked
+    /// again (the frame is written by [`poll_transmit`](Machine::poll_transmit)).
+    fn send_checked(&mut self, payload: Bytes, now: Instant) -> Result<(), SendError> {
+        if self.state != State::Open {
+            return Err(SendError::Closed);
         }
-        self.core.queued_bytes += cost;
-        self.core.queue.push_back(Queued { parts, payload });
-        self.core.touch_data(now);
-        Ok(())
+        self.enqueue(payload, now)
     }
 
     /// Closes gracefully: [`Event::Closed`] now (with `code` and `reason`, `by_peer: false`),

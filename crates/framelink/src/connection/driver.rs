@@ -573,7 +573,8 @@ impl<M: Machine> Driver<M> {
     pub(super) fn send(&mut self, payload: Bytes, now: std::time::Instant) {
         let cost = self.machine.message_cost(payload.len());
         let len = payload.len();
-        match self.machine.send(payload, now) {
+        // Every `Command::Send` passed `handle::check`, which asks the same framing.
+        match self.machine.send_checked(payload, now) {
             Ok(()) => {
                 self.held += cost;
                 self.shared
@@ -626,7 +627,7 @@ impl<M: Machine> Driver<M> {
                         // Refuse sends before the application can see `Closed`: a send it
                         // makes after seeing it must fail, not be "queued" and dropped.
                         shared.budget.close();
-                        inner.closed = Some(Box::new(info.clone()));
+                        inner.closed = Some(info.clone());
                         inner.push_event(Event::Closed(info));
                         status_changed = true;
                     }
@@ -698,29 +699,29 @@ impl<M: Machine> Driver<M> {
                 Event::Message(payload)
             }
             // The machine's estimate already includes this sample.
-            proto::Event::Rtt(sample) => Event::Rtt(
+            proto::Event::Rtt(sample) => Event::Rtt(Box::new(
                 self.machine
                     .rtt()
                     .unwrap_or_else(|| RttEstimate::first(sample)),
-            ),
+            )),
             proto::Event::Idle(kind) => Event::Idle(kind),
             proto::Event::MessageDropped { len, peer_max } => {
                 Event::MessageDropped { len, peer_max }
             }
-            proto::Event::FrameDiscarded(error) => Event::FrameDiscarded(error),
+            proto::Event::FrameDiscarded(error) => Event::FrameDiscarded(Box::new(error)),
             proto::Event::Closed {
                 code,
                 reason,
                 by_peer,
                 error,
-            } => Event::Closed(CloseInfo {
+            } => Event::Closed(Box::new(CloseInfo {
                 code,
                 reason,
                 by_peer,
                 error,
                 raw: self.shared.framing.is_some(),
                 transport: self.transport.as_deref().cloned(),
-            }),
+            })),
             proto::Event::SessionRequest { id, proof, .. } => {
                 self.session_id = Some(id);
                 match &self.sessions {

@@ -13,6 +13,10 @@ use super::{CloseCode, ConnectionError, DecodeError, Hello, IdleKind, ResumeStat
 /// Exhaustive on purpose (like the sans-IO machine's events): whoever translates these
 /// (the [`Client`](crate::Client), the Python package, the CLI) matches every variant, so a new
 /// event is a compile error there rather than something that silently vanishes.
+///
+/// Small on purpose: every message crosses the connection's event queue as one `Event`, so the
+/// rare, large variants are boxed and [`Event::Message`] sets the size (40 bytes, checked by a
+/// test; a `Bytes` is 32).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// Protocol mode: the peer's HELLO was accepted, the connection is open. (Raw mode has no
@@ -26,8 +30,8 @@ pub enum Event {
     /// An application message from the peer.
     Message(Bytes),
     /// A ping / pong pair completed: the estimate with this sample (`latest`), the smoothed RTT
-    /// and its variation (RFC 6298), the minimum and the sample count.
-    Rtt(RttEstimate),
+    /// and its variation (RFC 6298), the minimum and the sample count. (Boxed: see above.)
+    Rtt(Box<RttEstimate>),
     /// A direction has been idle for its configured period.
     Idle(IdleKind),
     /// A message sent before the handshake (or while it completed) was larger than the peer
@@ -39,12 +43,13 @@ pub enum Event {
         peer_max: u32,
     },
     /// Raw mode: the framing skipped bad input and carries on (an oversize frame under the
-    /// `discard` policy, garbage before a magic). The frames around it are delivered.
-    FrameDiscarded(DecodeError),
-    /// Sessions: the session started, resumed, or was lost (see [`SessionEvent`]).
+    /// `discard` policy, garbage before a magic). The frames around it are delivered. (Boxed.)
+    FrameDiscarded(Box<DecodeError>),
+    /// Sessions: the session started, resumed, or was lost (see [`SessionEvent`]). (Not boxed:
+    /// it is no larger than a message, and can be matched in place.)
     Session(SessionEvent),
-    /// The connection is closing or closed; always the last event.
-    Closed(CloseInfo),
+    /// The connection is closing or closed; always the last event. (Boxed.)
+    Closed(Box<CloseInfo>),
 }
 
 /// What happened to an acknowledged session, as a connection ([`Event::Session`]) and a
@@ -184,5 +189,21 @@ impl fmt::Display for CloseInfo {
             write!(f, " ({transport})")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every message crosses the event queue (and the application's batches) as an `Event`:
+    /// the rare variants are boxed so that it stays the size of a message's `Bytes` and a tag.
+    #[test]
+    fn event_is_small() {
+        assert!(
+            std::mem::size_of::<Event>() <= std::mem::size_of::<Bytes>() + 8,
+            "Event is {} bytes",
+            std::mem::size_of::<Event>()
+        );
     }
 }

@@ -111,7 +111,7 @@ pub async fn connected(events: &mut impl Events) -> Hello {
 pub async fn closed(events: &mut impl Events) -> CloseInfo {
     loop {
         match event(events).await {
-            Some(Event::Closed(info)) => return info,
+            Some(Event::Closed(info)) => return *info,
             Some(Event::Message(m)) => panic!("unexpected message {m:?}"),
             Some(_) => {}
             None => panic!("event stream ended without Closed"),
