@@ -278,14 +278,14 @@ mod tests {
     }
 
     fn closed() -> Event {
-        Event::Closed(crate::connection::event::CloseInfo {
+        Event::Closed(Box::new(crate::connection::event::CloseInfo {
             code: framelink_proto::wire::CloseCode::GoingAway,
             reason: String::new(),
             by_peer: true,
             error: None,
             raw: false,
             transport: None,
-        })
+        }))
     }
 
     fn inner(events: Vec<Event>) -> Inner {
