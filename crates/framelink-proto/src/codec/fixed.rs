@@ -109,13 +109,18 @@ impl FrameDecoder for FixedLengthCodec {
 }
 
 impl FrameEncoder for FixedLengthCodec {
-    fn frame_parts(&self, payload: &[u8]) -> Result<FrameParts, EncodeError> {
+    fn check_payload(&self, payload: &[u8]) -> Result<(), EncodeError> {
         if payload.len() != self.config.length {
             return Err(EncodeError::WrongFixedLength {
                 length: payload.len(),
                 expected: self.config.length,
             });
         }
+        Ok(())
+    }
+
+    fn frame_parts(&self, payload: &[u8]) -> Result<FrameParts, EncodeError> {
+        self.check_payload(payload)?;
         Ok(FrameParts {
             head: InlineBytes::EMPTY,
             tail: InlineBytes::EMPTY,

@@ -183,6 +183,10 @@ impl FrameDecoder for Framing {
 
 impl FrameEncoder for Framing {
     #[inline]
+    fn check_payload(&self, payload: &[u8]) -> Result<(), EncodeError> {
+        dispatch_ref!(self, c => c.check_payload(payload))
+    }
+    #[inline]
     fn frame_parts(&self, payload: &[u8]) -> Result<FrameParts, EncodeError> {
         dispatch_ref!(self, c => c.frame_parts(payload))
     }
@@ -233,3 +237,60 @@ macro_rules! from_codec {
 }
 from_codec!(LengthFieldCodec => LengthField, VarintCodec => Varint, DelimiterCodec => Delimiter,
     LinesCodec => Lines, FixedLengthCodec => Fixed, NetstringCodec => Netstring, MagicCodec => Magic);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// One spec per codec, with limits small enough for random payloads to cross them.
+    const SPECS: &[&str] = &[
+        "length:1",
+        "length:2,le,offset=1,adjust=-3,max=300",
+        "length:4,max=100",
+        "length:3,adjust=5,max=1KiB",
+        "varint,max=200",
+        "lines,max=150",
+        "lines,crlf,max=150",
+        "delim:\"\\r\\n\"|00,max=250",
+        "fixed:64",
+        "netstring,max=120",
+        "magic:cafe,len=1,crc=crc32",
+        "magic:cafe,len=2,crc=crc32c,max=400",
+    ];
+
+    proptest! {
+        /// `check_payload` answers exactly as `frame_parts` does, error values included.
+        #[test]
+        fn check_payload_agrees_with_frame_parts(
+            spec in prop::sample::select(SPECS),
+            payload in prop::collection::vec(
+                prop_oneof![8 => any::<u8>(), 1 => Just(b'\n'), 1 => Just(b'\r'), 1 => Just(0u8)],
+                0..600,
+            ),
+        ) {
+            let framing: Framing = spec.parse().unwrap();
+            let checked = framing.check_payload(&payload);
+            let framed = framing.frame_parts(&payload).map(|_| ());
+            prop_assert_eq!(format!("{checked:?}"), format!("{framed:?}"), "{}", spec);
+        }
+    }
+
+    #[test]
+    fn check_payload_finds_each_limit() {
+        for (spec, ok, too_long) in [
+            ("length:1", 255, 256),
+            ("varint,max=200", 200, 201),
+            ("fixed:64", 64, 65),
+            ("netstring,max=120", 120, 121),
+            ("magic:cafe,len=1,crc=crc32", 255, 256),
+        ] {
+            let framing: Framing = spec.parse().unwrap();
+            assert!(framing.check_payload(&vec![b'a'; ok]).is_ok(), "{spec}");
+            assert!(
+                framing.check_payload(&vec![b'a'; too_long]).is_err(),
+                "{spec}"
+            );
+        }
+    }
+}

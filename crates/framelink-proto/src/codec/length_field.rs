@@ -398,6 +398,11 @@ impl LengthFieldCodec {
 
 impl FrameEncoder for LengthFieldCodec {
     #[inline]
+    fn check_payload(&self, payload: &[u8]) -> Result<(), EncodeError> {
+        self.field_value(payload.len()).map(|_| ())
+    }
+
+    #[inline]
     fn frame_parts(&self, payload: &[u8]) -> Result<FrameParts, EncodeError> {
         let field = self.length_field(payload.len())?;
         Ok(FrameParts::with_head(&field[..self.config.width]))

@@ -442,7 +442,8 @@ impl FrameDecoder for MagicCodec {
 }
 
 impl FrameEncoder for MagicCodec {
-    fn frame_parts(&self, payload: &[u8]) -> Result<FrameParts, EncodeError> {
+    /// The length checks only: the checksum is computed when the frame is built.
+    fn check_payload(&self, payload: &[u8]) -> Result<(), EncodeError> {
         let cfg = &self.config;
         if payload.len() > cfg.max_frame_length {
             return Err(EncodeError::FrameTooLong {
@@ -458,6 +459,13 @@ impl FrameEncoder for MagicCodec {
                 width: cfg.length_width as u8,
             });
         }
+        Ok(())
+    }
+
+    fn frame_parts(&self, payload: &[u8]) -> Result<FrameParts, EncodeError> {
+        self.check_payload(payload)?;
+        let cfg = &self.config;
+        let length = payload.len() as u64;
         let mut head = InlineBytes::from_slice(&cfg.magic);
         cfg.order
             .write_uint(length, head.push_zeroed(cfg.length_width));

@@ -211,6 +211,24 @@ pub trait FrameEncoder {
     /// The bytes to write before and after `payload`, or why it cannot be sent.
     fn frame_parts(&self, payload: &[u8]) -> Result<FrameParts, EncodeError>;
 
+    /// Whether `payload` can be framed, without building the frame: the same answer as
+    /// [`frame_parts`](Self::frame_parts), cheaper for codecs that decide from the length alone
+    /// (length field, varint, fixed, netstring, magic: no header written, no checksum computed).
+    /// A sender that checks a message when it is handed over and frames it later uses this.
+    ///
+    /// ```
+    /// use framelink_proto::codec::{FrameEncoder, LengthFieldCodec, LengthFieldConfig};
+    ///
+    /// let codec = LengthFieldCodec::new(LengthFieldConfig { width: 1, ..Default::default() })?;
+    /// assert!(codec.check_payload(&[0; 255]).is_ok());
+    /// assert!(codec.check_payload(&[0; 256]).is_err()); // a 1-byte field holds at most 255
+    /// # Ok::<(), framelink_proto::codec::ConfigError>(())
+    /// ```
+    #[inline]
+    fn check_payload(&self, payload: &[u8]) -> Result<(), EncodeError> {
+        self.frame_parts(payload).map(|_| ())
+    }
+
     /// Appends the complete frame for `payload` to `dst`. On error nothing is written.
     #[inline]
     fn encode(&self, payload: &[u8], dst: &mut BytesMut) -> Result<(), EncodeError> {

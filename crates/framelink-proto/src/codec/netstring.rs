@@ -400,13 +400,18 @@ impl FrameDecoder for NetstringCodec {
 }
 
 impl FrameEncoder for NetstringCodec {
-    fn frame_parts(&self, payload: &[u8]) -> Result<FrameParts, EncodeError> {
+    fn check_payload(&self, payload: &[u8]) -> Result<(), EncodeError> {
         if payload.len() > self.config.max_frame_length {
             return Err(EncodeError::FrameTooLong {
                 length: payload.len(),
                 limit: self.config.max_frame_length,
             });
         }
+        Ok(())
+    }
+
+    fn frame_parts(&self, payload: &[u8]) -> Result<FrameParts, EncodeError> {
+        self.check_payload(payload)?;
         // Decimal digits of the length, written from the end.
         let mut digits = [0u8; MAX_LENGTH_DIGITS];
         let mut start = digits.len();

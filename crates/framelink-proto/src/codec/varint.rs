@@ -212,13 +212,18 @@ impl FrameDecoder for VarintCodec {
 }
 
 impl FrameEncoder for VarintCodec {
-    fn frame_parts(&self, payload: &[u8]) -> Result<FrameParts, EncodeError> {
+    fn check_payload(&self, payload: &[u8]) -> Result<(), EncodeError> {
         if payload.len() > self.config.max_frame_length {
             return Err(EncodeError::FrameTooLong {
                 length: payload.len(),
                 limit: self.config.max_frame_length,
             });
         }
+        Ok(())
+    }
+
+    fn frame_parts(&self, payload: &[u8]) -> Result<FrameParts, EncodeError> {
+        self.check_payload(payload)?;
         let mut prefix = [0u8; VarintCodec::MAX_PREFIX_LEN];
         let n = write_varint(payload.len() as u64, &mut prefix);
         Ok(FrameParts {

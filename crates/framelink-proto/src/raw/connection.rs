@@ -572,8 +572,7 @@ impl Machine for RawConnection {
     /// [`SendError::Unencodable`] as [`send`](Machine::send).
     fn check_message(&self, payload: &[u8]) -> Result<(), SendError> {
         self.framing
-            .frame_parts(payload)
-            .map(|_| ())
+            .check_payload(payload)
             .map_err(SendError::Unencodable)
     }
 

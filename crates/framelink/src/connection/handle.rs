@@ -521,7 +521,7 @@ pub(super) fn check(shared: &Shared, payload: &Bytes) -> Result<usize, SendError
     }
     if let Some(framing) = &shared.framing {
         framing
-            .frame_parts(payload)
+            .check_payload(payload)
             .map_err(SendError::Unencodable)?;
     }
     let cost = payload.len().saturating_add(shared.overhead);
