@@ -461,6 +461,9 @@ fn append_without(dst: &mut BytesMut, src: &[u8], needle: u8) -> Result<(), usiz
 /// inline; longer payloads go to [`copy_without_long`]. On x86_64 the pass is SSE2 (16 bytes per
 /// step), AVX2 above 64 bytes when the CPU has it; elsewhere it is portable code that the compiler
 /// vectorises.
+/// (The lines encoder calls [`copy_without_short`] and [`copy_without_long`] directly, so that
+/// its own code stays small; on x86_64 this form serves the tests.)
+#[cfg(any(test, not(target_arch = "x86_64")))]
 #[inline]
 pub(crate) fn copy_without(
     dst: &mut [std::mem::MaybeUninit<u8>],
@@ -487,11 +490,11 @@ pub(crate) fn copy_without(
 
 /// What the out-of-line passes return when `src` holds no needle; otherwise they return an offset
 /// at or before the first needle, with none before it (for [`first_from`]).
-const CLEAN: usize = usize::MAX;
+pub(crate) const CLEAN: usize = usize::MAX;
 
 /// The first needle at or after `from` (earlier bytes are known to be clean).
 #[cold]
-fn first_from(src: &[u8], from: usize, needle: u8) -> usize {
+pub(crate) fn first_from(src: &[u8], from: usize, needle: u8) -> usize {
     from + memchr::memchr(needle, &src[from..]).expect("the copy saw the needle")
 }
 
@@ -499,7 +502,11 @@ fn first_from(src: &[u8], from: usize, needle: u8) -> usize {
 /// On x86_64 with AVX2 it is only the feature test and a jump to the AVX2 pass, a leaf function:
 /// no saved registers on the way. Requires `dst.len() == src.len()`.
 #[inline(never)]
-fn copy_without_long(dst: &mut [std::mem::MaybeUninit<u8>], src: &[u8], needle: u8) -> usize {
+pub(crate) fn copy_without_long(
+    dst: &mut [std::mem::MaybeUninit<u8>],
+    src: &[u8],
+    needle: u8,
+) -> usize {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx2") && src.len() > 64 {
@@ -699,6 +706,7 @@ mod x86 {
 /// Per block: load, compare, OR into an accumulator, store, all vector instructions. Each block
 /// size has its own accumulator (mixing widths in one array stalls on store forwarding), reduced
 /// once at the end: where the needle is only matters on the error path.
+#[cfg(any(test, not(target_arch = "x86_64")))]
 #[inline(always)]
 fn copy_checking_portable(dst: &mut [std::mem::MaybeUninit<u8>], src: &[u8], needle: u8) -> bool {
     const BLOCK: usize = 64;
