@@ -693,6 +693,26 @@ async fn client_resumed(client: &mut Client) -> u64 {
     .unwrap()
 }
 
+/// Sends `numbers` on the session, gives the server time to read (and acknowledge) them without
+/// the application taking any, cuts the link, and returns the connection the client resumed on
+/// and how many messages it resent.
+async fn send_then_cut(
+    server: &mut Server,
+    proxy: &SwitchProxy,
+    client: &mut Client,
+    rng: &mut impl Rng,
+    numbers: std::ops::RangeInclusive<u32>,
+) -> (Incoming, u64) {
+    for i in numbers {
+        client.send(message(i, rng)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.cut.notify_waiters();
+    let next = timeout(DEADLINE, server.accept()).await.unwrap().unwrap();
+    let resent = client_resumed(client).await;
+    (next, resent)
+}
+
 /// The connection hands out nothing for a while (it waits for an older one of its session).
 /// Only ever fails when the library is wrong: a correct one never answers.
 async fn holds_back(connection: &mut framelink::Connection, what: &str) {
@@ -768,16 +788,11 @@ async fn one_session() -> (Server, SwitchProxy, Client, Incoming, [u8; 16]) {
 async fn a_resumed_session_waits_on_the_new_connection_until_the_old_one_is_drained() {
     let (mut server, proxy, mut client, mut first, id) = one_session().await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-    for i in 1..=5 {
-        client.send(message(i, &mut rng)).await.unwrap();
-    }
-    // The server reads and acknowledges them; the application does not take them (yet).
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    proxy.cut.notify_waiters();
-
-    // The client resumes on a second connection, with nothing to resend.
-    let mut second = timeout(DEADLINE, server.accept()).await.unwrap().unwrap();
-    assert_eq!(client_resumed(&mut client).await, 0, "the server had 1..=5");
+    // The server reads and acknowledges 1..=5; the application does not take them (yet). The
+    // client resumes on a second connection, with nothing to resend.
+    let (mut second, resent) =
+        send_then_cut(&mut server, &proxy, &mut client, &mut rng, 1..=5).await;
+    assert_eq!(resent, 0, "the server had 1..=5");
     client.send(message(6, &mut rng)).await.unwrap();
     // Message 6 has reached the new connection, which holds it back (nor does it report the
     // session started: nothing of the session before the old connection is done) ...
@@ -799,13 +814,9 @@ async fn a_resumed_session_waits_on_the_new_connection_until_the_old_one_is_drai
 async fn dropping_the_old_connection_lets_the_new_one_go_on() {
     let (mut server, proxy, mut client, first, id) = one_session().await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(4);
-    for i in 1..=5 {
-        client.send(message(i, &mut rng)).await.unwrap();
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    proxy.cut.notify_waiters();
-    let mut second = timeout(DEADLINE, server.accept()).await.unwrap().unwrap();
-    assert_eq!(client_resumed(&mut client).await, 0, "the server had 1..=5");
+    let (mut second, resent) =
+        send_then_cut(&mut server, &proxy, &mut client, &mut rng, 1..=5).await;
+    assert_eq!(resent, 0, "the server had 1..=5");
     client.send(message(6, &mut rng)).await.unwrap();
     holds_back(&mut second.connection, "the new connection").await;
     // Its sending half alone does not hold the session's order: only the receiver does.
@@ -823,20 +834,8 @@ async fn dropping_the_old_connection_lets_the_new_one_go_on() {
 async fn chained_resumes_keep_the_order_of_every_connection() {
     let (mut server, proxy, mut client, mut a, id) = one_session().await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-    for i in 1..=5 {
-        client.send(message(i, &mut rng)).await.unwrap();
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    proxy.cut.notify_waiters();
-    let mut b = timeout(DEADLINE, server.accept()).await.unwrap().unwrap();
-    client_resumed(&mut client).await;
-    for i in 6..=8 {
-        client.send(message(i, &mut rng)).await.unwrap();
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    proxy.cut.notify_waiters();
-    let mut c = timeout(DEADLINE, server.accept()).await.unwrap().unwrap();
-    client_resumed(&mut client).await;
+    let (mut b, _) = send_then_cut(&mut server, &proxy, &mut client, &mut rng, 1..=5).await;
+    let (mut c, _) = send_then_cut(&mut server, &proxy, &mut client, &mut rng, 6..=8).await;
     client.send(message(9, &mut rng)).await.unwrap();
 
     holds_back(&mut c.connection, "C, before A and B").await;
