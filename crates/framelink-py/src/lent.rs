@@ -11,7 +11,7 @@
 //! - [`release`](LentBuffer::release) invalidates the view: Python code using it afterwards
 //!   gets a `ValueError` instead of writing into memory that may have moved. **The owner calls
 //!   it before anything that may touch the buffer** (grow, split, clear, free it); `lend` and
-//!   `commit` call it themselves.
+//!   `commit` call it themselves, and so does dropping the `LentBuffer` (with its owner).
 //!
 //! The memory is handed to Python as bytes, so it is initialised (zeroed) before it is lent;
 //! the region zeroed is remembered, so that lending the same memory again after a short read
@@ -135,5 +135,15 @@ impl LentBuffer {
         self.initialized -= nbytes;
         self.initialized_at += nbytes;
         Ok(())
+    }
+}
+
+impl Drop for LentBuffer {
+    /// The owner and its buffer are going away: a view still lent must not outlive them (the
+    /// memoryview holds no reference to its owner).
+    fn drop(&mut self) {
+        if self.lent.is_some() {
+            Python::with_gil(|py| self.release(py));
+        }
     }
 }

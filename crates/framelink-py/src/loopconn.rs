@@ -35,7 +35,8 @@ pub struct LoopMachine {
     /// handed over on the loop's clock.
     epoch: Instant,
     epoch_loop: f64,
-    /// The machine's receive buffer lent by `get_buffer`, released before the buffer can move.
+    /// The machine's receive buffer lent by `get_buffer`, released before every call that may
+    /// touch that buffer (input, timeout, send, close: a frame timeout or an abort frees it).
     lent: LentBuffer,
 }
 
@@ -177,6 +178,7 @@ impl LoopMachine {
 
     /// The deadline timer fired.
     fn timeout<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        self.lent.release(py);
         self.machine.handle_timeout(Instant::now());
         self.outputs(py)
     }
@@ -187,6 +189,7 @@ impl LoopMachine {
         py: Python<'py>,
         payloads: &Bound<'py, PyAny>,
     ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        self.lent.release(py);
         let now = Instant::now();
         // Small payloads are copied into one buffer and sent as slices of it: one allocation
         // per batch instead of one per message. Large `bytes` are shared (no copy).
@@ -218,6 +221,7 @@ impl LoopMachine {
     /// Closes gracefully; same tuple as `buffer_updated`.
     #[pyo3(signature = (reason = ""))]
     fn close<'py>(&mut self, py: Python<'py>, reason: &str) -> PyResult<Bound<'py, PyTuple>> {
+        self.lent.release(py);
         self.machine
             .close(CloseCode::Normal, reason, Instant::now());
         self.outputs(py)
