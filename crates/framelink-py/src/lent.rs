@@ -40,7 +40,10 @@ struct Lent {
 pub struct LentBuffer {
     lent: Option<Lent>,
     /// Bytes from `initialized_at` known to be initialised: the spare capacity zeroed when lent
-    /// and not committed since. Forgotten when the spare capacity starts elsewhere.
+    /// and not committed since. Forgotten when the spare capacity starts elsewhere. Only the
+    /// address is compared: were the owner's buffer freed and a new one allocated with its
+    /// spare capacity at that very address, its bytes would be taken as zeroed (Python would
+    /// see old heap contents there, and a caller lying about `nbytes` would commit them).
     initialized: usize,
     initialized_at: usize,
 }
@@ -122,8 +125,8 @@ impl LentBuffer {
         if nbytes > len {
             return Err(beyond(nbytes, len));
         }
-        // The owner released the view before touching `buf`, so the region is still `buf`'s
-        // spare capacity; checked, since `set_len` below relies on it.
+        // The view was still lent, and the owner releases it before touching `buf`: the region
+        // is still `buf`'s spare capacity. Checked all the same, since `set_len` relies on it.
         if spare_start(buf) != start || buf.capacity() - buf.len() < len {
             return Err(PyBufferError::new_err(
                 "the buffer lent was moved before buffer_updated",
