@@ -6,22 +6,18 @@
 //! `take_errors` so that the frames around them are returned; a fatal error is raised with the
 //! frames decoded before it attached (`err.frames`).
 
-use std::ffi::c_char;
-
 use bytes::{Bytes, BytesMut};
 use framelink::{DecodeError, FrameDecoder, FrameEncoder, Framing};
-use pyo3::exceptions::{PyBufferError, PyValueError};
-use pyo3::ffi;
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyByteArray, PyBytes, PyList};
 
 use crate::errors;
+use crate::lent::LentBuffer;
 
 /// Lent by `get_buffer` when the caller gives no size hint.
 const DEFAULT_LEND: usize = 64 * 1024;
-/// `PyBUF_WRITE` of CPython's `memoryobject.h` (a writable memoryview).
-const PYBUF_WRITE: std::ffi::c_int = 0x200;
 /// Recoverable errors kept for `take_errors` at most (the count goes on).
 const KEPT_ERRORS: usize = 64;
 
@@ -85,12 +81,8 @@ pub fn frames_to_list<'py>(py: Python<'py>, frames: &[Bytes]) -> PyResult<Bound<
 pub struct Decoder {
     framing: Framing,
     buf: BytesMut,
-    /// The memoryview lent by `get_buffer`, released before the buffer can move.
-    lent: Option<(Py<PyAny>, usize)>,
-    /// Bytes after `buf`'s end known to be initialised, and where that region started (it is
-    /// forgotten when the buffer moves).
-    initialized: usize,
-    initialized_at: usize,
+    /// `buf`'s free space lent by `get_buffer`, released before the buffer can move.
+    lent: LentBuffer,
     /// A fatal error ends the stream: raised again by every later call.
     failed: Option<DecodeError>,
     ended: bool,
@@ -126,18 +118,6 @@ impl Decoder {
         }
     }
 
-    /// Invalidates a lent memoryview: Python code using it afterwards gets a `ValueError`
-    /// instead of writing into memory that may have moved.
-    fn release_lent(&mut self, py: Python<'_>) {
-        if let Some((view, _)) = self.lent.take() {
-            let _ = view.bind(py).call_method0("release");
-        }
-    }
-
-    fn spare_start(&self) -> usize {
-        self.buf.as_ptr() as usize + self.buf.len()
-    }
-
     fn check_open(&self, py: Python<'_>) -> PyResult<()> {
         if self.ended {
             return Err(PyValueError::new_err("feed after feed_eof"));
@@ -156,9 +136,7 @@ impl Decoder {
         Ok(Decoder {
             framing: parse_spec(py, spec)?,
             buf: BytesMut::new(),
-            lent: None,
-            initialized: 0,
-            initialized_at: 0,
+            lent: LentBuffer::default(),
             failed: None,
             ended: false,
             errors: Vec::new(),
@@ -172,7 +150,7 @@ impl Decoder {
         py: Python<'py>,
         data: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyList>> {
-        self.release_lent(py);
+        self.lent.release(py);
         self.check_open(py)?;
         with_bytes(data, |d| self.buf.extend_from_slice(d))?;
         let frames = self.decode_all(py, false)?;
@@ -181,7 +159,7 @@ impl Decoder {
 
     /// The stream ended: returns the last frames; a partial frame left raises `TruncatedFrame`.
     fn feed_eof<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        self.release_lent(py);
+        self.lent.release(py);
         if self.ended {
             return PyList::new(py, Vec::<Bound<'py, PyBytes>>::new());
         }
@@ -195,40 +173,14 @@ impl Decoder {
     /// next call on this decoder (it is released then).
     #[pyo3(signature = (sizehint = -1))]
     fn get_buffer(&mut self, py: Python<'_>, sizehint: isize) -> PyResult<Py<PyAny>> {
-        self.release_lent(py);
+        self.lent.release(py);
         self.check_open(py)?;
         let want = if sizehint > 0 {
             (sizehint as usize).min(16 * DEFAULT_LEND)
         } else {
             DEFAULT_LEND
         };
-        let before = self.spare_start();
-        self.buf.reserve(want);
-        let start = self.spare_start();
-        if start != before || start != self.initialized_at {
-            self.initialized = 0;
-        }
-        let spare = self.buf.spare_capacity_mut();
-        let len = spare.len().min(16 * DEFAULT_LEND);
-        // The lent memory is handed to Python as bytes: it must hold initialised values.
-        if self.initialized < len {
-            for b in &mut spare[self.initialized..len] {
-                b.write(0);
-            }
-            self.initialized = len;
-        }
-        self.initialized_at = start;
-        let ptr = spare.as_mut_ptr() as *mut c_char;
-        // Safety: `ptr..ptr+len` is this decoder's initialised spare capacity; it stays valid
-        // until the buffer is touched again, and every method that touches it first releases
-        // the view (a released memoryview refuses all access).
-        let view = unsafe {
-            let raw = ffi::PyMemoryView_FromMemory(ptr, len as ffi::Py_ssize_t, PYBUF_WRITE);
-            Bound::from_owned_ptr_or_err(py, raw)?
-        };
-        let view = view.unbind();
-        self.lent = Some((view.clone_ref(py), len));
-        Ok(view)
+        self.lent.lend(py, &mut self.buf, want, 16 * DEFAULT_LEND)
     }
 
     /// `nbytes` were written at the start of the buffer from `get_buffer`: returns every frame
@@ -238,23 +190,11 @@ impl Decoder {
         py: Python<'py>,
         nbytes: usize,
     ) -> PyResult<Bound<'py, PyList>> {
-        let lent = self.lent.as_ref().map(|(_, len)| *len);
-        self.release_lent(py);
-        let Some(len) = lent else {
-            return Err(PyBufferError::new_err(
-                "buffer_updated without a buffer from get_buffer",
-            ));
-        };
-        if nbytes > len {
-            return Err(PyValueError::new_err(format!(
+        self.lent.commit(py, &mut self.buf, nbytes, |nbytes, len| {
+            PyValueError::new_err(format!(
                 "buffer_updated({nbytes}) but the buffer lent holds {len} bytes"
-            )));
-        }
-        // Safety: the first `nbytes` of the spare capacity were initialised (zeroed when lent,
-        // then written by the caller).
-        unsafe { self.buf.set_len(self.buf.len() + nbytes) };
-        self.initialized -= nbytes;
-        self.initialized_at += nbytes;
+            ))
+        })?;
         let frames = self.decode_all(py, false)?;
         frames_to_list(py, &frames)
     }

@@ -5,6 +5,8 @@
 //!   from Python in batches.
 //! - `server`: `Server`, the tokio layer's server.
 //! - `runtime`: the background I/O runtime and the `Hub` that wakes asyncio loops.
+//! - `lent`: `LentBuffer`, a buffer's free space lent to Python for `recv_into` /
+//!   `BufferedProtocol` (`get_buffer` / `buffer_updated`), used by `Decoder` and `LoopMachine`.
 //! - `config`: keyword options into the tokio layer's configuration.
 //! - `errors`: Rust errors as the exceptions of `framelink.errors`.
 //!
@@ -13,6 +15,7 @@
 mod codec;
 mod config;
 mod errors;
+mod lent;
 mod link;
 mod loopconn;
 mod runtime;

@@ -9,7 +9,6 @@
 //! deadline on the loop's clock (one `call_at` timer). It has no reconnect, backoff or sessions:
 //! those live in the tokio layer's client, which `framelink.connect()` uses.
 
-use std::ffi::c_char;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -18,17 +17,15 @@ use framelink::proto::machine::Machine;
 use framelink::proto::raw::RawConnection;
 use framelink::proto::wire::CloseCode;
 use framelink::Protocol;
-use pyo3::exceptions::{PyBufferError, PyValueError};
-use pyo3::ffi;
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
+use crate::lent::LentBuffer;
 use crate::{config, errors};
 
 /// Read size lent when the machine knows nothing better.
 const READ_SIZE: usize = 256 * 1024;
-/// `PyBUF_WRITE` of CPython's `memoryobject.h`.
-const PYBUF_WRITE: std::ffi::c_int = 0x200;
 
 /// One connection's machine, for an event-loop driver.
 #[pyclass(module = "framelink._native", unsendable)]
@@ -38,20 +35,12 @@ pub struct LoopMachine {
     /// handed over on the loop's clock.
     epoch: Instant,
     epoch_loop: f64,
-    lent: Option<(Py<PyAny>, usize)>,
-    /// Bytes after the buffer's end known to be initialised, and where that region started
-    /// (forgotten when the buffer moves): lending the same memory again does not zero it again.
-    initialized: usize,
-    initialized_at: usize,
+    /// The machine's receive buffer lent by `get_buffer`, released before every call that may
+    /// touch that buffer (input, timeout, send, close: a frame timeout or an abort frees it).
+    lent: LentBuffer,
 }
 
 impl LoopMachine {
-    fn release_lent(&mut self, py: Python<'_>) {
-        if let Some((view, _)) = self.lent.take() {
-            let _ = view.bind(py).call_method0("release");
-        }
-    }
-
     fn deadline(&self) -> Option<f64> {
         self.machine
             .poll_timeout()
@@ -145,9 +134,7 @@ impl LoopMachine {
             machine,
             epoch,
             epoch_loop: now,
-            lent: None,
-            initialized: 0,
-            initialized_at: 0,
+            lent: LentBuffer::default(),
         })
     }
 
@@ -159,38 +146,13 @@ impl LoopMachine {
     /// A writable memoryview of the machine's free receive buffer.
     #[pyo3(signature = (sizehint = -1))]
     fn get_buffer(&mut self, py: Python<'_>, sizehint: isize) -> PyResult<Py<PyAny>> {
-        self.release_lent(py);
         let pending = self.machine.pending_frame_len();
         let buf = self.machine.recv_buf();
         let mut want = READ_SIZE.max(usize::try_from(sizehint).unwrap_or(0));
         if let Some(p) = pending {
             want = want.max(p.saturating_sub(buf.len()));
         }
-        buf.reserve(want);
-        let start = buf.as_ptr() as usize + buf.len();
-        if start != self.initialized_at {
-            self.initialized = 0;
-        }
-        let spare = buf.spare_capacity_mut();
-        let len = spare.len();
-        // Lent memory must be initialised to be seen as bytes.
-        if self.initialized < len {
-            for b in &mut spare[self.initialized..len] {
-                b.write(0);
-            }
-            self.initialized = len;
-        }
-        self.initialized_at = start;
-        let ptr = spare.as_mut_ptr() as *mut c_char;
-        // Safety: the spare capacity stays put until the buffer is touched again; every method
-        // that touches it first releases the view.
-        let view = unsafe {
-            let raw = ffi::PyMemoryView_FromMemory(ptr, len as ffi::Py_ssize_t, PYBUF_WRITE);
-            Bound::from_owned_ptr_or_err(py, raw)?
-        }
-        .unbind();
-        self.lent = Some((view.clone_ref(py), len));
-        Ok(view)
+        self.lent.lend(py, buf, want, usize::MAX)
     }
 
     /// `nbytes` were read into the buffer from `get_buffer`.
@@ -199,36 +161,24 @@ impl LoopMachine {
         py: Python<'py>,
         nbytes: usize,
     ) -> PyResult<Bound<'py, PyTuple>> {
-        let lent = self.lent.as_ref().map(|(_, len)| *len);
-        self.release_lent(py);
-        let Some(len) = lent else {
-            return Err(PyBufferError::new_err(
-                "buffer_updated without a buffer from get_buffer",
-            ));
-        };
-        if nbytes > len {
-            return Err(PyValueError::new_err(
-                "buffer_updated beyond the buffer lent",
-            ));
-        }
-        let buf = self.machine.recv_buf();
-        // Safety: initialised when lent, then written by the transport.
-        unsafe { buf.set_len(buf.len() + nbytes) };
-        self.initialized -= nbytes;
-        self.initialized_at += nbytes;
+        self.lent
+            .commit(py, self.machine.recv_buf(), nbytes, |_, _| {
+                PyValueError::new_err("buffer_updated beyond the buffer lent")
+            })?;
         self.machine.process_input(Instant::now());
         self.outputs(py)
     }
 
     /// The peer ended the stream (or the transport failed).
     fn eof<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
-        self.release_lent(py);
+        self.lent.release(py);
         self.machine.handle_eof(Instant::now());
         self.outputs(py)
     }
 
     /// The deadline timer fired.
     fn timeout<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        self.lent.release(py);
         self.machine.handle_timeout(Instant::now());
         self.outputs(py)
     }
@@ -239,6 +189,7 @@ impl LoopMachine {
         py: Python<'py>,
         payloads: &Bound<'py, PyAny>,
     ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        self.lent.release(py);
         let now = Instant::now();
         // Small payloads are copied into one buffer and sent as slices of it: one allocation
         // per batch instead of one per message. Large `bytes` are shared (no copy).
@@ -270,6 +221,7 @@ impl LoopMachine {
     /// Closes gracefully; same tuple as `buffer_updated`.
     #[pyo3(signature = (reason = ""))]
     fn close<'py>(&mut self, py: Python<'py>, reason: &str) -> PyResult<Bound<'py, PyTuple>> {
+        self.lent.release(py);
         self.machine
             .close(CloseCode::Normal, reason, Instant::now());
         self.outputs(py)

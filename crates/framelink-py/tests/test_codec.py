@@ -405,6 +405,12 @@ def test_buffer_updated_checks() -> None:
         d.buffer_updated(len(view) + 1)
 
 
+def test_get_buffer_view_released_with_its_decoder() -> None:
+    view = Decoder("length:4").get_buffer()  # the decoder, and its buffer, go at once
+    with pytest.raises(ValueError):
+        view[0] = 1
+
+
 def test_get_buffer_with_a_real_socket_pair() -> None:
     import socket
 

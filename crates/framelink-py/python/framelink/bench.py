@@ -90,7 +90,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple
 
 KIB = 1024
 MIB = 1024 * 1024
@@ -225,29 +225,47 @@ class Meter:
 # ---------------------------------------------------------------------------------------------
 
 
+async def _echo_loop(
+    load: Load,
+    meter_args: Tuple[float, float],
+    recv: Callable[[], Awaitable[Sequence[bytes]]],
+    send: Callable[[int], Awaitable[None]],
+) -> Meter:
+    """The load pattern of the coroutine clients: the window sent at the start, then every batch
+    of echoes (``await recv()``) checked, counted and replaced by as many new messages
+    (``await send(n)``), until the measurement is over and every echo is in."""
+    meter = Meter(*meter_args)
+    check, add = load.check, meter.add
+    await send(load.window)
+    while True:
+        n = check(await recv())
+        add(n)
+        if meter.stop:
+            if load.in_flight == 0:
+                return meter
+            continue
+        await send(n)
+
+
 async def run_streams(host: str, port: int, load: Load, meter_args: Tuple[float, float]) -> Meter:
     reader, writer = await asyncio.open_connection(host, port)
     readexactly = reader.readexactly
     write = writer.write
     chunk = max(1, load.window // 4)
-    meter = Meter(*meter_args)
-    for frame in load.next_frames(load.window):
-        write(frame)
-    await writer.drain()
-    while True:
-        n = min(chunk, load.in_flight)
+
+    async def recv() -> List[bytes]:
         echoes = []
-        for _ in range(n):
+        for _ in range(min(chunk, load.in_flight)):
             header = await readexactly(4)
             echoes.append(await readexactly(int.from_bytes(header, "big")))
-        meter.add(load.check(echoes))
-        if meter.stop:
-            if load.in_flight == 0:
-                break
-            continue
+        return echoes
+
+    async def send(n: int) -> None:
         for frame in load.next_frames(n):
             write(frame)
         await writer.drain()
+
+    meter = await _echo_loop(load, meter_args, recv, send)
     writer.close()
     try:
         await writer.wait_closed()
@@ -256,20 +274,76 @@ async def run_streams(host: str, port: int, load: Load, meter_args: Tuple[float,
     return meter
 
 
-class _EchoProtocol(asyncio.Protocol):
+async def run_framelink(
+    host: str, port: int, load: Load, meter_args: Tuple[float, float], framing: Optional[str]
+) -> Meter:
+    import framelink
+
+    client = await framelink.connect(host, port, framing=framing)
+    recv_many, send_many, window = client.recv_many, client.send_many, load.window
+    try:
+        return await _echo_loop(
+            load, meter_args, lambda: recv_many(window), lambda n: send_many(load.next_payloads(n))
+        )
+    finally:
+        await client.close()
+
+
+class _EchoCallbacks(asyncio.BaseProtocol):
+    """The load pattern of the event-loop (callback) clients: the window sent at the start
+    (``_begin``), then every batch of echoes the client decodes handed to ``_received``:
+    checked, counted and replaced by as many new messages; ``done`` is set when the measurement
+    is over and every echo is in, or on failure. A client states how it reads and how it sends
+    the next ``n`` messages (``_send``)."""
+
     def __init__(self, load: Load, meter_args: Tuple[float, float]) -> None:
         self.load = load
         self.meter_args = meter_args
         self.meter: Optional[Meter] = None
-        self.buf = bytearray()
         self.done: "asyncio.Future[None]" = asyncio.get_running_loop().create_future()
         self.transport: Any = None
-        self.unpack_from = struct.Struct(">I").unpack_from
+
+    def _send(self, n: int) -> None:
+        raise NotImplementedError
+
+    def _begin(self) -> None:
+        self.meter = Meter(*self.meter_args)
+        self._send(self.load.window)
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
-        self.meter = Meter(*self.meter_args)
-        transport.write(b"".join(self.load.next_frames(self.load.window)))
+        self._begin()
+
+    def _received(self, messages: List[bytes]) -> None:
+        try:
+            n = self.load.check(messages)
+        except BadEcho as exc:
+            if not self.done.done():
+                self.done.set_exception(exc)
+            self.transport.abort()
+            return
+        meter = self.meter
+        assert meter is not None
+        meter.add(n)
+        if meter.stop:
+            if self.load.in_flight == 0 and not self.done.done():
+                self.done.set_result(None)
+            return
+        self._send(n)
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        if not self.done.done():
+            self.done.set_exception(exc or ConnectionError("connection closed during the run"))
+
+
+class _EchoProtocol(_EchoCallbacks, asyncio.Protocol):
+    def __init__(self, load: Load, meter_args: Tuple[float, float]) -> None:
+        super().__init__(load, meter_args)
+        self.buf = bytearray()
+        self.unpack_from = struct.Struct(">I").unpack_from
+
+    def _send(self, n: int) -> None:
+        self.transport.write(b"".join(self.load.next_frames(n)))
 
     def _parse(self, src: Any, end: int) -> Tuple[List[bytes], int]:
         unpack_from = self.unpack_from
@@ -295,97 +369,54 @@ class _EchoProtocol(asyncio.Protocol):
             messages, pos = self._parse(data, len(data))
             if pos < len(data):
                 buf += memoryview(data)[pos:]
-        if not messages:
-            return
-        try:
-            n = self.load.check(messages)
-        except BadEcho as exc:
-            if not self.done.done():
-                self.done.set_exception(exc)
-            self.transport.abort()
-            return
-        meter = self.meter
-        assert meter is not None
-        meter.add(n)
-        if meter.stop:
-            if self.load.in_flight == 0 and not self.done.done():
-                self.done.set_result(None)
-            return
-        self.transport.write(b"".join(self.load.next_frames(n)))
-
-    def connection_lost(self, exc: Optional[Exception]) -> None:
-        if not self.done.done():
-            self.done.set_exception(exc or ConnectionError("connection closed during the run"))
+        if messages:
+            self._received(messages)
 
 
-class _DecoderProtocol(asyncio.BufferedProtocol):
+class _DecoderProtocol(_EchoCallbacks, asyncio.BufferedProtocol):
     """framelink's sans-IO codecs in the event loop: reads land in the decoder's buffer."""
 
     def __init__(self, load: Load, meter_args: Tuple[float, float]) -> None:
         from framelink import Decoder, Encoder
 
-        self.load = load
-        self.meter_args = meter_args
-        self.meter: Optional[Meter] = None
+        super().__init__(load, meter_args)
         self.decoder = Decoder("length:4,max=16MiB")
         self.encode_many = Encoder("length:4").encode_many
-        self.done: "asyncio.Future[None]" = asyncio.get_running_loop().create_future()
-        self.transport: Any = None
 
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-        self.meter = Meter(*self.meter_args)
-        transport.write(self.encode_many(self.load.next_payloads(self.load.window)))
+    def _send(self, n: int) -> None:
+        self.transport.write(self.encode_many(self.load.next_payloads(n)))
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.decoder.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
         messages = self.decoder.buffer_updated(nbytes)
-        if not messages:
-            return
-        try:
-            n = self.load.check(messages)
-        except BadEcho as exc:
-            if not self.done.done():
-                self.done.set_exception(exc)
-            self.transport.abort()
-            return
-        meter = self.meter
-        assert meter is not None
-        meter.add(n)
-        if meter.stop:
-            if self.load.in_flight == 0 and not self.done.done():
-                self.done.set_result(None)
-            return
-        self.transport.write(self.encode_many(self.load.next_payloads(n)))
-
-    def connection_lost(self, exc: Optional[Exception]) -> None:
-        if not self.done.done():
-            self.done.set_exception(exc or ConnectionError("connection closed during the run"))
+        if messages:
+            self._received(messages)
 
 
-class _LoopProtocol(asyncio.BufferedProtocol):
+class _LoopProtocol(_EchoCallbacks, asyncio.BufferedProtocol):
     """A sans-IO machine (raw or protocol v1) driven by the event loop: no I/O thread."""
 
     def __init__(self, load: Load, meter_args: Tuple[float, float], framing: Optional[str]) -> None:
         from framelink._native import LoopMachine
 
+        super().__init__(load, meter_args)
         #: Raw mode opens with TCP; protocol mode once the handshake's ``connected`` event comes.
         self.raw = framing is not None
-        self.load = load
-        self.meter_args = meter_args
-        self.meter: Optional[Meter] = None
         self.loop = asyncio.get_running_loop()
         options: Dict[str, Any] = {}
         if framing is not None:
             options["framing"] = framing
         self.machine = LoopMachine(options, self.loop.time())
-        self.done: "asyncio.Future[None]" = self.loop.create_future()
-        self.transport: Any = None
         self.timer: Any = None
         self.timer_at: Optional[float] = None
         self.started = False
+
+    def _send(self, n: int) -> None:
+        data = self.machine.send_many(self.load.next_payloads(n))
+        if data:
+            self.transport.write(data)
 
     def _arm(self, deadline: Optional[float]) -> None:
         if deadline is None:
@@ -421,10 +452,7 @@ class _LoopProtocol(asyncio.BufferedProtocol):
         if self.started:
             return
         self.started = True
-        self.meter = Meter(*self.meter_args)
-        data = self.machine.send_many(self.load.next_payloads(self.load.window))
-        if data:
-            self.transport.write(data)
+        self._begin()
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -438,25 +466,6 @@ class _LoopProtocol(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         self._handle(self.machine.buffer_updated(nbytes))
 
-    def _received(self, messages: List[bytes]) -> None:
-        try:
-            n = self.load.check(messages)
-        except BadEcho as exc:
-            if not self.done.done():
-                self.done.set_exception(exc)
-            self.transport.abort()
-            return
-        meter = self.meter
-        assert meter is not None
-        meter.add(n)
-        if meter.stop:
-            if self.load.in_flight == 0 and not self.done.done():
-                self.done.set_result(None)
-            return
-        data = self.machine.send_many(self.load.next_payloads(n))
-        if data:
-            self.transport.write(data)
-
     def eof_received(self) -> Optional[bool]:
         self._handle(self.machine.eof())
         return True
@@ -464,33 +473,12 @@ class _LoopProtocol(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Optional[Exception]) -> None:
         if self.timer is not None:
             self.timer.cancel()
-        if not self.done.done():
-            self.done.set_exception(exc or ConnectionError("connection closed during the run"))
+        super().connection_lost(exc)
 
 
-async def run_loop_machine(
-    host: str, port: int, load: Load, meter_args: Tuple[float, float], framing: Optional[str]
-) -> Meter:
+async def run_callbacks(host: str, port: int, factory: Callable[[], _EchoCallbacks]) -> Meter:
+    """Runs one callback client (``factory``) to the end of its measurement."""
     loop = asyncio.get_running_loop()
-    transport, proto = await loop.create_connection(
-        lambda: _LoopProtocol(load, meter_args, framing), host, port
-    )
-    try:
-        await proto.done
-    finally:
-        transport.close()
-    meter: Optional[Meter] = proto.meter
-    assert meter is not None
-    return meter
-
-
-async def run_protocol(
-    host: str, port: int, load: Load, meter_args: Tuple[float, float], decoder: bool = False
-) -> Meter:
-    loop = asyncio.get_running_loop()
-    factory: Callable[[], Any] = lambda: _EchoProtocol(load, meter_args)  # noqa: E731
-    if decoder:
-        factory = lambda: _DecoderProtocol(load, meter_args)  # noqa: E731
     transport, proto = await loop.create_connection(factory, host, port)
     try:
         await proto.done
@@ -498,30 +486,6 @@ async def run_protocol(
         transport.close()
     meter: Optional[Meter] = proto.meter
     assert meter is not None
-    return meter
-
-
-async def run_framelink(
-    host: str, port: int, load: Load, meter_args: Tuple[float, float], framing: Optional[str]
-) -> Meter:
-    import framelink
-
-    client = await framelink.connect(host, port, framing=framing)
-    try:
-        meter = Meter(*meter_args)
-        window = load.window
-        await client.send_many(load.next_payloads(window))
-        recv_many, send_many, check, add = client.recv_many, client.send_many, load.check, meter.add
-        while True:
-            n = check(await recv_many(window))
-            add(n)
-            if meter.stop:
-                if load.in_flight == 0:
-                    break
-                continue
-            await send_many(load.next_payloads(n))
-    finally:
-        await client.close()
     return meter
 
 
@@ -548,22 +512,22 @@ def worker_throughput(args: argparse.Namespace) -> Dict[str, Any]:
     meter_args = (args.warmup, args.duration)
     base = args.worker.replace("-uvloop", "")
 
-    async def main() -> Meter:
-        if base == "streams":
-            return await run_streams(host, port, load, meter_args)
-        if base == "protocol":
-            return await run_protocol(host, port, load, meter_args)
-        if base == "decoder":
-            return await run_protocol(host, port, load, meter_args, decoder=True)
-        if base == "framelink-raw":
-            return await run_framelink(host, port, load, meter_args, "length:4")
-        if base == "framelink-proto":
-            return await run_framelink(host, port, load, meter_args, None)
-        if base == "loop-raw":
-            return await run_loop_machine(host, port, load, meter_args, "length:4")
-        if base == "loop-proto":
-            return await run_loop_machine(host, port, load, meter_args, None)
+    clients: Dict[str, Callable[[], Awaitable[Meter]]] = {
+        "streams": lambda: run_streams(host, port, load, meter_args),
+        "protocol": lambda: run_callbacks(host, port, lambda: _EchoProtocol(load, meter_args)),
+        "decoder": lambda: run_callbacks(host, port, lambda: _DecoderProtocol(load, meter_args)),
+        "framelink-raw": lambda: run_framelink(host, port, load, meter_args, "length:4"),
+        "framelink-proto": lambda: run_framelink(host, port, load, meter_args, None),
+        "loop-raw": lambda: run_callbacks(
+            host, port, lambda: _LoopProtocol(load, meter_args, "length:4")
+        ),
+        "loop-proto": lambda: run_callbacks(
+            host, port, lambda: _LoopProtocol(load, meter_args, None)
+        ),
+    }
+    if base not in clients:
         raise SystemExit(f"unknown worker {args.worker!r}")
+    main = clients[base]
 
     meter = _run_loop(main, args.worker.endswith("-uvloop"))
     if load.received != load.sent:
