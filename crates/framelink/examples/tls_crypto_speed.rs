@@ -16,14 +16,23 @@
 //! - `rustls`: a rustls client and server connected in memory, the client writing 64 KiB
 //!   messages and the server reading them back out: one seal, one open and rustls' copies per
 //!   byte, i.e. one direction of one hop. An echo over TLS does this twice per message.
+//! - `rustls unbuffered`: the same over rustls' unbuffered API (`UnbufferedClientConnection`
+//!   encrypting each message into one output buffer, `UnbufferedServerConnection` decrypting it
+//!   where it lies and the plaintext copied out record by record), to compare the two APIs'
+//!   costs. In rustls 0.23 the unbuffered API still copies: each record's plaintext into a
+//!   fresh `Vec` before `ReadTraffic::next_record` lends it, and each outgoing record into a
+//!   fresh `Vec` before copying it into the caller's buffer.
 
 use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
+use rustls::client::UnbufferedClientConnection;
 use rustls::crypto::{ring as provider, CryptoProvider};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::ConnectionState;
 use rustls::{ClientConnection, RootCertStore, ServerConnection, SupportedCipherSuite};
 
 const MEASURE: Duration = Duration::from_millis(1500);
@@ -115,8 +124,8 @@ fn ring_aead(alg: &'static aead::Algorithm) -> (f64, f64) {
     (seal, open)
 }
 
-/// A client and a server of `suite` over memory, handshake done.
-fn pair(suite: SupportedCipherSuite) -> (ClientConnection, ServerConnection) {
+/// A client and a server configuration of `suite`, the client trusting the server.
+fn configs(suite: SupportedCipherSuite) -> (rustls::ClientConfig, rustls::ServerConfig) {
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
         .unwrap()
@@ -141,6 +150,12 @@ fn pair(suite: SupportedCipherSuite) -> (ClientConnection, ServerConnection) {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
+    (client, server)
+}
+
+/// A client and a server of `suite` over memory, handshake done.
+fn pair(suite: SupportedCipherSuite) -> (ClientConnection, ServerConnection) {
+    let (client, server) = configs(suite);
     let mut client =
         ClientConnection::new(Arc::new(client), ServerName::try_from("localhost").unwrap())
             .unwrap();
@@ -189,6 +204,79 @@ fn rustls_one_way(suite: SupportedCipherSuite) -> f64 {
     })
 }
 
+/// Runs an unbuffered connection on the TLS bytes in `inbox` (consuming what it used),
+/// appending what it has to send to `outbox`, until it waits for the peer; true once it may
+/// send application data.
+macro_rules! step_unbuffered {
+    ($conn:expr, $inbox:expr, $outbox:expr) => {{
+        let mut ready = false;
+        loop {
+            let status = $conn.process_tls_records(&mut $inbox[..]);
+            let discard = status.discard;
+            let mut waiting = false;
+            match status.state.unwrap() {
+                ConnectionState::EncodeTlsData(mut data) => {
+                    let mut record = vec![0u8; 64 * 1024];
+                    let n = data.encode(&mut record).unwrap();
+                    $outbox.extend_from_slice(&record[..n]);
+                }
+                ConnectionState::TransmitTlsData(data) => data.done(),
+                ConnectionState::BlockedHandshake => waiting = true,
+                ConnectionState::WriteTraffic(_) => (ready, waiting) = (true, true),
+                other => panic!("unexpected {other:?}"),
+            }
+            $inbox.drain(..discard);
+            if waiting {
+                break ready;
+            }
+        }
+    }};
+}
+
+fn rustls_unbuffered_one_way(suite: SupportedCipherSuite) -> f64 {
+    let (client, server) = configs(suite);
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut client = UnbufferedClientConnection::new(Arc::new(client), name).unwrap();
+    let mut server = UnbufferedServerConnection::new(Arc::new(server)).unwrap();
+    let (mut to_server, mut to_client) = (Vec::new(), Vec::new());
+    loop {
+        let client_ready = step_unbuffered!(client, to_client, to_server);
+        let server_ready = step_unbuffered!(server, to_server, to_client);
+        if client_ready && server_ready && to_server.is_empty() && to_client.is_empty() {
+            break;
+        }
+    }
+    let message = vec![5u8; MESSAGE];
+    let mut wire = vec![0u8; MESSAGE + 4096];
+    let mut out = vec![0u8; MESSAGE];
+    measure(MESSAGE, || {
+        let end = match client.process_tls_records(&mut []).state.unwrap() {
+            ConnectionState::WriteTraffic(mut traffic) => {
+                traffic.encrypt(&message, &mut wire).unwrap()
+            }
+            other => panic!("unexpected {other:?}"),
+        };
+        let (mut start, mut got) = (0, 0);
+        while got < MESSAGE {
+            let status = server.process_tls_records(&mut wire[start..end]);
+            let discard = status.discard;
+            match status.state.unwrap() {
+                ConnectionState::ReadTraffic(mut traffic) => {
+                    while let Some(record) = traffic.next_record() {
+                        let payload = record.unwrap().payload;
+                        out[got..got + payload.len()].copy_from_slice(payload);
+                        got += payload.len();
+                    }
+                }
+                ConnectionState::WriteTraffic(_) => assert!(discard > 0, "stuck"),
+                other => panic!("unexpected {other:?}"),
+            }
+            start += discard;
+        }
+        std::hint::black_box(&out);
+    })
+}
+
 fn main() {
     println!("single thread, MB/s of plaintext per CPU second");
     for (skew, pieces) in [(0, false), (16, false), (48, false), (16, true)] {
@@ -222,5 +310,7 @@ fn main() {
     ] {
         let name = format!("rustls {:?}, 64 KiB, one way", suite.suite());
         println!("{name:<48} {:>8.0}", rustls_one_way(suite));
+        let name = format!("rustls unbuffered {:?}, 64 KiB, one way", suite.suite());
+        println!("{name:<48} {:>8.0}", rustls_unbuffered_one_way(suite));
     }
 }
