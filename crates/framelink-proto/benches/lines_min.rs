@@ -6,11 +6,14 @@
 //! full. The fastest of a few hundred repetitions, each encoding one whole stream, is the figure
 //! other work disturbs least. The three encoders are interleaved within every repetition, so they
 //! see the same machine state. Same inputs as the `encode_lines` group of `codecs.rs`: 1 MiB of
-//! printable-ASCII lines (at least 64), encoded into one reused `BytesMut`.
+//! printable-ASCII lines (at least 64), encoded into one reused `BytesMut`. With `--packed` the
+//! lines lie back to back in one buffer instead (one byte apart), so most start at odd addresses,
+//! as lines sliced out of a received stream do.
 //!
 //! ```sh
 //! cargo bench -p framelink-proto --bench lines_min                 # 16 B, 256 B, 4 KiB, 64 KiB
 //! cargo bench -p framelink-proto --bench lines_min -- 256 4096 --reps 1000
+//! cargo bench -p framelink-proto --bench lines_min -- 100 256 --packed
 //! ```
 //! Each line of output gives ns per line for each encoder, and tokio-util's time divided by
 //! framelink's (above 1: framelink is faster).
@@ -33,9 +36,12 @@ fn main() {
     // cargo adds (`--bench`) are ignored.
     let mut sizes = Vec::new();
     let mut reps = 300;
+    let mut packed = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
-        if arg == "--reps" {
+        if arg == "--packed" {
+            packed = true;
+        } else if arg == "--reps" {
             reps = args.next().and_then(|n| n.parse().ok()).expect("--reps N");
         } else if let Ok(size) = arg.parse::<usize>() {
             sizes.push(size);
@@ -45,20 +51,32 @@ fn main() {
         sizes = vec![16, 256, 4096, 65536];
     }
     for size in sizes {
-        run(size, reps);
+        run(size, reps, packed);
     }
 }
 
-fn run(size: usize, reps: usize) {
+fn run(size: usize, reps: usize, packed: bool) {
     let frames = (STREAM_PAYLOAD / size).max(MIN_FRAMES);
     let mut rng = StdRng::seed_from_u64(size as u64);
-    let texts: Vec<String> = (0..frames)
-        .map(|_| {
-            (0..size)
-                .map(|_| rng.gen_range(b' '..=b'~') as char)
-                .collect()
-        })
-        .collect();
+    let mut line = || -> String {
+        (0..size)
+            .map(|_| rng.gen_range(b' '..=b'~') as char)
+            .collect()
+    };
+    // Either one allocation per line, or every line in one string, a space after each.
+    let (owned, arena): (Vec<String>, String) = if packed {
+        let arena = (0..frames).map(|_| line() + " ").collect();
+        (Vec::new(), arena)
+    } else {
+        ((0..frames).map(|_| line()).collect(), String::new())
+    };
+    let texts: Vec<&str> = if packed {
+        (0..frames)
+            .map(|f| &arena[f * (size + 1)..f * (size + 1) + size])
+            .collect()
+    } else {
+        owned.iter().map(String::as_str).collect()
+    };
     let framelink = LinesCodec::new(LinesConfig {
         max_frame_length: MAX_LINE,
         ..Default::default()
@@ -83,14 +101,13 @@ fn run(size: usize, reps: usize) {
                 }
                 1 => {
                     for t in &texts {
-                        Encoder::<&str>::encode(&mut lines, black_box(t.as_str()), &mut dst)
+                        Encoder::<&str>::encode(&mut lines, black_box(*t), &mut dst)
                             .expect("encode");
                     }
                 }
                 _ => {
                     for t in &texts {
-                        Encoder::<&str>::encode(&mut any, black_box(t.as_str()), &mut dst)
-                            .expect("encode");
+                        Encoder::<&str>::encode(&mut any, black_box(*t), &mut dst).expect("encode");
                     }
                 }
             }
@@ -102,8 +119,9 @@ fn run(size: usize, reps: usize) {
         debug_assert_eq!(dst.len(), frames * (size + 1));
     }
     let [f, l, a] = best;
+    let layout = if packed { ", packed" } else { "" };
     println!(
-        "{size:>6} B, min ns/line over {reps} reps: framelink {f:8.2}  LinesCodec {l:8.2}  \
+        "{size:>6} B{layout}, min ns/line over {reps} reps: framelink {f:8.2}  LinesCodec {l:8.2}  \
          AnyDelimiterCodec {a:8.2}  | LinesCodec/framelink {:.2}  AnyDelimiterCodec/framelink {:.2}",
         l / f,
         a / f
