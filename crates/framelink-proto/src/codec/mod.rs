@@ -629,9 +629,9 @@ mod x86 {
     /// then a last block ending at the end. Overlapping vectors write some bytes twice, with the
     /// same values. Every group of vectors is loaded before any of it is stored: a store followed
     /// by a load of nearby bytes can make the CPU wait to prove they do not overlap, which cost
-    /// up to 20% at 256 bytes while the other core was busy. No loop runs on the tail and nothing is called, so the function saves
-    /// no registers. Returns [`CLEAN`], or an offset at or before the first needle with no needle
-    /// before it (for [`first_from`]).
+    /// up to 20% at 256 bytes while the other core was busy. No loop runs on the tail and nothing
+    /// is called, so the function saves no registers. Returns [`CLEAN`], or an offset at or
+    /// before the first needle with no needle before it (for [`first_from`]).
     ///
     /// # Safety
     /// The CPU must support AVX2; `s` must be valid for reading and `d` for writing `len` bytes,
