@@ -452,7 +452,9 @@ impl Shared {
         let bytes: usize = taken.iter().map(Bytes::len).sum();
         let was_full = inbox.message_bytes >= INBOX_BYTES;
         inbox.message_bytes -= bytes;
-        if inbox.messages.is_empty() {
+        // A link that went quiet keeps no queue; a busy one keeps its queue's room rather than
+        // regrowing it, copy after copy, with every batch.
+        if inbox.messages.is_empty() && inbox.messages.capacity() > 2 * n.max(16) {
             inbox.messages = VecDeque::new();
         }
         let room = was_full && inbox.message_bytes < INBOX_BYTES;

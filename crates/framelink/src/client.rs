@@ -1,5 +1,6 @@
 //! The reconnecting [`Client`] (documented there) and its types, re-exported at the crate root.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use rand::Rng;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant;
 
 use framelink_proto::backoff::{Backoff, BackoffConfig};
@@ -19,10 +20,20 @@ use crate::socket::SocketOptions;
 use crate::tls::{MaybeTls, TlsClientConfig};
 use crate::{CloseInfo, DecodeError, Event, Protocol, Sender, SessionEvent};
 
-/// Events between the supervisor and the [`Client`].
-const EVENT_QUEUE: usize = 256;
-/// Connection events the supervisor forwards per batch (at most the queue's capacity).
-const FORWARD_BATCH: usize = EVENT_QUEUE / 2;
+/// Connection events the supervisor forwards per batch at most: one hand-over (one slot of the
+/// client's queue, one wake-up of its reader) per batch, not per message. Large batches let an
+/// application that reads in batches (the Python package) wake up once per read of the socket.
+const FORWARD_BATCH: usize = 1024;
+/// Batches queued between the supervisor and the [`Client`] at most. The supervisor's own
+/// events (connected, reconnecting...) travel one per batch: an application that reads no
+/// events for a while still sees the client reconnect, up to this many times.
+const QUEUED_BATCHES: usize = 256;
+/// Bytes of connection events queued between the supervisor and the [`Client`] at most, each
+/// message counted as its length plus [`EVENT_COST`] (a batch over this size alone still
+/// passes, once the queue is empty).
+const QUEUE_BYTES: usize = 1 << 20;
+/// What a queued connection event counts for besides its message's bytes: about its size.
+const EVENT_COST: usize = 64;
 
 /// Client settings.
 #[derive(Debug, Clone)]
@@ -192,7 +203,11 @@ pub enum ClientEvent {
 ///   cloneable handle for sending from other tasks.
 #[derive(Debug)]
 pub struct Client {
-    events: mpsc::Receiver<ClientEvent>,
+    events: mpsc::Receiver<Batch>,
+    /// The rest of the batch being read, oldest first.
+    ready: VecDeque<ClientEvent>,
+    /// Room in [`QUEUE_BYTES`]: given back as batches are taken; closed when the client drops.
+    room: Arc<Semaphore>,
     sender: ClientSender,
     stop: watch::Sender<bool>,
 }
@@ -232,7 +247,8 @@ impl Client {
                 }
             }
         }
-        let (event_tx, events) = mpsc::channel(EVENT_QUEUE);
+        let (event_tx, events) = mpsc::channel(QUEUED_BATCHES);
+        let room = Arc::new(Semaphore::new(QUEUE_BYTES));
         let (current_tx, current) = watch::channel(Current::Connecting);
         let (stop, stop_rx) = watch::channel(false);
         let supervisor = Supervisor {
@@ -241,12 +257,15 @@ impl Client {
             protocol,
             session: None,
             events: event_tx,
+            room: room.clone(),
             current: current_tx,
             stop: stop_rx,
         };
         tokio::spawn(supervisor.run());
         Ok(Client {
             events,
+            ready: VecDeque::new(),
+            room,
             sender: ClientSender { current },
             stop,
         })
@@ -254,7 +273,18 @@ impl Client {
 
     /// The next event; `None` after [`ClientEvent::GaveUp`] or [`ClientEvent::Closed`].
     pub async fn next_event(&mut self) -> Option<ClientEvent> {
-        self.events.recv().await
+        if self.ready.is_empty() {
+            let batch = self.events.recv().await?;
+            self.take(batch);
+        }
+        self.ready.pop_front()
+    }
+
+    /// Makes `batch` the one being read (a `Vec` becomes a `VecDeque` without a copy) and gives
+    /// its bytes back to the queue's budget.
+    fn take(&mut self, batch: Batch) {
+        self.room.add_permits(batch.bytes);
+        self.ready = batch.events.into();
     }
 
     /// Waits for at least one event, then moves up to `limit` events that have already arrived
@@ -265,7 +295,30 @@ impl Client {
         if limit == 0 {
             return 0;
         }
-        self.events.recv_many(events, limit).await
+        if self.ready.is_empty() {
+            match self.events.recv().await {
+                Some(batch) => self.take(batch),
+                None => return 0,
+            }
+        }
+        let start = events.len();
+        loop {
+            let n = (limit - (events.len() - start)).min(self.ready.len());
+            if events.is_empty() && n == self.ready.len() {
+                // The whole batch, untouched since it arrived: handed over without a copy.
+                *events = Vec::from(std::mem::take(&mut self.ready));
+            } else {
+                events.extend(self.ready.drain(..n));
+            }
+            if events.len() - start == limit {
+                break;
+            }
+            match self.events.try_recv() {
+                Ok(batch) => self.take(batch),
+                Err(_) => break,
+            }
+        }
+        events.len() - start
     }
 
     /// The next message, skipping other events; `None` once the client stopped.
@@ -310,11 +363,12 @@ impl Client {
     /// that arrive meanwhile. Afterwards [`next_event`](Self::next_event) returns `None`.
     pub async fn close(&mut self) {
         self.stop();
-        while let Some(event) = self.events.recv().await {
+        while let Some(event) = self.next_event().await {
             if matches!(event, ClientEvent::Closed | ClientEvent::GaveUp { .. }) {
                 break;
             }
         }
+        self.ready.clear();
         self.events.close();
     }
 }
@@ -396,7 +450,17 @@ async fn next_connection(current: &mut watch::Receiver<Current>) {
 impl Drop for Client {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
+        // A supervisor waiting for room would otherwise wait forever.
+        self.room.close();
     }
+}
+
+/// Events handed from the supervisor to the [`Client`] in one go, with the budget they hold.
+#[derive(Debug)]
+struct Batch {
+    events: Vec<ClientEvent>,
+    /// Permits of the client's `room` taken for these events' messages.
+    bytes: usize,
 }
 
 /// The background task behind a [`Client`].
@@ -407,7 +471,9 @@ struct Supervisor {
     protocol: Protocol,
     /// The session between connections.
     session: Option<Session>,
-    events: mpsc::Sender<ClientEvent>,
+    events: mpsc::Sender<Batch>,
+    /// The client's queue budget in message bytes ([`QUEUE_BYTES`]).
+    room: Arc<Semaphore>,
     current: watch::Sender<Current>,
     stop: watch::Receiver<bool>,
 }
@@ -455,13 +521,11 @@ impl Supervisor {
             };
             let Some((retry, delay)) = next else {
                 self.current.send_replace(Current::Stopped);
-                let _ = self
-                    .events
-                    .send(ClientEvent::GaveUp {
-                        attempts: made,
-                        connected,
-                    })
-                    .await;
+                self.emit(ClientEvent::GaveUp {
+                    attempts: made,
+                    connected,
+                })
+                .await;
                 return;
             };
             attempt = retry + 1;
@@ -478,12 +542,16 @@ impl Supervisor {
             }
         }
         self.current.send_replace(Current::Stopped);
-        let _ = self.events.send(ClientEvent::Closed).await;
+        self.emit(ClientEvent::Closed).await;
     }
 
     /// Sends an event; `false` if the client is gone.
     async fn emit(&self, event: ClientEvent) -> bool {
-        self.events.send(event).await.is_ok()
+        let batch = Batch {
+            events: vec![event],
+            bytes: 0,
+        };
+        self.events.send(batch).await.is_ok()
     }
 
     async fn attempt(&mut self, attempt: u32) -> Outcome {
@@ -590,14 +658,15 @@ impl Supervisor {
             if taken == 0 {
                 break;
             }
-            let permits = self.events.reserve_many(batch.len()).await;
-            match permits {
-                Ok(permits) => {
-                    for (permit, event) in permits.zip(batch.drain(..)) {
-                        permit.send(self.translate(event, addr, attempt, &sender, &mut opened_at));
-                    }
+            match self.reserve(&batch).await {
+                Some((permit, bytes)) => {
+                    let events = batch
+                        .drain(..)
+                        .map(|event| self.translate(event, addr, attempt, &sender, &mut opened_at))
+                        .collect();
+                    permit.send(Batch { events, bytes });
                 }
-                Err(_) => {
+                None => {
                     batch.clear();
                     if !stopping {
                         // Nobody listens any more: close and stop.
@@ -619,6 +688,25 @@ impl Supervisor {
         match opened_at {
             Some(at) => Outcome::WasUp(at.elapsed()),
             None => Outcome::Failed,
+        }
+    }
+
+    /// Waits for a slot in the client's queue and for room for `batch` in its byte budget (all of
+    /// the budget for a batch larger than it); `None` once the client is gone.
+    async fn reserve(&self, batch: &[Event]) -> Option<(mpsc::Permit<'_, Batch>, usize)> {
+        let bytes: usize = batch
+            .iter()
+            .map(|e| match e {
+                Event::Message(m) => m.len() + EVENT_COST,
+                _ => EVENT_COST,
+            })
+            .sum();
+        let bytes = bytes.min(QUEUE_BYTES);
+        let permits = u32::try_from(bytes).expect("QUEUE_BYTES fits in u32");
+        self.room.acquire_many(permits).await.ok()?.forget();
+        match self.events.reserve().await {
+            Ok(permit) => Some((permit, bytes)),
+            Err(_) => None,
         }
     }
 
