@@ -568,3 +568,68 @@ async fn raw_messages_never_written_when_the_link_dies_are_handed_back() {
     .await;
     assert_eq!((attempts, connected), (1, 1));
 }
+
+/// A client whose application reads nothing holds a bounded backlog: the connection's queue,
+/// the client's event queue (1 MiB of events) and the socket buffers; then TCP flow control
+/// stops the server. (With the queue bounded only by its 256 entries, the 64 KiB messages of
+/// this test would pile up to 16 MiB.) Once the application reads, every message arrives, in
+/// order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_nothing_holds_a_bounded_backlog() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    const PAYLOAD: usize = 64 * 1024;
+    const FRAMES: u32 = 400;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let written = Arc::new(AtomicU32::new(0));
+    let server = tokio::spawn({
+        let written = written.clone();
+        async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            socket2::SockRef::from(&socket)
+                .set_send_buffer_size(PAYLOAD)
+                .unwrap();
+            let mut frame = vec![b'x'; 4 + PAYLOAD];
+            frame[..4].copy_from_slice(&(PAYLOAD as u32).to_be_bytes());
+            for i in 0..FRAMES {
+                frame[4..8].copy_from_slice(&i.to_be_bytes());
+                socket.write_all(&frame).await.unwrap();
+                written.store(i + 1, Ordering::Relaxed);
+            }
+            socket
+        }
+    });
+    let mut config = client_config(Protocol::Raw(Box::new(RawConfig {
+        ping_interval: None,
+        ..RawConfig::new("length:4".parse().unwrap())
+    })));
+    config.socket.recv_buffer = Some(PAYLOAD);
+    let mut client = Client::connect(addr.to_string(), config).unwrap();
+    client_connected(&mut client).await;
+    // The application reads nothing for a while: the server gets as far as flow control lets it.
+    tokio::time::sleep(secs(2)).await;
+    let held = written.load(Ordering::Relaxed);
+    // 1 MiB of queued events is 16 of these messages; the rest is the connection's own queue,
+    // one batch in hand and the socket buffers, a few messages each.
+    assert!(
+        held < 64,
+        "{held} messages of 64 KiB written to a client that reads nothing"
+    );
+    let mut next_expected = 0u32;
+    while next_expected < FRAMES {
+        match next(&mut client).await {
+            ClientEvent::Message(m) => {
+                assert_eq!(m.len(), PAYLOAD);
+                assert_eq!(
+                    u32::from_be_bytes(m[..4].try_into().unwrap()),
+                    next_expected
+                );
+                next_expected += 1;
+            }
+            other => panic!("unexpected event {other:?}"),
+        }
+    }
+    timeout(DEADLINE, server).await.unwrap().unwrap();
+}
