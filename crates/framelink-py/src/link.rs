@@ -350,13 +350,13 @@ impl Shared {
                     attempt,
                     peer_ping_interval: peer.map(|h| h.ping_interval),
                 },
-                ClientEvent::Rtt(r) => EventData::Rtt(r),
+                ClientEvent::Rtt(r) => EventData::Rtt(*r),
                 ClientEvent::Idle(kind) => EventData::Idle(kind),
-                ClientEvent::FrameDiscarded(e) => EventData::FrameDiscarded(e),
+                ClientEvent::FrameDiscarded(e) => EventData::FrameDiscarded(*e),
                 ClientEvent::MessageDropped { len, peer_max } => {
                     EventData::MessageDropped { len, peer_max }
                 }
-                ClientEvent::Disconnected(info) => EventData::Disconnected(info),
+                ClientEvent::Disconnected(info) => EventData::Disconnected(*info),
                 ClientEvent::Session(session) => EventData::Session(session),
                 ClientEvent::Unsent { messages } => EventData::Unsent(messages),
                 ClientEvent::ConnectFailed { attempt, error } => EventData::ConnectFailed {

@@ -83,6 +83,10 @@ impl Default for ClientConfig {
 ///
 /// Exhaustive on purpose, like [`Event`]: code that translates client events (the Python
 /// package) matches every variant, so a new one is a compile error there.
+///
+/// Small on purpose, like [`Event`]: every message crosses the client's queue as one
+/// `ClientEvent`, so the rare, large variants are boxed (the same boxes as [`Event`]'s, passed
+/// on without a copy) and the size is 56 bytes, checked by a test.
 #[derive(Debug, Clone)]
 pub enum ClientEvent {
     /// A connection is up: in protocol mode once the handshake completed (with the server's
@@ -99,11 +103,11 @@ pub enum ClientEvent {
     Message(Bytes),
     /// A heartbeat round trip completed: the latest sample, the smoothed RTT and its variation
     /// (RFC 6298), the minimum and the sample count.
-    Rtt(RttEstimate),
+    Rtt(Box<RttEstimate>),
     /// A direction of the current connection has been idle for its configured period.
     Idle(IdleKind),
     /// Raw mode: the framing skipped bad input (see [`Event::FrameDiscarded`]).
-    FrameDiscarded(DecodeError),
+    FrameDiscarded(Box<DecodeError>),
     /// A message queued during the handshake was too large for the server and was dropped.
     MessageDropped {
         /// Its payload length.
@@ -112,7 +116,7 @@ pub enum ClientEvent {
         peer_max: u32,
     },
     /// The connection ended; how and why.
-    Disconnected(CloseInfo),
+    Disconnected(Box<CloseInfo>),
     /// Sessions: the session runs on the new connection (new, resumed, or unknown to the
     /// server, which then started a new one), or the server could not resume it (expired,
     /// restarted), or it ended with unacknowledged messages: they are handed back, and may or
@@ -731,9 +735,9 @@ impl Supervisor {
                 }
             }
             Event::Message(m) => ClientEvent::Message(m),
-            Event::Rtt(rtt) => ClientEvent::Rtt(*rtt),
+            Event::Rtt(rtt) => ClientEvent::Rtt(rtt),
             Event::Idle(kind) => ClientEvent::Idle(kind),
-            Event::FrameDiscarded(e) => ClientEvent::FrameDiscarded(*e),
+            Event::FrameDiscarded(e) => ClientEvent::FrameDiscarded(e),
             Event::MessageDropped { len, peer_max } => {
                 ClientEvent::MessageDropped { len, peer_max }
             }
@@ -741,7 +745,7 @@ impl Supervisor {
             Event::Closed(info) => {
                 self.current.send_replace(Current::Connecting);
                 match opened_at {
-                    Some(_) => ClientEvent::Disconnected(*info),
+                    Some(_) => ClientEvent::Disconnected(info),
                     None => ClientEvent::ConnectFailed {
                         attempt,
                         error: Arc::new(std::io::Error::new(
@@ -752,5 +756,22 @@ impl Supervisor {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every message crosses the client's queue as a `ClientEvent`: the rare variants are
+    /// boxed so that it stays about the size of the largest common one (`Connected`, with its
+    /// address).
+    #[test]
+    fn client_event_is_small() {
+        assert!(
+            std::mem::size_of::<ClientEvent>() <= 56,
+            "ClientEvent is {} bytes",
+            std::mem::size_of::<ClientEvent>()
+        );
     }
 }

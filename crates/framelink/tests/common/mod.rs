@@ -176,7 +176,7 @@ pub async fn client_connected(client: &mut Client) -> u32 {
 /// Waits for the client's next `Disconnected`.
 pub async fn disconnected(client: &mut Client) -> CloseInfo {
     until(client, |e| match e {
-        ClientEvent::Disconnected(info) => Some(info.clone()),
+        ClientEvent::Disconnected(info) => Some(CloseInfo::clone(info)),
         _ => None,
     })
     .await
