@@ -622,6 +622,17 @@ impl<M: Machine> Driver<M> {
             let mut next = Some(first);
             let mut pushed = 0;
             while let Some(event) = next {
+                // Messages, nearly every event, straight through: the payload is moved once
+                // rather than through the translation's intermediate `Option<Event>`.
+                let event = match event {
+                    proto::Event::Data(payload) => {
+                        self.message_seen = true;
+                        pushed += inner.push_message(payload);
+                        next = self.machine.poll_event();
+                        continue;
+                    }
+                    other => other,
+                };
                 match self.machine_event(event) {
                     Some(Event::Closed(info)) => {
                         // Refuse sends before the application can see `Closed`: a send it

@@ -113,6 +113,18 @@ impl Inner {
         bytes
     }
 
+    /// [`push_event`](Self::push_event) for a message.
+    #[inline]
+    pub(super) fn push_message(&mut self, payload: Bytes) -> usize {
+        if !self.receiver_alive {
+            return 0;
+        }
+        let bytes = payload.len();
+        self.event_bytes += bytes;
+        self.events.push_back(Event::Message(payload));
+        bytes
+    }
+
     pub(super) fn wake_receiver(&mut self) {
         if let Some(waker) = self.receiver_waker.take() {
             waker.wake();
