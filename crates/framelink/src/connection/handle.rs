@@ -101,19 +101,18 @@ impl Inner {
 
     /// Queues `event` for the receiver; returns the payload bytes it adds.
     pub(super) fn push_event(&mut self, event: Event) -> usize {
-        if !self.receiver_alive {
-            return 0;
+        match event {
+            Event::Message(payload) => self.push_message(payload),
+            other => {
+                if self.receiver_alive {
+                    self.events.push_back(other);
+                }
+                0
+            }
         }
-        let bytes = match &event {
-            Event::Message(payload) => payload.len(),
-            _ => 0,
-        };
-        self.event_bytes += bytes;
-        self.events.push_back(event);
-        bytes
     }
 
-    /// [`push_event`](Self::push_event) for a message.
+    /// Queues a message for the receiver; returns its payload bytes.
     #[inline]
     pub(super) fn push_message(&mut self, payload: Bytes) -> usize {
         if !self.receiver_alive {
