@@ -170,6 +170,14 @@ pub fn protocol(py: Python<'_>, dict: &Bound<'_, PyDict>, server: bool) -> PyRes
                     "sessions need framelink's protocol, not raw mode (framing=...)",
                 ));
             }
+            if o.get("max_message_size")?.is_some() {
+                // One limit, one place: the framing's own (checked on every header read).
+                return Err(config_error(
+                    py,
+                    "max_message_size is for framelink's protocol: in raw mode the framing \
+                     spec's max= sets the limit (framing=\"length:4,max=1MiB\")",
+                ));
+            }
             c.validate().map_err(|e| config_error(py, e))?;
             Protocol::Raw(Box::new(c))
         }

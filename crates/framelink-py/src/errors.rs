@@ -179,7 +179,7 @@ pub fn close_class(info: &CloseInfo) -> &'static str {
 
 /// The exception for a connection that ended as `info` says.
 pub fn closed_error(py: Python<'_>, info: &CloseInfo) -> PyErr {
-    raise(
+    let err = raise(
         py,
         close_class(info),
         (
@@ -189,7 +189,12 @@ pub fn closed_error(py: Python<'_>, info: &CloseInfo) -> PyErr {
             info.reason.clone(),
             info.by_peer,
         ),
-    )
+    );
+    // Raw mode: the framing's own error (`FrameTooLarge`, `ChecksumError`...) as the cause.
+    if let Some(ConnectionError::Framing(e)) = &info.error {
+        err.set_cause(py, Some(decode_exception(py, e)));
+    }
+    err
 }
 
 /// A connection or client that is closed, with no more detail.
@@ -210,6 +215,12 @@ pub fn send_error(py: Python<'_>, e: &SendError) -> PyErr {
         }
         _ => raise(py, "EncodeError", (e.to_string(),)),
     }
+}
+
+/// `QueueFull` with its own message: the send budget's numbers, or zeros when there is no
+/// connection to measure.
+pub fn queue_full(py: Python<'_>, message: &str, queued: usize, len: usize, limit: usize) -> PyErr {
+    raise(py, "QueueFull", (message.to_owned(), queued, len, limit))
 }
 
 /// Why `send_to_session` did not queue a message.

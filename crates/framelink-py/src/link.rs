@@ -687,6 +687,44 @@ impl Link {
         Ok(batch.is_empty())
     }
 
+    /// Queues `payload` now or raises why not: `QueueFull` with the send budget's numbers
+    /// (`queued` and `limit` 0 while a client is between connections), the close exception once
+    /// the link is over, `EncodeError` for a message that can never be sent. `behind`: earlier
+    /// sends still wait for room and this one must not pass them, so `QueueFull` at once.
+    #[pyo3(signature = (payload, behind = false))]
+    fn send_now(&self, py: Python<'_>, payload: &Bound<'_, PyAny>, behind: bool) -> PyResult<()> {
+        let payload = to_bytes(payload)?;
+        let len = payload.len();
+        let sender = match &self.side {
+            SendSide::Connection(s) => Some(s.clone()),
+            SendSide::Client(c) => c.current(),
+        };
+        let Some(sender) = sender else {
+            if self.shared.lock().finished {
+                return Err(self.closed_exception(py));
+            }
+            let why = "no connection now: the client is reconnecting";
+            return Err(errors::queue_full(py, why, 0, len, 0));
+        };
+        if behind {
+            let why = "earlier sends are still waiting for room in the send queue";
+            let (queued, limit) = (sender.queued_bytes(), sender.queue_limit());
+            return Err(errors::queue_full(py, why, queued, len, limit));
+        }
+        match sender.try_send(payload) {
+            Ok(()) => Ok(()),
+            Err(SendError::Closed) => match &self.side {
+                // The connection just ended: the client has none until it reconnects.
+                SendSide::Client(_) if !self.shared.lock().finished => {
+                    let why = "no connection now: the client is reconnecting";
+                    Err(errors::queue_full(py, why, 0, len, 0))
+                }
+                _ => Err(self.closed_exception(py)),
+            },
+            Err(e) => Err(errors::send_error(py, &e)),
+        }
+    }
+
     /// Queues the longest prefix of `payloads` that fits now; returns how many were queued.
     fn try_send_many(&self, py: Python<'_>, payloads: &Bound<'_, PyAny>) -> PyResult<usize> {
         let mut batch = Self::batch(payloads)?;

@@ -74,9 +74,12 @@ async def test_raw_server_bad_peer_gets_protocol_error_others_unaffected() -> No
         assert got == [b"one", b"two"]
         assert isinstance(exc, framelink.ProtocolError), repr(exc)
         assert (exc.code, exc.code_name) in ((2, "protocol_error"), (5, "message_too_big"))
+        # The framing's own error is the cause, with its numbers.
         cause = exc.__cause__
-        if cause is not None:  # the decode error, when the binding attaches it
-            assert isinstance(cause, framelink.FrameTooLarge)
+        assert isinstance(cause, framelink.FrameTooLarge), repr(cause)
+        assert cause.length is not None and cause.length >= 0xFFFFFFFF, repr(cause)
+        assert cause.limit >= 1 << 20, repr(cause)
+        assert cause.offset == 2 * (4 + 3)  # the bad header's place in the stream
 
         # The good connection is unaffected.
         good_w.write(ENC.encode(b"good-2"))

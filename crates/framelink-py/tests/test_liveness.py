@@ -260,3 +260,59 @@ async def test_a_frame_that_never_completes_is_cut_by_frame_timeout() -> None:
 async def test_frame_timeout_must_be_a_duration() -> None:
     with pytest.raises(framelink.ConfigError, match="frame_timeout"):
         await framelink.connect("127.0.0.1", 1, frame_timeout=-1.0, max_attempts=1)
+
+
+def test_blocking_connect_leaves_ping_interval_to_the_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    import framelink.blocking
+    from framelink import _native
+
+    seen: List[Any] = []
+
+    def fake_connect(host: str, port: int, options: Any) -> Any:
+        seen.append(options)
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr(_native, "connect", fake_connect)
+    with pytest.raises(RuntimeError, match="captured"):
+        framelink.blocking.connect("127.0.0.1", 1, framing="length:4", wait=False)
+    with pytest.raises(RuntimeError, match="captured"):
+        framelink.blocking.connect("127.0.0.1", 1, framing="length:4", ping_interval=None)
+    assert "ping_interval" not in seen[0]
+    assert seen[1]["ping_interval"] is None  # given (None: off): passed on as given
+
+
+async def test_raw_mode_without_ping_has_no_silence_limit_unless_asked() -> None:
+    """Raw mode without ``ping`` sends nothing, so by default it does not cut a quiet peer
+    (a request/response server may stay silent for hours); ``ping_interval`` given turns the
+    silence limit on: a peer silent for ``ping_interval + ping_timeout`` is dead."""
+    # Left at its default, ping_interval is not passed to the core, which then watches for
+    # no silence in raw mode without a ping (15 s would otherwise apply).
+    assert "ping_interval" not in framelink.connect("127.0.0.1", 1, framing="length:4")._options
+    received: List[bytes] = []
+    server = await _silent_server(received)
+    port = server.sockets[0].getsockname()[1]
+    loop = asyncio.get_running_loop()
+    try:
+        quiet_log, watched_log = EventLog(), EventLog()
+        quiet = await framelink.connect(
+            "127.0.0.1", port, framing="length:4", ping_timeout=0.3, on_event=quiet_log
+        )
+        watched = await framelink.connect(
+            "127.0.0.1", port, framing="length:4", ping_interval=0.3, ping_timeout=0.3,
+            max_attempts=1, on_event=watched_log,
+        )
+        t0 = loop.time()
+        try:
+            d = await watched_log.wait(lambda e: isinstance(e, ev.Disconnected), TIMEOUT)
+            assert d.kind == "PeerDead", d
+            assert loop.time() - t0 <= 0.6 + SLACK
+            # Well past the watched client's limit, the quiet one is still connected.
+            await asyncio.sleep(0.6)
+            assert quiet.connected
+            assert not quiet_log.of(ev.Disconnected)
+        finally:
+            await quiet.close()
+            await watched.close()
+        assert received == []  # neither sent a thing: there was no ping to send
+    finally:
+        server.close()

@@ -425,6 +425,15 @@ impl ClientSender {
     pub fn is_connected(&self) -> bool {
         matches!(&*self.current.borrow(), Current::Connected(s) if !s.is_closed())
     }
+
+    /// The current connection's [`Sender`] (its send budget: [`Sender::queued_bytes`],
+    /// [`Sender::queue_limit`]); `None` while the client is between connections.
+    pub fn current(&self) -> Option<Sender> {
+        match &*self.current.borrow() {
+            Current::Connected(sender) => Some(sender.clone()),
+            _ => None,
+        }
+    }
 }
 
 /// The current connection's sender, waiting while the client connects;

@@ -4,6 +4,7 @@ events, exceptions and state (no I/O, no event loop)."""
 from __future__ import annotations
 
 import collections
+import enum
 import logging
 import os
 from typing import Any, Callable, Deque, Dict, List, Optional, Union
@@ -15,6 +16,25 @@ from .errors import ConnectionClosed, PeerDead, ProtocolError, SessionLost
 PathLike = Union[str, "os.PathLike[str]"]
 
 logger = logging.getLogger("framelink")
+
+
+class Default(enum.Enum):
+    """The type of :data:`DEFAULT`."""
+
+    DEFAULT = "DEFAULT"
+
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+
+#: An option left out: the Rust core picks the default, which may depend on other options
+#: (``ping_interval``: 15 s when there is a ping to send, none in raw mode without ``ping``).
+DEFAULT = Default.DEFAULT
+
+
+def native_options(**options: Any) -> Dict[str, Any]:
+    """The options dict for the native side, without the options left at :data:`DEFAULT`."""
+    return {k: v for k, v in options.items() if v is not DEFAULT}
 
 #: Messages taken from the native side per call by ``recv``.
 RECV_BATCH = 1024

@@ -51,7 +51,15 @@ from typing import (
 
 from . import _native
 from . import events as ev
-from ._links import RECV_BATCH, EventCallback, LinkState, PathLike
+from ._links import (
+    DEFAULT,
+    RECV_BATCH,
+    Default,
+    EventCallback,
+    LinkState,
+    PathLike,
+    native_options,
+)
 from .errors import ConnectionClosed
 
 __all__ = ["connect", "serve", "Client", "Connection", "Server"]
@@ -224,11 +232,10 @@ class _Link:
 
     def try_send(self, message: BytesLike) -> None:
         """Queues one message without waiting; :class:`~framelink.QueueFull` if there is no
-        room now (or no connection)."""
-        if self._slow_sends or not self._native.try_send(message):
-            from .errors import QueueFull
-
-            raise QueueFull("no room in the send queue now", 0, len(message), 0)
+        room now, with the send queue's ``queued`` and ``limit`` bytes (both 0 while a client
+        has no connection), and also while earlier ``send`` calls wait for room (this message
+        may not pass them)."""
+        self._native.send_now(message, self._slow_sends > 0)
 
     async def _send_slow(self, batch: List[BytesLike], skip: int) -> None:
         self._slow_sends += 1
@@ -461,7 +468,7 @@ def connect(
     port: int,
     *,
     framing: Optional[str] = None,
-    ping_interval: Optional[float] = 15.0,
+    ping_interval: Union[float, None, Default] = DEFAULT,
     ping_timeout: float = 10.0,
     ping: Optional[bytes] = None,
     pong: Optional[bytes] = None,
@@ -506,7 +513,10 @@ def connect(
       heartbeats.
     - **Liveness**: after ``ping_interval`` seconds without receiving anything a ping goes out;
       if nothing arrives within ``ping_timeout`` more, the peer is dead (``PeerDead``) and the
-      client reconnects. ``ping_interval=None`` turns heartbeats off. ``idle_timeout`` closes
+      client reconnects. ``ping_interval=None`` turns heartbeats off. Its default is 15 s when
+      there is a ping to send (protocol mode, raw mode with ``ping``); raw mode without
+      ``ping`` sends nothing and has no silence limit unless ``ping_interval`` is given (then
+      a peer silent for ``ping_interval + ping_timeout`` is dead). ``idle_timeout`` closes
       a connection that carries no message either way for that long. A message whose first
       bytes arrived must be complete within ``frame_timeout`` seconds (default 30; ``0``: no
       bound), so a peer that trickles bytes is cut (``peer_timed_out``).
@@ -517,7 +527,9 @@ def connect(
       and kept until acknowledged; after a reconnect both sides resend what the other has not
       delivered, so nothing is lost or duplicated. A session the server no longer has is
       reported with ``SessionLost`` and its unacknowledged messages.
-    - **Limits**: ``max_message_size`` (bytes we accept; default 8 MiB),
+    - **Limits**: ``max_message_size`` (bytes we accept; default 8 MiB; protocol mode only: in
+      raw mode the framing spec's ``max=`` is the limit and ``max_message_size`` raises
+      ``ConfigError``),
       ``max_queued_bytes`` (send queue; ``send`` waits beyond it; default 8 MiB).
     - **TLS** (``tls=True``, or any ``tls_*`` option): the server's certificate is verified
       against the CA certificates in the PEM file ``tls_ca`` (default: the platform's trusted
@@ -526,7 +538,7 @@ def connect(
       reason (unknown CA, name mismatch, expired certificate, client certificate required).
     - ``on_event`` is called (in the event loop) with every :mod:`framelink.events` object.
     """
-    options = dict(
+    options = native_options(
         framing=framing,
         ping_interval=ping_interval,
         ping_timeout=ping_timeout,
@@ -759,7 +771,7 @@ def serve(
     port: int = 0,
     *,
     framing: Optional[str] = None,
-    ping_interval: Optional[float] = 15.0,
+    ping_interval: Union[float, None, Default] = DEFAULT,
     ping_timeout: float = 10.0,
     ping: Optional[bytes] = None,
     pong: Optional[bytes] = None,
@@ -815,7 +827,7 @@ def serve(
     (mutual TLS), whose verified identity is :attr:`Connection.peer_certificate`. Only
     connections whose handshake succeeded reach the handler.
     """
-    options = dict(
+    options = native_options(
         framing=framing,
         ping_interval=ping_interval,
         ping_timeout=ping_timeout,

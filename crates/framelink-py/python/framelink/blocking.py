@@ -22,7 +22,15 @@ from typing import Any, Callable, Deque, Iterable, Iterator, List, Optional, Tup
 
 from . import _native
 from . import events as ev
-from ._links import RECV_BATCH, EventCallback, LinkState, PathLike
+from ._links import (
+    DEFAULT,
+    RECV_BATCH,
+    Default,
+    EventCallback,
+    LinkState,
+    PathLike,
+    native_options,
+)
 from .errors import ConnectionClosed
 
 __all__ = ["connect", "Client"]
@@ -77,6 +85,12 @@ class Client:
         between connections (``TimeoutError`` after ``timeout`` seconds)."""
         if not self._native.try_send(message):
             self._native.send_blocking([message], timeout)
+
+    def try_send(self, message: BytesLike) -> None:
+        """Queues one message without blocking; :class:`~framelink.QueueFull` if the send
+        queue has no room now, with its ``queued`` and ``limit`` bytes (both 0 while the client
+        is between connections)."""
+        self._native.send_now(message)
 
     def send_many(self, messages: Iterable[BytesLike], timeout: Optional[float] = None) -> None:
         """Queues messages in order, with one native call for the batch."""
@@ -184,7 +198,7 @@ def connect(
     *,
     timeout: Optional[float] = 30.0,
     framing: Optional[str] = None,
-    ping_interval: Optional[float] = 15.0,
+    ping_interval: Union[float, None, Default] = DEFAULT,
     ping_timeout: float = 10.0,
     ping: Optional[bytes] = None,
     pong: Optional[bytes] = None,
@@ -193,14 +207,21 @@ def connect(
     answer: Optional[Tuple[bytes, bytes]] = None,
     idle_timeout: Optional[float] = None,
     frame_timeout: Optional[float] = None,
+    reader_idle: Optional[float] = None,
+    writer_idle: Optional[float] = None,
+    all_idle: Optional[float] = None,
     max_message_size: Optional[int] = None,
     max_queued_bytes: Optional[int] = None,
+    handshake_timeout: Optional[float] = None,
     sessions: bool = False,
     reconnect: bool = True,
     max_attempts: Optional[int] = None,
     backoff_initial: float = 0.1,
     backoff_max: float = 30.0,
+    backoff_multiplier: float = 2.0,
     connect_timeout: float = 10.0,
+    stable_after: float = 5.0,
+    nodelay: bool = True,
     tls: bool = False,
     tls_ca: Optional[PathLike] = None,
     tls_server_name: Optional[str] = None,
@@ -213,7 +234,7 @@ def connect(
     (``TimeoutError`` after ``timeout`` seconds, ``ConnectionClosed`` if it gave up), or at once
     with ``wait=False``. The options are those of :func:`framelink.connect`; ``on_event`` is
     called in the thread that calls ``recv`` / ``take_events``."""
-    options = dict(
+    options = native_options(
         framing=framing,
         ping_interval=ping_interval,
         ping_timeout=ping_timeout,
@@ -224,14 +245,21 @@ def connect(
         answer=answer,
         idle_timeout=idle_timeout,
         frame_timeout=frame_timeout,
+        reader_idle=reader_idle,
+        writer_idle=writer_idle,
+        all_idle=all_idle,
         max_message_size=max_message_size,
         max_queued_bytes=max_queued_bytes,
+        handshake_timeout=handshake_timeout,
         sessions=sessions,
         reconnect=reconnect,
         max_attempts=max_attempts,
         backoff_initial=backoff_initial,
         backoff_max=backoff_max,
+        backoff_multiplier=backoff_multiplier,
         connect_timeout=connect_timeout,
+        stable_after=stable_after,
+        nodelay=nodelay,
         tls=tls,
         tls_ca=tls_ca,
         tls_server_name=tls_server_name,

@@ -462,6 +462,13 @@ impl Sender {
         self.shared.limit - self.shared.budget.available_permits()
     }
 
+    /// The whole send budget in bytes (the connection's `max_queued_bytes`): what
+    /// [`queued_bytes`](Self::queued_bytes) counts against, and the `limit` of
+    /// [`SendError::QueueFull`].
+    pub fn queue_limit(&self) -> usize {
+        self.shared.limit
+    }
+
     /// Drives the sink's pending work (a budget wait or a close) to completion.
     pub(super) fn poll_sink_wait(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
         if let Some(wait) = &mut self.sink_wait {
