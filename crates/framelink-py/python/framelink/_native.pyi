@@ -4,6 +4,8 @@ from :mod:`framelink`; the rest is the machinery under :mod:`framelink.aio` and
 
 from typing import Any, Dict, Iterable, List, Optional, Tuple, Union, final
 
+from .errors import DecodeError
+
 _BytesLike = Union[bytes, bytearray, memoryview]
 
 __all__ = [
@@ -47,7 +49,7 @@ class Decoder:
     def buffer_updated(self, nbytes: int) -> List[bytes]:
         """``nbytes`` were written into the last :meth:`get_buffer` view: every frame now
         complete."""
-    def take_errors(self) -> List[Any]:
+    def take_errors(self) -> List[DecodeError]:
         """Recoverable errors since the last call (``DecodeError`` instances, at most 64)."""
     @property
     def error_count(self) -> int:

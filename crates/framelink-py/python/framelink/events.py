@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Tuple, Union
 
+from .errors import DecodeError
+
 __all__ = [
     "Event",
     "Connected",
@@ -114,7 +116,7 @@ class FrameDiscarded:
     ``max=...,oversize=discard``, garbage before a magic). ``error`` is the
     :class:`framelink.DecodeError` with its numbers; the frames around it were delivered."""
 
-    error: Any
+    error: DecodeError
 
 
 @dataclass(frozen=True)
