@@ -223,3 +223,35 @@ def test_sessions_resume_after_server_side_drop(thread_server: ThreadServerFn, c
         assert {e.session_id for e in started} == {client.session_id}
         assert [e.status for e in started][1:] == ["resumed"] * (len(started) - 1)
     assert [m for cid in sorted(received) for m in received[cid]] == payloads
+
+
+def test_heartbeats_run_while_blocked_in_recv(cli_server: CliServerFn) -> None:
+    """The I/O thread pings and measures RTT while the caller's thread is blocked in recv."""
+    _, port = cli_server()
+    with framelink.blocking.connect("127.0.0.1", port, ping_interval=0.1) as client:
+        with pytest.raises(TimeoutError):
+            client.recv(timeout=1.0)  # nothing to read: blocked for a second
+        rtts = [e for e in client.take_events() if isinstance(e, ev.Rtt)]
+        assert rtts, "no heartbeat round trip while blocked"
+        assert client.rtt is not None and client.rtt.latest > 0
+
+
+def test_dead_peer_found_while_blocked_in_recv(
+    cli_server: CliServerFn, cli_proxy: CliProxyFn
+) -> None:
+    """A peer that goes silent (blackholed link) is declared dead within ping_interval +
+    ping_timeout, and recv, blocked all that time, says so."""
+    ping_interval, ping_timeout, slack = 0.5, 1.0, 2.5
+    _, server_port = cli_server()
+    proxy, port = cli_proxy(server_port, "--cut-at", "2000", "--fault", "blackhole")
+    with framelink.blocking.connect(
+        "127.0.0.1", port, ping_interval=ping_interval, ping_timeout=ping_timeout, max_attempts=1
+    ) as client:
+        client.send(b"z" * 10_000)  # crosses the blackhole point
+        proxy.wait_for(r"fault: blackhole")
+        t0 = time.monotonic()
+        with pytest.raises(framelink.PeerDead):
+            client.recv(timeout=TIMEOUT)
+        assert time.monotonic() - t0 <= ping_interval + ping_timeout + slack
+        lost = [e for e in client.take_events() if isinstance(e, ev.Disconnected)]
+        assert lost and lost[0].kind == "PeerDead", lost

@@ -4,6 +4,8 @@ cancellation of waiting calls."""
 from __future__ import annotations
 
 import asyncio
+from typing import List
+
 import pytest
 
 import framelink
@@ -15,13 +17,25 @@ BIG = 64 * 1024
 
 
 class _NeverReads(asyncio.Protocol):
+    """Accepts and never reads: the client's writes fill the socket buffers, then its queue.
+    ``abort_all`` resets the connections, so that the client's close need not wait for its
+    queue to drain."""
+
+    transports: List[asyncio.Transport] = []
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         transport.pause_reading()
+        self.transports.append(transport)
+
+    @classmethod
+    def abort_all(cls) -> None:
+        for transport in cls.transports:
+            transport.abort()
+        cls.transports = []
 
 
 async def _server_that_never_reads() -> asyncio.Server:
-    """Accepts and never reads: the client's writes fill the socket buffers, then its queue."""
     return await asyncio.get_running_loop().create_server(_NeverReads, "127.0.0.1", 0)
 
 
@@ -56,7 +70,9 @@ async def test_try_send_raises_queue_full_with_the_queue_numbers() -> None:
             waiting.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await waiting
+            _NeverReads.abort_all()
     finally:
+        _NeverReads.abort_all()
         server.close()
 
 
@@ -71,7 +87,7 @@ async def test_try_send_between_connections_raises_queue_full_with_zeros() -> No
             client.try_send(b"hello")
             assert await asyncio.wait_for(client.recv(), TIMEOUT) == b"hello"
             await server.close(grace=0.1)
-            await log.wait(lambda e: isinstance(e, ev.Reconnecting), TIMEOUT)
+            await log.wait(lambda e: isinstance(e, ev.Reconnecting), TIMEOUT, seen_ok=True)
             with pytest.raises(framelink.QueueFull, match="reconnecting") as info:
                 client.try_send(b"during the gap")
             assert (info.value.queued, info.value.length, info.value.limit) == (0, 14, 0)

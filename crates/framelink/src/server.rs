@@ -585,8 +585,8 @@ impl Registry {
         self.evicted_idle += 1;
         let sender = live.sender.clone();
         let reason = format!(
-            "evicted to make room: no message for {}s while the server was full",
-            idle.as_secs()
+            "evicted to make room: no message for {:.1}s while the server was full",
+            idle.as_secs_f64()
         );
         tracing::info!(peer = %SocketAddr::new(live.ip, live.port), ?idle, "idle connection evicted to make room");
         tokio::spawn(async move {
