@@ -217,6 +217,31 @@ pub fn send_error(py: Python<'_>, e: &SendError) -> PyErr {
     }
 }
 
+/// Why a batch for a session stopped part-way: the error about its first message not queued,
+/// with `.sent` (how many were queued) and, for `SessionLost`, every message not queued in
+/// `.unacked` (that one and `rest`), so none is dropped silently.
+pub fn session_send_many_error(
+    py: Python<'_>,
+    e: &SessionSendError,
+    sent: usize,
+    rest: &[Bytes],
+) -> PyErr {
+    let err = session_send_error(py, e);
+    let value = err.value(py);
+    let _ = value.setattr("sent", sent);
+    if !rest.is_empty() {
+        if let Ok(unacked) = value.getattr("unacked") {
+            let extra = rest.iter().map(|m| PyBytes::new(py, m));
+            if let Ok(list) = unacked.downcast::<PyList>() {
+                for m in extra {
+                    let _ = list.append(m);
+                }
+            }
+        }
+    }
+    err
+}
+
 /// `QueueFull` with its own message: the send budget's numbers, or zeros when there is no
 /// connection to measure.
 pub fn queue_full(py: Python<'_>, message: &str, queued: usize, len: usize, limit: usize) -> PyErr {

@@ -182,10 +182,20 @@ impl EventData {
 #[derive(Debug)]
 pub enum OpResult {
     Done,
-    SendFailed { error: SendError, unsent: usize },
+    SendFailed {
+        error: SendError,
+        unsent: usize,
+    },
     Closed(Option<CloseInfo>),
     Shutdown(ShutdownReport),
     SessionSend(Result<(), framelink::SessionSendError>),
+    /// A batch for a session stopped by `error`: `sent` of it were queued, `rest` (after the
+    /// message the error is about) were not.
+    SessionSendMany {
+        error: framelink::SessionSendError,
+        sent: usize,
+        rest: Vec<Bytes>,
+    },
 }
 
 impl OpResult {
@@ -206,6 +216,11 @@ impl OpResult {
             OpResult::SessionSend(Ok(())) => py.None(),
             OpResult::SessionSend(Err(e)) => {
                 errors::session_send_error(py, e).into_value(py).into_any()
+            }
+            OpResult::SessionSendMany { error, sent, rest } => {
+                errors::session_send_many_error(py, error, *sent, rest)
+                    .into_value(py)
+                    .into_any()
             }
         }
     }

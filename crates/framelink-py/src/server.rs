@@ -233,6 +233,59 @@ impl Server {
         });
         Ok(id)
     }
+
+    /// Queues `payloads` for session `session_id` in order: every message that fits now at
+    /// once, in this call; the rest (from the first that would wait: a full or moving session)
+    /// by one task that waits for room. `None` when all were queued now, else the operation id,
+    /// completed when the task is done. A message refused for good raises (now) or completes
+    /// the operation (later) with the error, `.sent` and, for `SessionLost`, every message not
+    /// queued in `.unacked`.
+    fn send_many_to_session(
+        &self,
+        py: Python<'_>,
+        session_id: &[u8],
+        payloads: &Bound<'_, PyAny>,
+    ) -> PyResult<Option<u64>> {
+        use framelink::SessionSendError as E;
+        let sid = session_id_of(py, session_id)?;
+        let mut batch = payloads
+            .try_iter()?
+            .map(|p| to_bytes(&p?))
+            .collect::<PyResult<VecDeque<_>>>()?;
+        let mut sent = 0;
+        while let Some(payload) = batch.pop_front() {
+            match self.handle.try_send_to_session(sid, payload.clone()) {
+                Ok(()) => sent += 1,
+                Err(E::Full { .. } | E::Busy { .. })
+                | Err(E::Send(framelink::connection::SendError::QueueFull { .. })) => {
+                    batch.push_front(payload);
+                    break;
+                }
+                Err(e) => {
+                    let rest: Vec<_> = batch.into();
+                    return Err(errors::session_send_many_error(py, &e, sent, &rest));
+                }
+            }
+        }
+        if batch.is_empty() {
+            return Ok(None);
+        }
+        let id = self.op_id();
+        let (handle, shared) = (self.handle.clone(), self.shared.clone());
+        runtime().spawn(async move {
+            let mut result = OpResult::Done;
+            while let Some(payload) = batch.pop_front() {
+                if let Err(error) = handle.send_to_session(sid, payload).await {
+                    let rest = batch.into();
+                    result = OpResult::SessionSendMany { error, sent, rest };
+                    break;
+                }
+                sent += 1;
+            }
+            shared.push_done(id, result);
+        });
+        Ok(Some(id))
+    }
 }
 
 impl Server {

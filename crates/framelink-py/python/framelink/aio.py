@@ -353,8 +353,7 @@ class Connection(_Link):
                 rest = batch[sent:]
             else:
                 raise
-            for message in rest:
-                await self._server.send_to_session(session, message)
+            await self._server.send_many_to_session(session, rest)
 
     @property
     def peer(self) -> Tuple[str, int]:
@@ -690,6 +689,21 @@ class Server:
         if self._native.try_send_to_session(session_id, message):
             return
         result = await self._op(self._native.send_to_session(session_id, message))
+        if result is not None:
+            raise result
+
+    async def send_many_to_session(
+        self, session_id: bytes, messages: Iterable[BytesLike]
+    ) -> None:
+        """Queues messages in order for the client of session ``session_id``, as
+        :meth:`send_to_session` does one: one native call for the batch, waiting only while
+        the session is full. A session the server does not have raises
+        :class:`~framelink.SessionLost` with every message not queued in ``.unacked`` (and
+        ``.sent``: how many were queued before)."""
+        op = self._native.send_many_to_session(session_id, messages)
+        if op is None:
+            return
+        result = await self._op(op)
         if result is not None:
             raise result
 
