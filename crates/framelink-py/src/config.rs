@@ -374,3 +374,28 @@ pub fn server(py: Python<'_>, dict: &Bound<'_, PyDict>) -> PyResult<ServerConfig
     }
     Ok(c)
 }
+
+/// The Rust defaults behind the Python signatures' defaults, in the Python options' names and
+/// units (seconds, bytes), so that a test can hold both to one set of values.
+pub fn defaults(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let d = PyDict::new(py);
+    let connection = ConnectionConfig::default();
+    let client = ClientConfig::default();
+    let server = ServerConfig::default();
+    let sessions = framelink::ServerSessions::default();
+    let secs = |t: Duration| t.as_secs_f64();
+    d.set_item("ping_interval", connection.ping_interval.map(secs))?;
+    d.set_item("ping_timeout", secs(connection.ping_timeout))?;
+    d.set_item("backoff_initial", secs(client.backoff.initial))?;
+    d.set_item("backoff_max", secs(client.backoff.max))?;
+    d.set_item("backoff_multiplier", client.backoff.multiplier)?;
+    d.set_item("max_attempts", client.backoff.max_attempts)?;
+    d.set_item("connect_timeout", secs(client.connect_timeout))?;
+    d.set_item("stable_after", secs(client.stable_after))?;
+    d.set_item("nodelay", client.socket.nodelay)?;
+    d.set_item("max_connections", server.max_connections)?;
+    d.set_item("max_connections_per_ip", server.max_connections_per_ip)?;
+    d.set_item("session_ttl", secs(sessions.ttl))?;
+    d.set_item("max_detached_sessions", sessions.max_detached)?;
+    Ok(d)
+}

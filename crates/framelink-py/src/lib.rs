@@ -62,6 +62,13 @@ fn check_options(py: Python<'_>, options: &Bound<'_, PyDict>, server: bool) -> P
     Ok(())
 }
 
+/// The Rust defaults of the options whose Python signatures spell a default out (seconds,
+/// bytes), for the test that keeps both languages on one set of values.
+#[pyfunction]
+fn defaults(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    config::defaults(py)
+}
+
 /// glibc returns freed memory at the top of the heap to the kernel once more than its trim
 /// threshold (128 KiB at start) is free there, and raises that threshold by itself the first
 /// time a large `mmap`ed block is freed. A process that only moves messages of tens of KiB
@@ -98,6 +105,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<server::Server>()?;
     m.add_function(wrap_pyfunction!(connect, m)?)?;
     m.add_function(wrap_pyfunction!(check_options, m)?)?;
+    m.add_function(wrap_pyfunction!(defaults, m)?)?;
     m.add("INBOX_BYTES", link::INBOX_BYTES)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -414,3 +414,22 @@ def test_echo_under_uvloop() -> None:
         loop.run_until_complete(asyncio.wait_for(main(), 60))
     finally:
         loop.close()
+
+
+def test_python_defaults_are_the_rust_defaults() -> None:
+    """The signatures spell some defaults out (for help() and IDEs); the Rust core has them
+    too. They must agree: a default left out (``None``, ``DEFAULT``) is the core's by design."""
+    import inspect
+
+    import framelink.blocking
+    from framelink import _native
+
+    rust = _native.defaults()
+    checked = set()
+    for function in (framelink.connect, framelink.serve, framelink.blocking.connect):
+        for name, param in inspect.signature(function).parameters.items():
+            if name in rust and param.default is not None and repr(param.default) != "DEFAULT":
+                assert param.default == pytest.approx(rust[name]), (function.__qualname__, name)
+                checked.add(name)
+    # Every Rust default named there is spelled out somewhere (nothing stale in the list).
+    assert checked == set(rust) - {"ping_interval", "max_attempts"}, set(rust) - checked

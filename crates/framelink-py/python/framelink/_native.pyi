@@ -17,6 +17,7 @@ __all__ = [
     "Server",
     "connect",
     "check_options",
+    "defaults",
     "INBOX_BYTES",
     "__version__",
 ]
@@ -174,6 +175,7 @@ class Server:
     ) -> Optional[int]: ...
     def send_to_session(self, session_id: bytes, payload: _BytesLike) -> int: ...
 
+def defaults() -> Dict[str, Any]: ...
 def connect(host: str, port: int, options: Dict[str, Any]) -> Link:
     """``options``: the keyword arguments of :func:`framelink.connect`, TLS included (``tls``,
     ``tls_ca``, ``tls_server_name``, ``tls_cert``, ``tls_key``)."""
