@@ -135,3 +135,41 @@ async def test_unsent_messages_are_handed_back_after_a_loss() -> None:
     finally:
         await client.close()
         server.close()
+
+
+async def test_memory_budget_closes_the_largest_holder() -> None:
+    """``memory_budget`` bounds what the server holds for all connections together: once peers
+    whose messages nobody reads have filled it, the connection holding the most is closed."""
+    hold = asyncio.Event()
+
+    async def handler(conn: framelink.Connection) -> None:
+        await hold.wait()  # reads nothing while the peers send
+
+    frame = (65536).to_bytes(4, "big") + b"x" * 65536
+    async with framelink.serve(
+        handler, "127.0.0.1", 0, framing="length:4,max=1MiB", memory_budget=1 << 20,
+        ping_interval=None,
+    ) as server:
+        peers = []
+        try:
+            for _ in range(8):  # 8 x 1 MiB against a 1 MiB budget
+                reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+                writer.write(frame * 16)
+                peers.append((reader, writer))
+            # The server sends nothing back: the first read to end is a connection it closed.
+            reads = [asyncio.ensure_future(reader.read(100)) for reader, _ in peers]
+            done, pending = await asyncio.wait(
+                reads, timeout=TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in pending:
+                task.cancel()
+            assert done, "no connection closed although the budget was exceeded"
+            assert [task.result() for task in done] == [b""] * len(done)
+            deadline = asyncio.get_running_loop().time() + TIMEOUT
+            while server.stats()["live"] == 8 and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.02)  # the registry forgets it once its driver ended
+            assert server.stats()["live"] < 8, server.stats()
+        finally:
+            hold.set()
+            for _, writer in peers:
+                writer.close()
