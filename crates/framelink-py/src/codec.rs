@@ -71,11 +71,6 @@ pub fn to_bytes(data: &Bound<'_, PyAny>) -> PyResult<Bytes> {
 
 use pyo3::type_object::PyTypeInfo;
 
-/// Frames as a Python list of `bytes`.
-pub fn frames_to_list<'py>(py: Python<'py>, frames: &[Bytes]) -> PyResult<Bound<'py, PyList>> {
-    PyList::new(py, frames.iter().map(|f| PyBytes::new(py, f)))
-}
-
 /// Turns a byte stream back into frames: `Decoder("length:4,max=1MiB")`.
 #[pyclass(module = "framelink._native")]
 pub struct Decoder {
@@ -92,15 +87,20 @@ pub struct Decoder {
 
 impl Decoder {
     /// Decodes every complete frame; a fatal error is raised with the frames before it.
-    fn decode_all(&mut self, py: Python<'_>, eof: bool) -> PyResult<Vec<Bytes>> {
+    /// Every frame complete in the buffer, as a list of `bytes`: each copied straight from
+    /// the buffer into its `bytes` (`decode_visit`: no `Bytes` handle made per frame).
+    fn decode_all<'py>(&mut self, py: Python<'py>, eof: bool) -> PyResult<Bound<'py, PyList>> {
         if let Some(e) = &self.failed {
             return Err(errors::decode_error(py, e, &[]));
         }
         let mut frames = Vec::new();
         loop {
-            match self.framing.decode_with_eof(&mut self.buf, eof) {
+            match self
+                .framing
+                .decode_visit(&mut self.buf, eof, |frame| PyBytes::new(py, frame))
+            {
                 Ok(Some(frame)) => frames.push(frame),
-                Ok(None) => return Ok(frames),
+                Ok(None) => return PyList::new(py, frames),
                 Err(e) if e.is_recoverable() => {
                     self.error_count += 1;
                     if self.errors.len() == KEPT_ERRORS {
@@ -109,7 +109,10 @@ impl Decoder {
                     self.errors.push(e);
                 }
                 Err(e) => {
-                    let err = errors::decode_error(py, &e, &frames);
+                    let err = errors::decode_exception(py, &e);
+                    if !frames.is_empty() {
+                        let _ = err.value(py).setattr("frames", PyList::new(py, frames)?);
+                    }
                     self.failed = Some(e);
                     self.buf = BytesMut::new();
                     return Err(err);
@@ -153,8 +156,7 @@ impl Decoder {
         self.lent.release(py);
         self.check_open(py)?;
         with_bytes(data, |d| self.buf.extend_from_slice(d))?;
-        let frames = self.decode_all(py, false)?;
-        frames_to_list(py, &frames)
+        self.decode_all(py, false)
     }
 
     /// The stream ended: returns the last frames; a partial frame left raises `TruncatedFrame`.
@@ -164,8 +166,7 @@ impl Decoder {
             return PyList::new(py, Vec::<Bound<'py, PyBytes>>::new());
         }
         self.ended = true;
-        let frames = self.decode_all(py, true)?;
-        frames_to_list(py, &frames)
+        self.decode_all(py, true)
     }
 
     /// A writable memoryview of at least one byte of free buffer space, for
@@ -195,8 +196,7 @@ impl Decoder {
                 "buffer_updated({nbytes}) but the buffer lent holds {len} bytes"
             ))
         })?;
-        let frames = self.decode_all(py, false)?;
-        frames_to_list(py, &frames)
+        self.decode_all(py, false)
     }
 
     /// Recoverable errors decoded past since the last call (oldest first, at most 64), as

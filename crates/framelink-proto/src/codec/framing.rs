@@ -173,6 +173,15 @@ impl FrameDecoder for Framing {
     fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, DecodeError> {
         dispatch!(self, c => c.decode_eof(buf))
     }
+    #[inline]
+    fn decode_visit<R>(
+        &mut self,
+        buf: &mut BytesMut,
+        eof: bool,
+        visit: impl FnOnce(&[u8]) -> R,
+    ) -> Result<Option<R>, DecodeError> {
+        dispatch!(self, c => c.decode_visit(buf, eof, visit))
+    }
     fn consumed(&self) -> u64 {
         dispatch_ref!(self, c => c.consumed())
     }
@@ -273,6 +282,80 @@ mod tests {
             let checked = framing.check_payload(&payload);
             let framed = framing.frame_parts(&payload).map(|_| ());
             prop_assert_eq!(format!("{checked:?}"), format!("{framed:?}"), "{}", spec);
+        }
+    }
+
+    /// More specs for `decode_visit`: the ones it decodes on its own (length fields, lines)
+    /// with every option that changes the frame it lends.
+    const VISIT_SPECS: [&str; 5] = [
+        "length:4,max=100,discard",
+        "length:2,strip=0,max=300",
+        "lines,keep,max=150",
+        "lines,max=60,discard",
+        "lines,keep,crlf,max=40,discard",
+    ];
+
+    /// Every event of a decode run, to the end of the stream: frames, and errors as text.
+    fn decode_run(
+        spec: &str,
+        stream: &[u8],
+        chunks: &[usize],
+        mut next: impl FnMut(&mut Framing, &mut BytesMut, bool) -> Result<Option<Vec<u8>>, DecodeError>,
+    ) -> (Vec<String>, u64) {
+        let mut framing: Framing = spec.parse().unwrap();
+        let (mut buf, mut seen, mut at) = (BytesMut::new(), Vec::new(), 0);
+        for &n in chunks.iter().chain(std::iter::once(&usize::MAX)) {
+            let end = at + n.min(stream.len() - at);
+            buf.extend_from_slice(&stream[at..end]);
+            at = end;
+            let eof = at == stream.len();
+            loop {
+                match next(&mut framing, &mut buf, eof) {
+                    Ok(Some(frame)) => seen.push(format!("{frame:?}")),
+                    Ok(None) => break,
+                    Err(e) => {
+                        seen.push(format!("{e:?}"));
+                        if !e.is_recoverable() {
+                            return (seen, framing.consumed());
+                        }
+                    }
+                }
+            }
+            if eof {
+                break;
+            }
+        }
+        (seen, framing.consumed())
+    }
+
+    proptest! {
+        /// `decode_visit` sees exactly the frames and errors `decode_with_eof` returns, at the
+        /// same stream offsets, over any split of any stream (valid frames and junk).
+        #[test]
+        fn decode_visit_agrees_with_decode(
+            spec in prop::sample::select(
+                [SPECS, &VISIT_SPECS[..]].concat(),
+            ),
+            payloads in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..200), 0..8),
+            junk in prop::collection::vec(any::<u8>(), 0..12),
+            junk_at in any::<prop::sample::Index>(),
+            chunks in prop::collection::vec(1usize..64, 0..40),
+        ) {
+            let framing: Framing = spec.parse().unwrap();
+            let mut stream = BytesMut::new();
+            for p in &payloads {
+                let _ = framing.encode(p, &mut stream); // payloads it cannot frame are left out
+            }
+            let at = junk_at.index(stream.len() + 1);
+            let mut stream = stream.to_vec();
+            stream.splice(at..at, junk);
+            let owned = decode_run(spec, &stream, &chunks, |f, b, eof| {
+                f.decode_with_eof(b, eof).map(|o| o.map(|frame| frame.to_vec()))
+            });
+            let visited = decode_run(spec, &stream, &chunks, |f, b, eof| {
+                f.decode_visit(b, eof, |frame| frame.to_vec())
+            });
+            prop_assert_eq!(owned, visited, "{}", spec);
         }
     }
 

@@ -270,7 +270,7 @@ impl LengthFieldCodec {
     /// The error for a header whose value is outside `accepted_raw`, after which a discarded
     /// frame starts being dropped.
     #[cold]
-    fn header_error(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, DecodeError> {
+    fn header_error(&mut self, buf: &mut BytesMut) -> DecodeError {
         match self.read_header(buf) {
             Err(kind @ DecodeErrorKind::FrameTooLong { length, .. })
                 if self.config.oversize == OversizePolicy::Discard =>
@@ -278,17 +278,17 @@ impl LengthFieldCodec {
                 let offset = self.consumed;
                 self.discard_remaining = length;
                 self.discard(buf);
-                Err(DecodeError::recoverable(kind, offset))
+                DecodeError::recoverable(kind, offset)
             }
-            Err(kind) => Err(DecodeError::fatal(kind, self.consumed)),
+            Err(kind) => DecodeError::fatal(kind, self.consumed),
             Ok(_) => unreachable!("values that read_header accepts are in accepted_raw"),
         }
     }
-}
 
-impl FrameDecoder for LengthFieldCodec {
+    /// The length of the frame complete at the front of `buf` (header included), or `None`
+    /// while more bytes are needed (room for the whole frame is then reserved).
     #[inline]
-    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, DecodeError> {
+    fn complete_frame(&mut self, buf: &mut BytesMut) -> Result<Option<usize>, DecodeError> {
         if self.discard_remaining > 0 && !self.discard(buf) {
             return Ok(None);
         }
@@ -299,7 +299,7 @@ impl FrameDecoder for LengthFieldCodec {
         }
         let raw = cfg.order.read_uint(&buf[cfg.offset..field_end]);
         if !self.accepted_raw.contains(&raw) {
-            return self.header_error(buf);
+            return Err(self.header_error(buf));
         }
         // In range: the frame length is between the header and the limit, exact in wrapping u64.
         let frame_len = raw.wrapping_add(self.delta) as usize;
@@ -307,10 +307,39 @@ impl FrameDecoder for LengthFieldCodec {
             reserve_for_frame(buf, frame_len);
             return Ok(None);
         }
+        Ok(Some(frame_len))
+    }
+}
+
+impl FrameDecoder for LengthFieldCodec {
+    #[inline]
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, DecodeError> {
+        let Some(frame_len) = self.complete_frame(buf)? else {
+            return Ok(None);
+        };
         let mut frame = buf.split_to(frame_len).freeze();
-        frame.advance(cfg.strip);
+        frame.advance(self.config.strip);
         self.consumed += frame_len as u64;
         Ok(Some(frame))
+    }
+
+    #[inline]
+    fn decode_visit<R>(
+        &mut self,
+        buf: &mut BytesMut,
+        eof: bool,
+        visit: impl FnOnce(&[u8]) -> R,
+    ) -> Result<Option<R>, DecodeError> {
+        if eof {
+            return Ok(self.decode_eof(buf)?.map(|frame| visit(&frame)));
+        }
+        let Some(frame_len) = self.complete_frame(buf)? else {
+            return Ok(None);
+        };
+        let visited = visit(&buf[self.config.strip..frame_len]);
+        buf.advance(frame_len);
+        self.consumed += frame_len as u64;
+        Ok(Some(visited))
     }
 
     fn consumed(&self) -> u64 {

@@ -177,6 +177,38 @@ impl FrameDecoder for LinesCodec {
         }
     }
 
+    #[inline]
+    fn decode_visit<R>(
+        &mut self,
+        buf: &mut BytesMut,
+        eof: bool,
+        visit: impl FnOnce(&[u8]) -> R,
+    ) -> Result<Option<R>, DecodeError> {
+        if eof {
+            return Ok(self.decode_eof(buf)?.map(|frame| visit(&frame)));
+        }
+        let from = self.state.resume_at(buf.len());
+        let newline = memchr::memchr(b'\n', &buf[from..]).map(|i| from + i);
+        let frame = match newline {
+            Some(nl) if !self.state.discarding => {
+                let end = if nl > 0 && buf[nl - 1] == b'\r' {
+                    nl - 1
+                } else {
+                    nl
+                };
+                if end <= self.config.max_frame_length {
+                    let keep = if self.config.strip { end } else { nl + 1 };
+                    let visited = visit(&buf[..keep]);
+                    self.state.drop_front(buf, nl + 1);
+                    return Ok(Some(visited));
+                }
+                self.decode(buf)? // too long: the error, as `decode` reports it
+            }
+            _ => self.decode_rest(buf, newline)?,
+        };
+        Ok(frame.map(|frame| visit(&frame)))
+    }
+
     fn consumed(&self) -> u64 {
         self.state.consumed
     }

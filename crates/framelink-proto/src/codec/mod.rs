@@ -190,6 +190,33 @@ pub trait FrameDecoder {
         }
     }
 
+    /// Like [`decode_with_eof`](Self::decode_with_eof), but lends the frame to `visit` as a
+    /// slice of `buf` rather than splitting a [`Bytes`] off it, and returns what `visit`
+    /// returns. For a caller that copies every frame anyway (the Python package, into a
+    /// `bytes`): no shared handle is made, so no reference count is taken and dropped per
+    /// frame. The frame is consumed from `buf` either way.
+    ///
+    /// ```
+    /// use bytes::BytesMut;
+    /// use framelink_proto::codec::{FrameDecoder, Framing};
+    ///
+    /// let mut framing: Framing = "length:2".parse().unwrap();
+    /// let mut buf = BytesMut::from(&b"\x00\x03abc\x00\x01"[..]);
+    /// assert_eq!(framing.decode_visit(&mut buf, false, |f| f.to_vec()).unwrap(), Some(b"abc".to_vec()));
+    /// assert_eq!(framing.decode_visit(&mut buf, false, |f| f.len()).unwrap(), None);
+    /// ```
+    fn decode_visit<R>(
+        &mut self,
+        buf: &mut BytesMut,
+        eof: bool,
+        visit: impl FnOnce(&[u8]) -> R,
+    ) -> Result<Option<R>, DecodeError>
+    where
+        Self: Sized,
+    {
+        Ok(self.decode_with_eof(buf, eof)?.map(|frame| visit(&frame)))
+    }
+
     /// Total bytes this decoder has taken off the front of buffers (frames, headers, skipped and
     /// discarded bytes): the stream offset of the first byte still in the buffer.
     fn consumed(&self) -> u64;
