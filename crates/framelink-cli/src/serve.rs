@@ -20,7 +20,7 @@ use framelink::{
     Event, Incoming, LostReason, LostSession, Protocol, Sender, Server, ServerConfig, ServerHandle,
     ServerSessions, SessionEvent,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::link_args::{
@@ -335,9 +335,10 @@ async fn connection(incoming: Incoming, sink: bool, sessions: Option<Echoes>, ou
                     tally.bytes += m.len() as u64;
                     match &feed {
                         _ if sink => {}
-                        // Unbounded: this task never waits while it holds the session's feed.
+                        // Bounded: waits for room while the session's client does not read
+                        // its echoes (backpressure reaches it through this connection).
                         Some((_, queue)) => {
-                            if queue.send(m).is_ok() {
+                            if queue.push(m).await {
                                 tally.echoed += 1;
                             }
                         }
@@ -429,8 +430,34 @@ fn print_unacked(unacked: &[Bytes]) {
 
 /// A session's echo queue; its lock is held by the connection carrying the session, so that
 /// the next connection's echoes queue after all of the previous one's.
-type Feed = Arc<tokio::sync::Mutex<mpsc::UnboundedSender<Bytes>>>;
-type FeedGuard = tokio::sync::OwnedMutexGuard<mpsc::UnboundedSender<Bytes>>;
+type Feed = Arc<tokio::sync::Mutex<FeedQueue>>;
+type FeedGuard = tokio::sync::OwnedMutexGuard<FeedQueue>;
+
+/// Bytes of echoes a session's feed holds at most (each message counted as its length plus
+/// [`FEED_MESSAGE_COST`]). A client that sends without reading its echoes fills its session's
+/// buffer, then this: the connection's task then waits for room, stops taking the connection's
+/// events, and TCP flow control holds the client back. Memory stays bounded.
+const FEED_BYTES: usize = 1 << 20;
+/// What a queued echo counts for besides its payload.
+const FEED_MESSAGE_COST: usize = 64;
+
+/// The sending side of a session's echo queue, with its byte budget.
+struct FeedQueue {
+    tx: mpsc::UnboundedSender<(Bytes, OwnedSemaphorePermit)>,
+    room: Arc<Semaphore>,
+}
+
+impl FeedQueue {
+    /// Queues `m` for echoing once the feed has room for it (a message larger than the whole
+    /// budget waits for an empty feed); `false` if the echo task is gone.
+    async fn push(&self, m: Bytes) -> bool {
+        let cost = (m.len() + FEED_MESSAGE_COST).min(FEED_BYTES) as u32;
+        let Ok(permit) = self.room.clone().acquire_many_owned(cost).await else {
+            return false;
+        };
+        self.tx.send((m, permit)).is_ok()
+    }
+}
 
 /// Sessions on: one echo task per session, fed by whichever connection carries the session
 /// now, queueing every echo in the session (`send_to_session`), wherever its client is.
@@ -457,9 +484,10 @@ impl Echoes {
         self.feeds()
             .entry(id)
             .or_insert_with(|| {
-                let (queue, pending) = mpsc::unbounded_channel();
+                let (tx, pending) = mpsc::unbounded_channel();
                 tokio::spawn(session_echo(self.handle.clone(), id, pending));
-                Arc::new(tokio::sync::Mutex::new(queue))
+                let room = Arc::new(Semaphore::new(FEED_BYTES));
+                Arc::new(tokio::sync::Mutex::new(FeedQueue { tx, room }))
             })
             .clone()
     }
@@ -486,15 +514,17 @@ impl Echoes {
 async fn session_echo(
     handle: ServerHandle,
     id: [u8; 16],
-    mut pending: mpsc::UnboundedReceiver<Bytes>,
+    mut pending: mpsc::UnboundedReceiver<(Bytes, OwnedSemaphorePermit)>,
 ) {
     let mut failed = 0u64;
     let mut last_error = None;
-    while let Some(m) = pending.recv().await {
+    while let Some((m, room)) = pending.recv().await {
         if let Err(e) = handle.send_to_session(id, m).await {
             failed += 1;
             last_error = Some(e);
         }
+        // Its room in the feed is given back once the session took it (or refused it).
+        drop(room);
     }
     if let Some(e) = last_error {
         eprintln!(

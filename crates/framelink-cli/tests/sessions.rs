@@ -242,3 +242,83 @@ fn help_explains_sessions() {
         assert!(out.contains(needle), "{needle}: {out}");
     }
 }
+
+/// A session peer that sends and never acknowledges the server's echoes (it reads and drops
+/// them) cannot make `serve --sessions` buffer without bound: once the session's buffer and
+/// its echo feed are full, the server stops reading and the peer's writes stall.
+#[test]
+fn a_peer_that_never_acknowledges_echoes_is_held_back() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Instant;
+
+    use framelink::proto::connection::{Connection, ConnectionConfig, Event};
+    use framelink::proto::machine::Machine;
+    use framelink::proto::session::{Session, SessionConfig};
+
+    let (_server, addr) = serve(&["--sessions", "-q"]);
+    let mut socket = TcpStream::connect(&addr).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+    // The handshake and the session's start, by the protocol machine.
+    let config = ConnectionConfig {
+        sessions: Some(SessionConfig::default()),
+        ..ConnectionConfig::default()
+    };
+    let mut machine =
+        Connection::with_session(config, Session::new(rand::random()), Instant::now()).unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    let mut buf = vec![0u8; 64 * 1024];
+    'handshake: loop {
+        assert!(Instant::now() < deadline, "no session started");
+        while let Some(bytes) = machine.poll_transmit(Instant::now()) {
+            socket.write_all(&bytes).unwrap();
+        }
+        while let Some(event) = machine.poll_event() {
+            if matches!(event, Event::SessionStarted { .. }) {
+                break 'handshake;
+            }
+        }
+        match socket.read(&mut buf) {
+            Ok(0) => panic!("the server closed during the handshake"),
+            Ok(n) => machine.handle_input(&buf[..n], Instant::now()),
+            Err(_) => machine.handle_timeout(Instant::now()),
+        }
+    }
+    // From here on: SDATA 1, 2, 3... written by hand; what the server sends is read and dropped,
+    // so it is never acknowledged.
+    let mut reader = socket.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let mut sink = vec![0u8; 256 * 1024];
+        while matches!(reader.read(&mut sink), Ok(n) if n > 0) {}
+    });
+    socket
+        .set_write_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let payload = vec![b'x'; 64 * 1024];
+    let mut written = 0usize;
+    let mut stalled = false;
+    for seq in 1u64..=4096 {
+        // 256 MiB at most.
+        let mut frame = Vec::with_capacity(13 + payload.len());
+        frame.extend_from_slice(&(9 + payload.len() as u32).to_be_bytes());
+        frame.push(0x08);
+        frame.extend_from_slice(&seq.to_be_bytes());
+        frame.extend_from_slice(&payload);
+        if socket.write_all(&frame).is_err() {
+            stalled = true;
+            break;
+        }
+        written += frame.len();
+    }
+    assert!(
+        stalled,
+        "the server took {written} bytes without acknowledgement of its echoes"
+    );
+    // Socket buffers, the session's buffer (8 MiB) and the echo feed (1 MiB) hold the rest.
+    assert!(
+        written < 128 << 20,
+        "{written} bytes taken before the stall"
+    );
+}
