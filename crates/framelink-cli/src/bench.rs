@@ -154,7 +154,8 @@ pub struct BenchArgs {
     #[arg(value_name = "[NAME=]ADDR")]
     addr: Vec<String>,
 
-    /// Concurrent connections.
+    /// Concurrent connections. `framelink serve` takes at most 64 from one address by default:
+    /// start it with `--max-connections-per-ip N` to measure more from this machine.
     #[arg(short, long, value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     connections: u32,

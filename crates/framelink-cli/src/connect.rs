@@ -496,7 +496,8 @@ impl Session {
                 // Whatever -q says: the peer never got these.
                 let n = messages.len();
                 eprintln!(
-                    "[connect] {n} message{} handed over but not written before the connection                      was lost: not sent (-v lists them)",
+                    "[connect] {n} message{} handed over but not written before the connection \
+                     was lost: not sent (-v lists them)",
                     if n == 1 { "" } else { "s" }
                 );
                 if self.args.verbose {

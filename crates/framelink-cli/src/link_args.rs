@@ -305,8 +305,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "h" => 3600.0,
         _ => return Err(bad()),
     };
-    Duration::try_from_secs_f64(value * seconds_per_unit).map_err(|_| bad())
+    let duration = Duration::try_from_secs_f64(value * seconds_per_unit).map_err(|_| bad())?;
+    // Deadlines are `Instant + duration`, which overflows (and panics) far below what f64
+    // seconds can say: a year is beyond any timeout or delay this tool needs.
+    if duration > MAX_DURATION {
+        return Err(format!("duration {text:?} is over the limit of 365 days"));
+    }
+    Ok(duration)
 }
+
+/// The longest duration any option takes.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 pub fn parse_nonzero_duration(text: &str) -> Result<Duration, String> {
     match parse_duration(text)? {
@@ -398,6 +407,10 @@ mod tests {
         assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
         assert_eq!(parse_duration("0.1s"), Ok(ms(100)));
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        // A year at most: `Instant + d` must not overflow.
+        assert_eq!(parse_duration("8760h"), Ok(MAX_DURATION));
+        assert!(parse_duration("8761h").unwrap_err().contains("365 days"));
+        assert!(parse_duration("10000000000000000000s").is_err());
         for bad in [
             "",
             "5",

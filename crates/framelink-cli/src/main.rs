@@ -56,7 +56,8 @@ Examples:
   framelink decode --framing length:4 --format text --pcap capture.pcap --port 7000
 
 Framing specs: length:4  length:2,le,offset=1,adjust=-3,strip=3  varint  line  delim:00
-fixed:64  netstring  magic:cafe,crc=crc32c; every spec takes max=SIZE and fail|discard.
+fixed:64  netstring  magic:cafe,crc=crc32c; all but fixed take max=SIZE, and fail|discard
+(magic: resync|fail).
 Durations: 500ms, 5s, 1.5s, 1m. Payloads: text, or hex:50494e47.
 `framelink help COMMAND` shows a command's options."
 )]

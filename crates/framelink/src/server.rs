@@ -45,7 +45,8 @@ const EVICTION_WAIT: Duration = Duration::from_millis(500);
 const NOTHING_TO_FREE_PAUSE: Duration = Duration::from_millis(50);
 
 /// The default [`ServerConfig::memory_budget`]: 1 GiB, or a quarter of the machine's
-/// physical memory when that is less (Linux: `MemTotal` in `/proc/meminfo`; elsewhere 1 GiB).
+/// physical memory when that is less, but never under 64 MiB (Linux: `MemTotal` in
+/// `/proc/meminfo`; elsewhere 1 GiB).
 pub fn default_memory_budget() -> usize {
     const GIB: usize = 1 << 30;
     let physical = std::fs::read_to_string("/proc/meminfo")
