@@ -522,22 +522,31 @@ impl Liveness {
     /// [`on_receive`](Self::on_receive)).
     ///
     /// With [`min_peer_ping_interval`](LivenessConfig::min_peer_ping_interval) set, a ping less
-    /// than that after the peer's previous ping is a strike. Strikes are reset only by
-    /// [`on_send_data`](Self::on_send_data), not by time. Strike number `max_ping_strikes + 1`
-    /// queues [`LivenessEvent::TooManyPings`] (once), and from then on every ping gets
-    /// [`PingAction::TooManyPings`] until strikes are reset.
+    /// than that after the peer's previous ping is a strike, and a ping at least that long after
+    /// it resets the strikes while they are within the limit (PROTOCOL.md section 6.1: a peer
+    /// that pinged early once in a while is not cut hours later); so does
+    /// [`on_send_data`](Self::on_send_data). Strike number `max_ping_strikes + 1` queues
+    /// [`LivenessEvent::TooManyPings`] (once), and from then on every ping gets
+    /// [`PingAction::TooManyPings`] until [`on_send_data`](Self::on_send_data) resets them.
     ///
     /// ```
     /// use std::time::{Duration, Instant};
     /// use framelink_proto::liveness::*;
     /// let t0 = Instant::now();
     /// let cfg = LivenessConfig { min_peer_ping_interval: Some(Duration::from_secs(1)), max_ping_strikes: 1, ..LivenessConfig::default() };
-    /// let mut lv = Liveness::new(cfg, t0).unwrap();
+    /// let mut lv = Liveness::new(cfg.clone(), t0).unwrap();
     /// let ms = Duration::from_millis;
     /// assert_eq!(lv.on_ping(t0), PingAction::Pong);
     /// assert_eq!(lv.on_ping(t0 + ms(100)), PingAction::Pong); // strike 1
     /// assert_eq!(lv.on_ping(t0 + ms(200)), PingAction::TooManyPings); // strike 2 > 1
     /// assert!(matches!(lv.poll_event(), Some(LivenessEvent::TooManyPings { strikes: 2, .. })));
+    ///
+    /// // Early pings far apart in time are forgiven: a well-spaced ping resets the count.
+    /// let mut lv = Liveness::new(cfg, t0).unwrap();
+    /// assert_eq!(lv.on_ping(t0), PingAction::Pong);
+    /// assert_eq!(lv.on_ping(t0 + ms(100)), PingAction::Pong); // strike 1
+    /// assert_eq!(lv.on_ping(t0 + ms(5000)), PingAction::Pong); // reset
+    /// assert_eq!(lv.on_ping(t0 + ms(5100)), PingAction::Pong); // strike 1 again
     /// ```
     pub fn on_ping(&mut self, now: Instant) -> PingAction {
         if self.dead {
@@ -551,7 +560,9 @@ impl Liveness {
             return self.ping_action();
         };
         let gap = now.saturating_duration_since(previous);
-        if gap < min_interval {
+        if gap >= min_interval && self.strikes <= self.config.max_ping_strikes {
+            self.strikes = 0;
+        } else if gap < min_interval {
             self.strikes = self.strikes.saturating_add(1);
             if self.strikes == self.config.max_ping_strikes.saturating_add(1) {
                 self.events.push_back(LivenessEvent::TooManyPings {

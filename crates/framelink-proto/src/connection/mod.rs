@@ -58,8 +58,8 @@
 //!   [`enforce_peer_ping_rate`](ConnectionConfig::enforce_peer_ping_rate) is set: a PING less than
 //!   `I_p / 2` after the previous one is a strike, more than
 //!   [`max_ping_strikes`](ConnectionConfig::max_ping_strikes) strikes close with code 4. If the
-//!   peer announced `I_p = 0`, every PING but the first is a strike. Sending DATA resets the
-//!   strikes (as gRPC does).
+//!   peer announced `I_p = 0`, every PING but the first is a strike. A PING at least `I_p / 2`
+//!   after the previous one resets the strikes, and so does sending DATA (as gRPC does).
 //! - **PONGs** are written before queued DATA (but never inside a DATA message already started),
 //!   and at most one is pending: a newer PING replaces an unwritten PONG (section 10).
 //! - **Sending before the handshake** is allowed: DATA is queued and written once the peer's
