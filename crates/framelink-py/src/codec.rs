@@ -88,19 +88,18 @@ pub struct Decoder {
 impl Decoder {
     /// Decodes every complete frame; a fatal error is raised with the frames before it.
     /// Every frame complete in the buffer, as a list of `bytes`: each copied straight from
-    /// the buffer into its `bytes` (`decode_visit`: no `Bytes` handle made per frame).
+    /// the buffer into its `bytes` (`decode_visit_all`: no `Bytes` handle made per frame).
     fn decode_all<'py>(&mut self, py: Python<'py>, eof: bool) -> PyResult<Bound<'py, PyList>> {
         if let Some(e) = &self.failed {
             return Err(errors::decode_error(py, e, &[]));
         }
         let mut frames = Vec::new();
         loop {
-            match self
-                .framing
-                .decode_visit(&mut self.buf, eof, |frame| PyBytes::new(py, frame))
-            {
-                Ok(Some(frame)) => frames.push(frame),
-                Ok(None) => return PyList::new(py, frames),
+            let decoded = self.framing.decode_visit_all(&mut self.buf, eof, |frame| {
+                frames.push(PyBytes::new(py, frame))
+            });
+            match decoded {
+                Ok(()) => return PyList::new(py, frames),
                 Err(e) if e.is_recoverable() => {
                     self.error_count += 1;
                     if self.errors.len() == KEPT_ERRORS {

@@ -209,6 +209,39 @@ impl FrameDecoder for LinesCodec {
         Ok(frame.map(|frame| visit(&frame)))
     }
 
+    fn decode_visit_all(
+        &mut self,
+        buf: &mut BytesMut,
+        eof: bool,
+        mut visit: impl FnMut(&[u8]),
+    ) -> Result<(), DecodeError> {
+        if !eof && !self.state.discarding {
+            // One pass over the buffer for every complete line, one cut at the end.
+            let from = self.state.resume_at(buf.len());
+            let limit = self.config.max_frame_length;
+            let mut start = 0;
+            for nl in memchr::memchr_iter(b'\n', &buf[from..]) {
+                let nl = from + nl;
+                let end = if nl > start && buf[nl - 1] == b'\r' {
+                    nl - 1
+                } else {
+                    nl
+                };
+                if end - start > limit {
+                    break; // reported below, at its offset, by the one-line path
+                }
+                visit(&buf[start..if self.config.strip { end } else { nl + 1 }]);
+                start = nl + 1;
+            }
+            if start > 0 {
+                self.state.drop_front(buf, start);
+            }
+        }
+        // The rest: a line too long, discarding, the end of the stream, or no complete line.
+        while self.decode_visit(buf, eof, &mut visit)?.is_some() {}
+        Ok(())
+    }
+
     fn consumed(&self) -> u64 {
         self.state.consumed
     }

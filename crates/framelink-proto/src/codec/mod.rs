@@ -217,6 +217,24 @@ pub trait FrameDecoder {
         Ok(self.decode_with_eof(buf, eof)?.map(|frame| visit(&frame)))
     }
 
+    /// Every frame complete in `buf`, in order, each lent to `visit` as
+    /// [`decode_visit`](Self::decode_visit) lends one. `Ok(())` once more bytes are needed;
+    /// otherwise the first error, the frames before it having been visited (after a
+    /// recoverable one, call again to go on). Codecs that can find many frames in one pass
+    /// over the buffer (lines) do so, and drop them from `buf` at once.
+    fn decode_visit_all(
+        &mut self,
+        buf: &mut BytesMut,
+        eof: bool,
+        mut visit: impl FnMut(&[u8]),
+    ) -> Result<(), DecodeError>
+    where
+        Self: Sized,
+    {
+        while self.decode_visit(buf, eof, &mut visit)?.is_some() {}
+        Ok(())
+    }
+
     /// Total bytes this decoder has taken off the front of buffers (frames, headers, skipped and
     /// discarded bytes): the stream offset of the first byte still in the buffer.
     fn consumed(&self) -> u64;
