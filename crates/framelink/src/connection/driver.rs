@@ -593,9 +593,14 @@ impl<M: Machine> Driver<M> {
                 }
                 if let SendError::TooBig { max, .. } = e {
                     // The handle checked before the peer's limit was known.
-                    self.shared
+                    let cost = self
+                        .shared
                         .lock()
                         .push_event(Event::MessageDropped { len, peer_max: max });
+                    // Charged like every queued event: the receiver credits it when taken.
+                    if let Some(account) = &self.shared.memory {
+                        account.charge(cost);
+                    }
                 }
             }
         }

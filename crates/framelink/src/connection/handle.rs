@@ -93,35 +93,50 @@ pub(super) struct Inner {
     pub(super) order_held: bool,
 }
 
+/// What a queued event counts for besides its payload: its slot in the queue. Without it a
+/// peer's empty messages (5 bytes on the wire each, thousands from one read) would cost the
+/// receive watermark and the server's memory budget nothing.
+const EVENT_OVERHEAD: usize = std::mem::size_of::<Event>();
+
+/// The bytes a queued event is counted for: its payload and [`EVENT_OVERHEAD`].
+fn event_cost(event: &Event) -> usize {
+    match event {
+        Event::Message(payload) => payload.len() + EVENT_OVERHEAD,
+        _ => EVENT_OVERHEAD,
+    }
+}
+
 impl Inner {
     pub(super) fn events_full(&self, config: &DriverConfig) -> bool {
         self.event_bytes >= config.recv_high_watermark
             || self.events.len() >= config.max_pending_events
     }
 
-    /// Queues `event` for the receiver; returns the payload bytes it adds.
+    /// Queues `event` for the receiver; returns the bytes it is counted for ([`event_cost`]).
     pub(super) fn push_event(&mut self, event: Event) -> usize {
         match event {
             Event::Message(payload) => self.push_message(payload),
             other => {
-                if self.receiver_alive {
-                    self.events.push_back(other);
+                if !self.receiver_alive {
+                    return 0;
                 }
-                0
+                self.events.push_back(other);
+                self.event_bytes += EVENT_OVERHEAD;
+                EVENT_OVERHEAD
             }
         }
     }
 
-    /// Queues a message for the receiver; returns its payload bytes.
+    /// Queues a message for the receiver; returns the bytes it is counted for ([`event_cost`]).
     #[inline]
     pub(super) fn push_message(&mut self, payload: Bytes) -> usize {
         if !self.receiver_alive {
             return 0;
         }
-        let bytes = payload.len();
-        self.event_bytes += bytes;
+        let cost = payload.len() + EVENT_OVERHEAD;
+        self.event_bytes += cost;
         self.events.push_back(Event::Message(payload));
-        bytes
+        cost
     }
 
     pub(super) fn wake_receiver(&mut self) {
@@ -782,9 +797,7 @@ impl Receiver {
             self.resume_pending |= inner.reading_paused;
         }
         let event = self.local.pop_front().expect("not empty");
-        if let Event::Message(payload) = &event {
-            self.local_bytes -= payload.len();
-        }
+        self.local_bytes = self.local_bytes.saturating_sub(event_cost(&event));
         let config = &self.shared.config;
         if self.resume_pending
             && self.local_bytes <= config.recv_low_watermark
@@ -833,5 +846,39 @@ impl Stream for Receiver {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
         self.poll_take(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_queued_event_is_counted_empty_messages_too() {
+        let mut inner = Inner {
+            receiver_alive: true,
+            ..Inner::default()
+        };
+        let config = DriverConfig::default();
+        let (mut counted, mut pushed) = (0, 0);
+        while !inner.events_full(&config) {
+            // 5 bytes on the wire each: without the overhead they would cost nothing.
+            counted += inner.push_message(Bytes::new());
+            pushed += 1;
+        }
+        const { assert!(EVENT_OVERHEAD >= 32) };
+        assert_eq!(counted, pushed * EVENT_OVERHEAD);
+        assert_eq!(inner.event_bytes, counted);
+        assert_eq!(
+            inner.push_event(Event::MessageDropped {
+                len: 1,
+                peer_max: 1
+            }),
+            EVENT_OVERHEAD
+        );
+        assert_eq!(inner.event_bytes, counted + EVENT_OVERHEAD);
+        // The receiver takes them back at the same price.
+        let taken: usize = inner.events.iter().map(event_cost).sum();
+        assert_eq!(taken, inner.event_bytes);
     }
 }
