@@ -338,6 +338,10 @@ pub enum Resolution {
     /// A new session replaces this one, which the requester never showed it had received:
     /// attach a new one, and report this one's unacknowledged messages as lost.
     Replace(Session),
+    /// The session was kept, but its time ran out before a sweep
+    /// ([`expire`](SessionStore::expire)) took it: attach a new one, and report this one lost
+    /// (expired) with its unacknowledged messages, as the sweep would have.
+    Expired(Session),
     /// Refuse the request
     /// ([`Connection::refuse_session`](crate::machine::Machine::refuse_session)) with
     /// this reason; nothing changed.
@@ -437,7 +441,8 @@ impl SessionStore {
     /// 12.3 of `docs/PROTOCOL.md`), given the requester's `proof` (see
     /// [`Event::SessionRequest`](crate::connection::Event::SessionRequest)):
     ///
-    /// - no session `id` is kept: [`Resolution::New`];
+    /// - no session `id` is kept: [`Resolution::New`], or [`Resolution::Expired`] with the
+    ///   one kept under that id past its time;
     /// - the proof verifies against the kept session's secret: [`Resolution::Resume`], the
     ///   session is taken out of the store;
     /// - no proof, and the kept session is [unproven](Session::unproven) (its RESUME may never
@@ -454,9 +459,11 @@ impl SessionStore {
         now: Instant,
     ) -> Resolution {
         let Some(kept) = self.get_mut(id, now) else {
-            // Expired ones go: a new session takes the id.
-            self.detached.remove(id);
-            return Resolution::New;
+            // An expired one goes, to be reported: a new session takes the id.
+            return match self.detached.remove(id) {
+                Some((expired, _)) => Resolution::Expired(expired),
+                None => Resolution::New,
+            };
         };
         match proof {
             Some(proof) if kept.secret().is_some_and(|s| proof.verify(s)) => {
@@ -620,6 +627,28 @@ mod tests {
         s.set_established();
         assert!(s.remove_unsendable(|p| p.len() <= 2).is_empty());
         assert_eq!(s.unacked_len(), 3);
+    }
+
+    #[test]
+    fn a_request_for_an_expired_session_hands_it_back_for_reporting() {
+        let t0 = Instant::now();
+        let mut store = SessionStore::new(Duration::from_secs(10), 4);
+        let mut s = Session::new([3; 16]);
+        s.push(b("never acknowledged"), 1000).unwrap();
+        store.detach(s, t0);
+        // Past the ttl, before any sweep: not resumed, not dropped silently.
+        match store.resolve(&[3; 16], None, t0 + Duration::from_secs(11)) {
+            Resolution::Expired(mut old) => {
+                assert_eq!(old.take_unacked(), vec![b("never acknowledged")]);
+            }
+            other => panic!("expected Expired, got {other:?}"),
+        }
+        assert!(store.is_empty());
+        // Nothing kept under the id: a plain new session.
+        assert!(matches!(
+            store.resolve(&[3; 16], None, t0 + Duration::from_secs(12)),
+            Resolution::New
+        ));
     }
 
     #[test]

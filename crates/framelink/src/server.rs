@@ -1361,17 +1361,20 @@ impl SessionHost for Host {
                             Resolution::Refuse(_) => None,
                             _ => sessions.gates.remove(&id),
                         };
-                        let (found, replaced) = match resolution {
+                        let (found, replaced, expired) = match resolution {
                             Resolution::Refuse(why) => return Resolved::Refuse(why),
-                            Resolution::Resume(session) => (Some(session), None),
-                            Resolution::New => (None, None),
-                            Resolution::Replace(old) => (None, Some(old)),
+                            Resolution::Resume(session) => (Some(session), None, None),
+                            Resolution::New => (None, None, None),
+                            Resolution::Replace(old) => (None, Some(old), None),
+                            Resolution::Expired(old) => (None, None, Some(old)),
                         };
                         // Only the same session continues the previous connection's order.
                         let gate = gate.filter(|_| found.is_some());
                         let secret = found.as_ref().and_then(|s| s.secret().cloned());
                         sessions.attached.insert(id, Holder { conn, secret });
                         drop(sessions);
+                        // Past its ttl before the sweep came by: handed back as the sweep would.
+                        shared.report_lost(expired.into_iter().collect(), LostReason::Expired);
                         shared.report_lost(replaced.into_iter().collect(), LostReason::Replaced);
                         // Sends waiting for a detached session's room go on the connection.
                         shared.sessions_moved.notify_waiters();
@@ -1469,9 +1472,9 @@ async fn accept_loop(
             let mut registry = shared.lock();
             let (used, limit) = (shared.memory.used(), shared.memory.limit());
             let full = registry.live.len() >= config.max_connections;
-            let refusal = if full && !registry.evict_idlest(config.evict_idle_when_full) {
-                Some(Refusal::Full)
-            } else if registry.live_from(ip) >= config.max_connections_per_ip {
+            // The newcomer's own limits first: an idle connection is evicted only for a
+            // newcomer that is then accepted, so that refused attempts cannot close others.
+            let refusal = if registry.live_from(ip) >= config.max_connections_per_ip {
                 registry.refused_per_ip += 1;
                 Some(Refusal::PerIp(ip, config.max_connections_per_ip))
             } else if used.saturating_add(NEW_CONNECTION_ROOM) > limit {
@@ -1479,6 +1482,8 @@ async fn accept_loop(
                 // And free some for the next ones.
                 shared.memory.pressure().notify_one();
                 Some(Refusal::Memory { used, limit })
+            } else if full && !registry.evict_idlest(config.evict_idle_when_full) {
+                Some(Refusal::Full)
             } else {
                 None
             };

@@ -117,7 +117,7 @@ async fn an_address_over_its_limit_is_refused_while_others_get_in() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_total_limit_is_reported_as_such_and_not_per_address() {
-    // Both limits at 2: the total one is checked first and keeps its own reason.
+    // Both limits at 2, the address under its own: the total limit refuses, with its reason.
     let (addr, handle) = echo_server(ServerConfig {
         max_connections: 2,
         max_connections_per_ip: 2,
@@ -136,6 +136,37 @@ async fn the_total_limit_is_reported_as_such_and_not_per_address() {
     assert_eq!(info.reason, "too many connections");
     let stats = handle.stats();
     assert_eq!((stats.refused, stats.refused_per_ip), (1, 0), "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newcomer_refused_for_its_address_evicts_no_one() {
+    // Full (2 of 2) with an idle connection that could be evicted: a newcomer that its
+    // address's limit refuses anyway must not close it on the way.
+    let (addr, handle) = echo_server(ServerConfig {
+        max_connections: 2,
+        max_connections_per_ip: 1,
+        evict_idle_when_full: Some(Duration::ZERO),
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut idle = handshaken_from(LEGITIMATE, addr).await;
+    let _held = handshaken_from(ATTACKER, addr).await;
+    for _ in 0..3 {
+        let mut over = connection::spawn(
+            connect_from(ATTACKER, addr).await,
+            ConnectionConfig::default(),
+        )
+        .unwrap();
+        let info = closed(&mut over).await;
+        assert_eq!(info.reason, "too many connections from 127.0.0.1: limit 1");
+    }
+    let stats = handle.stats();
+    assert_eq!(
+        (stats.evicted_idle, stats.refused_per_ip, stats.live),
+        (0, 3, 2),
+        "{stats:?}"
+    );
+    echoes(&mut idle, b"never evicted").await;
 }
 
 /// A raw echo server speaking lines, without heartbeats.

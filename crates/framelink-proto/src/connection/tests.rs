@@ -1134,7 +1134,7 @@ impl SessionSim {
                             .attach_session(Some(found), self.link.now)
                             .unwrap(),
                         Resolution::New => self.link.b.attach_session(None, self.link.now).unwrap(),
-                        Resolution::Replace(mut old) => {
+                        Resolution::Replace(mut old) | Resolution::Expired(mut old) => {
                             self.lost_s
                                 .extend(old.take_unacked().iter().map(Self::number));
                             self.link.b.attach_session(None, self.link.now).unwrap()
