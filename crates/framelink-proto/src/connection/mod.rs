@@ -307,10 +307,15 @@ impl Connection {
                     self.core.stop_input();
                     self.enter_closed();
                 }
-                // The peer's final ACK before its CLOSE releases what it delivered.
+                // The peer's final ACK before its CLOSE releases what it delivered: only what
+                // this connection carried, as in OPEN (an ACK beyond it is ignored here, the
+                // connection being on its way out; the messages stay unacknowledged).
                 Message::Ack(seq) => {
-                    if let Some(session) = self.session.as_mut().and_then(|l| l.state.as_mut()) {
-                        let _ = session.ack(seq);
+                    if let Some(link) = self.session.as_mut().filter(|l| l.active) {
+                        let transmitted = link.transmitted;
+                        if let Some(session) = link.state.as_mut().filter(|_| seq <= transmitted) {
+                            let _ = session.ack(seq);
+                        }
                     }
                 }
                 _ => {}
