@@ -1550,6 +1550,38 @@ fn forged_request_delivered_is_refused_and_nothing_is_skipped() {
 }
 
 #[test]
+fn an_ack_while_closing_counts_only_what_this_connection_carried() {
+    let offer = ConnectionConfig {
+        sessions: Some(SessionConfig::default()),
+        ..cfg(5, 5)
+    };
+    let now = Instant::now();
+    let secret = SessionSecret::from_bytes([0x5a; 16]);
+    // The client delivered 7 of the 10 messages the session holds; the server resumes it and
+    // closes before resending 8..=10 on this connection.
+    let mut peer_state = Session::new([0x42; 16]);
+    peer_state.set_secret(secret.clone());
+    for seq in 1..=7 {
+        peer_state.receive(seq);
+    }
+    let mut client = Connection::with_session(offer.clone(), peer_state, now).unwrap();
+    let mut server = Connection::new(offer.clone(), now).unwrap();
+    let request = transmit_all(&mut client, now);
+    client.handle_input(&transmit_all(&mut server, now), now);
+    server.handle_input(&request, now);
+    server.handle_input(&transmit_all(&mut client, now), now); // AUTH
+    let mut kept = session_with(10, 10);
+    kept.set_secret(secret);
+    server.attach_session(Some(kept), now).unwrap();
+    assert_eq!(server.session().unwrap().acked(), 7);
+    server.close(CloseCode::GoingAway, "bye", now);
+    // A forged final ACK for messages this connection never carried: ignored.
+    server.handle_input(&encode(&Message::Ack(10)), now);
+    let session = server.take_session().expect("kept for the next connection");
+    assert_eq!((session.acked(), session.unacked_len()), (7, 3));
+}
+
+#[test]
 fn an_ack_below_what_was_acknowledged_is_refused() {
     let mut sim = SessionSim::new(3);
     sim.run(200, 0);
