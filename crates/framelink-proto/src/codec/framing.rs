@@ -304,11 +304,18 @@ mod tests {
     ];
 
     /// Every event of a decode run, to the end of the stream: frames, and errors as text.
+    /// `step` decodes from the buffer after each read, recording the frames it finds; `Ok(true)`
+    /// asks to be called again, `Ok(false)` waits for the next read.
     fn decode_run(
         spec: &str,
         stream: &[u8],
         chunks: &[usize],
-        mut next: impl FnMut(&mut Framing, &mut BytesMut, bool) -> Result<Option<Vec<u8>>, DecodeError>,
+        mut step: impl FnMut(
+            &mut Framing,
+            &mut BytesMut,
+            bool,
+            &mut Vec<String>,
+        ) -> Result<bool, DecodeError>,
     ) -> (Vec<String>, u64) {
         let mut framing: Framing = spec.parse().unwrap();
         let (mut buf, mut seen, mut at) = (BytesMut::new(), Vec::new(), 0);
@@ -318,39 +325,9 @@ mod tests {
             at = end;
             let eof = at == stream.len();
             loop {
-                match next(&mut framing, &mut buf, eof) {
-                    Ok(Some(frame)) => seen.push(format!("{frame:?}")),
-                    Ok(None) => break,
-                    Err(e) => {
-                        seen.push(format!("{e:?}"));
-                        if !e.is_recoverable() {
-                            return (seen, framing.consumed());
-                        }
-                    }
-                }
-            }
-            if eof {
-                break;
-            }
-        }
-        (seen, framing.consumed())
-    }
-
-    /// [`decode_run`] through `decode_visit_all`: every frame of each read in one call.
-    fn decode_run_all(spec: &str, stream: &[u8], chunks: &[usize]) -> (Vec<String>, u64) {
-        let mut framing: Framing = spec.parse().unwrap();
-        let (mut buf, mut seen, mut at) = (BytesMut::new(), Vec::new(), 0);
-        for &n in chunks.iter().chain(std::iter::once(&usize::MAX)) {
-            let end = at + n.min(stream.len() - at);
-            buf.extend_from_slice(&stream[at..end]);
-            at = end;
-            let eof = at == stream.len();
-            loop {
-                let result = framing.decode_visit_all(&mut buf, eof, |frame| {
-                    seen.push(format!("{:?}", frame.to_vec()))
-                });
-                match result {
-                    Ok(()) => break,
+                match step(&mut framing, &mut buf, eof, &mut seen) {
+                    Ok(true) => {}
+                    Ok(false) => break,
                     Err(e) => {
                         seen.push(format!("{e:?}"));
                         if !e.is_recoverable() {
@@ -387,14 +364,18 @@ mod tests {
             let at = junk_at.index(stream.len() + 1);
             let mut stream = stream.to_vec();
             stream.splice(at..at, junk);
-            let owned = decode_run(spec, &stream, &chunks, |f, b, eof| {
-                f.decode_with_eof(b, eof).map(|o| o.map(|frame| frame.to_vec()))
+            let record = |frame: &[u8], seen: &mut Vec<String>| seen.push(format!("{:?}", frame.to_vec()));
+            let owned = decode_run(spec, &stream, &chunks, |f, b, eof, seen| {
+                Ok(f.decode_with_eof(b, eof)?.map(|frame| record(&frame, seen)).is_some())
             });
-            let visited = decode_run(spec, &stream, &chunks, |f, b, eof| {
-                f.decode_visit(b, eof, |frame| frame.to_vec())
+            let visited = decode_run(spec, &stream, &chunks, |f, b, eof, seen| {
+                Ok(f.decode_visit(b, eof, |frame| record(frame, seen))?.is_some())
+            });
+            let visited_all = decode_run(spec, &stream, &chunks, |f, b, eof, seen| {
+                f.decode_visit_all(b, eof, |frame| record(frame, seen)).map(|()| false)
             });
             prop_assert_eq!(&owned, &visited, "{}", spec);
-            prop_assert_eq!(owned, decode_run_all(spec, &stream, &chunks), "{}", spec);
+            prop_assert_eq!(owned, visited_all, "{}", spec);
         }
     }
 

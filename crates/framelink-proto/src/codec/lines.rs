@@ -94,6 +94,33 @@ impl LinesCodec {
         &self.config
     }
 
+    /// The line that starts at `start` and ends with the `\n` at `nl`: where its frame ends
+    /// (after its ending is stripped or kept), or its length when it is over the limit.
+    #[inline]
+    fn line_frame(&self, buf: &[u8], start: usize, nl: usize) -> Result<usize, usize> {
+        let end = if nl > start && buf[nl - 1] == b'\r' {
+            nl - 1
+        } else {
+            nl
+        };
+        if end - start > self.config.max_frame_length {
+            return Err(end - start);
+        }
+        Ok(if self.config.strip { end } else { nl + 1 })
+    }
+
+    /// The error for the line of `length` bytes ending with the `\n` at `nl`, at the front
+    /// of `buf` (dropped under the discard policy).
+    #[cold]
+    fn too_long(&mut self, buf: &mut BytesMut, nl: usize, length: usize) -> DecodeError {
+        let kind = DecodeErrorKind::FrameTooLong {
+            length: length as u64,
+            limit: self.config.max_frame_length,
+        };
+        self.state
+            .oversize(self.config.oversize, kind, buf, nl + 1, false)
+    }
+
     /// Everything but a complete line while not discarding: discarding, or no `\n` yet.
     fn decode_rest(
         &mut self,
@@ -150,29 +177,10 @@ impl FrameDecoder for LinesCodec {
         let from = self.state.resume_at(buf.len());
         let newline = memchr::memchr(b'\n', &buf[from..]).map(|i| from + i);
         match newline {
-            Some(nl) if !self.state.discarding => {
-                let end = if nl > 0 && buf[nl - 1] == b'\r' {
-                    nl - 1
-                } else {
-                    nl
-                };
-                let limit = self.config.max_frame_length;
-                if end > limit {
-                    let kind = DecodeErrorKind::FrameTooLong {
-                        length: end as u64,
-                        limit,
-                    };
-                    return Err(self.state.oversize(
-                        self.config.oversize,
-                        kind,
-                        buf,
-                        nl + 1,
-                        false,
-                    ));
-                }
-                let keep = if self.config.strip { end } else { nl + 1 };
-                Ok(Some(self.state.take_frame(buf, nl + 1, keep)))
-            }
+            Some(nl) if !self.state.discarding => match self.line_frame(buf, 0, nl) {
+                Ok(keep) => Ok(Some(self.state.take_frame(buf, nl + 1, keep))),
+                Err(length) => Err(self.too_long(buf, nl, length)),
+            },
             _ => self.decode_rest(buf, newline),
         }
     }
@@ -189,24 +197,17 @@ impl FrameDecoder for LinesCodec {
         }
         let from = self.state.resume_at(buf.len());
         let newline = memchr::memchr(b'\n', &buf[from..]).map(|i| from + i);
-        let frame = match newline {
-            Some(nl) if !self.state.discarding => {
-                let end = if nl > 0 && buf[nl - 1] == b'\r' {
-                    nl - 1
-                } else {
-                    nl
-                };
-                if end <= self.config.max_frame_length {
-                    let keep = if self.config.strip { end } else { nl + 1 };
+        match newline {
+            Some(nl) if !self.state.discarding => match self.line_frame(buf, 0, nl) {
+                Ok(keep) => {
                     let visited = visit(&buf[..keep]);
                     self.state.drop_front(buf, nl + 1);
-                    return Ok(Some(visited));
+                    Ok(Some(visited))
                 }
-                self.decode(buf)? // too long: the error, as `decode` reports it
-            }
-            _ => self.decode_rest(buf, newline)?,
-        };
-        Ok(frame.map(|frame| visit(&frame)))
+                Err(length) => Err(self.too_long(buf, nl, length)),
+            },
+            _ => Ok(self.decode_rest(buf, newline)?.map(|frame| visit(&frame))),
+        }
     }
 
     fn decode_visit_all(
@@ -218,19 +219,13 @@ impl FrameDecoder for LinesCodec {
         if !eof && !self.state.discarding {
             // One pass over the buffer for every complete line, one cut at the end.
             let from = self.state.resume_at(buf.len());
-            let limit = self.config.max_frame_length;
             let mut start = 0;
             for nl in memchr::memchr_iter(b'\n', &buf[from..]) {
                 let nl = from + nl;
-                let end = if nl > start && buf[nl - 1] == b'\r' {
-                    nl - 1
-                } else {
-                    nl
-                };
-                if end - start > limit {
+                let Ok(keep) = self.line_frame(buf, start, nl) else {
                     break; // reported below, at its offset, by the one-line path
-                }
-                visit(&buf[start..if self.config.strip { end } else { nl + 1 }]);
+                };
+                visit(&buf[start..keep]);
                 start = nl + 1;
             }
             if start > 0 {
