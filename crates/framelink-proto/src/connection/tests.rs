@@ -1492,6 +1492,30 @@ fn forged_resume_delivered_is_refused_and_nothing_is_skipped() {
     }
 }
 
+/// A server that received a client's resume request (with its AUTH) for session `0x42..`:
+/// the client claims to have delivered `delivered` of the server's messages and holds
+/// `secret`. Returns the server, not yet attached, and its events so far.
+fn resume_requested(
+    offer: &ConnectionConfig,
+    secret: &SessionSecret,
+    delivered: u64,
+    now: Instant,
+) -> (Connection, Vec<Event>) {
+    let mut peer_state = Session::new([0x42; 16]);
+    peer_state.set_secret(secret.clone());
+    for seq in 1..=delivered {
+        peer_state.receive(seq);
+    }
+    let mut client = Connection::with_session(offer.clone(), peer_state, now).unwrap();
+    let mut server = Connection::new(offer.clone(), now).unwrap();
+    let request = transmit_all(&mut client, now);
+    client.handle_input(&transmit_all(&mut server, now), now);
+    server.handle_input(&request, now);
+    server.handle_input(&transmit_all(&mut client, now), now); // AUTH
+    let ev = events(&mut server);
+    (server, ev)
+}
+
 #[test]
 fn forged_request_delivered_is_refused_and_nothing_is_skipped() {
     let offer = ConnectionConfig {
@@ -1502,18 +1526,7 @@ fn forged_request_delivered_is_refused_and_nothing_is_skipped() {
     let secret = SessionSecret::from_bytes([0x5a; 16]);
     for (transmitted, ok) in [(3, false), (7, true), (10, true)] {
         // The client claims to have delivered 7 of our messages, and holds the secret.
-        let mut peer_state = Session::new([0x42; 16]);
-        peer_state.set_secret(secret.clone());
-        for seq in 1..=7 {
-            peer_state.receive(seq);
-        }
-        let mut client = Connection::with_session(offer.clone(), peer_state, now).unwrap();
-        let mut server = Connection::new(offer.clone(), now).unwrap();
-        let request = transmit_all(&mut client, now);
-        client.handle_input(&transmit_all(&mut server, now), now);
-        server.handle_input(&request, now);
-        server.handle_input(&transmit_all(&mut client, now), now); // AUTH
-        let ev = events(&mut server);
+        let (mut server, ev) = resume_requested(&offer, &secret, 7, now);
         assert!(ev.iter().any(|e| matches!(
             e,
             Event::SessionRequest {
@@ -1559,17 +1572,7 @@ fn an_ack_while_closing_counts_only_what_this_connection_carried() {
     let secret = SessionSecret::from_bytes([0x5a; 16]);
     // The client delivered 7 of the 10 messages the session holds; the server resumes it and
     // closes before resending 8..=10 on this connection.
-    let mut peer_state = Session::new([0x42; 16]);
-    peer_state.set_secret(secret.clone());
-    for seq in 1..=7 {
-        peer_state.receive(seq);
-    }
-    let mut client = Connection::with_session(offer.clone(), peer_state, now).unwrap();
-    let mut server = Connection::new(offer.clone(), now).unwrap();
-    let request = transmit_all(&mut client, now);
-    client.handle_input(&transmit_all(&mut server, now), now);
-    server.handle_input(&request, now);
-    server.handle_input(&transmit_all(&mut client, now), now); // AUTH
+    let (mut server, _) = resume_requested(&offer, &secret, 7, now);
     let mut kept = session_with(10, 10);
     kept.set_secret(secret);
     server.attach_session(Some(kept), now).unwrap();
