@@ -8,8 +8,8 @@ For each framing (``length:4``, ``line``) and message size, 1 MiB of frames is f
 the best round, in ns per frame. The baselines keep their partial frame across reads as a real
 reader must:
 
-- ``length:4``: ``struct.unpack_from`` on the buffer, then ``bytes`` of each payload (the loop
-  of the asyncio ``Protocol`` baseline in ``framelink.bench``);
+- ``length:4``: ``framelink.bench.LengthPrefixSplitter``, the reader of the asyncio
+  ``Protocol`` baseline (``struct.unpack_from``, a ``bytes`` per payload);
 - ``line``: ``bytes.split(b"\\n")`` of buffer + read, the last piece kept (C's loop: the fastest
   pure-Python line splitter, with no length limit).
 """
@@ -17,35 +17,17 @@ reader must:
 from __future__ import annotations
 
 import argparse
-import struct
 import time
 from typing import Callable, Dict, List
 
 from framelink import Decoder, Encoder
+from framelink.bench import LengthPrefixSplitter
 
 Feed = Callable[[bytes], List[bytes]]
 
 
 def python_length4() -> Feed:
-    unpack_from = struct.Struct(">I").unpack_from
-    pending = bytearray()
-
-    def feed(data: bytes) -> List[bytes]:
-        nonlocal pending
-        buf = pending + data if pending else data
-        out = []
-        pos, end = 0, len(buf)
-        while end - pos >= 4:
-            (n,) = unpack_from(buf, pos)
-            stop = pos + 4 + n
-            if stop > end:
-                break
-            out.append(bytes(buf[pos + 4 : stop]))
-            pos = stop
-        pending = bytearray(buf[pos:])
-        return out
-
-    return feed
+    return LengthPrefixSplitter().feed
 
 
 def python_lines() -> Feed:

@@ -336,14 +336,15 @@ class _EchoCallbacks(asyncio.BaseProtocol):
             self.done.set_exception(exc or ConnectionError("connection closed during the run"))
 
 
-class _EchoProtocol(_EchoCallbacks, asyncio.Protocol):
-    def __init__(self, load: Load, meter_args: Tuple[float, float]) -> None:
-        super().__init__(load, meter_args)
+class LengthPrefixSplitter:
+    """The pure-Python baseline's reader, as people write it by hand: 4-byte big-endian
+    lengths read with ``struct.unpack_from``, a ``bytes`` per payload, the partial frame kept
+    in a ``bytearray`` between reads. ``feed(data)`` returns the payloads now complete. (Also
+    the baseline of ``benches/python/decode_feed.py``.)"""
+
+    def __init__(self) -> None:
         self.buf = bytearray()
         self.unpack_from = struct.Struct(">I").unpack_from
-
-    def _send(self, n: int) -> None:
-        self.transport.write(b"".join(self.load.next_frames(n)))
 
     def _parse(self, src: Any, end: int) -> Tuple[List[bytes], int]:
         unpack_from = self.unpack_from
@@ -358,7 +359,7 @@ class _EchoProtocol(_EchoCallbacks, asyncio.Protocol):
             pos = stop
         return messages, pos
 
-    def data_received(self, data: bytes) -> None:
+    def feed(self, data: bytes) -> List[bytes]:
         buf = self.buf
         if buf:
             buf += data
@@ -369,6 +370,19 @@ class _EchoProtocol(_EchoCallbacks, asyncio.Protocol):
             messages, pos = self._parse(data, len(data))
             if pos < len(data):
                 buf += memoryview(data)[pos:]
+        return messages
+
+
+class _EchoProtocol(_EchoCallbacks, asyncio.Protocol):
+    def __init__(self, load: Load, meter_args: Tuple[float, float]) -> None:
+        super().__init__(load, meter_args)
+        self.feed = LengthPrefixSplitter().feed
+
+    def _send(self, n: int) -> None:
+        self.transport.write(b"".join(self.load.next_frames(n)))
+
+    def data_received(self, data: bytes) -> None:
+        messages = self.feed(data)
         if messages:
             self._received(messages)
 
