@@ -13,7 +13,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use framelink::connection::{self, CloseCode, ConnectionConfig};
-use framelink::{Connection, Event, Framing, Protocol, RawConfig, Server, ServerConfig};
+use framelink::{CloseInfo, Connection, Event, Framing, Protocol, RawConfig, Server, ServerConfig};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::timeout;
@@ -47,6 +47,13 @@ async fn handshaken_from(source: Ipv4Addr, server: SocketAddr) -> Connection {
     }
 }
 
+/// How the server ended a protocol v1 connection from `source` that it refused.
+async fn refusal_from(source: Ipv4Addr, server: SocketAddr) -> CloseInfo {
+    let stream = connect_from(source, server).await;
+    let mut conn = connection::spawn(stream, ConnectionConfig::default()).unwrap();
+    closed(&mut conn).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_address_over_its_limit_is_refused_while_others_get_in() {
     let (addr, handle) = echo_server(ServerConfig {
@@ -63,12 +70,7 @@ async fn an_address_over_its_limit_is_refused_while_others_get_in() {
     assert_eq!(handle.connections(), 3);
 
     // Its 4th is told why, after the server's HELLO.
-    let mut fourth = connection::spawn(
-        connect_from(ATTACKER, addr).await,
-        ConnectionConfig::default(),
-    )
-    .unwrap();
-    let info = closed(&mut fourth).await;
+    let info = refusal_from(ATTACKER, addr).await;
     assert_eq!(info.code, CloseCode::ServerFull, "{info}");
     assert!(info.by_peer, "{info}");
     assert_eq!(info.reason, "too many connections from 127.0.0.1: limit 3");
@@ -95,12 +97,7 @@ async fn an_address_over_its_limit_is_refused_while_others_get_in() {
     held.push(again);
 
     // And it is full again.
-    let mut over = connection::spawn(
-        connect_from(ATTACKER, addr).await,
-        ConnectionConfig::default(),
-    )
-    .unwrap();
-    let info = closed(&mut over).await;
+    let info = refusal_from(ATTACKER, addr).await;
     assert_eq!(info.code, CloseCode::ServerFull, "{info}");
     assert_eq!(info.reason, "too many connections from 127.0.0.1: limit 3");
 
@@ -126,12 +123,7 @@ async fn the_total_limit_is_reported_as_such_and_not_per_address() {
     .await;
     let _a = handshaken_from(ATTACKER, addr).await;
     let _b = handshaken_from(LEGITIMATE, addr).await;
-    let mut third = connection::spawn(
-        connect_from(LEGITIMATE, addr).await,
-        ConnectionConfig::default(),
-    )
-    .unwrap();
-    let info = closed(&mut third).await;
+    let info = refusal_from(LEGITIMATE, addr).await;
     assert_eq!(info.code, CloseCode::ServerFull, "{info}");
     assert_eq!(info.reason, "too many connections");
     let stats = handle.stats();
@@ -152,12 +144,7 @@ async fn a_newcomer_refused_for_its_address_evicts_no_one() {
     let mut idle = handshaken_from(LEGITIMATE, addr).await;
     let _held = handshaken_from(ATTACKER, addr).await;
     for _ in 0..3 {
-        let mut over = connection::spawn(
-            connect_from(ATTACKER, addr).await,
-            ConnectionConfig::default(),
-        )
-        .unwrap();
-        let info = closed(&mut over).await;
+        let info = refusal_from(ATTACKER, addr).await;
         assert_eq!(info.reason, "too many connections from 127.0.0.1: limit 1");
     }
     let stats = handle.stats();
@@ -274,12 +261,7 @@ async fn ipv4_mapped_addresses_count_as_their_ipv4_address() {
         timeout(DEADLINE, first.next_event()).await.unwrap(),
         Some(Event::Connected { .. })
     ));
-    let mut second = connection::spawn(
-        connect_from(ATTACKER, addr).await,
-        ConnectionConfig::default(),
-    )
-    .unwrap();
-    let info = closed(&mut second).await;
+    let info = refusal_from(ATTACKER, addr).await;
     assert_eq!(info.code, CloseCode::ServerFull, "{info}");
     // Reported (and counted) as the IPv4 address, not ::ffff:127.0.0.1.
     assert_eq!(info.reason, "too many connections from 127.0.0.1: limit 1");
@@ -355,12 +337,10 @@ async fn a_full_server_evicts_its_idlest_connection_for_a_newcomer() {
         held.push(handshaken_from(ATTACKER, addr).await);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut refused = connection::spawn(
-        connect_from(LEGITIMATE, addr).await,
-        ConnectionConfig::default(),
-    )
-    .unwrap();
-    assert_eq!(closed(&mut refused).await.code, CloseCode::ServerFull);
+    assert_eq!(
+        refusal_from(LEGITIMATE, addr).await.code,
+        CloseCode::ServerFull
+    );
     assert_eq!(handle.stats().evicted_idle, 0);
     echoes(&mut held[0], b"kept").await;
 }
