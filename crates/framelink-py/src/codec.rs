@@ -86,12 +86,12 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    /// Decodes every complete frame; a fatal error is raised with the frames before it.
     /// Every frame complete in the buffer, as a list of `bytes`: each copied straight from
-    /// the buffer into its `bytes` (`decode_visit_all`: no `Bytes` handle made per frame).
+    /// the buffer into its `bytes` (`decode_visit_all`: no `Bytes` handle made per frame). A
+    /// fatal error is raised with the frames before it in its `.frames`.
     fn decode_all<'py>(&mut self, py: Python<'py>, eof: bool) -> PyResult<Bound<'py, PyList>> {
         if let Some(e) = &self.failed {
-            return Err(errors::decode_error(py, e, &[]));
+            return Err(errors::decode_exception(py, e));
         }
         let mut frames = Vec::new();
         loop {
@@ -125,7 +125,7 @@ impl Decoder {
             return Err(PyValueError::new_err("feed after feed_eof"));
         }
         if let Some(e) = &self.failed {
-            return Err(errors::decode_error(py, e, &[]));
+            return Err(errors::decode_exception(py, e));
         }
         Ok(())
     }

@@ -40,18 +40,6 @@ pub fn encode_error(py: Python<'_>, e: &EncodeError) -> PyErr {
     raise(py, "EncodeError", (e.to_string(),))
 }
 
-/// `frames` were decoded by the same call before `e`: they travel in the exception.
-pub fn decode_error(py: Python<'_>, e: &DecodeError, frames: &[Bytes]) -> PyErr {
-    let err = decode_exception(py, e);
-    if !frames.is_empty() {
-        let list = PyList::new(py, frames.iter().map(|f| PyBytes::new(py, f)));
-        if let Ok(list) = list {
-            let _ = err.value(py).setattr("frames", list);
-        }
-    }
-    err
-}
-
 /// The exception for a decode error (not raised: recoverable ones are handed over as values).
 pub fn decode_exception(py: Python<'_>, e: &DecodeError) -> PyErr {
     let (message, offset, recoverable) = (e.to_string(), e.offset(), e.is_recoverable());

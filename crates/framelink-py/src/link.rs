@@ -710,16 +710,21 @@ impl Link {
     fn send_now(&self, py: Python<'_>, payload: &Bound<'_, PyAny>, behind: bool) -> PyResult<()> {
         let payload = to_bytes(payload)?;
         let len = payload.len();
+        // No connection to send on: a client between connections, or the link is over.
+        let unavailable = || {
+            if matches!(self.side, SendSide::Client(_)) && !self.shared.lock().finished {
+                let why = "no connection now: the client is reconnecting";
+                errors::queue_full(py, why, 0, len, 0)
+            } else {
+                self.closed_exception(py)
+            }
+        };
         let sender = match &self.side {
             SendSide::Connection(s) => Some(s.clone()),
             SendSide::Client(c) => c.current(),
         };
         let Some(sender) = sender else {
-            if self.shared.lock().finished {
-                return Err(self.closed_exception(py));
-            }
-            let why = "no connection now: the client is reconnecting";
-            return Err(errors::queue_full(py, why, 0, len, 0));
+            return Err(unavailable());
         };
         if behind {
             let why = "earlier sends are still waiting for room in the send queue";
@@ -728,14 +733,8 @@ impl Link {
         }
         match sender.try_send(payload) {
             Ok(()) => Ok(()),
-            Err(SendError::Closed) => match &self.side {
-                // The connection just ended: the client has none until it reconnects.
-                SendSide::Client(_) if !self.shared.lock().finished => {
-                    let why = "no connection now: the client is reconnecting";
-                    Err(errors::queue_full(py, why, 0, len, 0))
-                }
-                _ => Err(self.closed_exception(py)),
-            },
+            // The connection just ended.
+            Err(SendError::Closed) => Err(unavailable()),
             Err(e) => Err(errors::send_error(py, &e)),
         }
     }
