@@ -116,6 +116,13 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(1..))]
     max_detached: Option<u64>,
 
+    /// With --sessions: keep at most this many sessions of clients that went away per client
+    /// IP address (that address's oldest are evicted first), so that one address dropping
+    /// sessions in a loop cannot push out everyone else's. [default: 1000]
+    #[arg(long, value_name = "N", requires = "sessions",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_detached_per_ip: Option<u64>,
+
     /// Stop (gracefully, as on Ctrl-C) after this long.
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     max_duration: Option<Duration>,
@@ -178,6 +185,11 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
                 max_detached: args.max_detached.map_or(defaults.max_detached, |n| {
                     usize::try_from(n).unwrap_or(usize::MAX)
                 }),
+                max_detached_per_ip: args
+                    .max_detached_per_ip
+                    .map_or(defaults.max_detached_per_ip, |n| {
+                        usize::try_from(n).unwrap_or(usize::MAX)
+                    }),
                 ..defaults
             }
         }),
@@ -214,9 +226,10 @@ async fn serve(args: ServeArgs, config: ServerConfig) -> Result<ExitCode> {
     );
     let sessions = config.sessions.map(|s| {
         format!(
-            ", sessions kept {} for their client, at most {} detached",
+            ", sessions kept {} for their client, at most {} detached ({} per address)",
             show_duration(s.ttl),
-            s.max_detached
+            s.max_detached,
+            s.max_detached_per_ip
         )
     });
     let mut server = Server::bind(args.addr.as_str(), config)

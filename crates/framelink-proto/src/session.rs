@@ -34,7 +34,8 @@
 //! assert_eq!(alice.unacked_len(), 0);
 //! ```
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -349,7 +350,12 @@ pub enum Resolution {
 }
 
 /// Detached sessions kept by the accepting side (a server) for a while, so that a client that
-/// lost its connection can resume. Bounded in count and in time.
+/// lost its connection can resume. Bounded in count and in time, and, for sessions detached
+/// with an owner ([`detach_from`](Self::detach_from)), in count per owner: one address that
+/// opens and drops sessions in a loop pushes out its own oldest sessions, not other clients'.
+///
+/// Finding the oldest session, and the expired ones, is logarithmic in the number kept (an
+/// index by detach time), so a full store costs a churning client as little as an empty one.
 ///
 /// ```
 /// use std::time::{Duration, Instant};
@@ -361,54 +367,137 @@ pub enum Resolution {
 /// assert!(store.take(&[7; 16], t0 + Duration::from_secs(59)).is_some());
 /// store.detach(Session::new([7; 16]), t0);
 /// assert!(store.take(&[7; 16], t0 + Duration::from_secs(61)).is_none()); // expired
+///
+/// // At most 2 per owner: a third from the same address pushes out that address's oldest.
+/// let mut store = SessionStore::new(Duration::from_secs(60), 10_000).with_max_per_owner(2);
+/// let (a, b) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+/// store.detach_from(Session::new([1; 16]), Some(b), t0);
+/// store.detach_from(Session::new([2; 16]), Some(a), t0);
+/// store.detach_from(Session::new([3; 16]), Some(a), t0);
+/// let dropped = store.detach_from(Session::new([4; 16]), Some(a), t0);
+/// assert_eq!(dropped[0].id(), [2; 16]);
+/// assert!(store.peek(&[1; 16]).is_some()); // the other address's session stays
 /// ```
 #[derive(Debug)]
 pub struct SessionStore {
     ttl: Duration,
     max_sessions: usize,
-    detached: HashMap<[u8; 16], (Session, Instant)>,
+    max_per_owner: usize,
+    detached: HashMap<[u8; 16], Kept>,
+    /// Every kept session by detach time (then id): the oldest first.
+    by_age: BTreeSet<(Instant, [u8; 16])>,
+    /// The sessions of each owner by detach time; an owner with none has no entry.
+    by_owner: HashMap<IpAddr, BTreeSet<(Instant, [u8; 16])>>,
+}
+
+/// A detached session, when it was detached and by whom.
+#[derive(Debug)]
+struct Kept {
+    session: Session,
+    at: Instant,
+    owner: Option<IpAddr>,
 }
 
 impl SessionStore {
     /// Keeps detached sessions for `ttl`, at most `max_sessions` of them (the oldest go first).
+    /// No limit per owner until [`with_max_per_owner`](Self::with_max_per_owner).
     pub fn new(ttl: Duration, max_sessions: usize) -> Self {
         SessionStore {
             ttl,
             max_sessions,
+            max_per_owner: usize::MAX,
             detached: HashMap::new(),
+            by_age: BTreeSet::new(),
+            by_owner: HashMap::new(),
         }
+    }
+
+    /// Keeps at most `max` sessions detached by any one owner (see
+    /// [`detach_from`](Self::detach_from)); `usize::MAX`: no such limit.
+    pub fn with_max_per_owner(mut self, max: usize) -> Self {
+        self.max_per_owner = max;
+        self
     }
 
     /// Keeps `session` from `now` on. Returns the sessions dropped to make room (expired or
     /// oldest), whose unacknowledged messages are lost to their peer.
     pub fn detach(&mut self, session: Session, now: Instant) -> Vec<Session> {
+        self.detach_from(session, None, now)
+    }
+
+    /// Keeps `session`, detached by `owner` (the address of its client), from `now` on.
+    /// Returns the sessions dropped to make room, whose unacknowledged messages are lost to
+    /// their peer: the expired ones; then, if `owner` already has its maximum kept, its own
+    /// oldest; then, if the store is full, the oldest of all.
+    pub fn detach_from(
+        &mut self,
+        session: Session,
+        owner: Option<IpAddr>,
+        now: Instant,
+    ) -> Vec<Session> {
         let mut dropped = self.expire(now);
-        if self.max_sessions == 0 {
+        // The same id detached again replaces what was kept under it.
+        if let Some(old) = self.remove(&session.id()) {
+            dropped.push(old);
+        }
+        if self.max_sessions == 0 || (self.max_per_owner == 0 && owner.is_some()) {
             dropped.push(session);
             return dropped;
         }
-        while self.detached.len() >= self.max_sessions {
-            let Some(oldest) = self
-                .detached
-                .iter()
-                .min_by_key(|(_, (_, at))| *at)
-                .map(|(id, _)| *id)
-            else {
-                break;
-            };
-            if let Some((s, _)) = self.detached.remove(&oldest) {
-                dropped.push(s);
+        if let Some(owner) = owner {
+            while self.by_owner.get(&owner).map_or(0, BTreeSet::len) >= self.max_per_owner {
+                let oldest = self
+                    .by_owner
+                    .get(&owner)
+                    .and_then(|ids| ids.first())
+                    .copied();
+                match oldest.and_then(|(_, id)| self.remove(&id)) {
+                    Some(s) => dropped.push(s),
+                    None => break,
+                }
             }
         }
-        if let Some((old, _)) = self.detached.insert(session.id(), (session, now)) {
-            dropped.push(old);
+        while self.detached.len() >= self.max_sessions {
+            match self.pop_oldest() {
+                Some(s) => dropped.push(s),
+                None => break,
+            }
         }
+        let id = session.id();
+        self.by_age.insert((now, id));
+        if let Some(owner) = owner {
+            self.by_owner.entry(owner).or_default().insert((now, id));
+        }
+        self.detached.insert(
+            id,
+            Kept {
+                session,
+                at: now,
+                owner,
+            },
+        );
         dropped
+    }
+
+    /// Takes the session `id` out of the store and its indexes, expired or not.
+    fn remove(&mut self, id: &[u8; 16]) -> Option<Session> {
+        let kept = self.detached.remove(id)?;
+        self.by_age.remove(&(kept.at, *id));
+        if let Some(owner) = kept.owner {
+            if let Some(ids) = self.by_owner.get_mut(&owner) {
+                ids.remove(&(kept.at, *id));
+                if ids.is_empty() {
+                    self.by_owner.remove(&owner);
+                }
+            }
+        }
+        Some(kept.session)
     }
 
     /// Takes the session `id` if it is kept and not expired at `now`.
     pub fn take(&mut self, id: &[u8; 16], now: Instant) -> Option<Session> {
-        let (session, at) = self.detached.remove(id)?;
+        let at = self.detached.get(id)?.at;
+        let session = self.remove(id)?;
         (now.saturating_duration_since(at) <= self.ttl).then_some(session)
     }
 
@@ -418,23 +507,20 @@ impl SessionStore {
         let ttl = self.ttl;
         self.detached
             .get_mut(id)
-            .filter(|(_, at)| now.saturating_duration_since(*at) <= ttl)
-            .map(|(session, _)| session)
+            .filter(|kept| now.saturating_duration_since(kept.at) <= ttl)
+            .map(|kept| &mut kept.session)
     }
 
-    /// Drops the sessions detached longer than the ttl; returns them.
+    /// Drops the sessions detached longer than the ttl; returns them, the oldest first.
     pub fn expire(&mut self, now: Instant) -> Vec<Session> {
-        let ttl = self.ttl;
-        let expired: Vec<[u8; 16]> = self
-            .detached
-            .iter()
-            .filter(|(_, (_, at))| now.saturating_duration_since(*at) > ttl)
-            .map(|(id, _)| *id)
-            .collect();
+        let mut expired = Vec::new();
+        while let Some(&(at, id)) = self.by_age.first() {
+            if now.saturating_duration_since(at) <= self.ttl {
+                break;
+            }
+            expired.extend(self.remove(&id));
+        }
         expired
-            .into_iter()
-            .filter_map(|id| self.detached.remove(&id).map(|(s, _)| s))
-            .collect()
     }
 
     /// Decides what a session request gets from the detached sessions (the rules of section
@@ -460,19 +546,17 @@ impl SessionStore {
     ) -> Resolution {
         let Some(kept) = self.get_mut(id, now) else {
             // An expired one goes, to be reported: a new session takes the id.
-            return match self.detached.remove(id) {
-                Some((expired, _)) => Resolution::Expired(expired),
+            return match self.remove(id) {
+                Some(expired) => Resolution::Expired(expired),
                 None => Resolution::New,
             };
         };
         match proof {
             Some(proof) if kept.secret().is_some_and(|s| proof.verify(s)) => {
-                Resolution::Resume(self.detached.remove(id).expect("kept").0)
+                Resolution::Resume(self.remove(id).expect("kept"))
             }
             Some(_) => Resolution::Refuse("the resume's proof does not match the session"),
-            None if kept.unproven() => {
-                Resolution::Replace(self.detached.remove(id).expect("kept").0)
-            }
+            None if kept.unproven() => Resolution::Replace(self.remove(id).expect("kept")),
             None => Resolution::Refuse("the session is in use: resuming it needs its proof"),
         }
     }
@@ -480,17 +564,13 @@ impl SessionStore {
     /// The session `id` if it is kept, expired or not, left in place (to look at, e.g. to
     /// count its buffered bytes before [`take`](Self::take)).
     pub fn peek(&self, id: &[u8; 16]) -> Option<&Session> {
-        self.detached.get(id).map(|(session, _)| session)
+        self.detached.get(id).map(|kept| &kept.session)
     }
 
     /// Takes the session detached the longest ago, if any (a server shedding memory).
     pub fn pop_oldest(&mut self) -> Option<Session> {
-        let oldest = self
-            .detached
-            .iter()
-            .min_by_key(|(_, (_, at))| *at)
-            .map(|(id, _)| *id)?;
-        self.detached.remove(&oldest).map(|(session, _)| session)
+        let &(_, id) = self.by_age.first()?;
+        self.remove(&id)
     }
 
     /// Sessions kept now.
@@ -793,5 +873,147 @@ mod tests {
         // [3] expires at 12 s.
         assert_eq!(store.expire(t0 + secs(13)).len(), 1);
         assert!(store.is_empty());
+    }
+
+    #[test]
+    fn store_bounds_each_owner_and_spares_the_others() {
+        let t0 = Instant::now();
+        let secs = Duration::from_secs;
+        let mut store = SessionStore::new(secs(10), 5).with_max_per_owner(2);
+        let (a, b) = (Some([192, 0, 2, 1].into()), Some([192, 0, 2, 2].into()));
+        store.detach_from(Session::new([1; 16]), b, t0);
+        store.detach(Session::new([2; 16]), t0); // no owner: only the global limit
+        for i in 3..=9u8 {
+            let dropped = store.detach_from(Session::new([i; 16]), a, t0 + secs(i.into()));
+            // From the third on, each pushes out `a`'s oldest, never `b`'s or the unowned one.
+            let expected: Vec<[u8; 16]> = if i >= 5 { vec![[i - 2; 16]] } else { vec![] };
+            assert_eq!(
+                dropped.iter().map(Session::id).collect::<Vec<_>>(),
+                expected
+            );
+        }
+        assert_eq!(store.len(), 4);
+        assert!(store.peek(&[1; 16]).is_some() && store.peek(&[2; 16]).is_some());
+        // The same id detached again replaces the kept one (returned), without pushing out
+        // anything else.
+        let again = store.detach_from(Session::new([9; 16]), a, t0 + secs(10));
+        assert_eq!(
+            again.iter().map(Session::id).collect::<Vec<_>>(),
+            vec![[9; 16]]
+        );
+        assert_eq!(store.len(), 4);
+        // At most 0 per owner: an owned session is dropped at once, an unowned one kept.
+        let mut none = SessionStore::new(secs(10), 5).with_max_per_owner(0);
+        assert_eq!(none.detach_from(Session::new([1; 16]), a, t0).len(), 1);
+        assert!(none.detach(Session::new([2; 16]), t0).is_empty());
+        assert_eq!(none.len(), 1);
+    }
+
+    /// What the store is asked to do, at a time that moves forward by `Op::1` seconds.
+    #[derive(Debug, Clone)]
+    enum StoreOp {
+        /// Detach session `0` for owner `1` (`None`: no owner).
+        Detach(u8, Option<u8>),
+        Take(u8),
+        Expire,
+        PopOldest,
+        Resolve(u8),
+    }
+
+    fn store_op() -> impl Strategy<Value = (StoreOp, u64)> {
+        let id = 0u8..12;
+        let op = prop_oneof![
+            4 => (id.clone(), proptest::option::of(0u8..3)).prop_map(|(i, o)| StoreOp::Detach(i, o)),
+            2 => id.clone().prop_map(StoreOp::Take),
+            1 => Just(StoreOp::Expire),
+            1 => Just(StoreOp::PopOldest),
+            1 => id.prop_map(StoreOp::Resolve),
+        ];
+        (op, 0u64..4)
+    }
+
+    proptest! {
+        /// The indexed store against a plain list searched end to end: the same sessions
+        /// dropped, taken and kept after every step.
+        #[test]
+        fn store_matches_a_plain_list(ops in proptest::collection::vec(store_op(), 1..120)) {
+            let (ttl, max, per_owner) = (Duration::from_secs(6), 6, 3);
+            let t0 = Instant::now();
+            let mut store = SessionStore::new(ttl, max).with_max_per_owner(per_owner);
+            // (id, detached at, owner), in detach order.
+            let mut model: Vec<(u8, Instant, Option<u8>)> = Vec::new();
+            let mut now = t0;
+            let ids = |v: Vec<Session>| v.iter().map(|s| s.id()[0]).collect::<Vec<u8>>();
+            let owner_ip = |o: u8| IpAddr::from([10, 0, 0, o]);
+            for (op, step) in ops {
+                now += Duration::from_secs(step);
+                let expired = |model: &mut Vec<(u8, Instant, Option<u8>)>| {
+                    let mut gone = Vec::new();
+                    model.retain(|&(i, at, _)| {
+                        let keep = now.saturating_duration_since(at) <= ttl;
+                        if !keep { gone.push((at, i)); }
+                        keep
+                    });
+                    gone.sort();
+                    gone.into_iter().map(|(_, i)| i).collect::<Vec<u8>>()
+                };
+                let oldest = |model: &[(u8, Instant, Option<u8>)], owner: Option<u8>| {
+                    model.iter().enumerate()
+                        .filter(|(_, e)| owner.is_none() || e.2 == owner)
+                        .min_by_key(|(_, e)| (e.1, e.0))
+                        .map(|(k, _)| k)
+                };
+                match op {
+                    StoreOp::Detach(i, o) => {
+                        let got = ids(store.detach_from(Session::new([i; 16]), o.map(owner_ip), now));
+                        let mut want = expired(&mut model);
+                        if let Some(k) = model.iter().position(|e| e.0 == i) {
+                            want.push(model.remove(k).0);
+                        }
+                        if o.is_some() {
+                            while model.iter().filter(|e| e.2 == o).count() >= per_owner {
+                                let k = oldest(&model, o).unwrap();
+                                want.push(model.remove(k).0);
+                            }
+                        }
+                        while model.len() >= max {
+                            let k = oldest(&model, None).unwrap();
+                            want.push(model.remove(k).0);
+                        }
+                        model.push((i, now, o));
+                        prop_assert_eq!(got, want);
+                    }
+                    StoreOp::Take(i) => {
+                        let got = store.take(&[i; 16], now).map(|s| s.id()[0]);
+                        let want = model.iter().position(|e| e.0 == i).and_then(|k| {
+                            let (i, at, _) = model.remove(k);
+                            (now.saturating_duration_since(at) <= ttl).then_some(i)
+                        });
+                        prop_assert_eq!(got, want);
+                    }
+                    StoreOp::Expire => prop_assert_eq!(ids(store.expire(now)), expired(&mut model)),
+                    StoreOp::PopOldest => {
+                        let got = store.pop_oldest().map(|s| s.id()[0]);
+                        let want = oldest(&model, None).map(|k| model.remove(k).0);
+                        prop_assert_eq!(got, want);
+                    }
+                    StoreOp::Resolve(i) => {
+                        // No proof: a fresh (unproven) session is replaced, an expired one
+                        // reported, none is new.
+                        let got = match store.resolve(&[i; 16], None, now) {
+                            Resolution::Replace(s) | Resolution::Expired(s) => Some(s.id()[0]),
+                            Resolution::New => None,
+                            other => panic!("unexpected {other:?}"),
+                        };
+                        let want = model.iter().position(|e| e.0 == i).map(|k| model.remove(k).0);
+                        prop_assert_eq!(got, want);
+                    }
+                }
+                prop_assert_eq!(store.len(), model.len());
+                for &(i, _, _) in &model {
+                    prop_assert!(store.peek(&[i; 16]).is_some());
+                }
+            }
+        }
     }
 }

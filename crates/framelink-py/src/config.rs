@@ -356,6 +356,15 @@ pub fn server(py: Python<'_>, dict: &Bound<'_, PyDict>) -> PyResult<ServerConfig
         if let Some(n) = o.int::<usize>("max_detached_sessions")? {
             s.max_detached = n.max(1);
         }
+        if let Some(n) = o.int::<usize>("max_detached_sessions_per_ip")? {
+            if n == 0 {
+                return Err(config_error(
+                    py,
+                    "max_detached_sessions_per_ip must be at least 1",
+                ));
+            }
+            s.max_detached_per_ip = n;
+        }
         c.sessions = Some(s);
     }
     let client_ca = o.path("tls_client_ca")?;
@@ -397,5 +406,6 @@ pub fn defaults(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     d.set_item("max_connections_per_ip", server.max_connections_per_ip)?;
     d.set_item("session_ttl", secs(sessions.ttl))?;
     d.set_item("max_detached_sessions", sessions.max_detached)?;
+    d.set_item("max_detached_sessions_per_ip", sessions.max_detached_per_ip)?;
     Ok(d)
 }

@@ -85,6 +85,47 @@ async def test_lost_sessions_iterator_hands_back_a_session(cli_proxy: CliProxyFn
             await client.close()
 
 
+async def test_one_address_keeps_at_most_max_detached_sessions_per_ip(
+    cli_proxy: CliProxyFn,
+) -> None:
+    # Both clients come through proxies on 127.0.0.1: one address, a limit of 1 detached
+    # session. The second to detach pushes out the first (the global limit is far off).
+    async with framelink.serve(
+        echo_handler, "127.0.0.1", 0, sessions=True, max_detached_sessions_per_ip=1
+    ) as server:
+        clients, started, proxies = [], [], []
+        try:
+            for _ in range(2):
+                proxy, port = cli_proxy(server.port)
+                log = EventLog()
+                clients.append(
+                    await framelink.connect(
+                        "127.0.0.1", port, sessions=True, backoff_initial=0.05,
+                        backoff_max=0.2, on_event=log,
+                    )
+                )
+                started.append(
+                    await log.wait(lambda e: isinstance(e, ev.SessionStarted), seen_ok=True)
+                )
+                proxies.append(proxy)
+            for proxy in proxies:
+                proxy.kill()
+
+            async def first_lost() -> ev.LostSession:
+                async for lost in server.lost_sessions():
+                    return lost
+                raise AssertionError("lost_sessions() ended without a session")
+
+            lost = await asyncio.wait_for(first_lost(), 30)
+            assert lost.reason == "evicted"
+            assert lost.session_id in {s.session_id for s in started}
+        finally:
+            for client in clients:
+                await client.close()
+    with pytest.raises(framelink.ConfigError):
+        framelink.serve(echo_handler, "127.0.0.1", 0, sessions=True, max_detached_sessions_per_ip=0)
+
+
 async def test_reader_idle_event() -> None:
     async with framelink.serve(echo_handler, "127.0.0.1", 0) as server:
         log = EventLog()

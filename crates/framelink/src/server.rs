@@ -146,6 +146,11 @@ pub struct ServerSessions {
     pub ttl: Duration,
     /// Detached sessions kept at most (the oldest go first). Default 10 000.
     pub max_detached: usize,
+    /// Detached sessions kept at most per client address (canonical, as for
+    /// [`ServerConfig::max_connections_per_ip`]): past it the address's own oldest goes, so
+    /// that one address opening and dropping sessions in a loop cannot push other clients'
+    /// sessions out of the store. `usize::MAX`: no such limit. Default 1 000.
+    pub max_detached_per_ip: usize,
     /// Lost sessions waiting for [`ServerHandle::next_lost_session`] at most; beyond it the
     /// oldest are dropped, counted in [`ServerStats::lost_dropped`] and in the next
     /// [`LostSession::dropped_before`]. At least 1. Default 10 000.
@@ -161,6 +166,7 @@ impl Default for ServerSessions {
             policy: SessionConfig::default(),
             ttl: Duration::from_secs(60),
             max_detached: 10_000,
+            max_detached_per_ip: 1_000,
             max_lost: 10_000,
             max_lost_bytes: 64 << 20,
         }
@@ -376,15 +382,22 @@ struct Holder {
     conn: u64,
     /// `None` until the connection has attached the session and reported its secret.
     secret: Option<SessionSecret>,
+    /// The client's address (canonical), which the session is kept under once detached.
+    ip: Option<IpAddr>,
 }
 
 impl Sessions {
-    /// [`SessionStore::detach`], counting the session in and the dropped ones out.
-    fn detach(&mut self, session: Session, now: std::time::Instant) -> Vec<Session> {
+    /// [`SessionStore::detach_from`], counting the session in and the dropped ones out.
+    fn detach(
+        &mut self,
+        session: Session,
+        owner: Option<IpAddr>,
+        now: std::time::Instant,
+    ) -> Vec<Session> {
         let held = session.buffered_bytes();
         self.bytes += held;
         self.memory.charge(held);
-        let dropped = self.store.detach(session, now);
+        let dropped = self.store.detach_from(session, owner, now);
         self.uncount_all(&dropped);
         dropped
     }
@@ -458,8 +471,9 @@ pub struct LostSession {
 pub enum LostReason {
     /// Its client did not come back within [`ServerSessions::ttl`].
     Expired,
-    /// Dropped to keep at most [`ServerSessions::max_detached`] sessions (the oldest go first),
-    /// to stay within [`ServerConfig::memory_budget`] (the oldest go first), or replaced by a
+    /// Dropped to keep at most [`ServerSessions::max_detached`] sessions (the oldest go first)
+    /// or at most [`ServerSessions::max_detached_per_ip`] from its client's address (that
+    /// address's oldest go first), to stay within [`ServerConfig::memory_budget`] (the oldest go first), or replaced by a
     /// new session with the same id.
     Evicted,
     /// A request without proof named it while nothing showed its client had ever received it
@@ -795,7 +809,8 @@ impl Server {
             registry: Mutex::new(Registry::default()),
             changed: Notify::new(),
             sessions: Mutex::new(Sessions {
-                store: SessionStore::new(settings.ttl, settings.max_detached),
+                store: SessionStore::new(settings.ttl, settings.max_detached)
+                    .with_max_per_owner(settings.max_detached_per_ip),
                 attached: HashMap::new(),
                 gates: HashMap::new(),
                 bytes: 0,
@@ -1073,7 +1088,8 @@ impl ServerHandle {
     }
 
     /// The next session the server let go of without its client resuming it (expired, or
-    /// evicted to stay within [`ServerSessions::max_detached`]), with the messages the client
+    /// evicted to stay within [`ServerSessions::max_detached`] or
+    /// [`ServerSessions::max_detached_per_ip`]), with the messages the client
     /// did not acknowledge: nothing queued in a session is dropped without the application
     /// hearing of it. `None` at once if sessions are off.
     ///
@@ -1371,7 +1387,9 @@ impl SessionHost for Host {
                         // Only the same session continues the previous connection's order.
                         let gate = gate.filter(|_| found.is_some());
                         let secret = found.as_ref().and_then(|s| s.secret().cloned());
-                        sessions.attached.insert(id, Holder { conn, secret });
+                        // Lock order: sessions, then registry.
+                        let ip = shared.lock().live.get(&conn).map(|l| l.ip);
+                        sessions.attached.insert(id, Holder { conn, secret, ip });
                         drop(sessions);
                         // Past its ttl before the sweep came by: handed back as the sweep would.
                         shared.report_lost(expired.into_iter().collect(), LostReason::Expired);
@@ -1383,8 +1401,14 @@ impl SessionHost for Host {
                 }
                 if tokio::time::timeout_at(deadline, released).await.is_err() {
                     tracing::warn!("session still held by an older connection: starting anew");
-                    let holder = Holder { conn, secret: None };
-                    shared.sessions().attached.insert(id, holder);
+                    let mut sessions = shared.sessions();
+                    let ip = shared.lock().live.get(&conn).map(|l| l.ip);
+                    let holder = Holder {
+                        conn,
+                        secret: None,
+                        ip,
+                    };
+                    sessions.attached.insert(id, holder);
                     return Resolved::Attach(None, None);
                 }
             }
@@ -1406,7 +1430,7 @@ impl SessionHost for Host {
         let mut sessions = self.0.sessions();
         let (mut expired, mut evicted) = (Vec::new(), Vec::new());
         if sessions.attached.get(&id).is_some_and(|h| h.conn == conn) {
-            sessions.attached.remove(&id);
+            let owner = sessions.attached.remove(&id).and_then(|h| h.ip);
             if let Some(session) = session {
                 let now = std::time::Instant::now();
                 expired = sessions.expire(now);
@@ -1414,7 +1438,7 @@ impl SessionHost for Host {
                     Some(gate) => sessions.gates.insert(id, gate),
                     None => sessions.gates.remove(&id),
                 };
-                evicted = sessions.detach(session, now);
+                evicted = sessions.detach(session, owner, now);
             }
         }
         drop(sessions);

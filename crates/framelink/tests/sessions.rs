@@ -350,6 +350,15 @@ struct SwitchProxy {
 
 impl SwitchProxy {
     async fn start(upstream: std::net::SocketAddr) -> SwitchProxy {
+        SwitchProxy::start_from(upstream, None).await
+    }
+
+    /// A proxy whose connections to `upstream` come from `source` (a loopback address other
+    /// than 127.0.0.1 makes its clients another address to the server).
+    async fn start_from(
+        upstream: std::net::SocketAddr,
+        source: Option<std::net::IpAddr>,
+    ) -> SwitchProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let upstream = Arc::new(Mutex::new(upstream));
@@ -358,7 +367,15 @@ impl SwitchProxy {
         tokio::spawn(async move {
             while let Ok((down, _)) = listener.accept().await {
                 let to = *target.lock().unwrap();
-                let Ok(up) = TcpStream::connect(to).await else {
+                let up = match source {
+                    None => TcpStream::connect(to).await,
+                    Some(ip) => {
+                        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                        socket.bind((ip, 0).into()).unwrap();
+                        socket.connect(to).await
+                    }
+                };
+                let Ok(up) = up else {
                     continue;
                 };
                 let cut_all = cut_all.clone();
@@ -650,6 +667,76 @@ async fn over_max_detached_the_oldest_session_is_handed_back() {
     assert_eq!(lost.reason, LostReason::Evicted);
     assert!(lost.unacked.is_empty());
     session_counts(&handle, 0, 1).await;
+    for client in clients {
+        client.stop();
+    }
+}
+
+/// One address that opens sessions and drops them in a loop (here three, over a limit of two
+/// per address) pushes out its own oldest detached session, not another client's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_max_detached_per_ip_an_address_pushes_out_only_its_own_sessions() {
+    let config = ServerConfig {
+        sessions: Some(ServerSessions {
+            max_detached_per_ip: 2,
+            ..ServerSessions::default()
+        }),
+        ..ServerConfig::default()
+    };
+    let (server_addr, handle) = start_server(config, |_| {}).await;
+    let nowhere = unreachable_addr().await;
+    let churner = SwitchProxy::start(server_addr).await;
+    let other = SwitchProxy::start_from(server_addr, Some([127, 0, 0, 2].into())).await;
+    let mut clients = Vec::new();
+    let mut ids = Vec::new();
+    // The other client's first, so that it is the oldest detached session of all.
+    for proxy in [&other, &churner, &churner, &churner] {
+        let mut client = Client::connect(proxy.addr.to_string(), session_client_config()).unwrap();
+        let id = timeout(DEADLINE, async {
+            loop {
+                if let Some(ClientEvent::Session(SessionEvent::Started { id, .. })) =
+                    client.next_event().await
+                {
+                    return id;
+                }
+            }
+        })
+        .await
+        .unwrap();
+        ids.push(id);
+        clients.push(client);
+    }
+    session_counts(&handle, 4, 0).await;
+    for proxy in [&other, &churner] {
+        *proxy.upstream.lock().unwrap() = nowhere;
+        proxy.cut.notify_waiters();
+    }
+    let lost = timeout(DEADLINE, handle.next_lost_session())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(lost.reason, LostReason::Evicted);
+    assert!(
+        ids[1..].contains(&lost.id),
+        "the lost session is the churning address's"
+    );
+    session_counts(&handle, 0, 3).await;
+    // The other address's session is still kept: its client resumes it.
+    *other.upstream.lock().unwrap() = server_addr;
+    let mut victim = clients.remove(0);
+    let resumed = timeout(DEADLINE, async {
+        loop {
+            if let Some(ClientEvent::Session(SessionEvent::Started { id, status, .. })) =
+                victim.next_event().await
+            {
+                return (id, status);
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(resumed, (ids[0], ResumeStatus::Resumed));
+    victim.stop();
     for client in clients {
         client.stop();
     }

@@ -805,6 +805,7 @@ def serve(
     sessions: bool = False,
     session_ttl: float = 60.0,
     max_detached_sessions: int = 10_000,
+    max_detached_sessions_per_ip: int = 1_000,
     memory_budget: Optional[int] = None,
     evict_idle_when_full: Optional[float] = None,
     nodelay: bool = True,
@@ -826,8 +827,10 @@ def serve(
     the handlers see each session's messages in order across its connections (a resumed
     connection's handler gets nothing until the previous connection's handler has asked for a
     message after its last one, or returned: read a connection to its end or return);
-    a detached session is kept ``session_ttl`` seconds (at most ``max_detached_sessions``),
-    then handed back through ``on_lost_session`` or :meth:`Server.lost_sessions` with the
+    a detached session is kept ``session_ttl`` seconds (at most ``max_detached_sessions``,
+    and at most ``max_detached_sessions_per_ip`` from one client IP address: past it that
+    address's oldest goes, so that one address dropping sessions in a loop cannot push out
+    other clients'), then handed back through ``on_lost_session`` or :meth:`Server.lost_sessions` with the
     messages its client never acknowledged. ``memory_budget`` (bytes; default 1 GiB, or a
     quarter of physical memory when less) bounds what the server holds for all connections and
     sessions together: beyond it new connections are refused and the connection holding the
@@ -863,6 +866,7 @@ def serve(
         sessions=sessions,
         session_ttl=session_ttl,
         max_detached_sessions=max_detached_sessions,
+        max_detached_sessions_per_ip=max_detached_sessions_per_ip,
         memory_budget=memory_budget,
         evict_idle_when_full=evict_idle_when_full,
         nodelay=nodelay,

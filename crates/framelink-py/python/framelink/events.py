@@ -163,9 +163,10 @@ class Unsent:
 @dataclass(frozen=True)
 class LostSession:
     """Server: a session whose client never came back (``reason``: ``"expired"`` after the
-    session ttl, ``"evicted"`` to stay within ``max_detached_sessions``, or ``"replaced"`` when
-    a request without proof took the id of a session its client never showed it had received),
-    with the messages queued for that client and not acknowledged."""
+    session ttl, ``"evicted"`` to stay within ``max_detached_sessions`` or
+    ``max_detached_sessions_per_ip``, or ``"replaced"`` when a request without proof took the
+    id of a session its client never showed it had received), with the messages queued for
+    that client and not acknowledged."""
 
     session_id: bytes
     reason: str
