@@ -253,7 +253,7 @@ impl<Q: Into<Bytes>> ConnectionCore<Q> {
                 code,
                 reason,
                 by_peer,
-                error,
+                error: error.map(Box::new),
             });
         }
     }

@@ -350,7 +350,7 @@ impl Connection {
         let peer_max = hello.max_message_len;
         self.peer = Some(hello.clone());
         self.core.events.push_back(Event::Connected {
-            peer: hello,
+            peer: Box::new(hello),
             version,
         });
         // Sessions (section 12): we asked and the peer must offer; or the peer asks.

@@ -126,7 +126,7 @@ impl Connection {
         self.core.events.push_back(Event::SessionRequest {
             id,
             peer_delivered: link.peer_delivered,
-            proof: Some(proof),
+            proof: Some(Box::new(proof)),
         });
     }
 

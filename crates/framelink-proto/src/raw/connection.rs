@@ -290,7 +290,9 @@ impl Machine for RawConnection {
                 Ok(None) => break,
                 Err(e) if e.is_recoverable() => {
                     decoded = true;
-                    self.core.events.push_back(Event::FrameDiscarded(e));
+                    self.core
+                        .events
+                        .push_back(Event::FrameDiscarded(Box::new(e)));
                 }
                 Err(e) => self.framing_failed(e, now),
             }
@@ -323,9 +325,10 @@ impl Machine for RawConnection {
             match self.framing.decode_eof(recv) {
                 Ok(Some(frame)) => self.on_frame(frame, now),
                 Ok(None) => break,
-                Err(e) if e.is_recoverable() => {
-                    self.core.events.push_back(Event::FrameDiscarded(e))
-                }
+                Err(e) if e.is_recoverable() => self
+                    .core
+                    .events
+                    .push_back(Event::FrameDiscarded(Box::new(e))),
                 Err(e) if matches!(e.kind(), DecodeErrorKind::Truncated { .. }) => {
                     mid_message = true;
                     break;

@@ -73,7 +73,7 @@ fn closed(events: &[Event]) -> Vec<(CloseCode, bool, Option<ConnectionError>)> {
                 by_peer,
                 error,
                 ..
-            } => Some((*code, *by_peer, error.clone())),
+            } => Some((*code, *by_peer, error.as_deref().cloned())),
             _ => None,
         })
         .collect()
@@ -326,7 +326,7 @@ fn unanswered_ping_is_death_at_exactly_last_receive_plus_interval_plus_timeout()
                 code: CloseCode::PeerTimedOut,
                 reason: error.to_string(),
                 by_peer: false,
-                error: Some(error),
+                error: Some(Box::new(error)),
             },
             Event::ShutdownWrite,
         ]

@@ -697,10 +697,7 @@ impl<M: Machine> Driver<M> {
                 self.shared
                     .peer_max
                     .store(peer.max_message_len, Ordering::Release);
-                Event::Connected {
-                    peer: Box::new(peer),
-                    version,
-                }
+                Event::Connected { peer, version }
             }
             // The machine's estimate already includes this sample.
             proto::Event::Rtt(sample) => Event::Rtt(Box::new(
@@ -712,7 +709,7 @@ impl<M: Machine> Driver<M> {
             proto::Event::MessageDropped { len, peer_max } => {
                 Event::MessageDropped { len, peer_max }
             }
-            proto::Event::FrameDiscarded(error) => Event::FrameDiscarded(Box::new(error)),
+            proto::Event::FrameDiscarded(error) => Event::FrameDiscarded(error),
             proto::Event::Closed {
                 code,
                 reason,
@@ -723,7 +720,7 @@ impl<M: Machine> Driver<M> {
                     code,
                     reason,
                     by_peer,
-                    error,
+                    error: error.map(|e| *e),
                     raw: self.shared.framing.is_some(),
                     transport: self.transport.as_deref().cloned(),
                 });
@@ -737,7 +734,9 @@ impl<M: Machine> Driver<M> {
             proto::Event::SessionRequest { id, proof, .. } => {
                 self.session_id = Some(id);
                 match &self.sessions {
-                    Some((host, conn)) => self.resolving = Some(host.resolve(id, *conn, proof)),
+                    Some((host, conn)) => {
+                        self.resolving = Some(host.resolve(id, *conn, proof.map(|p| *p)))
+                    }
                     None => {
                         self.on_resolved(Resolved::Attach(None, None), Instant::now().into_std())
                     }
