@@ -80,6 +80,11 @@ pub trait Machine {
     fn check_message(&self, payload: &[u8]) -> Result<(), SendError>;
     /// How long, after closing, pending output may still take to be written.
     fn linger(&self) -> Duration;
+    /// The longest payload the peer accepts, once known (protocol mode: after its HELLO);
+    /// `None`: no limit but the machine's own.
+    fn max_payload_len(&self) -> Option<u64> {
+        None
+    }
     /// Frees the memory of empty internal queues; called by drivers when the connection is
     /// quiet. Changes nothing observable.
     fn shrink_buffers(&mut self) {}

@@ -222,19 +222,26 @@ impl Session {
         self.base == 1 && self.buffer.is_empty() && self.delivered == 0
     }
 
-    /// Before the peer first confirmed the session (nothing of it was ever sent: SDATA waits
-    /// for RESUME), removes the messages `sendable` refuses, e.g. those longer than the peer
-    /// accepts, learnt only from its HELLO, and returns them in order; the others are
-    /// renumbered from 1. Once established, numbers are fixed: removes nothing.
+    /// Removes the messages never put on the wire (numbered above
+    /// [`transmitted`](Self::transmitted), on any connection) that `sendable` refuses, e.g.
+    /// those longer than the peer accepts, learnt only from its HELLO, and returns them in
+    /// order; the messages after each one removed move up a number. The peer has seen none of
+    /// those numbers, so they are still ours to change; the numbers up to `transmitted` are
+    /// fixed. Without this, a message the peer can never take would be resent, and refused,
+    /// on every connection of the session.
     pub fn remove_unsendable(&mut self, sendable: impl Fn(&Bytes) -> bool) -> Vec<Bytes> {
-        if self.established || self.base != 1 || self.buffer.iter().all(&sendable) {
+        let never_sent = self.transmitted.saturating_add(1).saturating_sub(self.base);
+        let first = usize::try_from(never_sent)
+            .unwrap_or(usize::MAX)
+            .min(self.buffer.len());
+        if self.buffer.range(first..).all(&sendable) {
             return Vec::new();
         }
-        let (kept, removed): (VecDeque<Bytes>, VecDeque<Bytes>) =
-            self.buffer.drain(..).partition(|p| sendable(p));
-        self.buffered_bytes = kept.iter().map(|p| p.len() + SDATA_OVERHEAD).sum();
-        self.buffer = kept;
-        removed.into()
+        let tail: Vec<Bytes> = self.buffer.drain(first..).collect();
+        let (kept, removed): (Vec<Bytes>, Vec<Bytes>) = tail.into_iter().partition(|p| sendable(p));
+        self.buffer.extend(kept);
+        self.buffered_bytes = self.buffer.iter().map(|p| p.len() + SDATA_OVERHEAD).sum();
+        removed
     }
 
     /// Appends a message to send, if the buffer stays within `limit` bytes; returns its
@@ -689,7 +696,7 @@ mod tests {
     }
 
     #[test]
-    fn unsendable_messages_leave_only_a_session_not_yet_established() {
+    fn unsendable_messages_leave_only_while_never_transmitted() {
         let mut s = Session::new([2; 16]);
         for m in ["a", "too long", "bb", "also too long"] {
             s.push(b(m), 1000).unwrap();
@@ -702,11 +709,18 @@ mod tests {
             (Some(&b("a")), Some(&b("bb")))
         );
         assert_eq!(s.buffered_bytes(), 3 + 2 * SDATA_OVERHEAD);
-        // Established: its numbers are the peer's too, nothing is removed.
-        s.push(b("long again"), 1000).unwrap();
+        // Once transmitted, numbers are the peer's too: what went out stays. What was queued
+        // after it, never sent, can still go (and what follows moves up a number).
         s.set_established();
-        assert!(s.remove_unsendable(|p| p.len() <= 2).is_empty());
-        assert_eq!(s.unacked_len(), 3);
+        s.mark_transmitted(2);
+        s.push(b("long again"), 1000).unwrap();
+        s.push(b("c"), 1000).unwrap();
+        assert_eq!(s.remove_unsendable(|p| p.len() <= 1), vec![b("long again")]);
+        assert_eq!(
+            (s.unacked_len(), s.message(2), s.message(3)),
+            (3, Some(&b("bb")), Some(&b("c")))
+        );
+        assert_eq!(s.buffered_bytes(), 4 + 3 * SDATA_OVERHEAD);
     }
 
     #[test]

@@ -534,6 +534,7 @@ impl Supervisor {
             };
             let Some((retry, delay)) = next else {
                 self.current.send_replace(Current::Stopped);
+                self.hand_back_session().await;
                 self.emit(ClientEvent::GaveUp {
                     attempts: made,
                     connected,
@@ -555,7 +556,23 @@ impl Supervisor {
             }
         }
         self.current.send_replace(Current::Stopped);
+        self.hand_back_session().await;
         self.emit(ClientEvent::Closed).await;
+    }
+
+    /// The client is done (stopped, or gave up) while a session waits for its next
+    /// connection: there will be none, so the messages the server never acknowledged are
+    /// handed back ([`SessionEvent::Lost`]) rather than dropped with the session.
+    async fn hand_back_session(&mut self) {
+        let Some(mut session) = self.session.take() else {
+            return;
+        };
+        let unacked = session.take_unacked();
+        if !unacked.is_empty() {
+            let id = session.id();
+            self.emit(ClientEvent::Session(SessionEvent::Lost { id, unacked }))
+                .await;
+        }
     }
 
     /// Sends an event; `false` if the client is gone.

@@ -576,3 +576,42 @@ async fn large_frames_around_the_read_size_arrive_intact() {
     ctx.close(CloseCode::Normal, "").await;
     echo.await.unwrap();
 }
+
+/// A send the handle accepted (the budget still open) that reaches the driver only after the
+/// connection closed is handed back by `take_unsent`, not dropped without a word.
+#[tokio::test]
+async fn a_send_that_races_the_close_is_handed_back() {
+    use futures::FutureExt;
+    let (a, b) = tokio::io::duplex(1 << 20);
+    let conn_a = connection::spawn(a, ConnectionConfig::default()).unwrap();
+    let mut conn_b = connection::spawn(b, ConnectionConfig::default()).unwrap();
+    let (sender, mut receiver) = conn_a.split();
+    sender.send(Bytes::from_static(b"first")).await.unwrap();
+    assert_eq!(
+        timeout(DEADLINE, conn_b.recv()).await.unwrap().unwrap(),
+        Bytes::from_static(b"first")
+    );
+    // The close is queued (polled once), the driver has not run: a send still gets in.
+    let closing = sender.clone();
+    let mut close = Box::pin(async move { closing.close(CloseCode::Normal, "bye").await });
+    assert!(close.as_mut().now_or_never().is_none());
+    sender
+        .try_send(Bytes::from_static(b"after-close"))
+        .expect("the budget is still open");
+    let mut got_b = Vec::new();
+    timeout(DEADLINE, async {
+        while let Some(event) = conn_b.next_event().await {
+            if let Event::Message(m) = event {
+                got_b.push(m);
+            }
+        }
+        while receiver.next_event().await.is_some() {}
+    })
+    .await
+    .unwrap();
+    assert!(got_b.is_empty(), "{got_b:?}");
+    assert_eq!(
+        receiver.take_unsent(),
+        vec![Bytes::from_static(b"after-close")]
+    );
+}

@@ -318,6 +318,50 @@ async fn graceful_shutdown_drains_queued_messages_then_closes() {
     assert!(TcpStream::connect(addr).await.is_err());
 }
 
+/// A connection still lingering when the grace period ends is aborted: its handles are still
+/// told. The receiver ends, `close` answers, a send is refused; nothing waits forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handles_of_a_connection_aborted_at_shutdown_do_not_hang() {
+    let mut server = Server::bind("127.0.0.1:0", ServerConfig::default())
+        .await
+        .unwrap();
+    let addr = server.local_addr();
+    let handle = server.handle();
+    // A peer that completes the handshake, then neither reads nor answers: the server's
+    // CLOSE is never acknowledged, so its connection lingers.
+    let mut peer = TcpStream::connect(addr).await.unwrap();
+    let mut machine =
+        framelink::proto::connection::Connection::new(ConnectionConfig::default(), Instant::now())
+            .unwrap();
+    while let Some(bytes) =
+        framelink::proto::machine::Machine::poll_transmit(&mut machine, Instant::now())
+    {
+        peer.write_all(&bytes).await.unwrap();
+    }
+    let incoming = timeout(DEADLINE, server.accept()).await.unwrap().unwrap();
+    let (sender, mut receiver) = incoming.connection.split();
+    timeout(DEADLINE, async {
+        while !matches!(receiver.next_event().await, Some(Event::Connected { .. })) {}
+    })
+    .await
+    .unwrap();
+    let report = timeout(DEADLINE, handle.shutdown(ms(200))).await.unwrap();
+    assert_eq!(report.aborted, 1, "{report:?}");
+    timeout(DEADLINE, async {
+        while receiver.next_event().await.is_some() {}
+    })
+    .await
+    .expect("the receiver ends");
+    timeout(DEADLINE, sender.close(CloseCode::Normal, "bye"))
+        .await
+        .expect("close answers");
+    let sent = timeout(DEADLINE, sender.send(Bytes::from_static(b"x")))
+        .await
+        .expect("a send is answered");
+    assert!(sent.is_err(), "{sent:?}");
+    drop(peer);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnect_backoff_follows_the_configured_bounds() {
     // A port with nothing listening: every attempt is refused at once.

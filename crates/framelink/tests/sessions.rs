@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use framelink::connection::{ConnectionConfig, ResumeStatus};
+use framelink::connection::{ConnectionConfig, ResumeStatus, SendError};
 use framelink::{
     BackoffConfig, Client, ClientConfig, ClientEvent, Event, Incoming, LostReason, Protocol,
     Server, ServerConfig, ServerHandle, ServerSessions, SessionConfig, SessionEvent,
@@ -939,5 +939,125 @@ async fn chained_resumes_keep_the_order_of_every_connection() {
     }
     all.extend(rest);
     assert_eq!(all, (1..=9).collect::<Vec<_>>());
+    client.stop();
+}
+
+/// A server that takes a session and its first `want` messages, never acknowledges them,
+/// then drops the link and stops listening (no reconnect can succeed).
+async fn unacknowledging_server(listener: TcpListener, want: usize) {
+    use framelink::proto::connection::{Connection as Machine, Event as MachineEvent};
+    use framelink::proto::machine::Machine as _;
+    let (mut socket, _) = listener.accept().await.unwrap();
+    drop(listener);
+    let config = ConnectionConfig {
+        sessions: Some(SessionConfig {
+            ack_every: u32::MAX,
+            ack_delay: Duration::from_secs(3600),
+        }),
+        ..ConnectionConfig::default()
+    };
+    let now = std::time::Instant::now;
+    let mut machine = Machine::new(config, now()).unwrap();
+    let mut buf = vec![0u8; 65536];
+    let mut got = 0;
+    while got < want {
+        while let Some(out) = machine.poll_transmit(now()) {
+            socket.write_all(&out).await.unwrap();
+        }
+        let n = socket.read(&mut buf).await.unwrap();
+        if n == 0 {
+            return;
+        }
+        machine.handle_input(&buf[..n], now());
+        while let Some(event) = machine.poll_event() {
+            match event {
+                MachineEvent::SessionRequest { .. } => machine.attach_session(None, now()).unwrap(),
+                MachineEvent::Data(_) => got += 1,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A client whose session waits for a connection that never comes (it gives up, or is
+/// stopped during the backoff) hands the unacknowledged messages back instead of dropping
+/// them with the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_between_connections_hands_its_session_back() {
+    for stop_in_backoff in [false, true] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(unacknowledging_server(listener, 3));
+        let config = ClientConfig {
+            sessions: Some(SessionConfig::default()),
+            backoff: BackoffConfig {
+                initial: Duration::from_millis(if stop_in_backoff { 5_000 } else { 10 }),
+                max: Duration::from_secs(5),
+                max_attempts: (!stop_in_backoff).then_some(2),
+                ..BackoffConfig::default()
+            },
+            ..ClientConfig::default()
+        };
+        let mut client = Client::connect(addr.to_string(), config).unwrap();
+        for m in ["one", "two", "three"] {
+            client.send(Bytes::from_static(m.as_bytes())).await.unwrap();
+        }
+        let mut handed_back = Vec::new();
+        timeout(DEADLINE, async {
+            while let Some(event) = client.next_event().await {
+                match event {
+                    ClientEvent::Session(SessionEvent::Lost { unacked, .. }) => {
+                        handed_back.extend(unacked)
+                    }
+                    ClientEvent::Unsent { messages } => handed_back.extend(messages),
+                    ClientEvent::Reconnecting { .. } if stop_in_backoff => client.stop(),
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            handed_back,
+            ["one", "two", "three"],
+            "stop in backoff: {stop_in_backoff}"
+        );
+    }
+}
+
+/// On a session every message carries an 8-byte sequence number within the peer's
+/// `max_message_len`: a send that would overflow it is refused up front, not accepted and
+/// dropped later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_send_counts_the_sequence_number_against_the_peer_limit() {
+    const MAX: u32 = 4096;
+    let config = ServerConfig {
+        protocol: Protocol::Framelink(ConnectionConfig {
+            max_message_len: MAX,
+            ..ConnectionConfig::default()
+        }),
+        sessions: Some(ServerSessions::default()),
+        ..ServerConfig::default()
+    };
+    let (addr, _handle) = start_server(config, |_| {}).await;
+    let mut client = Client::connect(addr.to_string(), session_client_config()).unwrap();
+    timeout(DEADLINE, async {
+        while !matches!(
+            client.next_event().await,
+            Some(ClientEvent::Session(SessionEvent::Started { .. }))
+        ) {}
+    })
+    .await
+    .unwrap();
+    let too_big = Bytes::from(vec![1; MAX as usize - 1]);
+    assert_eq!(
+        client.send(too_big).await,
+        Err(SendError::TooBig {
+            len: MAX as usize - 1,
+            max: MAX
+        })
+    );
+    let largest = Bytes::from(vec![2; MAX as usize - 9]);
+    client.send(largest).await.unwrap();
     client.stop();
 }

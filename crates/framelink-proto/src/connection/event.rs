@@ -197,7 +197,10 @@ pub enum SendError {
     #[error("connection is closing or closed")]
     Closed,
     /// The message is longer than the peer accepts.
-    #[error("message of {len} bytes (+1 type byte) exceeds the peer's max_message_len of {max}")]
+    #[error(
+        "message of {len} bytes exceeds the peer's max_message_len of {max} \
+         (which counts 1 type byte, and 8 more on a session)"
+    )]
     TooBig {
         /// Payload length.
         len: usize,

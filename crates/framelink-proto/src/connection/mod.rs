@@ -100,6 +100,19 @@ mod common;
 mod config;
 mod event;
 mod session_link;
+/// Removes from `session` the messages never sent that a peer accepting at most `peer_max`
+/// bytes per message (an SDATA: type byte, sequence number, payload) can never take, each
+/// reported as [`Event::MessageDropped`].
+fn drop_unsendable(session: &mut Session, peer_max: u32, events: &mut VecDeque<Event>) {
+    let fits = |p: &Bytes| p.len() as u64 + 1 + 8 <= u64::from(peer_max);
+    for payload in session.remove_unsendable(fits) {
+        events.push_back(Event::MessageDropped {
+            len: payload.len(),
+            peer_max,
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests;
 
@@ -224,6 +237,16 @@ impl Connection {
     /// The peer's HELLO, once received.
     pub fn peer_hello(&self) -> Option<&Hello> {
         self.peer.as_ref()
+    }
+
+    /// What a message adds to its payload within the peer's `max_message_len`: the type byte,
+    /// and on a session the SDATA sequence number (section 12).
+    fn message_header_len(&self) -> u64 {
+        if self.session.is_some() {
+            1 + 8
+        } else {
+            1
+        }
     }
 
     /// Counters.
@@ -413,16 +436,11 @@ impl Connection {
             }
         }
         self.core.queue = kept;
-        // The same for a session's messages, as long as none of them was ever sent (their
-        // numbers are still ours to change); afterwards `send` checks the known limit.
+        // The same for a session's messages never sent (their numbers are still ours to
+        // change): those queued before this connection knew the limit (before the first
+        // HELLO, or between connections); afterwards `send` checks the known limit.
         if let Some(session) = self.session.as_mut().and_then(|l| l.state.as_mut()) {
-            let fits = |p: &Bytes| p.len() as u64 + 1 + 8 <= u64::from(peer_max);
-            for payload in session.remove_unsendable(fits) {
-                self.core.events.push_back(Event::MessageDropped {
-                    len: payload.len(),
-                    peer_max,
-                });
-            }
+            drop_unsendable(session, peer_max, &mut self.core.events);
         }
         if let OurClose::Deferred { code, reason } =
             std::mem::replace(&mut self.our_close, OurClose::None)
@@ -904,8 +922,7 @@ impl Machine for Connection {
             return Err(SendError::Closed);
         }
         let max = self.peer.as_ref().map_or(u32::MAX, |h| h.max_message_len);
-        let session_header = if self.session.is_some() { 8 } else { 0 };
-        if payload.len() as u64 + 1 + session_header > u64::from(max) {
+        if payload.len() as u64 + self.message_header_len() > u64::from(max) {
             return Err(SendError::TooBig {
                 len: payload.len(),
                 max,
@@ -1032,7 +1049,7 @@ impl Machine for Connection {
 
     fn check_message(&self, payload: &[u8]) -> Result<(), SendError> {
         let max = self.peer_hello().map_or(u32::MAX, |h| h.max_message_len);
-        if payload.len() as u64 + 1 > u64::from(max) {
+        if payload.len() as u64 + self.message_header_len() > u64::from(max) {
             return Err(SendError::TooBig {
                 len: payload.len(),
                 max,
@@ -1043,6 +1060,13 @@ impl Machine for Connection {
 
     fn linger(&self) -> Duration {
         self.config().linger
+    }
+
+    /// The peer's `max_message_len` less the message header: the type byte, and with a
+    /// session the SDATA sequence number.
+    fn max_payload_len(&self) -> Option<u64> {
+        let max = self.peer_hello()?.max_message_len;
+        Some(u64::from(max).saturating_sub(self.message_header_len()))
     }
 
     /// Frees the memory of empty internal queues (events, outgoing DATA, keep-alive events).
@@ -1100,6 +1124,10 @@ impl Machine for Connection {
         for payload in self.core.queue.drain(..) {
             self.core.queued_bytes -= payload.len() + DATA_OVERHEAD;
             let _ = session.push(payload, usize::MAX);
+        }
+        // Messages queued in the session while it was detached were checked against no limit.
+        if let Some(peer_max) = self.peer.as_ref().map(|h| h.max_message_len) {
+            drop_unsendable(&mut session, peer_max, &mut self.core.events);
         }
         let delivered = session.delivered();
         let resending = session.next_seq() - 1 - session.acked();

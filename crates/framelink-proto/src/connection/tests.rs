@@ -1637,3 +1637,97 @@ fn session_messages_out_of_place_are_protocol_errors() {
     let ev = events(&mut sim.link.b);
     assert_eq!(closed_code(&ev), Some((CloseCode::ProtocolError, false)));
 }
+
+/// Client `a` and server `b` exchange until quiet; the server attaches `kept` (or a new
+/// session) when asked. Returns both sides' events.
+fn session_exchange(
+    a: &mut Connection,
+    b: &mut Connection,
+    mut kept: Option<Session>,
+    now: Instant,
+) -> (Vec<Event>, Vec<Event>) {
+    let (mut ev_a, mut ev_b) = (Vec::new(), Vec::new());
+    for _ in 0..8 {
+        while let Some(x) = a.poll_transmit(now) {
+            b.handle_input(&x, now);
+        }
+        while let Some(e) = b.poll_event() {
+            if let Event::SessionRequest { .. } = e {
+                b.attach_session(kept.take(), now).unwrap();
+            }
+            ev_b.push(e);
+        }
+        while let Some(x) = b.poll_transmit(now) {
+            a.handle_input(&x, now);
+        }
+        ev_a.extend(std::iter::from_fn(|| a.poll_event()));
+    }
+    (ev_a, ev_b)
+}
+
+/// A message that reaches a session while no connection carries it is checked against no
+/// limit. One the peer can never take (here 1 byte under its `max_message_len`, which an
+/// SDATA's 9-byte header overflows) is dropped and reported when the next connection learns
+/// the limit, and the session carries on, instead of being resent and refused on every
+/// connection.
+#[test]
+fn a_session_message_the_peer_can_never_take_is_dropped_not_resent_forever() {
+    const MAX: u32 = 4096;
+    let t0 = Instant::now();
+    let server_cfg = ConnectionConfig {
+        sessions: Some(SessionConfig::default()),
+        max_message_len: MAX,
+        ..ConnectionConfig::default()
+    };
+    let mut a =
+        Connection::with_session(ConnectionConfig::default(), Session::new([5; 16]), t0).unwrap();
+    let mut b = Connection::new(server_cfg.clone(), t0).unwrap();
+    session_exchange(&mut a, &mut b, None, t0);
+    let too_big = Bytes::from(vec![7u8; MAX as usize - 1]);
+    // Open: refused up front, counting the session's header.
+    assert_eq!(
+        a.check_message(&too_big),
+        Err(SendError::TooBig {
+            len: MAX as usize - 1,
+            max: MAX
+        })
+    );
+    assert_eq!(a.max_payload_len(), Some(u64::from(MAX) - 9));
+    a.send(Bytes::from_static(b"one"), t0).unwrap();
+    session_exchange(&mut a, &mut b, None, t0);
+    // The link fails; a send racing the failure joins the session unchecked.
+    a.handle_eof(t0);
+    b.handle_eof(t0);
+    a.send(too_big, t0).unwrap();
+    a.send(Bytes::from_static(b"two"), t0).unwrap();
+    let (mut client, mut server) = (a.take_session().unwrap(), b.take_session().unwrap());
+    for round in 0..2 {
+        let now = t0 + secs(round + 1);
+        let mut a = Connection::with_session(ConnectionConfig::default(), client, now).unwrap();
+        let mut b = Connection::new(server_cfg.clone(), now).unwrap();
+        let (ev_a, ev_b) = session_exchange(&mut a, &mut b, Some(server), now);
+        let dropped: Vec<_> = ev_a
+            .iter()
+            .filter(|e| matches!(e, Event::MessageDropped { .. }))
+            .collect();
+        let closed = |ev: &[Event]| ev.iter().any(|e| matches!(e, Event::Closed { .. }));
+        assert!(!closed(&ev_a) && !closed(&ev_b), "{ev_a:?} {ev_b:?}");
+        if round == 0 {
+            assert_eq!(
+                dropped,
+                vec![&Event::MessageDropped {
+                    len: MAX as usize - 1,
+                    peer_max: MAX
+                }]
+            );
+            assert_eq!(data_of(&ev_b), vec![Bytes::from_static(b"two")]);
+        } else {
+            assert!(dropped.is_empty() && data_of(&ev_b).is_empty());
+        }
+        // At most "two" is left to acknowledge: the message that could never go is gone.
+        assert!(a.session().unwrap().buffered_bytes() < 100);
+        a.handle_eof(now);
+        b.handle_eof(now);
+        (client, server) = (a.take_session().unwrap(), b.take_session().unwrap());
+    }
+}

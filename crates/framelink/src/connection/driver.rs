@@ -17,7 +17,7 @@ pub(super) enum Wake {
 }
 
 /// The background task's state.
-pub(super) struct Driver<M> {
+pub(super) struct Driver<M: Machine> {
     pub(super) machine: M,
     /// Accepting side: where sessions come from and go back to, and this connection's number.
     pub(super) sessions: Option<(Arc<dyn SessionHost>, u64)>,
@@ -59,6 +59,33 @@ pub(super) struct Driver<M> {
     pub(super) mem_waiting: bool,
     /// The stream error that ended the connection (boxed: rarely there).
     pub(super) transport: Option<Box<TransportError>>,
+    /// Messages accepted by the handles that reached the machine after it closed (a send
+    /// racing the close): never written, handed back with the machine's own at the end.
+    pub(super) refused_late: Vec<Bytes>,
+}
+
+/// A driver dropped before it finished (its task aborted, e.g. by a server shutdown past its
+/// grace period, or a panic) still tells the handles and gives back what it holds: otherwise
+/// a receiver would wait forever for the end, a `close` for its answer, a `send` for budget,
+/// and the server's memory budget would stay charged.
+impl<M: Machine> Drop for Driver<M> {
+    fn drop(&mut self) {
+        let finished = self.shared.lock().finished;
+        if finished {
+            return;
+        }
+        if std::thread::panicking() {
+            // Mid-panic the machine may be inconsistent: only release the handles.
+            self.shared.budget.close();
+            let mut inner = self.shared.lock();
+            inner.finished = true;
+            inner.wake_receiver();
+            drop(inner);
+            self.shared.status_changed.notify_waiters();
+        } else {
+            self.finish();
+        }
+    }
 }
 
 impl<M: Machine> fmt::Debug for Driver<M> {
@@ -314,6 +341,7 @@ impl<M: Machine> Driver<M> {
         // (their senders were told "queued"), then it goes to the next connection.
         let mut session = self.machine.take_session();
         let mut unsent = self.machine.take_unsent();
+        unsent.append(&mut self.refused_late);
         let mut inner = self.shared.lock();
         inner.finished = true;
         for command in std::mem::take(&mut inner.commands) {
@@ -573,6 +601,10 @@ impl<M: Machine> Driver<M> {
     pub(super) fn send(&mut self, payload: Bytes, now: std::time::Instant) {
         let cost = self.machine.message_cost(payload.len());
         let len = payload.len();
+        // A closed machine refuses what a session does not take; the sender was told
+        // "queued", so the message is kept to be handed back (`take_unsent`).
+        let late = (!matches!(self.machine.state(), State::Handshaking | State::Open))
+            .then(|| payload.clone());
         // Every `Command::Send` passed `handle::check`, which asks the same framing.
         match self.machine.send_checked(payload, now) {
             Ok(()) => {
@@ -591,12 +623,15 @@ impl<M: Machine> Driver<M> {
                     // broken: say so loudly rather than lose the message quietly.
                     tracing::error!(%e, len, "message refused by the machine despite the budget");
                 }
+                if let (SendError::Closed, Some(payload)) = (&e, late) {
+                    self.refused_late.push(payload);
+                }
                 if let SendError::TooBig { max, .. } = e {
                     // The handle checked before the peer's limit was known.
-                    let cost = self
-                        .shared
-                        .lock()
-                        .push_event(Event::MessageDropped { len, peer_max: max });
+                    let mut inner = self.shared.lock();
+                    let cost = inner.push_event(Event::MessageDropped { len, peer_max: max });
+                    inner.wake_receiver();
+                    drop(inner);
                     // Charged like every queued event: the receiver credits it when taken.
                     if let Some(account) = &self.shared.memory {
                         account.charge(cost);
@@ -694,6 +729,11 @@ impl<M: Machine> Driver<M> {
                 return 0;
             }
             proto::Event::Connected { peer, version } => {
+                // Both before the application hears of the connection.
+                let payload_max = self.machine.max_payload_len().unwrap_or(u64::MAX);
+                self.shared
+                    .payload_max
+                    .store(payload_max, Ordering::Release);
                 self.shared
                     .peer_max
                     .store(peer.max_message_len, Ordering::Release);

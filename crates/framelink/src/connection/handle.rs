@@ -18,6 +18,9 @@ pub(super) struct Shared {
     pub(super) overhead: usize,
     /// Protocol mode: the peer's `max_message_len` once known.
     pub(super) peer_max: AtomicU32,
+    /// ... and the longest payload it allows (less the type byte, and a session's sequence
+    /// number).
+    pub(super) payload_max: AtomicU64,
     /// Raw mode: the framing, to refuse what it cannot encode before queueing.
     pub(super) framing: Option<Box<Framing>>,
     pub(super) inner: Mutex<Inner>,
@@ -545,11 +548,10 @@ pub(super) fn check(shared: &Shared, payload: &Bytes) -> Result<usize, SendError
     if shared.budget.is_closed() {
         return Err(SendError::Closed);
     }
-    let max = shared.peer_max.load(Ordering::Acquire);
-    if payload.len() as u64 + 1 > u64::from(max) {
+    if payload.len() as u64 > shared.payload_max.load(Ordering::Acquire) {
         return Err(SendError::TooBig {
             len: payload.len(),
-            max,
+            max: shared.peer_max.load(Ordering::Acquire),
         });
     }
     if let Some(framing) = &shared.framing {

@@ -318,6 +318,7 @@ where
         config: driver,
         overhead: machine.message_cost(0),
         peer_max: AtomicU32::new(u32::MAX),
+        payload_max: AtomicU64::new(u64::MAX),
         framing: framing.map(Box::new),
         inner: Mutex::new(Inner {
             senders: 1,
@@ -353,6 +354,7 @@ where
         mem_read_ok: true,
         mem_waiting: false,
         transport: None,
+        refused_late: Vec::new(),
     });
     let task = tokio::spawn(async move {
         driver.run(stream).await;
