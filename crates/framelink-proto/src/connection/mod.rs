@@ -502,7 +502,9 @@ impl Connection {
 
     /// DATA is waiting to be written (queued, or in the session and not transmitted yet).
     fn has_pending_data(&self) -> bool {
-        if !self.core.queue.is_empty() {
+        // With a session negotiated, queued messages go out only in it, once it is attached:
+        // a close before that (a refused session, say) does not wait for them.
+        if !self.core.queue.is_empty() && self.session.is_none() {
             return true;
         }
         match self.session.as_deref() {

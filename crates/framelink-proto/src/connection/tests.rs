@@ -1731,3 +1731,42 @@ fn a_session_message_the_peer_can_never_take_is_dropped_not_resent_forever() {
         (client, server) = (a.take_session().unwrap(), b.take_session().unwrap());
     }
 }
+
+/// The accepting side's application sends before the session is decided, then the session is
+/// refused: the CLOSE goes out at once (it used to wait behind messages that can only go in a
+/// session, until keep-alive ended the connection), and the messages are handed back.
+#[test]
+fn a_refused_session_closes_at_once_despite_messages_queued_for_it() {
+    let t0 = Instant::now();
+    let server_cfg = ConnectionConfig {
+        sessions: Some(SessionConfig::default()),
+        ..ConnectionConfig::default()
+    };
+    let mut a =
+        Connection::with_session(ConnectionConfig::default(), Session::new([6; 16]), t0).unwrap();
+    let mut b = Connection::new(server_cfg, t0).unwrap();
+    while let Some(x) = a.poll_transmit(t0) {
+        b.handle_input(&x, t0);
+    }
+    assert!(
+        std::iter::from_fn(|| b.poll_event()).any(|e| matches!(e, Event::SessionRequest { .. }))
+    );
+    b.send(Bytes::from_static(b"early"), t0).unwrap();
+    b.refuse_session("not today", t0);
+    let out: Vec<u8> = std::iter::from_fn(|| b.poll_transmit(t0))
+        .flatten()
+        .collect();
+    a.handle_input(&out, t0);
+    assert!(
+        std::iter::from_fn(|| a.poll_event()).any(|e| matches!(
+            e,
+            Event::Closed {
+                code: CloseCode::SessionRefused,
+                by_peer: true,
+                ..
+            }
+        )),
+        "no CLOSE 9 reached the requester"
+    );
+    assert_eq!(b.take_unsent(), vec![Bytes::from_static(b"early")]);
+}
