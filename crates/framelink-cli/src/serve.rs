@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use clap::Args;
-use framelink::connection::{CloseCode, ResumeStatus};
+use framelink::connection::{CloseCode, ResumeStatus, SendError};
 use framelink::{
     Event, Incoming, LostReason, LostSession, Protocol, Sender, Server, ServerConfig, ServerHandle,
     ServerSessions, SessionEvent,
@@ -395,7 +395,7 @@ async fn connection(incoming: Incoming, sink: bool, sessions: Option<Echoes>, ou
                 }
                 // Echoes taken before the end are queued (or refused) before it is reported.
                 Event::Closed(info) => {
-                    tally.echo(&sender, &mut echoes).await;
+                    tally.echo(id, &sender, &mut echoes).await;
                     if !out.quiet {
                         let echo = if sink {
                             String::new()
@@ -417,7 +417,7 @@ async fn connection(incoming: Incoming, sink: bool, sessions: Option<Echoes>, ou
                 event => report(id, &event, out),
             }
         }
-        tally.echo(&sender, &mut echoes).await;
+        tally.echo(id, &sender, &mut echoes).await;
     }
 }
 
@@ -587,15 +587,27 @@ struct Tally {
 }
 
 impl Tally {
-    /// Queues `echoes` back; a refusal means the connection is closing (its `Closed` follows).
-    async fn echo(&mut self, sender: &Sender, echoes: &mut Vec<Bytes>) {
-        if echoes.is_empty() {
-            return;
+    /// Queues `echoes` back (of connection `id`). An echo that can never be sent (longer than
+    /// the client accepts, or than the whole send queue) is reported and skipped: the echoes
+    /// after it still go. `Closed` means the connection is closing (its `Closed` event
+    /// follows): the rest is dropped.
+    async fn echo(&mut self, id: u64, sender: &Sender, echoes: &mut Vec<Bytes>) {
+        while !echoes.is_empty() {
+            let count = echoes.len();
+            let result = sender.send_batch(echoes).await;
+            self.echoed += (count - echoes.len()) as u64;
+            match result {
+                Ok(()) => {}
+                Err(SendError::Closed) => echoes.clear(),
+                Err(e) => {
+                    let refused = echoes.remove(0);
+                    eprintln!(
+                        "[serve] #{id} warning: echo of {} bytes not sent: {e}",
+                        refused.len()
+                    );
+                }
+            }
         }
-        let count = echoes.len();
-        let _ = sender.send_batch(echoes).await;
-        self.echoed += (count - echoes.len()) as u64;
-        echoes.clear();
     }
 }
 

@@ -486,3 +486,52 @@ fn help_explains_serve_and_connect() {
         assert!(out.contains(needle), "{needle}: {out}");
     }
 }
+
+/// An echo the client can never take (over the `max_message_len` its HELLO announced) is
+/// reported on stderr and skipped; the echoes after it, in the same batch, still go.
+#[test]
+fn serve_skips_an_echo_the_client_cannot_take_and_echoes_the_rest() {
+    use framelink::proto::connection::{Connection, ConnectionConfig, Event};
+    use framelink::proto::machine::Machine;
+    use std::io::Read;
+    let (server, addr) = serve(&[]);
+    let mut socket = TcpStream::connect(&addr).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let config = ConnectionConfig {
+        max_message_len: 4096,
+        ..ConnectionConfig::default()
+    };
+    let mut machine = Connection::new(config, Instant::now()).unwrap();
+    // Queued before the handshake: the server reads all three in one go.
+    for payload in [&b"a"[..], &[7u8; 5000][..], &b"b"[..]] {
+        machine
+            .send(bytes::Bytes::copy_from_slice(payload), Instant::now())
+            .unwrap();
+    }
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    let deadline = Instant::now() + PATIENCE;
+    while got.len() < 2 && Instant::now() < deadline {
+        while let Some(out) = machine.poll_transmit(Instant::now()) {
+            socket.write_all(&out).unwrap();
+        }
+        match socket.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => machine.handle_input(&buf[..n], Instant::now()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e) => panic!("{e}"),
+        }
+        while let Some(event) = machine.poll_event() {
+            if let Event::Data(m) = event {
+                got.push(m);
+            }
+        }
+    }
+    assert_eq!(got, [&b"a"[..], &b"b"[..]]);
+    server.wait_stderr("the skipped echo", |e| {
+        e.contains("echo of 5000 bytes not sent")
+    });
+}

@@ -323,19 +323,26 @@ impl Sender {
     /// On success `batch` is empty (its capacity is kept, for reuse). On error, `batch` holds
     /// exactly the messages that were not queued, in order, and the first of them is the one
     /// the error is about (for [`SendError::Closed`], the first not queued): nothing is lost
-    /// silently.
+    /// silently. Only [`SendError::Closed`] concerns the rest of the batch too; the other
+    /// errors ([`TooBig`](SendError::TooBig), [`Unencodable`](SendError::Unencodable),
+    /// [`QueueFull`](SendError::QueueFull) for a message larger than the whole budget) refuse
+    /// that one message, which can never be sent: take it out and send the rest.
     ///
     /// ```no_run
     /// # async fn echo(mut receiver: framelink::Receiver, sender: framelink::Sender) {
-    /// use framelink::Event;
+    /// use framelink::{connection::SendError, Event};
     /// let (mut events, mut replies) = (Vec::new(), Vec::new());
     /// while receiver.recv_many(&mut events, 1024).await > 0 {
     ///     replies.extend(events.drain(..).filter_map(|event| match event {
     ///         Event::Message(payload) => Some(payload),
     ///         _ => None,
     ///     }));
-    ///     if sender.send_batch(&mut replies).await.is_err() {
-    ///         break;
+    ///     while let Err(e) = sender.send_batch(&mut replies).await {
+    ///         if e == SendError::Closed {
+    ///             return;
+    ///         }
+    ///         let refused = replies.remove(0); // this one can never go: the others can
+    ///         eprintln!("reply of {} bytes not sent: {e}", refused.len());
     ///     }
     /// }
     /// # }
