@@ -1132,7 +1132,9 @@ impl Machine for Connection {
             drop_unsendable(&mut session, peer_max, &mut self.core.events);
         }
         let delivered = session.delivered();
-        let resending = session.next_seq() - 1 - session.acked();
+        // Only what went out before and was not delivered is sent again; messages queued
+        // since are sent for the first time.
+        let resending = session.transmitted().saturating_sub(session.acked());
         link.transmitted = session.acked();
         link.ack_sent = delivered;
         link.resume = Some((status, delivered, new_secret));

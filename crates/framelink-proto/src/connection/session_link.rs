@@ -171,7 +171,9 @@ impl Connection {
             session.set_secret(secret);
         }
         session.set_established();
-        let resending = session.next_seq() - 1 - session.acked();
+        // Only what went out before and was not delivered is sent again; messages queued
+        // since are sent for the first time.
+        let resending = session.transmitted().saturating_sub(session.acked());
         link.transmitted = session.acked();
         link.ack_sent = session.delivered();
         link.peer_delivered = delivered;

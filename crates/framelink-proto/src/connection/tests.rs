@@ -1545,9 +1545,9 @@ fn forged_request_delivered_is_refused_and_nothing_is_skipped() {
                     e,
                     Event::SessionStarted {
                         status: ResumeStatus::Resumed,
-                        resending: 3,
+                        resending,
                         ..
-                    }
+                    } if *resending == transmitted - 7
                 )),
                 "{ev:?}"
             );
@@ -1769,4 +1769,34 @@ fn a_refused_session_closes_at_once_despite_messages_queued_for_it() {
         "no CLOSE 9 reached the requester"
     );
     assert_eq!(b.take_unsent(), vec![Bytes::from_static(b"early")]);
+}
+
+/// `resending` counts messages sent again, not those queued before the first connection
+/// opened (sent for the first time).
+#[test]
+fn a_new_session_resends_nothing() {
+    let t0 = Instant::now();
+    let server_cfg = ConnectionConfig {
+        sessions: Some(SessionConfig::default()),
+        ..ConnectionConfig::default()
+    };
+    let mut a =
+        Connection::with_session(ConnectionConfig::default(), Session::new([8; 16]), t0).unwrap();
+    for m in ["one", "two", "three"] {
+        a.send(Bytes::from_static(m.as_bytes()), t0).unwrap();
+    }
+    let mut b = Connection::new(server_cfg, t0).unwrap();
+    let (ev_a, ev_b) = session_exchange(&mut a, &mut b, None, t0);
+    let started: Vec<_> = ev_a
+        .iter()
+        .chain(&ev_b)
+        .filter_map(|e| match e {
+            Event::SessionStarted {
+                status, resending, ..
+            } => Some((*status, *resending)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(started, [(ResumeStatus::New, 0), (ResumeStatus::New, 0)]);
+    assert_eq!(data_of(&ev_b).len(), 3);
 }
