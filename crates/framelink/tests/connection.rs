@@ -615,3 +615,41 @@ async fn a_send_that_races_the_close_is_handed_back() {
         vec![Bytes::from_static(b"after-close")]
     );
 }
+
+/// `close` to a peer that stops reading (no keep-alive to find it dead, our output stuck in
+/// full socket buffers) still returns: the close is given up on `linger` after the last
+/// output went out.
+#[tokio::test]
+async fn close_returns_when_the_peer_stops_reading() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let quiet = ConnectionConfig {
+        ping_interval: None,
+        linger: ms(300),
+        ..ConnectionConfig::default()
+    };
+    let peer_config = quiet.clone();
+    let peer = tokio::spawn(async move {
+        // Handshakes, then never reads again (keeps the socket open).
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut machine =
+            framelink::proto::connection::Connection::new(peer_config, Instant::now()).unwrap();
+        while let Some(bytes) = machine.poll_transmit(Instant::now()) {
+            socket.write_all(&bytes).await.unwrap();
+        }
+        // Longer than the test's deadline: only the fix ends the close.
+        tokio::time::sleep(secs(600)).await;
+        drop(socket);
+    });
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let conn = connection::spawn(stream, quiet).unwrap();
+    // Far more than the socket buffers hold.
+    for _ in 0..64 {
+        let _ = conn.try_send(Bytes::from(vec![0u8; 128 * 1024]));
+    }
+    let closed = timeout(DEADLINE, conn.close(CloseCode::Normal, "bye"))
+        .await
+        .expect("close returns");
+    assert!(closed.is_some());
+    peer.abort();
+}

@@ -141,6 +141,10 @@ struct PendingClose {
     reason: String,
     /// Write queued DATA first (local graceful close).
     after_data: bool,
+    /// When output last went out while this close was pending (stamped by the first
+    /// `poll_transmit` after the decision): with no output for `linger`, the close is given
+    /// up on (a peer that stops reading would otherwise hold it forever).
+    progress: Option<Instant>,
 }
 
 /// Where our own CLOSE is: one state, with what each state needs.
@@ -477,6 +481,7 @@ impl Connection {
         self.core.report_closed(code, reason, true, None);
         if matches!(self.our_close, OurClose::None | OurClose::Deferred { .. }) {
             self.our_close = OurClose::Pending(PendingClose {
+                progress: None,
                 code,
                 reason: String::new(),
                 after_data: false,
@@ -499,196 +504,8 @@ impl Connection {
             lv.on_send_data(now);
         }
     }
-
-    /// DATA is waiting to be written (queued, or in the session and not transmitted yet).
-    fn has_pending_data(&self) -> bool {
-        // With a session negotiated, queued messages go out only in it, once it is attached:
-        // a close before that (a refused session, say) does not wait for them.
-        if !self.core.queue.is_empty() && self.session.is_none() {
-            return true;
-        }
-        match self.session.as_deref() {
-            Some(SessionLink {
-                active: true,
-                state: Some(session),
-                transmitted,
-                ..
-            }) => *transmitted + 1 < session.next_seq(),
-            _ => false,
-        }
-    }
-
-    fn out(&mut self, buf: BytesMut) -> Option<Bytes> {
-        if buf.is_empty() {
-            return None;
-        }
-        self.core.count_out(buf.len());
-        Some(buf.freeze())
-    }
-
-    /// Encodes a control message (our own, always valid) and records the send.
-    fn encode(&mut self, message: &Message, buf: &mut BytesMut, now: Instant) {
-        if self.codec.encode(message, buf).is_ok() {
-            self.core.stats.messages_out += 1;
-            if let Some(lv) = &mut self.core.liveness {
-                lv.on_send(now);
-            }
-        }
-    }
-
-    // ---- timers ----
-
-    fn drain_liveness(&mut self, _now: Instant) {
-        while let Some(event) = self.core.poll_liveness() {
-            match event {
-                LivenessEvent::SendPing { context } => {
-                    if self.state == State::Open {
-                        self.ping = Some(context);
-                    }
-                }
-                // Reported by the core.
-                LivenessEvent::Idle(_) => {}
-                LivenessEvent::PeerDead {
-                    silent_for, cause, ..
-                } => {
-                    let e = ConnectionError::PeerDead { silent_for, cause };
-                    self.fail(CloseCode::PeerTimedOut, e.to_string(), e, true);
-                    self.core.stop_input();
-                }
-                LivenessEvent::TooManyPings {
-                    strikes,
-                    min_interval,
-                    last_gap,
-                } => {
-                    let e = ConnectionError::TooManyPings {
-                        strikes,
-                        min_interval,
-                        last_gap,
-                    };
-                    self.fail(CloseCode::TooManyPings, "too many pings".into(), e, false);
-                    self.core.stop_input();
-                }
-            }
-        }
-    }
-
-    // ---- closing ----
-
-    /// We close because something went wrong: queued DATA is discarded, CLOSE is queued (unless
-    /// one is already pending or sent), the [`Event::Closed`] is reported once.
-    fn fail(&mut self, code: CloseCode, reason: String, error: ConnectionError, closed: bool) {
-        let reason = truncate(&reason);
-        self.core
-            .report_closed(code, reason.clone(), false, Some(error));
-        self.core.drop_queue();
-        self.pong = None;
-        self.ping = None;
-        match &mut self.our_close {
-            OurClose::Pending(pending) => pending.after_data = false,
-            OurClose::None | OurClose::Deferred { .. } => {
-                self.our_close = OurClose::Pending(PendingClose {
-                    code,
-                    reason,
-                    after_data: false,
-                })
-            }
-            OurClose::Sent(_) => {}
-        }
-        match self.state {
-            State::Handshaking | State::Open if !closed => self.state = State::Closing,
-            State::Closed => {}
-            _ => self.enter_closed(),
-        }
-    }
-
-    fn enter_closed(&mut self) {
-        self.state = State::Closed;
-        if let Some(link) = self.session.as_mut().filter(|l| l.ended) {
-            if let Some(session) = link.state.as_mut() {
-                let unacked = session.take_unacked();
-                if !unacked.is_empty() {
-                    let id = session.id();
-                    self.core
-                        .events
-                        .push_back(Event::SessionLost { id, unacked });
-                }
-            }
-        }
-        self.core.drop_queue();
-        self.pong = None;
-        self.ping = None;
-        if let OurClose::Pending(close) = &mut self.our_close {
-            close.after_data = false;
-        }
-    }
-}
-
-impl Machine for Connection {
-    /// The receive buffer: read socket bytes into it (e.g. with `BufMut`), then call
-    /// [`process_input`](Machine::process_input). Don't remove bytes from it.
-    fn recv_buf(&mut self) -> &mut BytesMut {
-        self.core.recv_buf()
-    }
-
-    /// Handles the bytes added to [`recv_buf`](Machine::recv_buf) since the last
-    /// call.
-    fn process_input(&mut self, now: Instant) {
-        self.core.begin_input(now, true);
-        let mut decoded = false;
-        while let Some(recv) = self.core.decodable() {
-            match self.codec.decode(recv) {
-                Ok(Some(message)) => {
-                    decoded = true;
-                    self.core.stats.messages_in += 1;
-                    self.on_message(message, now);
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    let code = e.close_code();
-                    self.fail(code, e.to_string(), ConnectionError::Wire(e), false);
-                    self.core.stop_input();
-                }
-            }
-        }
-        self.core.end_input(decoded, now);
-        self.drain_liveness(now);
-    }
-
-    /// Full length of the partial message at the front of the receive buffer, once its length field
-    /// is in (see [`Machine::pending_frame_len`]).
-    fn pending_frame_len(&self) -> Option<usize> {
-        let len = self.codec.pending_frame_length(self.core.recv())?;
-        usize::try_from(len).ok()
-    }
-
-    /// Round-trip-time estimate from PING / PONG pairs.
-    fn rtt(&self) -> Option<RttEstimate> {
-        self.core.liveness.as_ref().and_then(Liveness::rtt)
-    }
-
-    /// The peer ended its write half (TCP FIN) or the transport failed: the connection is closed.
-    fn handle_eof(&mut self, now: Instant) {
-        if self.core.has_new_input() {
-            self.process_input(now);
-        }
-        let mid_message = !self.core.input_done() && !self.core.recv().is_empty();
-        self.core.clear_input();
-        let code = if mid_message {
-            CloseCode::ProtocolError
-        } else {
-            CloseCode::GoingAway
-        };
-        self.core.report_closed(
-            code,
-            String::new(),
-            true,
-            Some(ConnectionError::EndOfStream { mid_message }),
-        );
-        self.enter_closed();
-    }
-
-    /// The next bytes to write, if any. Call until `None` after every input.
-    fn poll_transmit(&mut self, now: Instant) -> Option<Bytes> {
+    /// What [`poll_transmit`](Machine::poll_transmit) hands out next.
+    fn transmit(&mut self, now: Instant) -> Option<Bytes> {
         if matches!(self.our_close, OurClose::Sent(_)) {
             return None;
         }
@@ -815,6 +632,206 @@ impl Machine for Connection {
         None
     }
 
+    /// DATA is waiting to be written (queued, or in the session and not transmitted yet).
+    fn has_pending_data(&self) -> bool {
+        // With a session negotiated, queued messages go out only in it, once it is attached:
+        // a close before that (a refused session, say) does not wait for them.
+        if !self.core.queue.is_empty() && self.session.is_none() {
+            return true;
+        }
+        match self.session.as_deref() {
+            Some(SessionLink {
+                active: true,
+                state: Some(session),
+                transmitted,
+                ..
+            }) => *transmitted + 1 < session.next_seq(),
+            _ => false,
+        }
+    }
+
+    fn out(&mut self, buf: BytesMut) -> Option<Bytes> {
+        if buf.is_empty() {
+            return None;
+        }
+        self.core.count_out(buf.len());
+        Some(buf.freeze())
+    }
+
+    /// Encodes a control message (our own, always valid) and records the send.
+    fn encode(&mut self, message: &Message, buf: &mut BytesMut, now: Instant) {
+        if self.codec.encode(message, buf).is_ok() {
+            self.core.stats.messages_out += 1;
+            if let Some(lv) = &mut self.core.liveness {
+                lv.on_send(now);
+            }
+        }
+    }
+
+    // ---- timers ----
+
+    fn drain_liveness(&mut self, _now: Instant) {
+        while let Some(event) = self.core.poll_liveness() {
+            match event {
+                LivenessEvent::SendPing { context } => {
+                    if self.state == State::Open {
+                        self.ping = Some(context);
+                    }
+                }
+                // Reported by the core.
+                LivenessEvent::Idle(_) => {}
+                LivenessEvent::PeerDead {
+                    silent_for, cause, ..
+                } => {
+                    let e = ConnectionError::PeerDead { silent_for, cause };
+                    self.fail(CloseCode::PeerTimedOut, e.to_string(), e, true);
+                    self.core.stop_input();
+                }
+                LivenessEvent::TooManyPings {
+                    strikes,
+                    min_interval,
+                    last_gap,
+                } => {
+                    let e = ConnectionError::TooManyPings {
+                        strikes,
+                        min_interval,
+                        last_gap,
+                    };
+                    self.fail(CloseCode::TooManyPings, "too many pings".into(), e, false);
+                    self.core.stop_input();
+                }
+            }
+        }
+    }
+
+    // ---- closing ----
+
+    /// We close because something went wrong: queued DATA is discarded, CLOSE is queued (unless
+    /// one is already pending or sent), the [`Event::Closed`] is reported once.
+    fn fail(&mut self, code: CloseCode, reason: String, error: ConnectionError, closed: bool) {
+        let reason = truncate(&reason);
+        self.core
+            .report_closed(code, reason.clone(), false, Some(error));
+        self.core.drop_queue();
+        self.pong = None;
+        self.ping = None;
+        match &mut self.our_close {
+            OurClose::Pending(pending) => pending.after_data = false,
+            OurClose::None | OurClose::Deferred { .. } => {
+                self.our_close = OurClose::Pending(PendingClose {
+                    progress: None,
+                    code,
+                    reason,
+                    after_data: false,
+                })
+            }
+            OurClose::Sent(_) => {}
+        }
+        match self.state {
+            State::Handshaking | State::Open if !closed => self.state = State::Closing,
+            State::Closed => {}
+            _ => self.enter_closed(),
+        }
+    }
+
+    fn enter_closed(&mut self) {
+        self.state = State::Closed;
+        if let Some(link) = self.session.as_mut().filter(|l| l.ended) {
+            if let Some(session) = link.state.as_mut() {
+                let unacked = session.take_unacked();
+                if !unacked.is_empty() {
+                    let id = session.id();
+                    self.core
+                        .events
+                        .push_back(Event::SessionLost { id, unacked });
+                }
+            }
+        }
+        self.core.drop_queue();
+        self.pong = None;
+        self.ping = None;
+        if let OurClose::Pending(close) = &mut self.our_close {
+            close.after_data = false;
+        }
+    }
+}
+
+impl Machine for Connection {
+    /// The receive buffer: read socket bytes into it (e.g. with `BufMut`), then call
+    /// [`process_input`](Machine::process_input). Don't remove bytes from it.
+    fn recv_buf(&mut self) -> &mut BytesMut {
+        self.core.recv_buf()
+    }
+
+    /// Handles the bytes added to [`recv_buf`](Machine::recv_buf) since the last
+    /// call.
+    fn process_input(&mut self, now: Instant) {
+        self.core.begin_input(now, true);
+        let mut decoded = false;
+        while let Some(recv) = self.core.decodable() {
+            match self.codec.decode(recv) {
+                Ok(Some(message)) => {
+                    decoded = true;
+                    self.core.stats.messages_in += 1;
+                    self.on_message(message, now);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let code = e.close_code();
+                    self.fail(code, e.to_string(), ConnectionError::Wire(e), false);
+                    self.core.stop_input();
+                }
+            }
+        }
+        self.core.end_input(decoded, now);
+        self.drain_liveness(now);
+    }
+
+    /// Full length of the partial message at the front of the receive buffer, once its length field
+    /// is in (see [`Machine::pending_frame_len`]).
+    fn pending_frame_len(&self) -> Option<usize> {
+        let len = self.codec.pending_frame_length(self.core.recv())?;
+        usize::try_from(len).ok()
+    }
+
+    /// Round-trip-time estimate from PING / PONG pairs.
+    fn rtt(&self) -> Option<RttEstimate> {
+        self.core.liveness.as_ref().and_then(Liveness::rtt)
+    }
+
+    /// The peer ended its write half (TCP FIN) or the transport failed: the connection is closed.
+    fn handle_eof(&mut self, now: Instant) {
+        if self.core.has_new_input() {
+            self.process_input(now);
+        }
+        let mid_message = !self.core.input_done() && !self.core.recv().is_empty();
+        self.core.clear_input();
+        let code = if mid_message {
+            CloseCode::ProtocolError
+        } else {
+            CloseCode::GoingAway
+        };
+        self.core.report_closed(
+            code,
+            String::new(),
+            true,
+            Some(ConnectionError::EndOfStream { mid_message }),
+        );
+        self.enter_closed();
+    }
+
+    /// The next bytes to write, if any. Call until `None` after every input.
+    fn poll_transmit(&mut self, now: Instant) -> Option<Bytes> {
+        let out = self.transmit(now);
+        // A pending close makes progress while its output goes out (see `close_stalled`).
+        if let OurClose::Pending(close) = &mut self.our_close {
+            if out.is_some() || close.progress.is_none() {
+                close.progress = Some(now);
+            }
+        }
+        out
+    }
+
     /// The next event, if any. Call until `None` after every input.
     fn poll_event(&mut self) -> Option<Event> {
         self.core.poll_event()
@@ -848,8 +865,18 @@ impl Machine for Connection {
                 .flatten()
                 .min()
             }
-            State::Closing => match self.our_close {
-                OurClose::Sent(at) => Some(at.checked_add(self.config.linger).unwrap_or(at)),
+            State::Closing => match &self.our_close {
+                OurClose::Sent(at) => Some(at.checked_add(self.config.linger).unwrap_or(*at)),
+                OurClose::Pending(PendingClose {
+                    progress: Some(at), ..
+                }) => {
+                    let stalled = at.checked_add(self.config.linger).unwrap_or(*at);
+                    Some(
+                        self.core
+                            .liveness_timeout()
+                            .map_or(stalled, |l| l.min(stalled)),
+                    )
+                }
                 _ => self.core.liveness_timeout(),
             },
             State::Closed => None,
@@ -896,6 +923,14 @@ impl Machine for Connection {
                     self.enter_closed();
                 }
                 OurClose::Sent(_) => {}
+                OurClose::Pending(PendingClose {
+                    progress: Some(at), ..
+                }) if now >= at.checked_add(self.config.linger).unwrap_or(at) => {
+                    // Nothing went out for `linger`: the peer does not read. Give up on the
+                    // CLOSE and what was queued before it (handed back as unsent).
+                    self.core.stop_input();
+                    self.enter_closed();
+                }
                 _ => {
                     self.core.handle_liveness_timeout(now);
                     self.drain_liveness(now);
@@ -985,6 +1020,7 @@ impl Machine for Connection {
         let reason = truncate(reason);
         self.core.report_closed(code, reason.clone(), false, None);
         self.our_close = OurClose::Pending(PendingClose {
+            progress: None,
             code,
             reason,
             after_data: true,

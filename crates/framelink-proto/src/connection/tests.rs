@@ -1800,3 +1800,44 @@ fn a_new_session_resends_nothing() {
     assert_eq!(started, [(ResumeStatus::New, 0), (ResumeStatus::New, 0)]);
     assert_eq!(data_of(&ev_b).len(), 3);
 }
+
+/// A graceful close to a peer that stops reading (our output cannot go out) is given up on
+/// `linger` after the last output, even with no keep-alive to find the peer dead: closing
+/// never waits forever. What was queued and not written is handed back.
+#[test]
+fn a_close_whose_output_stalls_gives_up_after_linger() {
+    let t0 = Instant::now();
+    let quiet = ConnectionConfig {
+        ping_interval: None,
+        ..ConnectionConfig::default()
+    };
+    let linger = quiet.linger;
+    let (mut a, mut b) = (
+        Connection::new(quiet.clone(), t0).unwrap(),
+        Connection::new(quiet, t0).unwrap(),
+    );
+    for _ in 0..3 {
+        while let Some(x) = a.poll_transmit(t0) {
+            b.handle_input(&x, t0);
+        }
+        while let Some(x) = b.poll_transmit(t0) {
+            a.handle_input(&x, t0);
+        }
+    }
+    assert_eq!(a.state(), State::Open);
+    assert_eq!(a.poll_timeout(), None, "no keep-alive, no timer");
+    // Large enough not to be glued into one write.
+    for i in 0..3u8 {
+        a.send(Bytes::from(vec![i; 256 * 1024]), t0).unwrap();
+    }
+    a.close(CloseCode::Normal, "bye", t0);
+    // The runtime takes one message, then the socket is full: it asks for no more.
+    let first = a.poll_transmit(t0 + ms(1)).expect("a message goes out");
+    assert!(!first.is_empty());
+    assert_eq!(a.poll_timeout(), Some(t0 + ms(1) + linger));
+    a.handle_timeout(t0 + ms(1) + linger - ms(1));
+    assert_eq!(a.state(), State::Closing);
+    a.handle_timeout(t0 + ms(1) + linger);
+    assert_eq!(a.state(), State::Closed);
+    assert!(!a.take_unsent().is_empty());
+}

@@ -53,6 +53,10 @@ pub struct RawConnection {
     /// The rest of a frame partly handed out by `poll_transmit` (payload, trailer).
     in_flight: VecDeque<Bytes>,
     shutdown: Shutdown,
+    /// While closing: when output last went out (stamped by the first `poll_transmit` after
+    /// the close). With no output for `linger`, the close is given up on: a peer that stops
+    /// reading would otherwise hold it forever.
+    close_progress: Option<Instant>,
 }
 
 impl RawConnection {
@@ -80,6 +84,7 @@ impl RawConnection {
             core,
             in_flight: VecDeque::new(),
             shutdown: Shutdown::No,
+            close_progress: None,
         })
     }
 
@@ -190,6 +195,80 @@ impl RawConnection {
         self.core.stats.messages_out += 1;
         self.core.stats.data_out += 1;
         Some(queued)
+    }
+
+    /// What [`poll_transmit`](Machine::poll_transmit) hands out next.
+    fn transmit(&mut self, now: Instant) -> Option<Bytes> {
+        if let Some(chunk) = self.in_flight.pop_front() {
+            self.maybe_shutdown(now);
+            return Some(self.out(chunk));
+        }
+        if matches!(self.shutdown, Shutdown::Done(_)) {
+            return None;
+        }
+        if self.state == State::Open {
+            if let Some(frame) = self.heartbeats.next_frame() {
+                return Some(self.control(frame, now));
+            }
+        }
+        let data_allowed = self.state == State::Open || self.shutdown == Shutdown::AfterQueue;
+        if data_allowed {
+            while let Some(payload) = self.pop_queued() {
+                if let Some(lv) = &mut self.core.liveness {
+                    lv.on_send_data(now);
+                }
+                let chunk = if payload.len() > COPY_THRESHOLD {
+                    // Header, payload and trailer as separate chunks: the payload is not copied.
+                    let Ok(parts) = self.framing.frame_parts(&payload) else {
+                        // Checked when queued (the framing is a pure function of the payload):
+                        // only a `send_checked` caller that did not check gets here.
+                        debug_assert!(false, "an unencodable message was queued");
+                        continue;
+                    };
+                    let mut chunks = [
+                        Bytes::copy_from_slice(parts.head()),
+                        payload,
+                        Bytes::copy_from_slice(parts.tail()),
+                    ]
+                    .into_iter()
+                    .filter(|c| !c.is_empty());
+                    let first = chunks.next().unwrap_or_default();
+                    self.in_flight.extend(chunks);
+                    first
+                } else {
+                    // Small frames go out together: the ones queued behind this one are encoded
+                    // into the same chunk (one allocation, one slot of a vectored write), up to
+                    // COALESCE bytes, as protocol mode does.
+                    let len = payload.len() + FRAME_OVERHEAD;
+                    let room = if self.core.queue.is_empty() {
+                        len
+                    } else {
+                        COALESCE.max(len)
+                    };
+                    let mut buf = BytesMut::with_capacity(room);
+                    self.encode_into(&payload, &mut buf);
+                    while let Some(next) = self.core.queue.front() {
+                        if next.len() > COPY_THRESHOLD
+                            || buf.len() + next.len() + FRAME_OVERHEAD > COALESCE
+                        {
+                            break;
+                        }
+                        let Some(payload) = self.pop_queued() else {
+                            break;
+                        };
+                        self.encode_into(&payload, &mut buf);
+                    }
+                    if buf.is_empty() {
+                        continue;
+                    }
+                    buf.freeze()
+                };
+                self.maybe_shutdown(now);
+                return Some(self.out(chunk));
+            }
+        }
+        self.maybe_shutdown(now);
+        None
     }
 
     /// Emits [`Event::ShutdownWrite`] once the output a close still owes has been handed out.
@@ -358,76 +437,14 @@ impl Machine for RawConnection {
     /// come out consecutively; a reply to the peer's heartbeat, then our ping, go ahead of queued
     /// messages.
     fn poll_transmit(&mut self, now: Instant) -> Option<Bytes> {
-        if let Some(chunk) = self.in_flight.pop_front() {
-            self.maybe_shutdown(now);
-            return Some(self.out(chunk));
+        let out = self.transmit(now);
+        // A close makes progress while its output goes out (see `handle_timeout`).
+        if matches!(self.shutdown, Shutdown::AfterQueue | Shutdown::AfterFrame)
+            && (out.is_some() || self.close_progress.is_none())
+        {
+            self.close_progress = Some(now);
         }
-        if matches!(self.shutdown, Shutdown::Done(_)) {
-            return None;
-        }
-        if self.state == State::Open {
-            if let Some(frame) = self.heartbeats.next_frame() {
-                return Some(self.control(frame, now));
-            }
-        }
-        let data_allowed = self.state == State::Open || self.shutdown == Shutdown::AfterQueue;
-        if data_allowed {
-            while let Some(payload) = self.pop_queued() {
-                if let Some(lv) = &mut self.core.liveness {
-                    lv.on_send_data(now);
-                }
-                let chunk = if payload.len() > COPY_THRESHOLD {
-                    // Header, payload and trailer as separate chunks: the payload is not copied.
-                    let Ok(parts) = self.framing.frame_parts(&payload) else {
-                        // Checked when queued (the framing is a pure function of the payload):
-                        // only a `send_checked` caller that did not check gets here.
-                        debug_assert!(false, "an unencodable message was queued");
-                        continue;
-                    };
-                    let mut chunks = [
-                        Bytes::copy_from_slice(parts.head()),
-                        payload,
-                        Bytes::copy_from_slice(parts.tail()),
-                    ]
-                    .into_iter()
-                    .filter(|c| !c.is_empty());
-                    let first = chunks.next().unwrap_or_default();
-                    self.in_flight.extend(chunks);
-                    first
-                } else {
-                    // Small frames go out together: the ones queued behind this one are encoded
-                    // into the same chunk (one allocation, one slot of a vectored write), up to
-                    // COALESCE bytes, as protocol mode does.
-                    let len = payload.len() + FRAME_OVERHEAD;
-                    let room = if self.core.queue.is_empty() {
-                        len
-                    } else {
-                        COALESCE.max(len)
-                    };
-                    let mut buf = BytesMut::with_capacity(room);
-                    self.encode_into(&payload, &mut buf);
-                    while let Some(next) = self.core.queue.front() {
-                        if next.len() > COPY_THRESHOLD
-                            || buf.len() + next.len() + FRAME_OVERHEAD > COALESCE
-                        {
-                            break;
-                        }
-                        let Some(payload) = self.pop_queued() else {
-                            break;
-                        };
-                        self.encode_into(&payload, &mut buf);
-                    }
-                    if buf.is_empty() {
-                        continue;
-                    }
-                    buf.freeze()
-                };
-                self.maybe_shutdown(now);
-                return Some(self.out(chunk));
-            }
-        }
-        self.maybe_shutdown(now);
-        None
+        out
     }
 
     /// The next event, if any. Call until `None` after every input.
@@ -442,6 +459,15 @@ impl Machine for RawConnection {
             (State::Closed, _) => None,
             (State::Closing, Shutdown::Done(at)) => {
                 Some(at.checked_add(self.config.linger).unwrap_or(at))
+            }
+            (State::Closing, _) if self.close_progress.is_some() => {
+                let at = self.close_progress.expect("checked");
+                let stalled = at.checked_add(self.config.linger).unwrap_or(at);
+                Some(
+                    self.core
+                        .liveness_timeout()
+                        .map_or(stalled, |l| l.min(stalled)),
+                )
             }
             (State::Open, _) => [
                 self.core.liveness_timeout(),
@@ -470,6 +496,15 @@ impl Machine for RawConnection {
                 if now >= at.checked_add(self.config.linger).unwrap_or(at) {
                     self.enter_closed(now);
                 }
+            }
+            (State::Closing, _)
+                if self
+                    .close_progress
+                    .is_some_and(|at| now >= at.checked_add(self.config.linger).unwrap_or(at)) =>
+            {
+                // Nothing went out for `linger`: the peer does not read. Give up on what was
+                // queued (handed back as unsent).
+                self.enter_closed(now);
             }
             _ => {
                 self.core.handle_liveness_timeout(now);

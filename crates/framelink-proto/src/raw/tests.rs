@@ -1132,3 +1132,25 @@ fn two_raw_peers_keep_each_other_alive_through_the_shared_simulator() {
     assert_eq!(pair.a.state(), State::Open);
     assert_eq!(pair.b.state(), State::Open);
 }
+
+/// A close whose queued output stops going out (the peer does not read) is given up on
+/// `linger` after the last output, with no keep-alive to find the peer dead; the messages not
+/// written are handed back.
+#[test]
+fn a_close_whose_output_stalls_gives_up_after_linger() {
+    let t0 = Instant::now();
+    let cfg = config("length:4");
+    let linger = cfg.linger;
+    let mut c = conn(cfg, t0);
+    for i in 0..3u8 {
+        c.send(Bytes::from(vec![i; 256 * 1024]), t0).unwrap();
+    }
+    c.close(CloseCode::Normal, "bye", t0);
+    assert!(c.poll_transmit(t0 + ms(1)).is_some());
+    assert_eq!(c.poll_timeout(), Some(t0 + ms(1) + linger));
+    c.handle_timeout(t0 + ms(1) + linger - ms(1));
+    assert_eq!(c.state(), State::Closing);
+    c.handle_timeout(t0 + ms(1) + linger);
+    assert_eq!(c.state(), State::Closed);
+    assert!(!c.take_unsent().is_empty());
+}
