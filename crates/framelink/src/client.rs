@@ -25,8 +25,9 @@ use crate::{CloseInfo, DecodeError, Event, Protocol, Sender, SessionEvent};
 /// application that reads in batches (the Python package) wake up once per read of the socket.
 const FORWARD_BATCH: usize = 1024;
 /// Batches queued between the supervisor and the [`Client`] at most. The supervisor's own
-/// events (connected, reconnecting...) travel one per batch: an application that reads no
-/// events for a while still sees the client reconnect, up to this many times.
+/// events (connected, reconnecting...) travel one per batch. The notices of a failed attempt
+/// ([`ClientEvent::ConnectFailed`], [`ClientEvent::Reconnecting`]) are left out when the queue
+/// is full, so that a client whose application reads no events keeps reconnecting.
 const QUEUED_BATCHES: usize = 256;
 /// Bytes of connection events queued between the supervisor and the [`Client`] at most, each
 /// message counted as its length plus [`EVENT_COST`] (a batch over this size alone still
@@ -123,7 +124,9 @@ pub enum ClientEvent {
     /// may not have been delivered. Nothing is dropped silently. The same [`SessionEvent`] as
     /// a connection's [`Event::Session`].
     Session(SessionEvent),
-    /// A connect attempt failed (refused, timed out, handshake failed before opening).
+    /// A connect attempt failed (refused, timed out, handshake failed before opening). Left
+    /// out, like [`Reconnecting`](Self::Reconnecting), when the client's event queue is full
+    /// (an application that does not read events): reconnecting never waits for the reader.
     ConnectFailed {
         /// The attempt number in the current series.
         attempt: u32,
@@ -491,6 +494,20 @@ struct Supervisor {
     stop: watch::Receiver<bool>,
 }
 
+/// What a batch of connection events counts for in the client's byte budget: each message
+/// its length plus [`EVENT_COST`], every other event [`EVENT_COST`]; all of the budget for a
+/// batch larger than it.
+fn queued_bytes(batch: &[Event]) -> usize {
+    let bytes: usize = batch
+        .iter()
+        .map(|e| match e {
+            Event::Message(m) => m.len() + EVENT_COST,
+            _ => EVENT_COST,
+        })
+        .sum();
+    bytes.min(QUEUE_BYTES)
+}
+
 /// How one connection attempt ended.
 enum Outcome {
     /// The client was asked to stop.
@@ -544,10 +561,7 @@ impl Supervisor {
             };
             attempt = retry + 1;
             self.current.send_replace(Current::Connecting);
-            if !self
-                .emit(ClientEvent::Reconnecting { attempt, delay })
-                .await
-            {
+            if !self.notify(ClientEvent::Reconnecting { attempt, delay }) {
                 break;
             }
             tokio::select! {
@@ -573,6 +587,19 @@ impl Supervisor {
             self.emit(ClientEvent::Session(SessionEvent::Lost { id, unacked }))
                 .await;
         }
+    }
+
+    /// Sends a notice that may be left out when the client's queue is full (its application
+    /// does not read events): reconnecting must not wait for it. `false` if the client is gone.
+    fn notify(&self, event: ClientEvent) -> bool {
+        let batch = Batch {
+            events: vec![event],
+            bytes: 0,
+        };
+        !matches!(
+            self.events.try_send(batch),
+            Err(mpsc::error::TrySendError::Closed(_))
+        )
     }
 
     /// Sends an event; `false` if the client is gone.
@@ -622,11 +649,10 @@ impl Supervisor {
         let (stream, addr) = match connected {
             Ok(connected) => connected,
             Err(error) => {
-                self.emit(ClientEvent::ConnectFailed {
+                self.notify(ClientEvent::ConnectFailed {
                     attempt,
                     error: Arc::new(error),
-                })
-                .await;
+                });
                 return Outcome::Failed;
             }
         };
@@ -688,16 +714,16 @@ impl Supervisor {
             if taken == 0 {
                 break;
             }
-            match self.reserve(&batch).await {
-                Some((permit, bytes)) => {
-                    let events = batch
-                        .drain(..)
-                        .map(|event| self.translate(event, addr, attempt, &sender, &mut opened_at))
-                        .collect();
-                    permit.send(Batch { events, bytes });
-                }
+            // Translated first: the client's state (connected, ...) follows the connection
+            // even while its application reads no events and the queue has no room.
+            let bytes = queued_bytes(&batch);
+            let events: Vec<ClientEvent> = batch
+                .drain(..)
+                .map(|event| self.translate(event, addr, attempt, &sender, &mut opened_at))
+                .collect();
+            match self.reserve(bytes).await {
+                Some(permit) => permit.send(Batch { events, bytes }),
                 None => {
-                    batch.clear();
                     if !stopping {
                         // Nobody listens any more: close and stop.
                         stopping = true;
@@ -721,23 +747,12 @@ impl Supervisor {
         }
     }
 
-    /// Waits for a slot in the client's queue and for room for `batch` in its byte budget (all of
-    /// the budget for a batch larger than it); `None` once the client is gone.
-    async fn reserve(&self, batch: &[Event]) -> Option<(mpsc::Permit<'_, Batch>, usize)> {
-        let bytes: usize = batch
-            .iter()
-            .map(|e| match e {
-                Event::Message(m) => m.len() + EVENT_COST,
-                _ => EVENT_COST,
-            })
-            .sum();
-        let bytes = bytes.min(QUEUE_BYTES);
+    /// Waits for a slot in the client's queue and for `bytes` of room in its byte budget (see
+    /// [`queued_bytes`]); `None` once the client is gone.
+    async fn reserve(&self, bytes: usize) -> Option<mpsc::Permit<'_, Batch>> {
         let permits = u32::try_from(bytes).expect("QUEUE_BYTES fits in u32");
         self.room.acquire_many(permits).await.ok()?.forget();
-        match self.events.reserve().await {
-            Ok(permit) => Some((permit, bytes)),
-            Err(_) => None,
-        }
+        self.events.reserve().await.ok()
     }
 
     /// A connection event as the client reports it; tracks when the connection opened.

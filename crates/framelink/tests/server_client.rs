@@ -613,6 +613,41 @@ async fn raw_messages_never_written_when_the_link_dies_are_handed_back() {
     assert_eq!((attempts, connected), (1, 1));
 }
 
+/// A client whose application reads no events keeps reconnecting however many attempts fail
+/// (their notices are left out once its event queue is full), and connects once the server is
+/// there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_no_events_keeps_reconnecting() {
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let config = ClientConfig {
+        backoff: BackoffConfig {
+            initial: ms(1),
+            max: ms(2),
+            ..BackoffConfig::default()
+        },
+        ..ClientConfig::default()
+    };
+    let client = Client::connect(addr.to_string(), config).unwrap();
+    // Refused at once each time: far more failed attempts than the event queue's 256 slots.
+    tokio::time::sleep(secs(2)).await;
+    let listener = TcpListener::bind(addr).await.unwrap();
+    let server = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut conn = connection::spawn(stream, ConnectionConfig::default()).unwrap();
+        conn.recv().await
+    });
+    timeout(DEADLINE, client.send(Bytes::from_static(b"finally")))
+        .await
+        .expect("the client connected")
+        .unwrap();
+    let got = timeout(DEADLINE, server).await.unwrap().unwrap();
+    assert_eq!(got.as_deref(), Some(&b"finally"[..]));
+    client.stop();
+}
+
 /// A client whose application reads nothing holds a bounded backlog: the connection's queue,
 /// the client's event queue (1 MiB of events) and the socket buffers; then TCP flow control
 /// stops the server. (With the queue bounded only by its 256 entries, the 64 KiB messages of
