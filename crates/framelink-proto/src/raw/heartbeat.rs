@@ -142,9 +142,18 @@ impl Heartbeats {
     /// Applies the matching rules to an inbound `frame`: a pong answers our outstanding ping
     /// (taken once); a frame matching the answer rule queues our reply, unless it was the pong
     /// to our own ping.
+    #[inline]
     pub(super) fn classify(&mut self, config: &RawConfig, frame: &[u8]) -> Classified {
         let mut heartbeat = false;
         let mut pong_for = None;
+        // The common case, checked before any matcher: no ping awaits its pong, pongs are not
+        // expected unasked, nothing is answered. Every frame is data.
+        if self.awaiting_pong.is_none() && !config.pong_always && config.answer.is_none() {
+            return Classified {
+                heartbeat,
+                pong_for,
+            };
+        }
         if config.pong.matches(frame) {
             // A pong answers our outstanding ping; without one it is data, unless the user
             // said the peer sends pongs on its own (`pong_always`).

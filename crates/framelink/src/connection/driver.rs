@@ -577,9 +577,10 @@ impl<M: Machine> Driver<M> {
             let commands = std::mem::take(&mut inner.commands);
             (commands, inner.senders == 0 && !inner.receiver_alive)
         };
+        let mut sent = false;
         for command in commands {
             match command {
-                Command::Send(payload) => self.send(payload, now),
+                Command::Send(payload) => sent |= self.send(payload, now),
                 Command::Close(code, reason) => self.machine.close(code, &reason, now),
                 Command::Detach => {
                     let reason = "session resumed by another connection";
@@ -592,13 +593,21 @@ impl<M: Machine> Driver<M> {
                 }
             }
         }
+        if sent {
+            // Once per batch of commands, not per message.
+            self.shared
+                .last_message
+                .store(ms_at(now), Ordering::Relaxed);
+        }
         if all_gone && !self.handles_gone {
             self.handles_gone = true;
             self.machine.close(CloseCode::Normal, "", now);
         }
     }
 
-    pub(super) fn send(&mut self, payload: Bytes, now: std::time::Instant) {
+    /// Hands `payload` to the machine; `true` if it took it. The caller records the time of
+    /// the last message.
+    pub(super) fn send(&mut self, payload: Bytes, now: std::time::Instant) -> bool {
         let cost = self.machine.message_cost(payload.len());
         let len = payload.len();
         // A closed machine refuses what a session does not take; the sender was told
@@ -609,9 +618,7 @@ impl<M: Machine> Driver<M> {
         match self.machine.send_checked(payload, now) {
             Ok(()) => {
                 self.held += cost;
-                self.shared
-                    .last_message
-                    .store(ms_at(now), Ordering::Relaxed);
+                true
             }
             Err(e) => {
                 self.shared.budget.add_permits(cost);
@@ -637,6 +644,7 @@ impl<M: Machine> Driver<M> {
                         account.charge(cost);
                     }
                 }
+                false
             }
         }
     }
