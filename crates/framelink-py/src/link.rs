@@ -618,18 +618,23 @@ impl Link {
         let items = payloads
             .try_iter()?
             .collect::<PyResult<Vec<Bound<'_, PyAny>>>>()?;
-        let small = |item: &Bound<'_, PyAny>| match item.downcast::<PyBytes>() {
-            Ok(b) if b.as_bytes().len() < SHARE_FROM => b.as_bytes().len(),
-            _ => 0,
-        };
-        let mut arena = BytesMut::with_capacity(items.iter().map(small).sum());
+        // Each item's contents if it is a small (non-empty) `bytes`, looked up once.
+        let small: Vec<Option<&[u8]>> = items
+            .iter()
+            .map(|item| {
+                let data = item.downcast::<PyBytes>().ok()?.as_bytes();
+                (!data.is_empty() && data.len() < SHARE_FROM).then_some(data)
+            })
+            .collect();
+        let mut arena = BytesMut::with_capacity(small.iter().flatten().map(|d| d.len()).sum());
         let mut batch = Vec::with_capacity(items.len());
-        for item in &items {
-            if small(item) > 0 {
-                arena.extend_from_slice(item.downcast::<PyBytes>()?.as_bytes());
-                batch.push(arena.split().freeze());
-            } else {
-                batch.push(to_bytes(item)?);
+        for (item, small) in items.iter().zip(&small) {
+            match small {
+                Some(data) => {
+                    arena.extend_from_slice(data);
+                    batch.push(arena.split().freeze());
+                }
+                None => batch.push(to_bytes(item)?),
             }
         }
         Ok(batch)
