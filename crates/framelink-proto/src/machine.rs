@@ -50,9 +50,13 @@ pub trait Machine {
     /// Queues an application message.
     fn send(&mut self, payload: Bytes, now: Instant) -> Result<(), SendError>;
     /// [`send`](Self::send) for a payload that already passed
-    /// [`check_message`](Self::check_message) on this machine (a driver whose handles check
-    /// messages before queueing them): the machine may skip what that check did (a raw
-    /// framing's encodability). Every other refusal of `send` still applies.
+    /// [`check_message`](Self::check_message) on this machine, and for which the caller
+    /// reserved room (a driver whose handles check messages and take a send budget mirroring
+    /// [`max_queued_bytes`](Self::max_queued_bytes) before queueing them): the machine may
+    /// skip what that check did (a raw framing's encodability) and does not refuse it for the
+    /// queue limit, which the caller enforces (a message it admitted must not be dropped
+    /// because the two counts differ for a moment, e.g. while a resumed session's messages
+    /// are being counted). Every other refusal of `send` still applies.
     fn send_checked(&mut self, payload: Bytes, now: Instant) -> Result<(), SendError> {
         self.send(payload, now)
     }

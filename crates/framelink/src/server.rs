@@ -1539,6 +1539,11 @@ async fn accept_loop(
         // anything that looks for it there (such as attaching a session).
         let spawned = {
             let mut registry = shared.lock();
+            if registry.shutting_down {
+                // Accepted as the shutdown began: it would miss the shutdown's `GoingAway`.
+                // Dropped unopened (its socket closes), like every later attempt.
+                break;
+            }
             let spawned = connection::spawn_protocol(stream, &protocol, options, None);
             if let Ok((connection, task)) = &spawned {
                 registry.accepted += 1;

@@ -504,6 +504,7 @@ impl Connection {
             lv.on_send_data(now);
         }
     }
+
     /// What [`poll_transmit`](Machine::poll_transmit) hands out next.
     fn transmit(&mut self, now: Instant) -> Option<Bytes> {
         if matches!(self.our_close, OurClose::Sent(_)) {
@@ -630,6 +631,64 @@ impl Connection {
             return self.out(buf);
         }
         None
+    }
+
+    /// Queues an application message; `bounded`: refused beyond `max_queued_bytes`.
+    fn queue_message(&mut self, payload: Bytes, bounded: bool) -> Result<(), SendError> {
+        if !matches!(self.state, State::Handshaking | State::Open) {
+            // A session outlives its connection: the message waits for the next one (the
+            // runtime bounds what it hands over; nothing it was told is queued gets lost).
+            if let Some(session) = self
+                .session
+                .as_mut()
+                .filter(|l| !l.ended)
+                .and_then(|l| l.state.as_mut())
+            {
+                let _ = session.push(payload, usize::MAX);
+                return Ok(());
+            }
+            return Err(SendError::Closed);
+        }
+        let max = self.peer.as_ref().map_or(u32::MAX, |h| h.max_message_len);
+        if payload.len() as u64 + self.message_header_len() > u64::from(max) {
+            return Err(SendError::TooBig {
+                len: payload.len(),
+                max,
+            });
+        }
+        if let Some(session) = self.session.as_mut().and_then(|l| l.state.as_mut()) {
+            // Numbered and kept until acknowledged: the queue limit bounds the retransmit
+            // buffer.
+            let limit = if bounded {
+                self.config
+                    .max_queued_bytes
+                    .saturating_sub(self.core.queued_bytes)
+            } else {
+                usize::MAX
+            };
+            return match session.push(payload, limit) {
+                Ok(_) => Ok(()),
+                Err(crate::session::SessionError::BufferFull { len, .. }) => {
+                    Err(SendError::QueueFull {
+                        queued: self.queued_bytes(),
+                        len,
+                        limit: self.config.max_queued_bytes,
+                    })
+                }
+                Err(_) => Err(SendError::Closed),
+            };
+        }
+        let len = payload.len() + DATA_OVERHEAD;
+        if bounded && self.core.queued_bytes.saturating_add(len) > self.config.max_queued_bytes {
+            return Err(SendError::QueueFull {
+                queued: self.core.queued_bytes,
+                len,
+                limit: self.config.max_queued_bytes,
+            });
+        }
+        self.core.queued_bytes += len;
+        self.core.queue.push_back(payload);
+        Ok(())
     }
 
     /// DATA is waiting to be written (queued, or in the session and not transmitted yet).
@@ -944,57 +1003,13 @@ impl Machine for Connection {
     /// done); refused once closing, except with a session that did not end: the message then
     /// stays in the session and goes out on the next connection.
     fn send(&mut self, payload: Bytes, _now: Instant) -> Result<(), SendError> {
-        if !matches!(self.state, State::Handshaking | State::Open) {
-            // A session outlives its connection: the message waits for the next one (the
-            // runtime bounds what it hands over; nothing it was told is queued gets lost).
-            if let Some(session) = self
-                .session
-                .as_mut()
-                .filter(|l| !l.ended)
-                .and_then(|l| l.state.as_mut())
-            {
-                let _ = session.push(payload, usize::MAX);
-                return Ok(());
-            }
-            return Err(SendError::Closed);
-        }
-        let max = self.peer.as_ref().map_or(u32::MAX, |h| h.max_message_len);
-        if payload.len() as u64 + self.message_header_len() > u64::from(max) {
-            return Err(SendError::TooBig {
-                len: payload.len(),
-                max,
-            });
-        }
-        if let Some(session) = self.session.as_mut().and_then(|l| l.state.as_mut()) {
-            // Numbered and kept until acknowledged: the queue limit bounds the retransmit
-            // buffer.
-            let limit = self
-                .config
-                .max_queued_bytes
-                .saturating_sub(self.core.queued_bytes);
-            return match session.push(payload, limit) {
-                Ok(_) => Ok(()),
-                Err(crate::session::SessionError::BufferFull { len, .. }) => {
-                    Err(SendError::QueueFull {
-                        queued: self.queued_bytes(),
-                        len,
-                        limit: self.config.max_queued_bytes,
-                    })
-                }
-                Err(_) => Err(SendError::Closed),
-            };
-        }
-        let len = payload.len() + DATA_OVERHEAD;
-        if self.core.queued_bytes.saturating_add(len) > self.config.max_queued_bytes {
-            return Err(SendError::QueueFull {
-                queued: self.core.queued_bytes,
-                len,
-                limit: self.config.max_queued_bytes,
-            });
-        }
-        self.core.queued_bytes += len;
-        self.core.queue.push_back(payload);
-        Ok(())
+        self.queue_message(payload, true)
+    }
+
+    /// [`send`](Machine::send) without the queue limit: for a driver whose send budget
+    /// admitted `payload` (see [`Machine::send_checked`]).
+    fn send_checked(&mut self, payload: Bytes, _now: Instant) -> Result<(), SendError> {
+        self.queue_message(payload, false)
     }
 
     /// Closes the connection gracefully: queued DATA is written, then CLOSE with `code` and
@@ -1156,6 +1171,19 @@ impl Machine for Connection {
             let secret = SessionSecret::random();
             session.set_secret(secret.clone());
             new_secret = Some(secret);
+        }
+        if link.ended {
+            // The peer ended the session (CLOSE `Normal`) while it was being looked up: nothing
+            // will resume it. What its peer never acknowledged is handed back, not dropped with
+            // it.
+            let unacked = session.take_unacked();
+            if !unacked.is_empty() {
+                let id = session.id();
+                self.core
+                    .events
+                    .push_back(Event::SessionLost { id, unacked });
+            }
+            return Ok(());
         }
         session.set_established();
         // Messages the application sent before the session was attached join it.

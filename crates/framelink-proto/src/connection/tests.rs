@@ -1841,3 +1841,75 @@ fn a_close_whose_output_stalls_gives_up_after_linger() {
     assert_eq!(a.state(), State::Closed);
     assert!(!a.take_unsent().is_empty());
 }
+
+/// The requester resumes and ends the session (CLOSE `Normal`) before the accepting side has
+/// looked it up: attaching it then hands back what the requester never acknowledged, instead
+/// of dropping it with the session.
+#[test]
+fn a_session_ended_while_it_was_looked_up_is_handed_back() {
+    let t0 = Instant::now();
+    let server_cfg = ConnectionConfig {
+        sessions: Some(SessionConfig::default()),
+        ..ConnectionConfig::default()
+    };
+    let mut a =
+        Connection::with_session(ConnectionConfig::default(), Session::new([9; 16]), t0).unwrap();
+    let mut b = Connection::new(server_cfg.clone(), t0).unwrap();
+    session_exchange(&mut a, &mut b, None, t0);
+    // The server sends, the link dies before the client sees it.
+    b.send(Bytes::from_static(b"never acked"), t0).unwrap();
+    while b.poll_transmit(t0).is_some() {}
+    a.handle_eof(t0);
+    b.handle_eof(t0);
+    let (client, kept) = (a.take_session().unwrap(), b.take_session().unwrap());
+    let now = t0 + secs(1);
+    let mut a = Connection::with_session(ConnectionConfig::default(), client, now).unwrap();
+    let mut b = Connection::new(server_cfg, now).unwrap();
+    let mut requested = false;
+    for _ in 0..4 {
+        while let Some(x) = a.poll_transmit(now) {
+            b.handle_input(&x, now);
+        }
+        requested |= std::iter::from_fn(|| b.poll_event())
+            .any(|e| matches!(e, Event::SessionRequest { .. }));
+        while let Some(x) = b.poll_transmit(now) {
+            a.handle_input(&x, now);
+        }
+        while a.poll_event().is_some() {}
+    }
+    assert!(requested);
+    // The client ends the session while the server is still looking it up.
+    a.close(CloseCode::Normal, "done", now);
+    while let Some(x) = a.poll_transmit(now) {
+        b.handle_input(&x, now);
+    }
+    b.attach_session(Some(kept), now).unwrap();
+    let lost: Vec<_> = std::iter::from_fn(|| b.poll_event())
+        .filter_map(|e| match e {
+            Event::SessionLost { unacked, .. } => Some(unacked),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(lost, vec![vec![Bytes::from_static(b"never acked")]]);
+}
+
+/// `send_checked` is for a driver whose send budget already admitted the message: the queue
+/// limit is the driver's, and a message it admitted is never refused for it (a resumed
+/// session's messages may be counted by the machine before the budget knows of them).
+#[test]
+fn send_checked_leaves_the_queue_limit_to_the_caller() {
+    let t0 = Instant::now();
+    let small = ConnectionConfig {
+        max_queued_bytes: 4096,
+        ..ConnectionConfig::default()
+    };
+    let mut c = Connection::new(small, t0).unwrap();
+    let payload = Bytes::from(vec![0u8; 3000]);
+    c.send(payload.clone(), t0).unwrap();
+    assert!(matches!(
+        c.send(payload.clone(), t0),
+        Err(SendError::QueueFull { .. })
+    ));
+    c.send_checked(payload, t0).unwrap();
+    assert_eq!(c.queued_bytes(), 2 * (3000 + DATA_OVERHEAD));
+}

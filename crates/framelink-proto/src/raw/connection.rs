@@ -164,10 +164,10 @@ impl RawConnection {
     }
 
     /// Queues `payload`, whose framing is known to work.
-    fn enqueue(&mut self, payload: Bytes, now: Instant) -> Result<(), SendError> {
+    fn enqueue(&mut self, payload: Bytes, now: Instant, bounded: bool) -> Result<(), SendError> {
         let cost = self.message_cost(payload.len());
         let limit = self.config.max_queued_bytes;
-        if self.core.queued_bytes.saturating_add(cost) > limit {
+        if bounded && self.core.queued_bytes.saturating_add(cost) > limit {
             return Err(SendError::QueueFull {
                 queued: self.core.queued_bytes,
                 len: cost,
@@ -526,17 +526,18 @@ impl Machine for RawConnection {
             return Err(SendError::Closed);
         }
         self.check_message(&payload)?;
-        self.enqueue(payload, now)
+        self.enqueue(payload, now, true)
     }
 
     /// [`send`](Machine::send) for a payload that already passed
-    /// [`check_message`](Machine::check_message) on this connection: the framing is not asked
-    /// again (the frame is written by [`poll_transmit`](Machine::poll_transmit)).
+    /// [`check_message`](Machine::check_message) on this connection and whose room the caller
+    /// reserved: neither the framing nor the queue limit is asked again (the frame is written
+    /// by [`poll_transmit`](Machine::poll_transmit)).
     fn send_checked(&mut self, payload: Bytes, now: Instant) -> Result<(), SendError> {
         if self.state != State::Open {
             return Err(SendError::Closed);
         }
-        self.enqueue(payload, now)
+        self.enqueue(payload, now, false)
     }
 
     /// Closes gracefully: [`Event::Closed`] now (with `code` and `reason`, `by_peer: false`),
