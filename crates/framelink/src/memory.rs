@@ -37,6 +37,9 @@ pub(crate) struct MemoryBudget {
     waiting: AtomicUsize,
     /// The largest reservation asked for by a waiting task since the enforcer last looked.
     wanted: AtomicUsize,
+    /// Room a refused newcomer asked for since the enforcer last looked (see
+    /// [`want_room`](Self::want_room)).
+    room_wanted: AtomicUsize,
     /// Rung when memory is credited while a task waits.
     freed: Notify,
     /// Rung when a reservation failed: the enforcer frees memory.
@@ -52,6 +55,7 @@ impl MemoryBudget {
             peak: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             wanted: AtomicUsize::new(0),
+            room_wanted: AtomicUsize::new(0),
             freed: Notify::new(),
             pressure: Notify::new(),
         }
@@ -171,6 +175,22 @@ impl MemoryBudget {
     /// The enforcer freed some memory: waiting tasks look again and say what they still lack.
     pub(crate) fn forget_wanted(&self) {
         self.wanted.store(0, Ordering::Release);
+        self.room_wanted.store(0, Ordering::Release);
+    }
+
+    /// A newcomer was refused for want of `n` bytes (the budget is within `n` of its limit):
+    /// the enforcer frees what nobody is using (detached and lost sessions) until `n` fit,
+    /// but closes no live connection for it. Without this, sessions held just under the
+    /// limit would lock every newcomer out, their own clients included.
+    pub(crate) fn want_room(&self, n: usize) {
+        self.room_wanted.fetch_max(n, Ordering::AcqRel);
+        self.pressure.notify_one();
+    }
+
+    /// Whether a refused newcomer's room is still lacking (see [`want_room`](Self::want_room)).
+    pub(crate) fn needs_room(&self) -> bool {
+        let room = self.room_wanted.load(Ordering::Acquire);
+        room > 0 && self.used().saturating_add(room) > self.limit
     }
 
     /// Ends a [`start_waiting`](Self::start_waiting).
@@ -337,6 +357,23 @@ impl Drop for Account {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Used just under the limit, nothing waiting: no relief is needed, but a refused
+    /// newcomer's room is, until one step of relief (or enough room) answers it.
+    #[test]
+    fn a_refused_newcomer_asks_for_room_once() {
+        let budget = Arc::new(MemoryBudget::new(1000));
+        let held = Account::new(budget.clone());
+        assert!(held.try_reserve(980));
+        assert!(!budget.needs_relief() && !budget.needs_room());
+        budget.want_room(64);
+        assert!(budget.needs_room() && !budget.needs_relief());
+        budget.forget_wanted();
+        assert!(!budget.needs_room(), "answered by one step of relief");
+        budget.want_room(64);
+        held.credit(100);
+        assert!(!budget.needs_room(), "the room is there");
+    }
 
     #[test]
     fn reservations_never_pass_the_limit_and_charges_are_counted_anyway() {

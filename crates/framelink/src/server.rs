@@ -274,7 +274,10 @@ pub struct Incoming {
 ///   its id, address and bytes, [`ServerStats::evicted_memory`]), or the oldest lost session
 ///   is dropped ([`ServerStats::lost_dropped`]). New connections are **refused** (CLOSE
 ///   `ServerFull`, [`ServerStats::refused_memory`]) while less than [`NEW_CONNECTION_ROOM`]
-///   is left. Messages the application has taken are no longer counted, so a connection
+///   is left; each refusal frees one thing nobody uses (the oldest detached session to the
+///   lost queue, else the oldest lost session), never a live connection, so that sessions
+///   held just under the budget cannot lock every newcomer out, their own clients included.
+///   Messages the application has taken are no longer counted, so a connection
 ///   whose application keeps up holds little and is evicted last.
 ///
 ///   **What can pass the budget.** Growth is reserved before it is allocated, so the count
@@ -1192,8 +1195,9 @@ impl ServerShared {
     }
 
     /// Frees some memory: sheds the oldest detached session into the lost queue, evicts the
-    /// connection holding the most, or drops the oldest lost session, whichever holds more.
-    fn relieve(&self) -> Relief {
+    /// connection holding the most (if `evict`), or drops the oldest lost session, whichever
+    /// holds more.
+    fn relieve(&self, evict: bool) -> Relief {
         let detached = self.sessions().bytes;
         let lost = self.lost().bytes;
         let victim = {
@@ -1208,6 +1212,7 @@ impl ServerShared {
                 })
                 .max_by_key(|&(_, held, _)| held)
         };
+        let victim = victim.filter(|_| evict);
         let biggest = victim.map_or(0, |(_, held, _)| held);
         if detached > 0 && detached >= biggest {
             let shed = self.sessions().pop_oldest();
@@ -1272,11 +1277,17 @@ enum Relief {
 async fn enforce_budget(shared: Weak<ServerShared>, memory: Arc<MemoryBudget>) {
     loop {
         memory.pressure().notified().await;
-        while memory.needs_relief() {
+        loop {
+            // Over the budget, or a waiting task's request does not fit: anything may go.
+            // Only a refused newcomer's room lacking: only what nobody uses.
+            let evict = memory.needs_relief();
+            if !evict && !memory.needs_room() {
+                break;
+            }
             let Some(strong) = shared.upgrade() else {
                 return;
             };
-            let relief = strong.relieve();
+            let relief = strong.relieve(evict);
             drop(strong);
             // Waiting tasks say again what they still lack once they have looked.
             memory.forget_wanted();
@@ -1325,6 +1336,32 @@ const RESUME_WAIT: Duration = Duration::from_secs(10);
 
 /// The server's side of sessions for its connection drivers.
 struct Host(Arc<ServerShared>);
+
+/// The session host of a refused connection: a session request is never answered (no
+/// RESUME, no refusal), so the connection's only answer is its CLOSE `ServerFull`.
+struct Unanswered;
+
+impl SessionHost for Unanswered {
+    fn resolve(
+        &self,
+        _id: [u8; 16],
+        _conn: u64,
+        _proof: Option<ResumeProof>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Resolved> + Send>> {
+        Box::pin(std::future::pending())
+    }
+
+    fn attached(&self, _id: [u8; 16], _conn: u64, _secret: Option<SessionSecret>) {}
+
+    fn release(
+        &self,
+        _id: [u8; 16],
+        _conn: u64,
+        _session: Option<Session>,
+        _gate: Option<Arc<Gate>>,
+    ) {
+    }
+}
 
 impl SessionHost for Host {
     fn resolve(
@@ -1503,8 +1540,8 @@ async fn accept_loop(
                 Some(Refusal::PerIp(ip, config.max_connections_per_ip))
             } else if used.saturating_add(NEW_CONNECTION_ROOM) > limit {
                 registry.refused_memory += 1;
-                // And free some for the next ones.
-                shared.memory.pressure().notify_one();
+                // And free some for the next ones, from what nobody uses.
+                shared.memory.want_room(NEW_CONNECTION_ROOM);
                 Some(Refusal::Memory { used, limit })
             } else if full && !registry.evict_idlest(config.evict_idle_when_full) {
                 Some(Refusal::Full)
@@ -1518,7 +1555,7 @@ async fn accept_loop(
         };
         if let Some(refusal) = refusal {
             tracing::debug!(%peer, ?refusal, "connection refused");
-            reject(stream, &config.protocol, &shared, refusal);
+            reject(stream, &protocol, sessions.is_some(), &shared, refusal);
             continue;
         }
         let state = Arc::new(AtomicU8::new(PENDING));
@@ -1624,7 +1661,13 @@ fn deliver_after_handshake(
 }
 
 /// Refuses a connection over a limit, telling a protocol peer why.
-fn reject(stream: MaybeTls, protocol: &Protocol, shared: &Arc<ServerShared>, refusal: Refusal) {
+fn reject(
+    stream: MaybeTls,
+    protocol: &Protocol,
+    sessions: bool,
+    shared: &Arc<ServerShared>,
+    refusal: Refusal,
+) {
     let Protocol::Framelink(config) = protocol else {
         return; // Raw mode has no way to say why: dropping the socket closes it.
     };
@@ -1643,8 +1686,13 @@ fn reject(stream: MaybeTls, protocol: &Protocol, shared: &Arc<ServerShared>, ref
         hook_shared.lock().rejecting -= 1;
     });
     let protocol = Protocol::Framelink(config);
+    // With sessions on, the HELLO offers them as the server's always does (a client that
+    // asked for one would otherwise take the refusal for a server without sessions, and
+    // never hear why); the request is never answered, the CLOSE comes instead.
+    let sessions = sessions.then(|| (Arc::new(Unanswered) as Arc<dyn SessionHost>, 0));
     let options = SpawnOptions {
         on_finish: Some(on_finish),
+        sessions,
         ..SpawnOptions::default()
     };
     match connection::spawn_protocol(stream, &protocol, options, None) {

@@ -464,7 +464,7 @@ async fn a_trickled_partial_frame_is_cut_by_the_frame_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn new_connections_are_refused_while_the_budget_is_nearly_used() {
+async fn new_connections_refused_near_the_budget_make_room_from_detached_sessions() {
     let (addr, handle, _filled) = session_server(ServerSessions::default(), 0).await;
     // A detached session filled by the application to 16 KiB short of the budget.
     let id = [0x77; 16];
@@ -484,7 +484,7 @@ async fn new_connections_are_refused_while_the_budget_is_nearly_used() {
             .expect("queued in the detached session");
     }
     assert_eq!(handle.memory_used(), BUDGET - 16 * 1024);
-    // Refused with a reason; nothing of the session is let go for it (it fits the budget).
+    // Refused with a reason.
     let stream = TcpStream::connect(addr).await.unwrap();
     let mut refused = connection::spawn(stream, ConnectionConfig::default()).unwrap();
     let info = loop {
@@ -505,6 +505,23 @@ async fn new_connections_are_refused_while_the_budget_is_nearly_used() {
     );
     let stats = handle.stats();
     assert_eq!((stats.refused, stats.refused_memory), (1, 1));
-    assert_eq!((stats.sessions_shed, stats.evicted_memory), (0, 0));
-    assert_eq!(handle.session_counts(), (0, 1));
+    // The refusal makes room from what no connection uses: the detached session goes to the
+    // lost queue (otherwise it would lock every newcomer out, its own client included); no
+    // live connection is closed for a newcomer.
+    stats_until(&handle, "the session shed", |s| s.sessions_shed == 1).await;
+    assert_eq!(handle.stats().evicted_memory, 0);
+    assert_eq!(handle.session_counts(), (0, 0));
+    let lost = timeout(DEADLINE, handle.next_lost_session())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((lost.id, lost.reason), (id, LostReason::Evicted));
+    drop(lost);
+    // Taken by the application: its memory is back, and newcomers are accepted again.
+    stats_until(&handle, "memory back", |_| {
+        handle.memory_used() < BUDGET / 2
+    })
+    .await;
+    // Accepted: its handshake completes (this server does not echo).
+    let _accepted = client(addr).await;
 }

@@ -1061,3 +1061,54 @@ async fn a_session_send_counts_the_sequence_number_against_the_peer_limit() {
     client.send(largest).await.unwrap();
     client.stop();
 }
+
+/// A client with a session refused because the server is full hears why (CLOSE `ServerFull`,
+/// in a HELLO that offers sessions as the server does) and keeps its session for the next
+/// attempt; it does not take the refusal for a server without sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_client_refused_when_full_hears_server_full_and_keeps_its_session() {
+    let config = ServerConfig {
+        max_connections: 1,
+        evict_idle_when_full: None,
+        sessions: Some(ServerSessions::default()),
+        ..ServerConfig::default()
+    };
+    let (addr, _handle) = start_server(config, |_| {}).await;
+    let mut first = Client::connect(addr.to_string(), session_client_config()).unwrap();
+    timeout(DEADLINE, async {
+        while !matches!(
+            first.next_event().await,
+            Some(ClientEvent::Session(SessionEvent::Started { .. }))
+        ) {}
+    })
+    .await
+    .unwrap();
+    let mut second = Client::connect(addr.to_string(), session_client_config()).unwrap();
+    let refused = timeout(DEADLINE, async {
+        loop {
+            match second.next_event().await.expect("client ended") {
+                ClientEvent::Disconnected(info) => return Ok(info),
+                ClientEvent::ConnectFailed { error, .. } => return Err(error.to_string()),
+                ClientEvent::Session(SessionEvent::Lost { unacked, .. }) => {
+                    panic!("session lost on refusal: {unacked:?}")
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .unwrap();
+    match refused {
+        Ok(info) => assert_eq!(
+            info.code,
+            framelink::connection::CloseCode::ServerFull,
+            "{info}"
+        ),
+        Err(error) => assert!(
+            error.contains("ServerFull") || error.contains("server full") || error.contains("full"),
+            "{error}"
+        ),
+    }
+    first.stop();
+    second.stop();
+}
