@@ -100,6 +100,16 @@ mod common;
 mod config;
 mod event;
 mod session_link;
+/// A session that ended: what its peer never acknowledged is handed back as
+/// [`Event::SessionLost`] (if anything).
+fn hand_back_unacked(session: &mut Session, events: &mut VecDeque<Event>) {
+    let unacked = session.take_unacked();
+    if !unacked.is_empty() {
+        let id = session.id();
+        events.push_back(Event::SessionLost { id, unacked });
+    }
+}
+
 /// Removes from `session` the messages never sent that a peer accepting at most `peer_max`
 /// bytes per message (an SDATA: type byte, sequence number, payload) can never take, each
 /// reported as [`Event::MessageDropped`].
@@ -797,13 +807,7 @@ impl Connection {
         self.state = State::Closed;
         if let Some(link) = self.session.as_mut().filter(|l| l.ended) {
             if let Some(session) = link.state.as_mut() {
-                let unacked = session.take_unacked();
-                if !unacked.is_empty() {
-                    let id = session.id();
-                    self.core
-                        .events
-                        .push_back(Event::SessionLost { id, unacked });
-                }
+                hand_back_unacked(session, &mut self.core.events);
             }
         }
         self.core.drop_queue();
@@ -1176,13 +1180,7 @@ impl Machine for Connection {
             // The peer ended the session (CLOSE `Normal`) while it was being looked up: nothing
             // will resume it. What its peer never acknowledged is handed back, not dropped with
             // it.
-            let unacked = session.take_unacked();
-            if !unacked.is_empty() {
-                let id = session.id();
-                self.core
-                    .events
-                    .push_back(Event::SessionLost { id, unacked });
-            }
+            hand_back_unacked(&mut session, &mut self.core.events);
             return Ok(());
         }
         session.set_established();
