@@ -647,14 +647,7 @@ async fn over_max_detached_the_oldest_session_is_handed_back() {
     let mut clients = Vec::new();
     for _ in 0..2 {
         let mut client = Client::connect(proxy.addr.to_string(), session_client_config()).unwrap();
-        timeout(DEADLINE, async {
-            while !matches!(
-                client.next_event().await,
-                Some(ClientEvent::Session(SessionEvent::Started { .. }))
-            ) {}
-        })
-        .await
-        .unwrap();
+        session_started(&mut client).await;
         clients.push(client);
     }
     session_counts(&handle, 2, 0).await;
@@ -692,17 +685,7 @@ async fn over_max_detached_per_ip_an_address_pushes_out_only_its_own_sessions() 
     // The other client's first, so that it is the oldest detached session of all.
     for proxy in [&other, &churner, &churner, &churner] {
         let mut client = Client::connect(proxy.addr.to_string(), session_client_config()).unwrap();
-        let id = timeout(DEADLINE, async {
-            loop {
-                if let Some(ClientEvent::Session(SessionEvent::Started { id, .. })) =
-                    client.next_event().await
-                {
-                    return id;
-                }
-            }
-        })
-        .await
-        .unwrap();
+        let (id, _) = session_started(&mut client).await;
         ids.push(id);
         clients.push(client);
     }
@@ -724,22 +707,28 @@ async fn over_max_detached_per_ip_an_address_pushes_out_only_its_own_sessions() 
     // The other address's session is still kept: its client resumes it.
     *other.upstream.lock().unwrap() = server_addr;
     let mut victim = clients.remove(0);
-    let resumed = timeout(DEADLINE, async {
+    assert_eq!(
+        session_started(&mut victim).await,
+        (ids[0], ResumeStatus::Resumed)
+    );
+    victim.stop();
+    for client in clients {
+        client.stop();
+    }
+}
+
+/// The client's next session start (other events skipped): the session's id and status.
+async fn session_started(client: &mut Client) -> ([u8; 16], ResumeStatus) {
+    timeout(DEADLINE, async {
         loop {
-            if let Some(ClientEvent::Session(SessionEvent::Started { id, status, .. })) =
-                victim.next_event().await
-            {
+            let event = client.next_event().await.expect("client ended");
+            if let ClientEvent::Session(SessionEvent::Started { id, status, .. }) = event {
                 return (id, status);
             }
         }
     })
     .await
-    .unwrap();
-    assert_eq!(resumed, (ids[0], ResumeStatus::Resumed));
-    victim.stop();
-    for client in clients {
-        client.stop();
-    }
+    .expect("no session started")
 }
 
 /// The next message of a server connection (other events skipped); `None` once it ended.
@@ -1041,14 +1030,7 @@ async fn a_session_send_counts_the_sequence_number_against_the_peer_limit() {
     };
     let (addr, _handle) = start_server(config, |_| {}).await;
     let mut client = Client::connect(addr.to_string(), session_client_config()).unwrap();
-    timeout(DEADLINE, async {
-        while !matches!(
-            client.next_event().await,
-            Some(ClientEvent::Session(SessionEvent::Started { .. }))
-        ) {}
-    })
-    .await
-    .unwrap();
+    session_started(&mut client).await;
     let too_big = Bytes::from(vec![1; MAX as usize - 1]);
     assert_eq!(
         client.send(too_big).await,
@@ -1075,14 +1057,7 @@ async fn a_session_client_refused_when_full_hears_server_full_and_keeps_its_sess
     };
     let (addr, _handle) = start_server(config, |_| {}).await;
     let mut first = Client::connect(addr.to_string(), session_client_config()).unwrap();
-    timeout(DEADLINE, async {
-        while !matches!(
-            first.next_event().await,
-            Some(ClientEvent::Session(SessionEvent::Started { .. }))
-        ) {}
-    })
-    .await
-    .unwrap();
+    session_started(&mut first).await;
     let mut second = Client::connect(addr.to_string(), session_client_config()).unwrap();
     let refused = timeout(DEADLINE, async {
         loop {

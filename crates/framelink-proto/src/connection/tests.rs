@@ -1638,6 +1638,14 @@ fn session_messages_out_of_place_are_protocol_errors() {
     assert_eq!(closed_code(&ev), Some((CloseCode::ProtocolError, false)));
 }
 
+/// The accepting side's configuration with sessions offered, defaults otherwise.
+fn offering_sessions() -> ConnectionConfig {
+    ConnectionConfig {
+        sessions: Some(SessionConfig::default()),
+        ..ConnectionConfig::default()
+    }
+}
+
 /// Client `a` and server `b` exchange until quiet; the server attaches `kept` (or a new
 /// session) when asked. Returns both sides' events.
 fn session_exchange(
@@ -1675,9 +1683,8 @@ fn a_session_message_the_peer_can_never_take_is_dropped_not_resent_forever() {
     const MAX: u32 = 4096;
     let t0 = Instant::now();
     let server_cfg = ConnectionConfig {
-        sessions: Some(SessionConfig::default()),
         max_message_len: MAX,
-        ..ConnectionConfig::default()
+        ..offering_sessions()
     };
     let mut a =
         Connection::with_session(ConnectionConfig::default(), Session::new([5; 16]), t0).unwrap();
@@ -1738,10 +1745,7 @@ fn a_session_message_the_peer_can_never_take_is_dropped_not_resent_forever() {
 #[test]
 fn a_refused_session_closes_at_once_despite_messages_queued_for_it() {
     let t0 = Instant::now();
-    let server_cfg = ConnectionConfig {
-        sessions: Some(SessionConfig::default()),
-        ..ConnectionConfig::default()
-    };
+    let server_cfg = offering_sessions();
     let mut a =
         Connection::with_session(ConnectionConfig::default(), Session::new([6; 16]), t0).unwrap();
     let mut b = Connection::new(server_cfg, t0).unwrap();
@@ -1776,10 +1780,7 @@ fn a_refused_session_closes_at_once_despite_messages_queued_for_it() {
 #[test]
 fn a_new_session_resends_nothing() {
     let t0 = Instant::now();
-    let server_cfg = ConnectionConfig {
-        sessions: Some(SessionConfig::default()),
-        ..ConnectionConfig::default()
-    };
+    let server_cfg = offering_sessions();
     let mut a =
         Connection::with_session(ConnectionConfig::default(), Session::new([8; 16]), t0).unwrap();
     for m in ["one", "two", "three"] {
@@ -1848,10 +1849,7 @@ fn a_close_whose_output_stalls_gives_up_after_linger() {
 #[test]
 fn a_session_ended_while_it_was_looked_up_is_handed_back() {
     let t0 = Instant::now();
-    let server_cfg = ConnectionConfig {
-        sessions: Some(SessionConfig::default()),
-        ..ConnectionConfig::default()
-    };
+    let server_cfg = offering_sessions();
     let mut a =
         Connection::with_session(ConnectionConfig::default(), Session::new([9; 16]), t0).unwrap();
     let mut b = Connection::new(server_cfg.clone(), t0).unwrap();
