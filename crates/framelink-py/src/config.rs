@@ -68,6 +68,18 @@ impl<'py> Options<'_, 'py> {
             .transpose()
     }
 
+    /// A count that must be at least 1.
+    fn positive(&self, key: &str) -> PyResult<Option<usize>> {
+        let n = self.int::<usize>(key)?;
+        if n == Some(0) {
+            return Err(config_error(
+                self.dict.py(),
+                format!("{key} must be at least 1"),
+            ));
+        }
+        Ok(n)
+    }
+
     fn bytes(&self, key: &str) -> PyResult<Option<Bytes>> {
         self.get(key)?.map(|v| to_bytes(&v)).transpose()
     }
@@ -315,19 +327,10 @@ pub fn server(py: Python<'_>, dict: &Bound<'_, PyDict>) -> PyResult<ServerConfig
         protocol: protocol(py, dict, true)?,
         ..ServerConfig::default()
     };
-    if let Some(n) = o.int::<usize>("max_connections")? {
-        if n == 0 {
-            return Err(config_error(py, "max_connections must be at least 1"));
-        }
+    if let Some(n) = o.positive("max_connections")? {
         c.max_connections = n;
     }
-    if let Some(n) = o.int::<usize>("max_connections_per_ip")? {
-        if n == 0 {
-            return Err(config_error(
-                py,
-                "max_connections_per_ip must be at least 1",
-            ));
-        }
+    if let Some(n) = o.positive("max_connections_per_ip")? {
         c.max_connections_per_ip = n;
     }
     if let Some(n) = o.int::<usize>("memory_budget")? {
@@ -356,13 +359,7 @@ pub fn server(py: Python<'_>, dict: &Bound<'_, PyDict>) -> PyResult<ServerConfig
         if let Some(n) = o.int::<usize>("max_detached_sessions")? {
             s.max_detached = n.max(1);
         }
-        if let Some(n) = o.int::<usize>("max_detached_sessions_per_ip")? {
-            if n == 0 {
-                return Err(config_error(
-                    py,
-                    "max_detached_sessions_per_ip must be at least 1",
-                ));
-            }
+        if let Some(n) = o.positive("max_detached_sessions_per_ip")? {
             s.max_detached_per_ip = n;
         }
         c.sessions = Some(s);
