@@ -592,23 +592,38 @@ impl Tally {
     /// after it still go. `Closed` means the connection is closing (its `Closed` event
     /// follows): the rest is dropped.
     async fn echo(&mut self, id: u64, sender: &Sender, echoes: &mut Vec<Bytes>) {
-        while !echoes.is_empty() {
-            let count = echoes.len();
-            let result = sender.send_batch(echoes).await;
-            self.echoed += (count - echoes.len()) as u64;
-            match result {
-                Ok(()) => {}
-                Err(SendError::Closed) => echoes.clear(),
-                Err(e) => {
-                    let refused = echoes.remove(0);
-                    eprintln!(
-                        "[serve] #{id} warning: echo of {} bytes not sent: {e}",
-                        refused.len()
-                    );
-                }
-            }
+        let queued = queue_echoes(sender, echoes, |refused, e| {
+            eprintln!(
+                "[serve] #{id} warning: echo of {} bytes not sent: {e}",
+                refused.len()
+            );
+        })
+        .await;
+        self.echoed += queued as u64;
+    }
+}
+
+/// Queues `echoes` back in order and returns how many were queued; `echoes` is left empty.
+/// An echo that can never be sent (longer than the client accepts, or than the whole send
+/// queue) goes to `refused` and is skipped: the ones after it still go. Once the connection is
+/// closing the rest is dropped.
+pub(crate) async fn queue_echoes(
+    sender: &Sender,
+    echoes: &mut Vec<Bytes>,
+    mut refused: impl FnMut(Bytes, SendError),
+) -> usize {
+    let mut queued = 0;
+    while !echoes.is_empty() {
+        let count = echoes.len();
+        let result = sender.send_batch(echoes).await;
+        queued += count - echoes.len();
+        match result {
+            Ok(()) => {}
+            Err(SendError::Closed) => echoes.clear(),
+            Err(e) => refused(echoes.remove(0), e),
         }
     }
+    queued
 }
 
 /// Prints what `-v` and warnings ask for about an event other than a message or the close.
